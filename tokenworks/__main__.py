@@ -1,0 +1,5 @@
+"""`python -m tokenworks` runs the CLI."""
+
+from tokenworks.cli import main
+
+main()
