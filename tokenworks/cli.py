@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from tokenworks import __version__
+from tokenworks.data.cli import register as register_data
 from tokenworks.errors import TokenworksError
 from tokenworks.factory.cli import register as register_factory
 from tokenworks.model.cli import register as register_model
@@ -52,6 +53,7 @@ def version() -> None:
 
 
 register_model(app)
+register_data(app)
 register_factory(app)
 
 

@@ -22,7 +22,8 @@ EXPECTED_FILES = {
 def test_quick_factory_writes_a_checkpoint_that_transformers_continues_identically(tmp_path) -> None:
     result = run_factory(FactoryOptions.quick(workdir=tmp_path, max_new_tokens=12))
     assert {p.name for p in result.checkpoint.iterdir()} == EXPECTED_FILES
-    assert (result.documents, result.vocab_size) == (150, 1024)
+    assert (result.documents_read, result.vocab_size) == (150, 1024)
+    assert 0 < result.documents <= 150 and (tmp_path / "data" / "manifest.json").is_file()
     assert len(result.continuation_ids) == 12
 
     reference = AutoModelForCausalLM.from_pretrained(result.checkpoint, dtype=torch.float32).eval()

@@ -40,12 +40,15 @@ def factory(
     result = run_factory(options, step=_spinner(console))
 
     table = Table(title="tokenworks factory", show_header=False)
-    table.add_row("documents", f"{result.documents:,} ({result.characters:,} characters)")
+    table.add_row(
+        "documents", f"{result.documents_read:,} read, {result.documents:,} kept ({result.characters:,} characters)"
+    )
     table.add_row("tokenizer", f"byte-level BPE, {result.vocab_size:,} tokens")
     table.add_row(
         "corpus tokens", f"{result.corpus_tokens:,} ({result.characters / result.corpus_tokens:.2f} chars/token)"
     )
     table.add_row("model", f"{options.preset}, {result.parameters:,} parameters (untrained)")
+    table.add_row("data", f"{options.workdir / 'data'} (shards, tokenizer, rejected/, manifest.json)")
     table.add_row("checkpoint", str(result.checkpoint))
     table.add_row("time", ", ".join(f"{name} {seconds:.1f}s" for name, seconds in result.seconds.items()))
     console.print(table)

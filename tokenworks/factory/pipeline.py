@@ -1,13 +1,12 @@
-"""`tokenworks factory`, first slice: corpus -> tokenizer -> model -> checkpoint -> tokens.
+"""`tokenworks factory`: ingest -> model -> checkpoint -> tokens.
 
-Today the model is freshly initialised rather than trained; the data, training, serving
-and benchmark stages replace these steps as they land. Every artifact is a plain file
-under the work directory, in Hugging Face layout.
+The corpus is curated by the real data stage (`tokenworks ingest`, into WORKDIR/data);
+the model is still freshly initialised rather than trained, until the training, serving
+and benchmark stages land. Every artifact is a plain file under the work directory.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +14,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tokenworks.data import python_docs
+from tokenworks.data.pipeline import IngestOptions, run_ingest
 from tokenworks.errors import ConfigError
 from tokenworks.model import CausalLM, Tokenizer, load_model, preset_config, save_model
 from tokenworks.model.generate import generate_tokens
@@ -30,6 +29,7 @@ class FactoryOptions:
     preset: str = "tiny"
     vocab_size: int = 8192
     max_documents: int | None = None  # None: the whole default corpus
+    workers: int = 2
     prompt: str = "The Python language"
     max_new_tokens: int = 32
     seed: int = 0
@@ -42,7 +42,8 @@ class FactoryOptions:
 
 @dataclass(slots=True)
 class FactoryResult:
-    documents: int
+    documents_read: int
+    documents: int  # after curation
     characters: int
     corpus_tokens: int
     vocab_size: int
@@ -71,12 +72,15 @@ def run_factory(
     seconds: dict[str, float] = {}
     checkpoint = options.workdir / "model"
 
-    with step("Reading the default corpus (Python's own documentation)"), _timed(seconds, "corpus"):
-        documents = [doc.text for doc in itertools.islice(python_docs(), options.max_documents)]
-
-    with step(f"Training a byte-level BPE tokenizer ({options.vocab_size:,} tokens)"), _timed(seconds, "tokenizer"):
-        tokenizer = Tokenizer.train(documents, vocab_size=options.vocab_size)
-        corpus_tokens = sum(len(ids) for ids in tokenizer.encode_batch(documents))
+    with step("Curating the default corpus: Python's own documentation"), _timed(seconds, "ingest"):
+        ingest = IngestOptions(
+            out=options.workdir / "data",
+            workers=options.workers,
+            vocab_size=options.vocab_size,
+            limit=options.max_documents,
+        )
+        curated = run_ingest(ingest)
+        tokenizer = Tokenizer.load(curated.out / "tokenizer")
 
     with step(f"Initialising the {options.preset!r} model"), _timed(seconds, "model"):
         config = preset_config(
@@ -99,10 +103,12 @@ def run_factory(
         new_ids = list(generate_tokens(reloaded, prompt_ids, options.max_new_tokens, stop_token_ids=stop_ids))
         continuation = reloaded_tokenizer.decode(new_ids, skip_special_tokens=True)
 
+    shards = curated.manifest["shards"]
     return FactoryResult(
-        documents=len(documents),
-        characters=sum(len(text) for text in documents),
-        corpus_tokens=corpus_tokens,
+        documents_read=curated.stages[0].documents_out,
+        documents=curated.stages[-1].documents_out,
+        characters=curated.stages[-1].characters_out,
+        corpus_tokens=sum(shards["tokens"].values()),
         vocab_size=tokenizer.vocab_size,
         parameters=config.num_parameters(),
         checkpoint=checkpoint,
