@@ -1,0 +1,123 @@
+"""Sampling parameters end to end: seeds, filters, penalties, stops, lengths, logprobs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tokenworks.engine import LLM, SamplingParams
+from tokenworks.engine.request import Request
+from tokenworks.engine.sampler import Sampler
+
+from .conftest import random_prompts
+
+
+@pytest.fixture(scope="module")
+def llm(llama_dir):
+    with LLM(llama_dir, multiprocess=False) as engine:
+        yield engine
+
+
+def test_seeded_sampling_is_reproducible_whatever_the_batch(llm) -> None:
+    prompts = random_prompts(4, seed=5)
+    seeded = SamplingParams(max_tokens=12, temperature=1.0, seed=42, ignore_eos=True)
+    alone = llm.generate(prompts[0], seeded)[0].token_ids
+    together = llm.generate(prompts, [seeded] + [SamplingParams(max_tokens=12, temperature=1.0)] * 3)
+    assert together[0].token_ids == alone
+    other_seed = llm.generate(prompts[0], SamplingParams(max_tokens=12, temperature=1.0, seed=43, ignore_eos=True))
+    assert other_seed[0].token_ids != alone
+
+
+def test_top_k_one_is_greedy(llm) -> None:
+    prompt = random_prompts(1, seed=6)[0]
+    greedy = llm.generate(prompt, SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True))[0]
+    top1 = llm.generate(prompt, SamplingParams(max_tokens=8, temperature=1.5, top_k=1, ignore_eos=True))[0]
+    assert top1.token_ids == greedy.token_ids
+
+
+def test_lengths_stops_and_eos(llm) -> None:
+    prompt = random_prompts(1, seed=7)[0]
+    free = llm.generate(prompt, SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True))[0]
+    assert (len(free.token_ids), free.finish_reason) == (10, "length")
+    stop_id = free.token_ids[4]
+    stopped = llm.generate(prompt, SamplingParams(max_tokens=10, temperature=0.0, stop_token_ids=[stop_id]))[0]
+    first = free.token_ids.index(stop_id)
+    assert stopped.token_ids == free.token_ids[: first + 1]
+    assert (stopped.finish_reason, stopped.stop_reason) == ("stop", stop_id)
+    held = llm.generate(
+        prompt, SamplingParams(max_tokens=10, temperature=0.0, stop_token_ids=[stop_id], min_tokens=first + 2)
+    )[0]
+    assert stop_id not in held.token_ids[: first + 2] and len(held.token_ids) >= first + 2
+
+
+def test_stop_strings_cut_the_text(llm) -> None:
+    prompt = random_prompts(1, seed=8)[0]
+    full = llm.generate(prompt, SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True))[0]
+    stop = full.text[5:8]
+    assert stop and stop.strip()
+    cut = llm.generate(prompt, SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True, stop=[stop]))[0]
+    assert (cut.text, cut.finish_reason, cut.stop_reason) == (full.text[: full.text.index(stop)], "stop", stop)
+    kept = llm.generate(
+        prompt,
+        SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True, stop=[stop], include_stop_str_in_output=True),
+    )[0]
+    assert kept.text == full.text[: full.text.index(stop) + len(stop)]
+    assert llm.client.core.kv_cache.usage == 0.0  # the stopped request was aborted in the core
+
+
+def test_logprobs_are_the_models_log_softmax(llm, llama_dir) -> None:
+    from tokenworks.model import load_model
+
+    prompt = random_prompts(1, seed=9)[0]
+    output = llm.generate(prompt, SamplingParams(max_tokens=3, temperature=0.0, logprobs=2, ignore_eos=True))[0]
+    model = load_model(llama_dir)
+    ids = torch.tensor([prompt + output.token_ids])
+    with torch.no_grad():
+        expected = torch.log_softmax(model(ids)[0, len(prompt) - 1 : -1], dim=-1)
+    for position, (token, logprobs) in enumerate(zip(output.token_ids, output.logprobs, strict=True)):
+        top = expected[position].topk(2)
+        assert set(logprobs) == {token, *top.indices.tolist()}
+        assert logprobs[token] == pytest.approx(float(expected[position, token]), abs=1e-4)
+
+
+def _sample(params: SamplingParams, logits: list[float], output: list[int] = (), prompt: list[int] = (1,)) -> int:
+    request = Request("r", list(prompt), params, eos_token_ids=frozenset({0}))
+    for token in output:
+        request.append_output_token(token)
+    return Sampler(seed=0)(torch.tensor([logits]), [request])[0].token_id
+
+
+def test_filters_and_penalties_on_known_logits() -> None:
+    greedy = SamplingParams(temperature=0.0)
+    assert _sample(greedy, [5.0, 1.0, 4.9]) == 0
+    assert _sample(SamplingParams(temperature=0.0, min_tokens=1), [5.0, 1.0, 4.9]) == 2  # EOS (0) suppressed
+    assert _sample(SamplingParams(temperature=0.0, repetition_penalty=2.0), [5.0, 1.0, 4.9], prompt=[0]) == 2
+    assert _sample(SamplingParams(temperature=0.0, frequency_penalty=0.2), [5.0, 1.0, 4.9], output=[0]) == 2
+    assert _sample(SamplingParams(temperature=0.0, presence_penalty=0.05), [5.0, 1.0, 4.9], output=[0, 0]) == 0
+    for seed in range(20):  # top-p 0.5 and min-p 0.5 leave only the most likely token here
+        assert _sample(SamplingParams(temperature=1.0, top_p=0.5, seed=seed), [3.0, 0.0, 1.0]) == 0
+        assert _sample(SamplingParams(temperature=1.0, min_p=0.5, seed=seed), [3.0, 0.0, 1.0]) == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "complaint"),
+    [
+        ({"max_tokens": 0}, "max_tokens must be at least 1"),
+        ({"temperature": -1.0}, "temperature must be non-negative"),
+        ({"top_p": 0.0}, "top_p must be in"),
+        ({"min_p": 1.5}, "min_p must be in"),
+        ({"presence_penalty": 3.0}, "presence_penalty must be in"),
+        ({"logprobs": 50}, "logprobs must be between"),
+        ({"stop": [""]}, "stop must hold non-empty strings"),
+    ],
+)
+def test_invalid_sampling_parameters_are_value_errors(change: dict, complaint: str) -> None:
+    with pytest.raises(ValueError, match=complaint):
+        SamplingParams(**change)
+
+
+def test_prompts_beyond_the_context_are_refused(llm) -> None:
+    with pytest.raises(ValueError, match=r"the prompt \(250 tokens\) plus max_tokens \(10\) is 260 tokens"):
+        llm.generate([5] * 250, SamplingParams(max_tokens=10))
+    with pytest.raises(ValueError, match="prompt token ids must be integers"):
+        llm.generate([[5, 99999]], SamplingParams(max_tokens=1))

@@ -1,0 +1,183 @@
+"""`AsyncLLM`: the engine for asyncio callers (the HTTP server), streaming deltas.
+
+    engine = AsyncLLM("path/to/checkpoint")
+    async for output in engine.generate("Hello", SamplingParams(max_tokens=32)):
+        print(output.delta_text, end="")
+
+One task reads the core's outputs and routes each request's delta to its queue. A caller
+that stops iterating (a client disconnect cancels it) aborts its request, which frees the
+request's KV blocks in the core at once. If the core dies, every open stream raises
+`EngineDeadError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import logging
+import pickle
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from tokenworks.engine.client import EngineCoreClient, EngineDeadError
+from tokenworks.engine.core import StepStats
+from tokenworks.engine.frontend import Frontend, Prompt
+from tokenworks.engine.messages import Abort, AddRequest, Fatal, RequestError, StepOutputs, UtilityCall, UtilityResult
+from tokenworks.engine.options import EngineOptions
+from tokenworks.engine.outputs import RequestOutput, RequestState
+from tokenworks.engine.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+class AsyncLLM:
+    def __init__(self, model: str | Path, **engine_options: Any) -> None:
+        self.options = EngineOptions(model=model, **engine_options)
+        self.client = EngineCoreClient(self.options)
+        self.frontend = Frontend(model, self.client.ready)
+        self.tokenizer = self.frontend.tokenizer
+        self.max_model_len = self.client.ready.max_model_len
+        self._outputs = zmq.asyncio.Socket.from_socket(self.client.output_socket)
+        self._streams: dict[str, tuple[RequestState, asyncio.Queue]] = {}
+        self._calls: dict[int, asyncio.Future] = {}
+        self._call_ids = itertools.count(1)
+        self._reader: asyncio.Task | None = None
+        self.last_stats: StepStats | None = None
+        self.dead_error: EngineDeadError | None = None
+
+    # ---- requests ----------------------------------------------------------------------
+
+    def prepare(self, prompt: Prompt, params: SamplingParams) -> list[int]:
+        """Tokenize and check a prompt: raises ValueError (a 400) before anything is queued."""
+        prompt_ids = self.frontend.prompt_ids(prompt)
+        self.frontend.check(prompt_ids, params)
+        return prompt_ids
+
+    async def generate(
+        self, prompt: Prompt, params: SamplingParams, request_id: str | None = None, priority: int = 0
+    ) -> AsyncIterator[RequestOutput]:
+        """Yield the request's output as it grows (each with its delta), the last one finished."""
+        self._raise_if_dead()
+        request_id = request_id or self.frontend.next_request_id()
+        if request_id in self._streams:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        prompt_ids = self.prepare(prompt, params)
+        queue: asyncio.Queue = asyncio.Queue()
+        self._streams[request_id] = (self.frontend.new_state(request_id, prompt_ids, params), queue)
+        self._ensure_reader()
+        self.client.send(AddRequest(request_id, prompt_ids, params, priority))
+        finished = False
+        try:
+            while not finished:
+                item = await queue.get()
+                if isinstance(item, Exception):
+                    raise item
+                finished = item.finished
+                yield item
+        finally:
+            self._streams.pop(request_id, None)
+            if not finished and self.dead_error is None:
+                self.client.send(Abort([request_id]))
+
+    async def abort(self, request_id: str) -> None:
+        self.client.send(Abort([request_id]))
+
+    @property
+    def num_open_requests(self) -> int:
+        return len(self._streams)
+
+    async def call(self, method: str, *args: Any) -> Any:
+        """Run one of the core's utility methods (reset_prefix_cache, stats) and return its result."""
+        self._raise_if_dead()
+        call_id = next(self._call_ids)
+        future = asyncio.get_running_loop().create_future()
+        self._calls[call_id] = future
+        self._ensure_reader()
+        self.client.send(UtilityCall(call_id, method, args))
+        return await future
+
+    # ---- the output reader -------------------------------------------------------------
+
+    def _ensure_reader(self) -> None:
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.get_running_loop().create_task(self._read_outputs(), name="engine-outputs")
+
+    async def _read_outputs(self) -> None:
+        try:
+            while True:
+                if not await self._outputs.poll(500):
+                    self.client.check_alive()
+                    continue
+                message = pickle.loads(await self._outputs.recv())
+                self._dispatch(message)
+        except EngineDeadError as error:
+            self._fail_all(error)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # a bug here must not hang every stream
+            logger.exception("engine output reader failed")
+            self._fail_all(EngineDeadError(f"the engine output reader failed: {error}"))
+
+    def _dispatch(self, message: object) -> None:
+        if isinstance(message, StepOutputs):
+            if message.stats is not None:
+                self.last_stats = message.stats
+            for core_output in message.outputs:
+                stream = self._streams.get(core_output.request_id)
+                if stream is None:
+                    continue  # aborted by its caller; the core has freed it
+                state, queue = stream
+                output, stopped_by_string = state.update(core_output)
+                if stopped_by_string:
+                    self.client.send(Abort([core_output.request_id]))
+                if output.delta_token_ids or output.delta_text or output.finished:
+                    queue.put_nowait(_snapshot(output))
+        elif isinstance(message, RequestError):
+            stream = self._streams.get(message.request_id)
+            if stream is not None:
+                stream[1].put_nowait(ValueError(message.message))
+        elif isinstance(message, UtilityResult):
+            future = self._calls.pop(message.call_id, None)
+            if future is not None and not future.done():
+                if message.error:
+                    future.set_exception(ValueError(message.error))
+                else:
+                    future.set_result(message.result)
+        elif isinstance(message, Fatal):
+            raise EngineDeadError(f"the engine core failed: {message.message}")
+
+    def _fail_all(self, error: EngineDeadError) -> None:
+        self.dead_error = error
+        for _, queue in self._streams.values():
+            queue.put_nowait(error)
+        for future in self._calls.values():
+            if not future.done():
+                future.set_exception(error)
+        self._calls.clear()
+
+    def _raise_if_dead(self) -> None:
+        if self.dead_error is not None:
+            raise self.dead_error
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        self.client.close()
+
+
+def _snapshot(output: RequestOutput) -> RequestOutput:
+    """A copy the consumer can keep while the state goes on growing."""
+    return dataclasses.replace(
+        output, token_ids=list(output.token_ids), delta_token_ids=list(output.delta_token_ids),
+        logprobs=list(output.logprobs),
+    )  # fmt: skip

@@ -1,0 +1,139 @@
+"""The pool of KV-cache blocks: reference counts, an LRU free list and the prefix-cache map.
+
+A block is a fixed number of token slots in every layer's cache. A block whose tokens are
+known is "cached": registered under the hash of its tokens and of every token before it
+(see `block_hash`), so a later request with the same prefix reuses it. A freed block keeps
+its hash and stays findable until it is handed out again: the free list is in LRU order
+(least recently freed first) and reviving a cached block from it is O(1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def block_hash(parent: bytes | None, token_ids: Sequence[int], extra: str | None = None) -> bytes:
+    """The chained hash of a full block: its parent's hash, its token ids and extra keys.
+
+    sha256 rather than Python's hash: no collisions to worry about, and the same value in
+    every process.
+    """
+    digest = hashlib.sha256(parent or b"")
+    digest.update(np.asarray(token_ids, dtype=np.int64).tobytes())
+    if extra is not None:
+        digest.update(b"\0" + extra.encode())
+    return digest.digest()
+
+
+@dataclass(slots=True, eq=False)
+class KVBlock:
+    block_id: int
+    ref_count: int = 0
+    hash: bytes | None = None  # set while the block is registered in the prefix cache
+
+
+@dataclass(slots=True)
+class PrefixCacheStats:
+    queries: int = 0  # prompt tokens looked up
+    hits: int = 0  # of those, found cached
+    evictions: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.queries if self.queries else 0.0
+
+
+@dataclass
+class BlockPool:
+    num_blocks: int
+    enable_caching: bool = True
+    blocks: list[KVBlock] = field(init=False)
+    stats: PrefixCacheStats = field(default_factory=PrefixCacheStats)
+
+    def __post_init__(self) -> None:
+        if self.num_blocks < 1:
+            raise ValueError("the KV cache needs at least one block")
+        self.blocks = [KVBlock(i) for i in range(self.num_blocks)]
+        self._free: OrderedDict[int, KVBlock] = OrderedDict((b.block_id, b) for b in self.blocks)
+        self._cached: dict[bytes, KVBlock] = {}
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self._free)
+
+    @property
+    def usage(self) -> float:
+        """Fraction of blocks held by requests (free cached blocks count as free)."""
+        return 1.0 - len(self._free) / self.num_blocks
+
+    def lookup(self, hash_value: bytes) -> KVBlock | None:
+        return self._cached.get(hash_value) if self.enable_caching else None
+
+    def allocate(self, count: int) -> list[KVBlock]:
+        """Take `count` blocks from the head of the free list (least recently freed first)."""
+        if count > len(self._free):
+            raise ValueError(f"cannot allocate {count} blocks, {len(self._free)} free")
+        taken = []
+        for _ in range(count):
+            _, block = self._free.popitem(last=False)
+            if block.hash is not None:  # evict: its old contents are about to be overwritten
+                if self._cached.get(block.hash) is block:
+                    del self._cached[block.hash]
+                block.hash = None
+                self.stats.evictions += 1
+            block.ref_count = 1
+            taken.append(block)
+        return taken
+
+    def share(self, blocks: Iterable[KVBlock]) -> None:
+        """Take another reference to cached blocks (a prefix hit), reviving free ones in O(1)."""
+        for block in blocks:
+            if block.ref_count == 0:
+                del self._free[block.block_id]
+            block.ref_count += 1
+
+    def free(self, blocks: Iterable[KVBlock]) -> None:
+        """Drop a reference to each block; a block nobody holds goes to the tail of the free list.
+
+        Callers pass a request's blocks last first, so that its prefix, the part most likely
+        to be shared again, is evicted last.
+        """
+        for block in blocks:
+            if block.ref_count <= 0:
+                raise RuntimeError(f"block {block.block_id} freed more often than taken")
+            block.ref_count -= 1
+            if block.ref_count == 0:
+                self._free[block.block_id] = block
+
+    def cache(self, block: KVBlock, hash_value: bytes) -> None:
+        """Register a full block under its hash (the first block with a given hash wins)."""
+        if not self.enable_caching or block.hash is not None:
+            return
+        if hash_value not in self._cached:
+            self._cached[hash_value] = block
+            block.hash = hash_value
+
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached block; refused (False) while any block is in use."""
+        if len(self._free) != self.num_blocks:
+            return False
+        self._cached.clear()
+        for block in self.blocks:
+            block.hash = None
+        return True
+
+    def check_invariants(self) -> None:
+        """Assert the pool's bookkeeping is consistent (tests call this after every operation)."""
+        free_ids = set(self._free)
+        assert len(free_ids) == len(self._free)
+        for block in self.blocks:
+            assert block.ref_count >= 0, block
+            assert (block.ref_count == 0) == (block.block_id in free_ids), block
+            if block.hash is not None:
+                assert self._cached.get(block.hash) is block, block
+        assert all(block.hash == hash_value for hash_value, block in self._cached.items())

@@ -1,0 +1,198 @@
+"""The engine core: schedule, run, sample, update. Lives in its own process in serving.
+
+`EngineCore.step()` reads as three lines: the scheduler picks the work, the model runner
+computes it, and the results update the requests. Everything a caller needs comes back
+as `RequestOutput` deltas (new token ids, finish reason) plus step statistics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from tokenworks.engine.kv_cache_manager import KVCacheManager
+from tokenworks.engine.model_runner import ModelRunner, kv_bytes_per_block
+from tokenworks.engine.options import EngineOptions, available_memory_bytes
+from tokenworks.engine.request import Request, RequestStatus
+from tokenworks.engine.sampler import Sampler
+from tokenworks.engine.sampling_params import SamplingParams
+from tokenworks.engine.scheduler import Scheduler, SchedulerOutput, SchedulerStats
+from tokenworks.model.checkpoint import load_generation_config, load_model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class CoreOutput:
+    """What one step did for one request: the tokens it added and whether it finished."""
+
+    request_id: str
+    new_token_ids: list[int]
+    finish_reason: str | None = None  # "stop", "length" or "abort"
+    logprobs: list[dict[int, float]] | None = None
+    num_prompt_tokens: int = 0
+    num_cached_tokens: int = 0
+    arrival_time: float = 0.0
+    first_scheduled_time: float | None = None
+    first_token_time: float | None = None
+    finished_time: float | None = None
+
+
+@dataclass(slots=True)
+class StepStats:
+    scheduler: SchedulerStats
+    batch_size: int = 0
+    num_tokens: int = 0
+    step_seconds: float = 0.0
+    timestamp: float = field(default_factory=time.monotonic)
+
+
+class EngineCore:
+    def __init__(self, options: EngineOptions) -> None:
+        options.validate()
+        self.options = options
+        if options.threads:
+            torch.set_num_threads(options.threads)
+        device = options.resolved_device()
+        self.model = load_model(options.model, dtype=options.dtype, device=device)
+        config = self.model.config
+        generation = load_generation_config(options.model)
+        eos = generation.get("eos_token_id", config.eos_token_id)
+        self.eos_token_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
+        num_blocks = self._num_blocks(device)
+        self.max_model_len = min(
+            options.max_model_len or config.max_position_embeddings, num_blocks * options.block_size
+        )
+        self.kv_cache = KVCacheManager(num_blocks, options.block_size, options.enable_prefix_caching)
+        self.scheduler = Scheduler(
+            self.kv_cache, options.max_num_batched_tokens, options.max_num_seqs, options.scheduling_policy
+        )
+        self.runner = ModelRunner(self.model, num_blocks, options.block_size)
+        self.sampler = Sampler(options.seed, device=device)
+        self.last_stats = StepStats(self.scheduler.stats())
+        logger.info(
+            "engine ready: %s on %s, %d KV blocks of %d tokens",
+            config.architecture,
+            device,
+            num_blocks,
+            options.block_size,
+        )
+
+    def _num_blocks(self, device: str) -> int:
+        o = self.options
+        if o.num_kv_blocks is not None:
+            return o.num_kv_blocks
+        per_block = kv_bytes_per_block(self.model, o.block_size)
+        if o.kv_cache_memory_gib is not None:
+            budget = int(o.kv_cache_memory_gib * 2**30)
+        else:
+            budget = int(available_memory_bytes(device) * o.kv_cache_fraction)
+        return max(1, budget // per_block)
+
+    # ---- requests in ---------------------------------------------------------------------
+
+    def add_request(
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, priority: int = 0,
+        arrival_time: float | None = None,
+    ) -> None:  # fmt: skip
+        """Queue a request; ValueError (the caller's 400) if it cannot fit the context."""
+        if not prompt_token_ids:
+            raise ValueError("the prompt must hold at least one token")
+        vocab = self.model.config.vocab_size
+        if any(not 0 <= t < vocab for t in prompt_token_ids):
+            raise ValueError(f"prompt token ids must be in [0, {vocab})")
+        room = self.max_model_len - len(prompt_token_ids)
+        if room < 1:
+            raise ValueError(
+                f"the prompt has {len(prompt_token_ids)} tokens; this model's context is {self.max_model_len}"
+            )
+        if params.max_tokens is not None and params.max_tokens > room:
+            raise ValueError(
+                f"prompt ({len(prompt_token_ids)} tokens) plus max_tokens ({params.max_tokens}) exceeds "
+                f"the context of {self.max_model_len} tokens"
+            )
+        request = Request(request_id, prompt_token_ids, params, self.eos_token_ids, priority, arrival_time)
+        self.scheduler.add_request(request)
+
+    def abort(self, request_ids: list[str]) -> list[CoreOutput]:
+        """End requests now, freeing their KV blocks; unknown (already finished) ids are ignored."""
+        outputs = []
+        for request_id in request_ids:
+            request = self.scheduler.requests.get(request_id)
+            if request is not None:
+                self.scheduler.finish(request, RequestStatus.FINISHED_ABORTED)
+                self.sampler.forget(request_id)
+                outputs.append(self._output(request, []))
+        self.last_stats = StepStats(self.scheduler.stats())
+        return outputs
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    # ---- the step ----------------------------------------------------------------------
+
+    def step(self) -> list[CoreOutput]:
+        start = time.perf_counter()
+        scheduled = self.scheduler.schedule()
+        outputs = self._run(scheduled) if scheduled.chunks else []
+        self.last_stats = StepStats(
+            self.scheduler.stats(), len(scheduled.chunks), scheduled.num_tokens, time.perf_counter() - start
+        )
+        return outputs
+
+    def _run(self, scheduled: SchedulerOutput) -> list[CoreOutput]:
+        logits = self.runner.execute(scheduled.chunks)
+        sampling = [chunk.request for chunk in scheduled.chunks if chunk.samples]
+        sampled = self.sampler(logits, sampling) if sampling else []
+        now = time.monotonic()
+        for chunk in scheduled.chunks:
+            chunk.request.num_computed_tokens += chunk.num_tokens
+        outputs = []
+        for request, token in zip(sampling, sampled, strict=True):
+            request.append_output_token(token.token_id)
+            if token.logprobs is not None:
+                request.logprobs.append(token.logprobs)
+            times = request.times
+            times.tokens.append(now)
+            if times.first_token is None:
+                times.first_token = now
+            status = self._stop_status(request, token.token_id)
+            if status is not None:
+                self.scheduler.finish(request, status)
+                self.sampler.forget(request.request_id)
+            outputs.append(self._output(request, [token.token_id], token.logprobs))
+        return outputs
+
+    def _stop_status(self, request: Request, token_id: int) -> RequestStatus | None:
+        params = request.params
+        generated = len(request.output_token_ids)
+        if generated >= params.min_tokens and (
+            token_id in params.stop_token_ids or (not params.ignore_eos and token_id in request.eos_token_ids)
+        ):
+            return RequestStatus.FINISHED_STOPPED
+        if (
+            params.max_tokens is not None and generated >= params.max_tokens
+        ) or request.num_tokens >= self.max_model_len:
+            return RequestStatus.FINISHED_LENGTH
+        return None
+
+    def _output(self, request: Request, new_token_ids: list[int], logprobs: dict | None = None) -> CoreOutput:
+        finished = request.status.finished
+        return CoreOutput(
+            request_id=request.request_id,
+            new_token_ids=new_token_ids,
+            finish_reason=request.status.value if finished else None,
+            logprobs=[logprobs] if logprobs is not None else None,
+            num_prompt_tokens=request.num_prompt_tokens,
+            num_cached_tokens=request.num_cached_tokens,
+            arrival_time=request.times.arrival,
+            first_scheduled_time=request.times.first_scheduled,
+            first_token_time=request.times.first_token,
+            finished_time=request.times.finished,
+        )
+
+    def reset_prefix_cache(self) -> bool:
+        return self.kv_cache.reset_prefix_cache()

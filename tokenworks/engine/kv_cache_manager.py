@@ -1,0 +1,94 @@
+"""Which KV blocks each request holds: prefix-cache lookups, slot allocation, freeing.
+
+The scheduler asks three things of it: how much of a new request's prompt is already
+cached (`cached_prefix`), whether the next tokens of a request fit (`allocate_slots`,
+which takes the blocks or takes nothing), and to release a request (`free`).
+"""
+
+from __future__ import annotations
+
+from tokenworks.engine.block_pool import BlockPool, KVBlock, block_hash
+from tokenworks.engine.request import Request
+
+
+class KVCacheManager:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True) -> None:
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.pool = BlockPool(num_blocks, enable_caching=enable_prefix_caching)
+        self._blocks: dict[str, list[KVBlock]] = {}
+
+    @property
+    def usage(self) -> float:
+        return self.pool.usage
+
+    def blocks_of(self, request: Request) -> list[KVBlock]:
+        return self._blocks.get(request.request_id, [])
+
+    def _update_hashes(self, request: Request) -> list[bytes]:
+        """Extend the request's chained block hashes to every full block of its tokens."""
+        hashes, size, tokens = request.block_hashes, self.block_size, request.all_token_ids
+        while (len(hashes) + 1) * size <= len(tokens):
+            start = len(hashes) * size
+            parent = hashes[-1] if hashes else None
+            hashes.append(block_hash(parent, tokens[start : start + size], request.cache_salt))
+        return hashes
+
+    def cached_prefix(self, request: Request) -> tuple[list[KVBlock], int]:
+        """The longest run of cached full blocks at the start of the request, and its token count.
+
+        At least one token is always left to compute: the step that computes it samples
+        the next token.
+        """
+        if not self.enable_prefix_caching:
+            return [], 0
+        hits: list[KVBlock] = []
+        for hash_value in self._update_hashes(request):
+            block = self.pool.lookup(hash_value)
+            if block is None:
+                break
+            hits.append(block)
+        if len(hits) * self.block_size >= request.num_tokens:
+            hits.pop()
+        self.pool.stats.queries += request.num_tokens
+        self.pool.stats.hits += len(hits) * self.block_size
+        return hits, len(hits) * self.block_size
+
+    def allocate_slots(self, request: Request, num_new_tokens: int, cached: list[KVBlock] | None = None) -> bool:
+        """Give the request room for `num_new_tokens` more tokens (after any cached prefix).
+
+        All or nothing: False, with nothing taken, when the free blocks do not suffice.
+        """
+        cached = cached or []
+        held = self._blocks.setdefault(request.request_id, [])
+        computed = request.num_computed_tokens + len(cached) * self.block_size
+        needed = -(-(computed + num_new_tokens) // self.block_size) - len(held) - len(cached)
+        reviving = sum(1 for block in cached if block.ref_count == 0)  # free now, in use after
+        if needed + reviving > self.pool.num_free_blocks:
+            if not held:
+                del self._blocks[request.request_id]
+            return False
+        self.pool.share(cached)
+        held.extend(cached)
+        if needed > 0:
+            held.extend(self.pool.allocate(needed))
+        request.block_ids = [block.block_id for block in held]
+        self._cache_full_blocks(request, held, computed + num_new_tokens)
+        return True
+
+    def _cache_full_blocks(self, request: Request, held: list[KVBlock], num_tokens: int) -> None:
+        """Register the blocks whose tokens will all have KV once this step has run."""
+        if not self.enable_prefix_caching:
+            return
+        hashes = self._update_hashes(request)
+        for index in range(min(num_tokens // self.block_size, len(hashes))):
+            self.pool.cache(held[index], hashes[index])
+
+    def free(self, request: Request) -> None:
+        """Release the request's blocks, last first (its shared prefix stays cached longest)."""
+        held = self._blocks.pop(request.request_id, [])
+        self.pool.free(reversed(held))
+        request.block_ids = []
+
+    def reset_prefix_cache(self) -> bool:
+        return self.pool.reset_prefix_cache()

@@ -1,0 +1,88 @@
+"""`LLM`: offline batch generation, the engine's simplest front door.
+
+llm = LLM("path/to/checkpoint", threads=2)
+outputs = llm.generate(["Hello", [1, 2, 3]], SamplingParams(max_tokens=32, temperature=0))
+outputs[0].text, outputs[0].token_ids, outputs[0].finish_reason
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tokenworks.engine.client import EngineCoreClient, InProcessCoreClient
+from tokenworks.engine.frontend import Frontend, Prompt
+from tokenworks.engine.messages import Abort, AddRequest, RequestError, StepOutputs
+from tokenworks.engine.options import EngineOptions
+from tokenworks.engine.outputs import RequestOutput
+from tokenworks.engine.sampling_params import SamplingParams
+
+
+class LLM:
+    def __init__(self, model: str | Path, multiprocess: bool = True, **engine_options: Any) -> None:
+        """Load the model in an engine-core process (or this one, with multiprocess=False)."""
+        options = EngineOptions(model=model, **engine_options)
+        self.client = EngineCoreClient(options) if multiprocess else InProcessCoreClient(options)
+        self.frontend = Frontend(model, self.client.ready)
+        self.tokenizer = self.frontend.tokenizer
+
+    def generate(
+        self, prompts: Prompt | Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams] | None = None
+    ) -> list[RequestOutput]:
+        """Generate for every prompt (text or token ids); outputs in the order of the prompts."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        params_list = _params_for(prompts, params)
+        prompt_ids = [self.frontend.prompt_ids(prompt) for prompt in prompts]
+        for ids, request_params in zip(prompt_ids, params_list, strict=True):
+            self.frontend.check(ids, request_params)
+        states = {}
+        for ids, request_params in zip(prompt_ids, params_list, strict=True):
+            request_id = self.frontend.next_request_id()
+            states[request_id] = self.frontend.new_state(request_id, ids, request_params)
+            self.client.send(AddRequest(request_id, ids, request_params))
+        unfinished = set(states)
+        while unfinished:
+            message = self.client.receive(timeout_ms=1000)
+            if isinstance(message, RequestError):
+                self.client.send(Abort(sorted(unfinished)))
+                raise ValueError(message.message)
+            if not isinstance(message, StepOutputs):
+                continue
+            for core_output in message.outputs:
+                state = states.get(core_output.request_id)
+                if state is None:
+                    continue
+                output, stopped_by_string = state.update(core_output)
+                if stopped_by_string:
+                    self.client.send(Abort([core_output.request_id]))
+                if output.finished:
+                    unfinished.discard(core_output.request_id)
+        return [state.output for state in states.values()]
+
+    def reset_prefix_cache(self) -> None:
+        from tokenworks.engine.messages import UtilityCall
+
+        self.client.send(UtilityCall(0, "reset_prefix_cache"))
+
+    def shutdown(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+def _params_for(
+    prompts: Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams] | None
+) -> list[SamplingParams]:
+    if params is None:
+        return [SamplingParams() for _ in prompts]
+    if isinstance(params, SamplingParams):
+        return [params] * len(prompts)
+    if len(params) != len(prompts):
+        raise ValueError(f"{len(params)} sampling parameters for {len(prompts)} prompts")
+    return list(params)

@@ -1,0 +1,125 @@
+"""The model runner: one batched forward over a step's prefill chunks and decode tokens.
+
+It owns the model weights and the paged KV cache, and runs the `CausalLM` modules layer by
+layer with attention through block tables (attention.py), so the model code itself stays
+the plain reference. Only the last position of requests that sample goes through the
+language-model head.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from tokenworks.engine.attention import DecodeGroup, PrefillChunk, causal_mask, paged_attention, write_cache
+from tokenworks.engine.scheduler import ScheduledChunk
+from tokenworks.model.layers import apply_rotary
+from tokenworks.model.transformer import CausalLM
+
+logger = logging.getLogger(__name__)
+
+
+def kv_bytes_per_block(model: CausalLM, block_size: int) -> int:
+    config = model.config
+    element = torch.empty((), dtype=model.dtype).element_size()
+    return 2 * config.num_hidden_layers * block_size * config.num_key_value_heads * config.head_dim * element
+
+
+@dataclass(slots=True)
+class StepBatch:
+    input_ids: torch.Tensor  # (N,)
+    positions: torch.Tensor  # (N,)
+    slot_mapping: torch.Tensor  # (N,) flat cache slot of each token
+    decode: DecodeGroup | None
+    prefills: list[PrefillChunk]
+    sample_index: torch.Tensor  # (R,) rows whose hidden state becomes logits
+
+
+class ModelRunner:
+    def __init__(self, model: CausalLM, num_blocks: int, block_size: int) -> None:
+        self.model = model
+        self.config = model.config
+        self.device = model.device
+        self.block_size = block_size
+        shape = (num_blocks, block_size, self.config.num_key_value_heads, self.config.head_dim)
+        layers = self.config.num_hidden_layers
+        self.k_cache = [torch.zeros(shape, dtype=model.dtype, device=self.device) for _ in range(layers)]
+        self.v_cache = [torch.zeros(shape, dtype=model.dtype, device=self.device) for _ in range(layers)]
+
+    def prepare(self, chunks: list[ScheduledChunk]) -> StepBatch:
+        """Flatten the step's chunks into token rows, slots, block tables and masks."""
+        size, window, device = self.block_size, self.config.sliding_window, self.device
+        ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        decode_rows: list[int] = []
+        decode_tables: list[list[int]] = []
+        decode_contexts: list[int] = []
+        prefills: list[PrefillChunk] = []
+        sample_rows: list[int] = []
+        for chunk in chunks:
+            request, start, count = chunk.request, chunk.start, chunk.num_tokens
+            row = len(ids)
+            ids.extend(request.all_token_ids[start : start + count])
+            span = range(start, start + count)
+            positions.extend(span)
+            table = request.block_ids
+            slots.extend(table[p // size] * size + p % size for p in span)
+            context = start + count
+            if count == 1:
+                decode_rows.append(row)
+                decode_tables.append(table[: -(-context // size)])
+                decode_contexts.append(context)
+            else:
+                fresh = start == 0 and (window is None or count <= window)
+                mask = None if fresh else causal_mask(start, count, context, window, device)
+                block_table = torch.tensor(table[: -(-context // size)], device=device)
+                prefills.append(PrefillChunk(slice(row, row + count), block_table, mask, context))
+            if chunk.samples:
+                sample_rows.append(row + count - 1)
+        decode = None
+        if decode_rows:
+            decode = self._decode_group(decode_rows, decode_tables, decode_contexts)
+        as_tensor = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
+        return StepBatch(
+            as_tensor(ids), as_tensor(positions), as_tensor(slots), decode, prefills, as_tensor(sample_rows)
+        )
+
+    def _decode_group(self, rows: list[int], tables: list[list[int]], contexts: list[int]) -> DecodeGroup:
+        width = max(map(len, tables))
+        padded = [table + [0] * (width - len(table)) for table in tables]
+        device = self.device
+        context = torch.tensor(contexts, device=device)[:, None]  # (B, 1)
+        keys = torch.arange(width * self.block_size, device=device)[None, :]  # (1, L)
+        mask = keys < context
+        if self.config.sliding_window is not None:
+            mask &= (context - 1) - keys < self.config.sliding_window
+        return DecodeGroup(
+            torch.tensor(rows, device=device), torch.tensor(padded, device=device), mask[:, None, None, :]
+        )
+
+    @torch.inference_mode()
+    def execute(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
+        """Run the step; returns (R, vocab) float32 logits for the chunks that sample, in order."""
+        batch = self.prepare(chunks)
+        transformer = self.model.model
+        hidden = transformer.embed_tokens(batch.input_ids)  # (N, hidden)
+        cos, sin = transformer.rotary(batch.positions[None], hidden.dtype)  # (1, 1, N, D)
+        cos, sin = cos[0, 0, :, None, :], sin[0, 0, :, None, :]  # (N, 1, D): broadcast over heads
+        num_tokens = hidden.shape[0]
+        for index, layer in enumerate(transformer.layers):
+            attention = layer.self_attn
+            normed = layer.input_layernorm(hidden)
+            q = attention.q_proj(normed).view(num_tokens, attention.num_heads, attention.head_dim)
+            k = attention.k_proj(normed).view(num_tokens, attention.num_kv_heads, attention.head_dim)
+            v = attention.v_proj(normed).view(num_tokens, attention.num_kv_heads, attention.head_dim)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            write_cache(self.k_cache[index], batch.slot_mapping, k)
+            write_cache(self.v_cache[index], batch.slot_mapping, v)
+            attended = paged_attention(q, k, v, self.k_cache[index], self.v_cache[index], batch.decode, batch.prefills)
+            hidden = hidden + attention.o_proj(attended.view(num_tokens, -1))
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        last = transformer.norm(hidden[batch.sample_index])  # (R, hidden)
+        return self.model.lm_head(last).float()

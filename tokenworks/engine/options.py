@@ -1,0 +1,59 @@
+"""Engine options: what the model is, where it runs, and how much it may batch and cache."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(slots=True)
+class EngineOptions:
+    model: str | Path
+    dtype: str | None = None  # None: the checkpoint's own (float32 for ours)
+    device: str = "auto"  # "auto": cuda when present, else cpu
+    threads: int | None = None  # torch intra-op threads in the engine process; None: torch's default
+    block_size: int = 16
+    kv_cache_memory_gib: float | None = None  # None: a share of free memory (see kv_cache_bytes)
+    kv_cache_fraction: float = 0.25  # of available memory, when kv_cache_memory_gib is None
+    num_kv_blocks: int | None = None  # exact block count (tests); overrides the two above
+    max_num_batched_tokens: int = 2048
+    max_num_seqs: int = 256
+    max_model_len: int | None = None  # None: the model's max_position_embeddings
+    enable_prefix_caching: bool = True
+    scheduling_policy: str = "fcfs"  # or "priority"
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.block_size < 1 or self.max_num_batched_tokens < 1 or self.max_num_seqs < 1:
+            raise ValueError("block_size, max_num_batched_tokens and max_num_seqs must be positive")
+        if self.kv_cache_memory_gib is not None and self.kv_cache_memory_gib <= 0:
+            raise ValueError(f"kv_cache_memory_gib must be positive, got {self.kv_cache_memory_gib}")
+        if not 0 < self.kv_cache_fraction <= 1:
+            raise ValueError(f"kv_cache_fraction must be in (0, 1], got {self.kv_cache_fraction}")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+
+    def resolved_device(self) -> str:
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
+
+
+def available_memory_bytes(device: str) -> int:
+    """Free memory where the cache will live: the GPU's, or MemAvailable of this host."""
+    if device.startswith("cuda"):
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(device)
+        return free
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
