@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from tokenworks.engine.attention import DecodeGroup, PrefillChunk, causal_mask, paged_attention, write_cache
 from tokenworks.engine.scheduler import ScheduledChunk
@@ -25,6 +26,40 @@ def kv_bytes_per_block(model: CausalLM, block_size: int) -> int:
     config = model.config
     element = torch.empty((), dtype=model.dtype).element_size()
     return 2 * config.num_hidden_layers * block_size * config.num_key_value_heads * config.head_dim * element
+
+
+@dataclass(slots=True)
+class FusedProjections:
+    """One layer's q/k/v and gate/up weights as single matrices: two matmuls instead of five."""
+
+    qkv_weight: torch.Tensor  # (q + 2 kv, hidden)
+    qkv_bias: torch.Tensor | None
+    gate_up_weight: torch.Tensor  # (2 intermediate, hidden)
+    gate_up_bias: torch.Tensor | None
+    split: tuple[int, int, int]  # q, k, v widths
+
+
+def fuse_projections(layer: torch.nn.Module) -> FusedProjections:
+    """Concatenate a layer's projections, and re-point its modules at slices of the result,
+    so the weights are held once and the reference modules still see the same values."""
+    attention, mlp = layer.self_attn, layer.mlp
+    qkv = (attention.q_proj, attention.k_proj, attention.v_proj)
+    gate_up = (mlp.gate_proj, mlp.up_proj)
+    fused = []
+    for group in (qkv, gate_up):
+        for kind in ("weight", "bias"):
+            parts = [getattr(module, kind) for module in group]
+            if parts[0] is None:
+                fused.append(None)
+                continue
+            joined = torch.cat([part.data for part in parts])
+            offset = 0
+            for module, part in zip(group, parts, strict=True):
+                getattr(module, kind).data = joined[offset : offset + part.shape[0]]
+                offset += part.shape[0]
+            fused.append(joined)
+    widths = tuple(module.weight.shape[0] for module in qkv)
+    return FusedProjections(fused[0], fused[1], fused[2], fused[3], widths)
 
 
 @dataclass(slots=True)
@@ -47,6 +82,7 @@ class ModelRunner:
         layers = self.config.num_hidden_layers
         self.k_cache = [torch.zeros(shape, dtype=model.dtype, device=self.device) for _ in range(layers)]
         self.v_cache = [torch.zeros(shape, dtype=model.dtype, device=self.device) for _ in range(layers)]
+        self.fused = [fuse_projections(layer) for layer in model.model.layers]
 
     def prepare(self, chunks: list[ScheduledChunk]) -> StepBatch:
         """Flatten the step's chunks into token rows, slots, block tables and masks."""
@@ -109,17 +145,20 @@ class ModelRunner:
         cos, sin = transformer.rotary(batch.positions[None], hidden.dtype)  # (1, 1, N, D)
         cos, sin = cos[0, 0, :, None, :], sin[0, 0, :, None, :]  # (N, 1, D): broadcast over heads
         num_tokens = hidden.shape[0]
-        for index, layer in enumerate(transformer.layers):
+        for index, (layer, fused) in enumerate(zip(transformer.layers, self.fused, strict=True)):
             attention = layer.self_attn
-            normed = layer.input_layernorm(hidden)
-            q = attention.q_proj(normed).view(num_tokens, attention.num_heads, attention.head_dim)
-            k = attention.k_proj(normed).view(num_tokens, attention.num_kv_heads, attention.head_dim)
-            v = attention.v_proj(normed).view(num_tokens, attention.num_kv_heads, attention.head_dim)
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            qkv = F.linear(layer.input_layernorm(hidden), fused.qkv_weight, fused.qkv_bias)
+            q, k, v = qkv.split(fused.split, dim=-1)
+            q = apply_rotary(q.reshape(num_tokens, attention.num_heads, attention.head_dim), cos, sin)
+            k = apply_rotary(k.reshape(num_tokens, attention.num_kv_heads, attention.head_dim), cos, sin)
+            v = v.reshape(num_tokens, attention.num_kv_heads, attention.head_dim)
             write_cache(self.k_cache[index], batch.slot_mapping, k)
             write_cache(self.v_cache[index], batch.slot_mapping, v)
             attended = paged_attention(q, k, v, self.k_cache[index], self.v_cache[index], batch.decode, batch.prefills)
             hidden = hidden + attention.o_proj(attended.view(num_tokens, -1))
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+            gate, up = F.linear(layer.post_attention_layernorm(hidden), fused.gate_up_weight, fused.gate_up_bias).chunk(
+                2, -1
+            )
+            hidden = hidden + layer.mlp.down_proj(F.silu(gate) * up)
         last = transformer.norm(hidden[batch.sample_index])  # (R, hidden)
         return self.model.lm_head(last).float()
