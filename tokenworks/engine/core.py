@@ -16,7 +16,7 @@ import torch
 from tokenworks.engine.kv_cache_manager import KVCacheManager
 from tokenworks.engine.model_runner import ModelRunner, kv_bytes_per_block
 from tokenworks.engine.options import EngineOptions, available_memory_bytes
-from tokenworks.engine.request import Request, RequestStatus
+from tokenworks.engine.request import Request, RequestStatus, check_prompt
 from tokenworks.engine.sampler import Sampler
 from tokenworks.engine.sampling_params import SamplingParams
 from tokenworks.engine.scheduler import Scheduler, SchedulerOutput, SchedulerStats
@@ -99,21 +99,7 @@ class EngineCore:
         arrival_time: float | None = None,
     ) -> None:  # fmt: skip
         """Queue a request; ValueError (the caller's 400) if it cannot fit the context."""
-        if not prompt_token_ids:
-            raise ValueError("the prompt must hold at least one token")
-        vocab = self.model.config.vocab_size
-        if any(not 0 <= t < vocab for t in prompt_token_ids):
-            raise ValueError(f"prompt token ids must be in [0, {vocab})")
-        room = self.max_model_len - len(prompt_token_ids)
-        if room < 1:
-            raise ValueError(
-                f"the prompt has {len(prompt_token_ids)} tokens; this model's context is {self.max_model_len}"
-            )
-        if params.max_tokens is not None and params.max_tokens > room:
-            raise ValueError(
-                f"prompt ({len(prompt_token_ids)} tokens) plus max_tokens ({params.max_tokens}) exceeds "
-                f"the context of {self.max_model_len} tokens"
-            )
+        check_prompt(prompt_token_ids, params, self.max_model_len, self.model.config.vocab_size)
         request = Request(request_id, prompt_token_ids, params, self.eos_token_ids, priority, arrival_time)
         self.scheduler.add_request(request)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tokenworks.engine.messages import Ready
 from tokenworks.engine.outputs import RequestState
+from tokenworks.engine.request import check_prompt
 from tokenworks.engine.sampling_params import SamplingParams
 from tokenworks.model.tokenizer import Tokenizer
 
@@ -33,19 +34,7 @@ class Frontend:
         return list(prompt)
 
     def check(self, prompt_ids: list[int], params: SamplingParams) -> None:
-        """ValueError naming the limit, before the request reaches the engine (the server's 400)."""
-        limit = self.ready.max_model_len
-        if not prompt_ids:
-            raise ValueError("the prompt must hold at least one token")
-        if any(not isinstance(t, int) or not 0 <= t < self.ready.vocab_size for t in prompt_ids):
-            raise ValueError(f"prompt token ids must be integers in [0, {self.ready.vocab_size})")
-        if len(prompt_ids) >= limit:
-            raise ValueError(f"the prompt has {len(prompt_ids)} tokens; this model's context is {limit} tokens")
-        if params.max_tokens is not None and len(prompt_ids) + params.max_tokens > limit:
-            raise ValueError(
-                f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({params.max_tokens}) is "
-                f"{len(prompt_ids) + params.max_tokens} tokens, more than this model's context of {limit} tokens"
-            )
+        check_prompt(prompt_ids, params, self.ready.max_model_len, self.ready.vocab_size)
 
     def new_state(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> RequestState:
         detokenizer = self.tokenizer.detokenizer(params.skip_special_tokens) if self.tokenizer else None

@@ -86,3 +86,19 @@ class Request:
             f"Request({self.request_id!r}, {self.status.value}, computed {self.num_computed_tokens}/{self.num_tokens}, "
             f"blocks {self.block_ids})"
         )
+
+
+def check_prompt(prompt_token_ids: list[int], params: SamplingParams, max_model_len: int, vocab_size: int) -> None:
+    """ValueError naming the limit a request breaks (the server's 400), before it is queued."""
+    if not prompt_token_ids:
+        raise ValueError("the prompt must hold at least one token")
+    if any(not isinstance(t, int) or not 0 <= t < vocab_size for t in prompt_token_ids):
+        raise ValueError(f"prompt token ids must be integers in [0, {vocab_size})")
+    length = len(prompt_token_ids)
+    if length >= max_model_len:
+        raise ValueError(f"the prompt has {length} tokens; this model's context is {max_model_len} tokens")
+    if params.max_tokens is not None and length + params.max_tokens > max_model_len:
+        raise ValueError(
+            f"the prompt ({length} tokens) plus max_tokens ({params.max_tokens}) is {length + params.max_tokens} "
+            f"tokens, more than this model's context of {max_model_len} tokens"
+        )
