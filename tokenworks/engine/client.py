@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import os
 import pickle
 import tempfile
 from pathlib import Path
@@ -46,6 +47,11 @@ class EngineCoreClient:
         self.output_socket.bind(self.output_address)
         # spawn: the core starts clean, never inheriting this process's threads or CUDA state.
         spawn = multiprocessing.get_context("spawn")
+        # OpenMP threads that spin while waiting take the CPU from the thread they wait for
+        # whenever the machine has other work (the HTTP process, a laptop's other programs):
+        # 2-thread decoding ran 13x slower than 1-thread under load. Passive waiting sleeps
+        # instead. The child reads the variable at start; a user's own setting wins.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         self.process = spawn.Process(
             target=run_engine_core,
             args=(options, self.input_address, self.output_address, logging.getLogger().level),
