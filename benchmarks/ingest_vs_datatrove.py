@@ -1,0 +1,944 @@
+"""Document ingestion: `tokenworks ingest` against Hugging Face datatrove, on one generated corpus.
+
+    .venv/bin/python benchmarks/ingest_vs_datatrove.py [--documents 100000] [--repeats 3] [--workers 2]
+
+Both tools read the same JSONL shards, apply the same Gopher-style quality filters and MinHash
+near-dedup (5-word shingles, 20 bands x 5 rows, Jaccard 0.8) and write the kept documents as
+token shards with one shared tokenizer.json. Each run is a fresh subprocess, timed end to end
+(interpreter start included), with the same worker count and thread limits. The corpus is
+synthetic English-like text with planted near-duplicates (and, to give precision something to
+catch, planted near-misses below the threshold, and junk documents the filters must drop), so
+dedup recall and precision are measured against known ground truth.
+
+Goals it reports against (it asserts none): tokenworks >= 1.0x datatrove's documents/s on 2
+cores, dedup recall >= 0.95 and precision >= 0.99.
+
+Same work on both sides: the corpus is written as --workers JSONL files (datatrove's readers
+split work by file, so one file would leave a task idle); tokenworks runs with --no-pii and
+--tokenizer (datatrove has no PII step and must not be charged for tokenizer training), and
+keeps its exact-dedup pass (a hash per document; datatrove has no equivalent in this pipeline).
+datatrove normalises text with tokenworks' rules before filtering. One difference is by design
+and shows in precision: datatrove treats every LSH candidate pair as a duplicate, while
+tokenworks confirms each on the exact Jaccard of its shingles; with 20 bands x 5 rows the
+banding's S-curve is centred near Jaccard (1/20)^(1/5) = 0.55, so the planted near-misses
+(Jaccard 0.5-0.78) are what tells the two apart. Run with --near-misses 0 to leave them out.
+
+Timings are wall clock on whatever else the machine is doing: the tools alternate run by run,
+and each run line shows the 1-minute load average before it, so a busy machine is visible.
+
+datatrove runs in its own virtualenv, `.peers/datatrove`, which `ensure_datatrove()` creates and
+fills from PyPI on first use (datatrove plus orjson, xxhash, regex, tokenizers and spaCy: the
+few extras its JSONL reader/writer, MinHash, word tokenizer and DocumentTokenizer import; no
+model or data download is needed, see benchmarks/datatrove_pipeline.py). When it cannot be set
+up, the benchmark says why and measures tokenworks alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = Path(__file__).resolve().parent
+PEERS = ROOT / ".peers"
+DATATROVE_VENV = PEERS / "datatrove"
+DATATROVE_PYTHON = DATATROVE_VENV / "bin" / "python"
+DATATROVE_SCRIPT = BENCHMARKS / "datatrove_pipeline.py"
+# What datatrove's code paths used here import, and nothing else: orjson (JSONL reader and
+# writer), xxhash (MinHash's default hash), regex (word_tokenizers), tokenizers
+# (DocumentTokenizer), spaCy (the stock English word tokenizer; a blank pipeline, no download).
+# The `io` and `processing` extras would add pyarrow, datasets, nltk, fasttext, trafilatura...
+# xxhash < 4 as datatrove's `processing` extra pins it: xxhash 4's xxh64_intdigest refuses str,
+# and MinhashDedupSignature passes str ("TypeError: Strings must be encoded before hashing").
+DATATROVE_REQUIREMENTS = ["datatrove>=0.10,<0.11", "orjson", "xxhash<4", "regex", "tokenizers", "spacy"]
+DATATROVE_PROBE = (
+    "import datatrove, orjson, xxhash, regex, tokenizers, spacy; xxhash.xxh64_intdigest('probe'); "
+    "from importlib.metadata import version; print(version('datatrove'))"
+)
+TOKENWORKS = ROOT / ".venv" / "bin" / "tokenworks"
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+GOALS = {"ratio": 1.0, "recall": 0.95, "precision": 0.99}
+
+_WORD = re.compile(r"\w+")
+
+
+# ---------------------------------------------------------------------------------------
+# output helpers: rich when importable (it is in tokenworks' venv), plain text otherwise
+
+
+try:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    # a log file gets the full table, not one squeezed into 80 columns
+    console: Console | None = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
+except ImportError:  # pragma: no cover - the benchmark's own venv has rich
+    console = None
+
+
+def say(message: str = "") -> None:
+    if console is not None:
+        console.print(message, soft_wrap=True)
+    else:
+        print(re.sub(r"\[/?[a-z ]+\]", "", message), flush=True)
+
+
+class Counter:
+    """A progress bar (rich) or a few percent lines (plain) for a loop of known length."""
+
+    def __init__(self, description: str, total: int) -> None:
+        self.description, self.total, self.done, self._last = description, total, 0, -1
+        self._progress = None
+        if console is not None:
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+                transient=True,
+            )
+
+    def __enter__(self) -> Counter:
+        if self._progress is not None:
+            self._progress.start()
+            self._task = self._progress.add_task(self.description, total=self.total)
+        return self
+
+    def advance(self, steps: int = 1) -> None:
+        self.done += steps
+        if self._progress is not None:
+            self._progress.update(self._task, completed=self.done)
+        elif (percent := 100 * self.done // max(self.total, 1)) // 25 != self._last // 25:
+            self._last = percent
+            print(f"  {self.description}: {percent}%", flush=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+# ---------------------------------------------------------------------------------------
+# datatrove's virtualenv
+
+
+def ensure_datatrove() -> tuple[Path | None, str]:
+    """(python, version) of a virtualenv with datatrove and what its pipeline here needs, or
+    (None, why not). Creates `.peers/datatrove` and pip-installs into it on first use."""
+
+    def probe() -> subprocess.CompletedProcess:
+        return subprocess.run([str(DATATROVE_PYTHON), "-c", DATATROVE_PROBE], capture_output=True, text=True)
+
+    if DATATROVE_PYTHON.exists() and (found := probe()).returncode == 0:
+        return DATATROVE_PYTHON, found.stdout.strip()
+    say(f"setting up datatrove in {DATATROVE_VENV.relative_to(ROOT)} (pip install {' '.join(DATATROVE_REQUIREMENTS)})")
+    try:
+        if not DATATROVE_PYTHON.exists():
+            subprocess.run([sys.executable, "-m", "venv", str(DATATROVE_VENV)], check=True, capture_output=True)
+        install = subprocess.run(
+            [str(DATATROVE_PYTHON), "-m", "pip", "install", "--quiet", *DATATROVE_REQUIREMENTS],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+    except (OSError, subprocess.SubprocessError) as error:
+        return None, f"could not create the virtualenv: {error}"
+    if install.returncode != 0:
+        lines = [line for line in install.stderr.splitlines() if line.strip() and "is ignored" not in line]
+        return None, "pip install failed: " + " | ".join(lines[-3:])
+    found = probe()
+    if found.returncode != 0:
+        return None, "datatrove installed but does not import: " + found.stderr.strip().splitlines()[-1]
+    return DATATROVE_PYTHON, found.stdout.strip()
+
+
+def tokenworks_available() -> tuple[bool, str]:
+    """Whether `tokenworks ingest` exists, and the tokenworks version (or why not)."""
+    if not TOKENWORKS.exists():
+        return False, f"{TOKENWORKS} not found (run `make setup`)"
+    found = subprocess.run([str(TOKENWORKS), "ingest", "--help"], capture_output=True, text=True)
+    if found.returncode != 0:
+        return False, "`tokenworks ingest` is not available: " + " ".join(found.stderr.split())[:200]
+    version = subprocess.run([str(TOKENWORKS), "version"], capture_output=True, text=True).stdout.strip()
+    return True, version.removeprefix("tokenworks ").strip() or "?"
+
+
+# ---------------------------------------------------------------------------------------
+# the corpus: seeded English-like text, planted near-duplicates, near-misses and junk
+
+FUNCTION_WORDS = str.split(
+    "the of and to a in is that for it as was with be by on not he this are or his from at which but have an "
+    "they you were her she there been one all we their has would when if so no will more can its into than "
+    "about other some what only also then them these two may any our could after first very where most over"
+)
+ONSETS = str.split(
+    "b c d f g h j k l m n p r s t v w y z bl br ch cl cr dr fl fr gl gr pl pr sc sh sk sl sp st str th tr wh"
+)
+VOWELS = str.split("a e i o u a e i o u ea ee ai ou oo ie io")
+CODAS = ["", "", "", "", "", "", *str.split("n r s t l m nd nt st rd ck ng sh th")]
+PUNCT_END = (".", ".", ".", ".", ".", ".", ".", "?", "!")
+
+
+@dataclass
+class Vocabulary:
+    words: list[str]
+    cumulative: np.ndarray  # cumulative sampling probabilities
+
+    def sample(self, rng: np.random.Generator, count: int) -> list[str]:
+        indices = np.searchsorted(self.cumulative, rng.random(count), side="right")
+        return [self.words[i] for i in np.minimum(indices, len(self.words) - 1)]
+
+
+def make_vocabulary(rng: np.random.Generator, size: int) -> Vocabulary:
+    """Function words at English-like frequencies, then `size` made-up content words with a
+    Zipfian frequency and 1-4 syllables (mean token length near English's ~4.7 characters)."""
+    content: list[str] = []
+    seen = set(FUNCTION_WORDS)
+    while len(content) < size:
+        syllables = int(rng.choice([1, 2, 3, 4], p=[0.36, 0.42, 0.17, 0.05]))
+        word = "".join(
+            ONSETS[rng.integers(len(ONSETS))] * (i == 0 or rng.random() < 0.8)
+            + VOWELS[rng.integers(len(VOWELS))]
+            + CODAS[rng.integers(len(CODAS))] * (i == syllables - 1 or rng.random() < 0.3)
+            for i in range(syllables)
+        )
+        if 2 <= len(word) <= 14 and word not in seen:
+            seen.add(word)
+            content.append(word)
+    function_weights = 1.0 / np.arange(1, len(FUNCTION_WORDS) + 1) ** 0.9
+    content_weights = 1.0 / (np.arange(1, size + 1) + 20) ** 1.0
+    weights = np.concatenate(
+        [0.42 * function_weights / function_weights.sum(), 0.58 * content_weights / content_weights.sum()]
+    )
+    return Vocabulary(FUNCTION_WORDS + content, np.cumsum(weights))
+
+
+Document = list[list[list[str]]]  # paragraphs -> sentences -> words (punctuation attached)
+
+
+def make_document(rng: np.random.Generator, vocabulary: Vocabulary, words: int) -> Document:
+    """About `words` words: an optional title line, then 2-6 sentence paragraphs of 6-22 word sentences."""
+    paragraphs: Document = []
+    remaining = words
+    if rng.random() < 0.3:
+        title = [w.capitalize() for w in vocabulary.sample(rng, int(rng.integers(3, 8)))]
+        paragraphs.append([title])
+        remaining -= len(title)
+    paragraph: list[list[str]] = []
+    target = int(rng.integers(2, 7))
+    while remaining > 0:
+        length = min(remaining, int(rng.integers(6, 23)))
+        if remaining - length < 4:  # no tiny trailing sentence
+            length = remaining
+        sentence = vocabulary.sample(rng, length)
+        for i in np.flatnonzero(rng.random(length) < 0.012):  # a few numbers
+            sentence[i] = str(int(rng.integers(1, 2030)))
+        for i in np.flatnonzero(rng.random(length - 1) < 0.07):  # commas
+            sentence[i] += ","
+        sentence[0] = sentence[0].capitalize()
+        sentence[-1] += PUNCT_END[rng.integers(len(PUNCT_END))]
+        paragraph.append(sentence)
+        remaining -= length
+        if len(paragraph) == target or remaining <= 0:
+            paragraphs.append(paragraph)
+            paragraph, target = [], int(rng.integers(2, 7))
+    return paragraphs
+
+
+def render(document: Document) -> str:
+    return "\n\n".join(" ".join(" ".join(sentence) for sentence in paragraph) for paragraph in document)
+
+
+def word_count(document: Document) -> int:
+    return sum(len(sentence) for paragraph in document for sentence in paragraph)
+
+
+def edit(
+    rng: np.random.Generator, vocabulary: Vocabulary, document: Document, edits: int, burst: bool
+) -> tuple[Document, int]:
+    """A copy with `edits` word substitutions/insertions/deletions: spread over the document, or
+    (burst) in one stretch, as when one passage is rewritten. Returns (copy, edits made)."""
+    copy = [[list(sentence) for sentence in paragraph] for paragraph in document]
+    slots = [(p, s) for p, paragraph in enumerate(copy) for s in range(len(paragraph))]
+    sizes = np.array([len(copy[p][s]) for p, s in slots])
+    start = int(rng.integers(len(slots)))
+    made = 0
+    for k in range(edits):
+        if burst:  # walk the sentences from a random one on, a few edits each
+            p, s = slots[(start + k // 3) % len(slots)]
+        else:
+            p, s = slots[int(np.searchsorted(np.cumsum(sizes), rng.integers(sizes.sum()), side="right"))]
+        sentence = copy[p][s]
+        kind = rng.choice(3, p=[0.6, 0.2, 0.2])  # substitute, insert, delete
+        if kind == 2 and len(sentence) <= 4:
+            kind = 0
+        if kind == 0:
+            i = int(rng.integers(len(sentence)))
+            old, new = sentence[i], vocabulary.sample(rng, 1)[0]
+            trail = old[len(old.rstrip(",.?!")) :]
+            sentence[i] = (new.capitalize() if i == 0 else new) + trail
+        elif kind == 1:
+            sentence.insert(int(rng.integers(1, len(sentence))), vocabulary.sample(rng, 1)[0])
+        else:
+            del sentence[int(rng.integers(1, len(sentence) - 1))]
+        made += 1
+    return copy, made
+
+
+def shingles(text: str, n: int) -> set[tuple[str, ...]]:
+    """`n`-word shingles of lower-cased \\w+ words (the words both tools shingle on)."""
+    words = _WORD.findall(text.lower())
+    return {tuple(words[i : i + n]) for i in range(max(len(words) - n + 1, 1))}
+
+
+def jaccard(first: set, second: set) -> float:
+    return len(first & second) / len(first | second) if first or second else 1.0
+
+
+JUNK_KINDS = ("short", "hashtags", "ellipsis_lines", "numbers", "duplicate_lines", "long_words", "top_ngram")
+
+
+def make_junk(rng: np.random.Generator, vocabulary: Vocabulary, kind: str) -> str:
+    """A document each tool's quality filters must drop, failing one rule by a clear margin."""
+    words = int(rng.integers(120, 300))
+    if kind == "short":
+        return render(make_document(rng, vocabulary, int(rng.integers(10, 40))))
+    if kind == "hashtags":
+        tokens = vocabulary.sample(rng, words)
+        return " ".join(f"#{w}" if i % 4 == 0 else w for i, w in enumerate(tokens))
+    if kind == "ellipsis_lines":
+        lines = [" ".join(vocabulary.sample(rng, int(rng.integers(12, 20)))) for _ in range(words // 15)]
+        return "\n".join(line + ("..." if i % 2 == 0 else ".") for i, line in enumerate(lines))
+    if kind == "numbers":
+        tokens = vocabulary.sample(rng, words)
+        return " ".join(str(int(rng.integers(0, 100000))) if rng.random() < 0.4 else w for w in tokens)
+    if kind == "duplicate_lines":
+        lines = [" ".join(vocabulary.sample(rng, int(rng.integers(8, 16)))) + "." for _ in range(6)]
+        return "\n".join(lines[int(rng.integers(len(lines)))] for _ in range(words // 10))
+    if kind == "long_words":
+        tokens = vocabulary.sample(rng, words * 3)
+        return " ".join("".join(tokens[i : i + 3]) for i in range(0, len(tokens), 3))
+    # top_ngram: one phrase makes up a large share of the text
+    phrase = " ".join(vocabulary.sample(rng, 2))
+    tokens = vocabulary.sample(rng, words)
+    return " ".join(phrase if i % 3 == 0 else w for i, w in enumerate(tokens))
+
+
+@dataclass
+class Corpus:
+    directory: Path
+    ids: list[str]
+    texts_sample: list[str]  # clean documents, to train the shared tokenizer on
+    planted: dict[str, str] = field(default_factory=dict)  # near-duplicate id -> original id
+    near_misses: dict[str, str] = field(default_factory=dict)  # below-threshold copy id -> original id
+    junk: dict[str, str] = field(default_factory=dict)  # id -> which rule it breaks
+    pair_jaccard: dict[str, float] = field(default_factory=dict)  # copy id -> true Jaccard with original
+    pair_edits: dict[str, float] = field(default_factory=dict)  # copy id -> edited fraction of words
+    dropped_pairs: int = 0  # copies that could not be brought to the wanted Jaccard, left out
+
+
+def generate_corpus(
+    directory: Path,
+    documents: int,
+    duplicate_fraction: float,
+    near_miss_fraction: float,
+    junk_fraction: float,
+    shards: int,
+    seed: int,
+    shingle_words: int,
+    threshold: float,
+) -> Corpus:
+    """`documents` JSONL lines in `shards` files, in one order that both tools read (files in
+    name order, lines in file order). Every copy lies after its original, never next to it."""
+    rng = np.random.default_rng(seed)
+    vocabulary = make_vocabulary(rng, 4000)
+    n_dups = round(documents * duplicate_fraction)
+    n_misses = round(documents * near_miss_fraction)
+    n_junk = round(documents * junk_fraction)
+    n_base = documents - n_dups - n_misses
+    if n_base - n_junk < n_dups + n_misses:
+        raise SystemExit("too few clean documents to copy from: lower --duplicates/--near-misses/--junk")
+    # Base documents in file order; copies are drawn from distinct clean originals in the first
+    # 90%, so that each has room for its copy later in the file (one copy per original keeps
+    # "the first of a cluster" unambiguous).
+    is_junk = np.zeros(n_base, dtype=bool)
+    is_junk[rng.choice(n_base, n_junk, replace=False)] = True
+    clean = np.flatnonzero(~is_junk)
+    eligible = clean[clean < max(int(n_base * 0.9), n_dups + n_misses + 1)]
+    chosen = rng.choice(eligible, n_dups + n_misses, replace=False)
+    copy_kind = {int(i): ("dup" if k < n_dups else "miss") for k, i in enumerate(chosen)}
+
+    entries: list[tuple[float, str, str, str | None, float, float]] = []  # key, text, kind, original key...
+    junk_kinds: list[str] = []
+    texts_sample: list[str] = []
+    dropped = 0
+    with Counter("generating corpus", n_base) as counter:
+        for position in range(n_base):
+            if is_junk[position]:
+                kind = JUNK_KINDS[int(rng.integers(len(JUNK_KINDS)))]
+                junk_kinds.append(kind)
+                entries.append((position, make_junk(rng, vocabulary, kind), "junk:" + kind, None, 0.0, 0.0))
+                counter.advance()
+                continue
+            document = make_document(rng, vocabulary, int(rng.integers(100, 401)))
+            text = render(document)
+            entries.append((position, text, "base", None, 0.0, 0.0))
+            if len(texts_sample) < 5000:
+                texts_sample.append(text)
+            if position in copy_kind:
+                made = make_copy(rng, vocabulary, document, text, copy_kind[position], shingle_words, threshold)
+                if made is None:
+                    dropped += 1
+                else:
+                    copy_text, score, fraction = made
+                    # after the original, never adjacent: uniform over the rest of the file
+                    key = float(rng.uniform(position + 1.5, max(n_base - 0.5, position + 1.6)))
+                    entries.append((key, copy_text, copy_kind[position], position, score, fraction))
+            counter.advance()
+
+    entries.sort(key=lambda entry: entry[0])
+    width = len(str(len(entries)))
+    ids = [f"doc-{i:0{width}d}" for i in range(len(entries))]
+    id_of_position = {entry[0]: ids[i] for i, entry in enumerate(entries) if entry[3] is None}
+    corpus = Corpus(directory, ids, texts_sample, dropped_pairs=dropped)
+    for doc_id, (_, _, kind, original, score, fraction) in zip(ids, entries, strict=True):
+        if kind.startswith("junk:"):
+            corpus.junk[doc_id] = kind.removeprefix("junk:")
+        elif original is not None:
+            target = corpus.planted if kind == "dup" else corpus.near_misses
+            target[doc_id] = id_of_position[original]
+            corpus.pair_jaccard[doc_id] = score
+            corpus.pair_edits[doc_id] = fraction
+
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    per_shard = -(-len(entries) // shards)
+    for shard in range(shards):
+        rows = range(shard * per_shard, min((shard + 1) * per_shard, len(entries)))
+        with open(directory / f"part-{shard:05d}.jsonl", "w", encoding="utf-8") as out:
+            for i in rows:
+                out.write(json.dumps({"id": ids[i], "text": entries[i][1]}, ensure_ascii=False) + "\n")
+    return corpus
+
+
+def make_copy(
+    rng: np.random.Generator,
+    vocabulary: Vocabulary,
+    document: Document,
+    text: str,
+    kind: str,
+    shingle_words: int,
+    threshold: float,
+) -> tuple[str, float, float] | None:
+    """(copy text, true Jaccard, edited fraction of words), or None when no copy lands in range.
+
+    A near-duplicate ("dup") edits 1%-5% of the words (spread out, or in a burst) and must keep
+    a true Jaccard >= threshold: when it does not, the edit count shrinks and it is redone. A
+    near-miss ("miss") edits more, spread out, to land at Jaccard 0.5-0.78: similar text that
+    a 0.8 threshold must not call a duplicate."""
+    original = shingles(text, shingle_words)
+    words = word_count(document)
+    if kind == "dup":
+        burst = bool(rng.random() < 0.5)
+        edits = max(1, round(words * float(rng.uniform(0.01, 0.05))))
+        low, high = threshold, 1.0
+    else:
+        burst = False
+        edits = max(2, round(words * float(rng.uniform(0.025, 0.06))))
+        low, high = 0.5, 0.78
+    for _ in range(12):
+        copy, made = edit(rng, vocabulary, document, edits, burst)
+        copy_text = render(copy)
+        score = jaccard(original, shingles(copy_text, shingle_words))
+        if low <= score <= high and copy_text != text:
+            return copy_text, score, made / words
+        edits = max(1, int(edits * 0.75)) if score < low else edits + max(1, edits // 3)
+    return None
+
+
+def train_tokenizer(texts: list[str], vocab_size: int, directory: Path) -> tuple[Path, str]:
+    """One byte-level BPE tokenizer.json (trained by tokenworks) that both tools tokenize with."""
+    from tokenworks.model import Tokenizer
+
+    tokenizer = Tokenizer.train(texts, vocab_size)
+    tokenizer.save(directory)
+    return directory / "tokenizer.json", tokenizer.eos_token
+
+
+# ---------------------------------------------------------------------------------------
+# running the tools
+
+
+@dataclass
+class Run:
+    seconds: float
+    returncode: int
+    log: Path
+
+
+def run_timed(command: list[str], env: dict[str, str], log: Path, label: str) -> Run:
+    """Run `command` to completion (output to `log`), showing elapsed time; wall-clock seconds."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        if console is not None:
+            with console.status(f"{label} ...") as status:
+                while process.poll() is None:
+                    time.sleep(0.05)
+                    status.update(f"{label} ... {time.perf_counter() - start:.0f}s")
+        else:
+            process.wait()
+        seconds = time.perf_counter() - start
+    return Run(seconds, process.returncode, log)
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def read_jsonl(paths: Iterator[Path]) -> Iterator[dict]:
+    for path in sorted(paths):
+        with open(path, encoding="utf-8") as rows:
+            for line in rows:
+                if line.strip():
+                    yield json.loads(line)
+
+
+@dataclass
+class Outcome:
+    """What one tool did to the corpus: the ids it dropped, and why."""
+
+    quality: set[str]  # dropped by quality filters (or any stage before dedup)
+    flagged: set[str]  # dropped as a duplicate (exact or near)
+    kept: int
+    by_stage: dict[str, int]
+
+
+def tokenworks_outcome(out: Path, total: int) -> Outcome:
+    rejected = out / "rejected"
+    quality: set[str] = set()
+    flagged: set[str] = set()
+    by_stage: dict[str, int] = {}
+    for path in sorted(rejected.glob("*.jsonl")):
+        stage = path.stem
+        ids = {str(row["id"]) for row in read_jsonl(iter([path]))}
+        by_stage[stage] = len(ids)
+        (flagged if stage in ("near_dedup", "exact_dedup") or "dedup" in stage else quality).update(ids)
+    kept = total - len(quality) - len(flagged)
+    stats_path = out / "stats.json"
+    if stats_path.exists():
+        stats = json.loads(stats_path.read_text())
+        kept = _kept_from_stats(stats, kept)
+    return Outcome(quality, flagged, kept, by_stage)
+
+
+def _kept_from_stats(stats: object, default: int) -> int:
+    """The documents out of the last dedup stage in tokenworks' stats.json, when it says."""
+    stages = stats.get("stages", stats) if isinstance(stats, dict) else stats
+    if isinstance(stages, dict):
+        stages = [{"stage": name, **value} for name, value in stages.items() if isinstance(value, dict)]
+    if not isinstance(stages, list):
+        return default
+    kept = default
+    for stage in stages:
+        if isinstance(stage, dict) and "dedup" in str(stage.get("stage", stage.get("name", ""))):
+            for key in ("documents_out", "out", "docs_out", "output"):
+                if isinstance(stage.get(key), int):
+                    kept = stage[key]
+    return kept
+
+
+def datatrove_outcome(out: Path) -> Outcome:
+    def ids(folder: str) -> set[str]:
+        return {str(row["id"]) for row in read_jsonl((out / folder).glob("*.jsonl"))}
+
+    quality, repetition, flagged = ids("rejected/quality"), ids("rejected/repetition"), ids("rejected/near_dedup")
+    kept = sum(1 for _ in read_jsonl((out / "output").glob("*.jsonl")))
+    by_stage = {"gopher_quality": len(quality), "gopher_repetition": len(repetition), "minhash": len(flagged)}
+    return Outcome(quality | repetition, flagged, kept, by_stage)
+
+
+@dataclass
+class ToolResult:
+    name: str
+    version: str
+    seconds: list[float] = field(default_factory=list)
+    loads: list[float] = field(default_factory=list)  # 1-minute load average before each run
+    outcome: Outcome | None = None
+    error: str | None = None
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+
+def scores(outcome: Outcome, corpus: Corpus) -> dict[str, float | int]:
+    planted = set(corpus.planted)
+    originals = set(corpus.planted.values())
+    survived = planted - outcome.quality
+    hits = outcome.flagged & planted
+    return {
+        "planted": len(planted),
+        "planted_survived_quality": len(survived),
+        "planted_removed_by_quality": len(planted & outcome.quality),
+        "originals_removed_by_quality": len(originals & outcome.quality),
+        "flagged": len(outcome.flagged),
+        "true_positives": len(hits),
+        "recall": len(hits) / len(survived) if survived else float("nan"),
+        "precision": len(hits) / len(outcome.flagged) if outcome.flagged else float("nan"),
+        "false_positive_originals": len(outcome.flagged & originals),
+        "false_positive_near_misses": len(outcome.flagged & set(corpus.near_misses)),
+        "false_positive_other": len(outcome.flagged - planted - originals - set(corpus.near_misses)),
+        "junk_removed_by_quality": len(set(corpus.junk) & outcome.quality),
+        "clean_removed_by_quality": len(outcome.quality - set(corpus.junk)),
+        "kept": outcome.kept,
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--documents", type=int, default=100_000, help="documents in the corpus (default 100000)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each tool; the median is reported (default 3)")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes/tasks for each tool (default 2)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="thread limit per process for both tools: OpenMP/MKL/OpenBLAS/NumExpr and the Rust thread\n"
+        "pool of Hugging Face tokenizers (default: --workers)",
+    )
+    parser.add_argument("--shards", type=int, help="JSONL files the corpus is split into (default: --workers)")
+    parser.add_argument("--duplicates", type=float, default=0.10, help="fraction planted near-duplicates (0.10)")
+    parser.add_argument("--near-misses", type=float, default=0.02, help="fraction planted near-misses (0.02)")
+    parser.add_argument("--junk", type=float, default=0.05, help="fraction of documents the filters must drop (0.05)")
+    parser.add_argument("--shingle-words", type=int, default=5)
+    parser.add_argument("--bands", type=int, default=20)
+    parser.add_argument("--rows", type=int, default=5)
+    parser.add_argument("--jaccard", type=float, default=0.8)
+    parser.add_argument("--vocab-size", type=int, default=8192, help="shared tokenizer's vocabulary (default 8192)")
+    parser.add_argument(
+        "--datatrove-words",
+        choices=("whitespace", "spacy"),
+        default="whitespace",
+        help="datatrove's word tokenizer: whitespace words as tokenworks counts them (default), or\n"
+        "its stock English spaCy tokenizer (slower; punctuation becomes separate tokens)",
+    )
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=PEERS / "bench-ingest",
+        help="scratch folder; its corpus/, runs/, logs/ and tokenizer/ are replaced on each run",
+    )
+    parser.add_argument("--skip-datatrove", action="store_true", help="measure tokenworks alone")
+    parser.add_argument("--skip-tokenworks", action="store_true", help="measure datatrove alone")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    return parser.parse_args(argv)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    shards = args.shards or args.workers
+    args.threads = args.threads or args.workers
+    work: Path = args.workdir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    for stale in ("corpus", "runs", "logs", "tokenizer"):  # what an earlier run left; nothing else
+        shutil.rmtree(work / stale, ignore_errors=True)
+
+    # which tools can run
+    tools: dict[str, ToolResult] = {}
+    datatrove_python: Path | None = None
+    if not args.skip_tokenworks:
+        ok, detail = tokenworks_available()
+        tools["tokenworks"] = ToolResult("tokenworks", detail if ok else "-", error=None if ok else detail)
+    if not args.skip_datatrove:
+        datatrove_python, detail = ensure_datatrove()
+        tools["datatrove"] = ToolResult(
+            "datatrove", detail if datatrove_python else "-", error=None if datatrove_python else detail
+        )
+    for tool in tools.values():
+        if tool.error:
+            say(f"[yellow]{tool.name} will not run:[/] {tool.error}")
+
+    # corpus and tokenizer (not timed)
+    started = time.perf_counter()
+    corpus = generate_corpus(
+        work / "corpus",
+        args.documents,
+        args.duplicates,
+        args.near_misses,
+        args.junk,
+        shards,
+        args.seed,
+        args.shingle_words,
+        args.jaccard,
+    )
+    say(f"corpus: {len(corpus.ids):,} documents in {shards} JSONL files ({time.perf_counter() - started:.1f}s)")
+    tokenizer_json, eos = train_tokenizer(corpus.texts_sample, args.vocab_size, work / "tokenizer")
+    corpus.texts_sample = []  # no longer needed: free the memory
+    truth = {name: getattr(corpus, name) for name in ("planted", "near_misses", "junk", "pair_jaccard", "pair_edits")}
+    (work / "ground_truth.json").write_text(json.dumps(truth, indent=1) + "\n")  # beside the corpus, not in it
+
+    env = dict(os.environ)
+    for name in THREAD_VARIABLES:
+        env[name] = str(args.threads)
+    env["RAYON_NUM_THREADS"] = str(args.threads)  # Hugging Face tokenizers' thread pool
+    env["TOKENIZERS_PARALLELISM"] = "true" if args.threads > 1 else "false"
+    env["HF_HUB_OFFLINE"] = "1"
+    env["PYTHONPATH"] = str(BENCHMARKS)
+    thread_settings = {name: env[name] for name in (*THREAD_VARIABLES, "RAYON_NUM_THREADS", "TOKENIZERS_PARALLELISM")}
+
+    def tokenworks_command(out: Path) -> list[str]:
+        return [
+            str(TOKENWORKS),
+            "ingest",
+            str(corpus.directory),
+            "--out",
+            str(out),
+            "--workers",
+            str(args.workers),
+            "--text-field",
+            "text",
+            "--id-field",
+            "id",
+            "--tokenizer",
+            str(tokenizer_json),
+            "--no-pii",  # datatrove's pipeline has no PII step
+            "--shingle-words",
+            str(args.shingle_words),
+            "--minhash-bands",
+            str(args.bands),
+            "--minhash-rows",
+            str(args.rows),
+            "--jaccard",
+            str(args.jaccard),
+            "--seed",
+            str(args.seed),
+        ]
+
+    def datatrove_command(out: Path) -> list[str]:
+        config = {
+            "corpus": str(corpus.directory),
+            "workdir": str(out),
+            "workers": args.workers,
+            "text_field": "text",
+            "id_field": "id",
+            "shingle_words": args.shingle_words,
+            "bands": args.bands,
+            "rows": args.rows,
+            "seed": args.seed,
+            "words": args.datatrove_words,
+            "tokenizer": str(tokenizer_json),
+            "eos_token": eos,
+        }
+        path = out.parent / f"{out.name}.config.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(config, indent=2))
+        return [str(datatrove_python), str(DATATROVE_SCRIPT), str(path)]
+
+    commands = {"tokenworks": tokenworks_command, "datatrove": datatrove_command}
+    outcomes = {"tokenworks": lambda out: tokenworks_outcome(out, len(corpus.ids)), "datatrove": datatrove_outcome}
+
+    # the runs: alternate the tools, so that neither always runs on a warmer machine
+    for repeat in range(1, args.repeats + 1):
+        for name, tool in tools.items():
+            if tool.error:
+                continue
+            out = work / "runs" / name
+            if out.exists():
+                shutil.rmtree(out)
+            log = work / "logs" / f"{name}-{repeat}.log"
+            # The machine may be shared: a busy one before a run makes its time suspect.
+            load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+            run = run_timed(commands[name](out), env, log, f"{name} run {repeat}/{args.repeats}")
+            if run.returncode != 0:
+                tool.error = f"exit status {run.returncode}; see {log}"
+                say(f"[red]{name} failed[/] (exit {run.returncode}), last lines of {log}:\n{tail(log)}")
+                continue
+            tool.seconds.append(run.seconds)
+            tool.loads.append(round(load, 2))
+            busy = " [yellow](the machine was busy before this run)[/]" if load > 0.5 * (os.cpu_count() or 1) else ""
+            say(
+                f"{name} run {repeat}/{args.repeats}: {run.seconds:.1f}s "
+                f"({len(corpus.ids) / run.seconds:,.0f} documents/s; 1-minute load before it {load:.2f}){busy}"
+            )
+            if repeat == args.repeats:  # the outputs of one run are enough: every run does the same
+                try:
+                    tool.outcome = outcomes[name](out)
+                except (OSError, ValueError, KeyError) as error:
+                    tool.error = f"could not read its output: {error!r}"
+
+    report(args, corpus, shards, tools, thread_settings)
+    return 0 if all(tool.error is None for tool in tools.values()) else 1
+
+
+def report(
+    args: argparse.Namespace, corpus: Corpus, shards: int, tools: dict[str, ToolResult], threads: dict[str, str]
+) -> None:
+    total = len(corpus.ids)
+    planted_scores = list(corpus.pair_jaccard[i] for i in corpus.planted)
+    miss_scores = list(corpus.pair_jaccard[i] for i in corpus.near_misses)
+    edits = list(corpus.pair_edits[i] for i in corpus.planted)
+    results: dict[str, object] = {
+        "parameters": {
+            "documents": total,
+            "planted_near_duplicates": len(corpus.planted),
+            "planted_jaccard_min_median_max": _spread(planted_scores),
+            "planted_edit_fraction_min_median_max": _spread(edits),
+            "planted_pairs_left_out": corpus.dropped_pairs,
+            "near_misses": len(corpus.near_misses),
+            "near_miss_jaccard_min_median_max": _spread(miss_scores),
+            "junk": len(corpus.junk),
+            "shards": shards,
+            "shingle_words": args.shingle_words,
+            "bands": args.bands,
+            "rows": args.rows,
+            "jaccard": args.jaccard,
+            "workers": args.workers,
+            "threads": threads,
+            "repeats": args.repeats,
+            "datatrove_words": args.datatrove_words,
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "versions": {name: tool.version for name, tool in tools.items()},
+            "seed": args.seed,
+        },
+        "tools": {},
+    }
+    params = results["parameters"]
+    say()
+    say("[bold]parameters[/]")
+    for key, value in params.items():
+        say(f"  {key}: {value}")
+
+    rows = []
+    for name, tool in tools.items():
+        entry: dict[str, object] = {
+            "version": tool.version,
+            "seconds": [round(s, 3) for s in tool.seconds],
+            "load_before_runs": tool.loads,
+        }
+        if tool.error:
+            entry["error"] = tool.error
+        if tool.seconds:
+            entry["median_seconds"] = round(tool.median, 3)
+            entry["documents_per_second"] = round(total / tool.median, 1)
+        if tool.outcome is not None:
+            entry["dedup"] = scores(tool.outcome, corpus)
+            entry["rejected_by_stage"] = tool.outcome.by_stage
+        results["tools"][name] = entry
+        rows.append((name, entry))
+
+    quality_sets = {name: tool.outcome.quality for name, tool in tools.items() if tool.outcome is not None}
+    if len(quality_sets) == 2:
+        tw, dt = quality_sets.get("tokenworks", set()), quality_sets.get("datatrove", set())
+        agreement = {"both": len(tw & dt), "tokenworks_only": len(tw - dt), "datatrove_only": len(dt - tw)}
+        results["quality_filter_agreement"] = agreement
+        say(f"  quality filters, documents dropped: {agreement}")
+    for name, entry in rows:
+        if "dedup" in entry:
+            say(f"  {name} dedup detail: {entry['dedup']}")
+            say(f"  {name} rejected by stage: {entry['rejected_by_stage']}")
+        if entry.get("seconds"):
+            say(
+                f"  {name} seconds per run: {entry['seconds']} (1-minute load before each: {entry['load_before_runs']})"
+            )
+
+    speed = {name: entry.get("documents_per_second") for name, entry in rows}
+    ratio = speed["tokenworks"] / speed["datatrove"] if speed.get("tokenworks") and speed.get("datatrove") else None
+    results["ratio_tokenworks_over_datatrove"] = round(ratio, 3) if ratio else None
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        say(f"  results written to {args.json}")
+
+    headers = (
+        "tool",
+        "documents/s (median)",
+        "seconds (median)",
+        "recall",
+        "precision",
+        "near-misses flagged",
+        "kept documents",
+        "vs datatrove",
+    )
+    table_rows = []
+    for name, entry in rows:
+        dedup = entry.get("dedup", {})
+        table_rows.append(
+            (
+                f"{name} {entry['version']}",
+                f"{entry['documents_per_second']:,.0f}" if "documents_per_second" in entry else "-",
+                f"{entry['median_seconds']:.1f}" if "median_seconds" in entry else "-",
+                _fmt(dedup.get("recall")),
+                _fmt(dedup.get("precision")),
+                f"{dedup['false_positive_near_misses']}/{len(corpus.near_misses)}" if dedup else "-",
+                f"{dedup['kept']:,}" if "kept" in dedup else "-",
+                (f"{ratio:.2f}x" if ratio else "-") if name == "tokenworks" else ("1.00x" if ratio else "-"),
+            )
+        )
+    caption = (
+        f"{total:,} documents, {args.workers} workers, {args.threads} thread(s) each, median of {args.repeats}; "
+        f"goals: tokenworks >= {GOALS['ratio']:.1f}x datatrove, recall >= {GOALS['recall']}, precision >= {GOALS['precision']}"
+    )
+    say()
+    if console is not None:
+        table = Table(title="document ingestion: tokenworks vs datatrove", caption=caption)
+        for i, header in enumerate(headers):
+            table.add_column(header, justify="left" if i == 0 else "right")
+        for row in table_rows:
+            table.add_row(*row)
+        console.print(table)
+    else:
+        widths = [max(len(h), *(len(r[i]) for r in table_rows)) for i, h in enumerate(headers)]
+        print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
+        for row in table_rows:
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+        print(caption)
+
+
+def _spread(values: list[float]) -> list[float] | None:
+    return [round(min(values), 3), round(statistics.median(values), 3), round(max(values), 3)] if values else None
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.4f}" if isinstance(value, float) and value == value else "-"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
