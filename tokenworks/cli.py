@@ -55,6 +55,8 @@ def version() -> None:
 register_model(app)
 register_data(app)
 register_factory(app)
+__import__("tokenworks.train.cli").train.cli.register(app)  # tokenworks train (one line: see tokenworks/train/cli.py)
+__import__("tokenworks.serve.cli").serve.cli.register(app)  # tokenworks serve (see tokenworks/serve/cli.py)
 
 
 def main() -> None:

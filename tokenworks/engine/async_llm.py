@@ -18,6 +18,7 @@ import dataclasses
 import itertools
 import logging
 import pickle
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,7 @@ class AsyncLLM:
         queue: asyncio.Queue = asyncio.Queue()
         self._streams[request_id] = (self.frontend.new_state(request_id, prompt_ids, params), queue)
         self._ensure_reader()
-        self.client.send(AddRequest(request_id, prompt_ids, params, priority))
+        self.client.send(AddRequest(request_id, prompt_ids, params, priority, arrival_time=time.monotonic()))
         finished = False
         try:
             while not finished:

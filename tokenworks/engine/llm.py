@@ -7,6 +7,7 @@ outputs[0].text, outputs[0].token_ids, outputs[0].finish_reason
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ class LLM:
         for ids, request_params in zip(prompt_ids, params_list, strict=True):
             request_id = self.frontend.next_request_id()
             states[request_id] = self.frontend.new_state(request_id, ids, request_params)
-            self.client.send(AddRequest(request_id, ids, request_params))
+            self.client.send(AddRequest(request_id, ids, request_params, arrival_time=time.monotonic()))
         unfinished = set(states)
         while unfinished:
             message = self.client.receive(timeout_ms=1000)

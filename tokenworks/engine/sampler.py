@@ -80,7 +80,8 @@ class Sampler:
     ) -> torch.Tensor:
         rows = [i for i, is_greedy in enumerate(greedy) if not is_greedy]
         selected = logits[rows]
-        temperatures = torch.tensor([requests[i].params.temperature for i in rows], device=logits.device)
+        # A floor of 0.01 (as vLLM's) keeps logits / temperature finite for any float32 logits.
+        temperatures = torch.tensor([max(requests[i].params.temperature, 0.01) for i in rows], device=logits.device)
         selected = selected / temperatures[:, None]
         for position, row in enumerate(rows):
             selected[position] = _filter(selected[position], requests[row].params)

@@ -1,0 +1,112 @@
+"""A nano checkpoint and real uvicorn servers on 127.0.0.1 (free ports), each with its own engine process."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+
+import httpx
+import pytest
+
+from tokenworks.data import python_docs
+from tokenworks.model import CausalLM, Tokenizer, preset_config, save_model
+from tokenworks.serve import ServerConfig, create_app
+
+MODEL_NAME = "nano-test"
+MAX_MODEL_LEN = 256
+MAX_BODY_BYTES = 64 * 1024
+
+
+@pytest.fixture(scope="session")
+def serve_model_dir(tmp_path_factory):
+    texts = [d.text for d in itertools.islice(python_docs(include_modules=False), 40)]
+    tokenizer = Tokenizer.train(texts, vocab_size=512)
+    directory = tmp_path_factory.mktemp("serve-nano")
+    config = preset_config("nano", tokenizer.vocab_size, eos_token_id=tokenizer.eos_token_id)
+    save_model(CausalLM(config).init_weights(seed=0, std=0.1), directory)
+    tokenizer.save(directory)
+    return directory
+
+
+class ServerThread:
+    """uvicorn serving `create_app(config)` in a background thread, on a port the OS picks."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        import uvicorn
+
+        self.app = create_app(config)
+        self.server = uvicorn.Server(
+            uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", timeout_graceful_shutdown=10)
+        )
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread = threading.Thread(target=self._run, name="uvicorn-test-server", daemon=True)
+
+    def _run(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.loop.run_until_complete(self.server.serve())
+        self.loop.close()
+
+    def start(self, timeout: float = 300.0) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.05)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        return self
+
+    @property
+    def state(self):
+        return self.app.state.server
+
+    def run(self, coroutine, timeout: float = 60.0):
+        """Run a coroutine on the server's own event loop (where its engine lives)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+
+
+def start_server(model_dir, **overrides) -> ServerThread:
+    engine_options = dict(threads=1, max_model_len=MAX_MODEL_LEN, kv_cache_memory_gib=0.05)
+    engine_options.update(overrides.pop("engine_options", {}))
+    config = ServerConfig(
+        model=model_dir, served_model_name=MODEL_NAME, max_body_bytes=MAX_BODY_BYTES, engine_options=engine_options,
+        **overrides,
+    )  # fmt: skip
+    return ServerThread(config).start()
+
+
+@pytest.fixture(scope="session")
+def server(serve_model_dir):
+    """The main server: no API key, default limits except a small body limit and context."""
+    running = start_server(serve_model_dir)
+    yield running
+    running.stop()
+
+
+@pytest.fixture()
+def http(server):
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        yield client
+
+
+def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> float:
+    """The value of one sample in Prometheus text exposition (0 if absent)."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        key, _, value = line.rpartition(" ")
+        metric, _, label_text = key.partition("{")
+        if metric != name:
+            continue
+        if labels and not all(f'{k}="{v}"' in label_text for k, v in labels.items()):
+            continue
+        total += float(value)
+    return total

@@ -1,0 +1,142 @@
+"""POST /v1/chat/completions: messages through the model's chat template, JSON or SSE."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from tokenworks.engine import RequestOutput
+from tokenworks.serve.completions import ERRORS
+from tokenworks.serve.errors import APIError, json_error_event
+from tokenworks.serve.protocol import ChatCompletionRequest, ChatCompletionResponse, ChatMessage
+from tokenworks.serve.serving import (
+    ServerState,
+    bad_request,
+    finite,
+    generate_choices,
+    new_id,
+    sampling_params,
+    token_text,
+    usage,
+)  # fmt: skip
+from tokenworks.serve.streaming import DONE, ClientGone, EventStream, run_until_disconnect, sse
+
+router = APIRouter()
+
+
+def render_messages(state: ServerState, messages: list[ChatMessage], add_generation_prompt: bool) -> str:
+    tokenizer = state.engine.tokenizer
+    if tokenizer is None:
+        raise APIError(400, "this model has no tokenizer, so no chat template: use /v1/completions with token ids")
+    with bad_request():
+        return tokenizer.apply_chat_template(
+            [message.model_dump(exclude_none=True) for message in messages], add_generation_prompt
+        )
+
+
+def chat_logprobs(state: ServerState, output: RequestOutput, start: int, k: int) -> dict[str, list]:
+    content = []
+    for token_id, candidates in zip(output.token_ids[start:], output.logprobs[start:], strict=False):
+        text = token_text(state, token_id)
+        best = sorted(candidates.items(), key=lambda item: -item[1])[:k]
+        top = [
+            {"token": (t := token_text(state, tid)), "logprob": finite(value), "bytes": list(t.encode())}
+            for tid, value in best
+        ]
+        content.append({
+            "token": text, "logprob": finite(candidates.get(token_id, float("-inf"))), "bytes": list(text.encode()),
+            "top_logprobs": top,
+        })  # fmt: skip
+    return {"content": content}
+
+
+@router.post(
+    "/v1/chat/completions", response_model=ChatCompletionResponse,
+    responses=ERRORS,
+    summary="Answer a conversation (OpenAI Chat Completions API); stream: true answers with server-sent events.",
+)  # fmt: skip
+async def create_chat_completion(body: ChatCompletionRequest, raw_request: Request):
+    state: ServerState = raw_request.app.state.server
+    state.check_open()
+    state.check_model(body.model)
+    if body.top_logprobs is not None and not body.logprobs:
+        raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+    prompt = render_messages(state, body.messages, body.add_generation_prompt)
+    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    k = (body.top_logprobs or 0) if body.logprobs else None
+    with bad_request():
+        params = sampling_params(body, max_tokens, k)
+        prompt_ids = [state.engine.prepare(prompt, params)]
+    ticket = state.admit(body.n)
+    request_id, created = new_id("chatcmpl"), int(time.time())
+    choices = generate_choices(state, request_id, prompt_ids, params, body.n)
+    if body.stream:
+        return EventStream(_events(state, body, request_id, created, choices, prompt_ids), on_close=ticket.release)
+    try:
+        finals = await run_until_disconnect(raw_request, _collect(choices))
+    except ClientGone:
+        return Response(status_code=499)
+    finally:
+        ticket.release()
+    result = []
+    for index in sorted(finals):
+        output = finals[index]
+        result.append({
+            "index": index, "message": {"role": "assistant", "content": output.text},
+            "logprobs": chat_logprobs(state, output, 0, k) if k is not None else None,
+            "finish_reason": output.finish_reason, "stop_reason": output.stop_reason,
+        })  # fmt: skip
+    return JSONResponse({
+        "id": request_id, "object": "chat.completion", "created": created, "model": state.config.model_name,
+        "choices": result, "usage": usage(prompt_ids, finals, body.n), "system_fingerprint": None,
+    })  # fmt: skip
+
+
+async def _collect(choices: AsyncIterator[tuple[int, RequestOutput]]) -> dict[int, RequestOutput]:
+    finals: dict[int, RequestOutput] = {}
+    async for index, output in choices:
+        finals[index] = output
+    return finals
+
+
+async def _events(
+    state: ServerState, body: ChatCompletionRequest, request_id: str, created: int,
+    choices: AsyncIterator[tuple[int, RequestOutput]], prompt_ids: list[list[int]],
+) -> AsyncIterator[str]:  # fmt: skip
+    finals: dict[int, RequestOutput] = {}
+    options = body.stream_options
+    k = (body.top_logprobs or 0) if body.logprobs else None
+    base = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": state.config.model_name}
+    try:
+        for index in range(body.n):
+            role = {
+                "index": index,
+                "delta": {"role": "assistant", "content": ""},
+                "logprobs": None,
+                "finish_reason": None,
+            }
+            yield sse({**base, "choices": [role]})
+        async for index, output in choices:
+            start = len(output.token_ids) - len(output.delta_token_ids)
+            if not (output.delta_text or output.finished or (k is not None and output.delta_token_ids)):
+                continue
+            delta = {"content": output.delta_text} if output.delta_text or not output.finished else {}
+            choice = {
+                "index": index, "delta": delta,
+                "logprobs": chat_logprobs(state, output, start, k) if k is not None else None,
+                "finish_reason": output.finish_reason, "stop_reason": output.stop_reason,
+            }  # fmt: skip
+            chunk = {**base, "choices": [choice]}
+            if output.finished:
+                finals[index] = output
+            if options is not None and options.include_usage and options.continuous_usage_stats:
+                chunk["usage"] = usage(prompt_ids, {**finals, index: output}, body.n)
+            yield sse(chunk)
+        if options is not None and options.include_usage:
+            yield sse({**base, "choices": [], "usage": usage(prompt_ids, finals, body.n)})
+    except Exception as error:
+        yield json_error_event(error)
+    yield DONE

@@ -1,0 +1,104 @@
+"""`tokenworks serve MODEL_DIR`: the OpenAI-compatible server on uvicorn.
+
+SIGTERM (or Ctrl-C): the listening socket closes and new requests are refused with 503,
+requests in flight get `--shutdown-timeout` seconds to finish, then the engine process
+is shut down and the command exits 0.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+
+
+def serve(
+    model: Path = typer.Argument(..., help="A checkpoint directory (config.json, safetensors, tokenizer.json)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 exposes the server."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port to bind."),
+    api_key: str = typer.Option(
+        None, "--api-key", envvar="TOKENWORKS_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1/*."
+    ),
+    served_model_name: str = typer.Option(
+        None, "--served-model-name", help="Model name in the API; default: the directory's name."
+    ),
+    threads: int = typer.Option(None, "--threads", min=1, help="Torch threads in the engine process."),
+    kv_cache_memory_gib: float = typer.Option(
+        None, "--kv-cache-memory-gib", help="KV cache size; default: a share of free memory."
+    ),
+    max_num_batched_tokens: int = typer.Option(2048, "--max-num-batched-tokens", min=1, help="Tokens per engine step."),
+    max_num_seqs: int = typer.Option(256, "--max-num-seqs", min=1, help="Requests in one batch at most."),
+    max_model_len: int = typer.Option(None, "--max-model-len", min=2, help="Context length; default: the model's."),
+    block_size: int = typer.Option(16, "--block-size", min=1, help="Tokens per KV cache block."),
+    no_prefix_caching: bool = typer.Option(False, "--no-enable-prefix-caching", help="Turn prefix caching off."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+    dtype: str = typer.Option(None, "--dtype", help="float32, bfloat16 or float16; default: the checkpoint's."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the engine's sampler."),
+    max_queued_requests: int = typer.Option(
+        1024, "--max-queued-requests", min=0, help="Requests held beyond --max-num-seqs before answering 429."
+    ),
+    max_body_bytes: int = typer.Option(16 * 2**20, "--max-body-bytes", min=1024, help="Larger request bodies get 413."),
+    shutdown_timeout: float = typer.Option(30.0, "--shutdown-timeout", min=0, help="Seconds to drain on SIGTERM."),
+    access_log: bool = typer.Option(False, "--access-log", help="Log every HTTP request."),
+) -> None:
+    """Serve a model over an OpenAI-compatible HTTP API (completions, chat, streaming, metrics)."""
+    import uvicorn
+
+    from tokenworks.errors import CheckpointError
+    from tokenworks.serve.app import create_app
+    from tokenworks.serve.config import ServerConfig
+
+    if not (model / "config.json").is_file():
+        raise CheckpointError(f"{model} has no config.json: point at a checkpoint directory")
+    engine_options = dict(
+        threads=threads, kv_cache_memory_gib=kv_cache_memory_gib, max_num_batched_tokens=max_num_batched_tokens,
+        max_num_seqs=max_num_seqs, max_model_len=max_model_len, block_size=block_size,
+        enable_prefix_caching=not no_prefix_caching, device=device, dtype=dtype, seed=seed,
+    )  # fmt: skip
+    config = ServerConfig(
+        model=model, served_model_name=served_model_name, host=host, port=port, api_key=api_key,
+        max_queued_requests=max_queued_requests, max_body_bytes=max_body_bytes, shutdown_timeout=shutdown_timeout,
+        engine_options=engine_options,
+    )  # fmt: skip
+    app = create_app(config)
+    server = DrainingServer(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            timeout_graceful_shutdown=shutdown_timeout,
+            access_log=access_log,
+            log_level="info",
+            lifespan="on",
+        )
+    )
+    server.run()
+    if not server.started:
+        raise typer.Exit(1)
+
+
+def _draining_server_class():
+    import signal
+
+    import uvicorn
+
+    class _DrainingServer(uvicorn.Server):
+        """On SIGTERM/SIGINT, marks the app as draining (503 for new requests) before uvicorn's shutdown."""
+
+        def handle_exit(self, sig, frame) -> None:
+            state = getattr(self.config.app.state, "server", None) if hasattr(self.config.app, "state") else None
+            if state is not None:
+                state.draining = True
+            super().handle_exit(sig, frame)
+            if sig == signal.SIGTERM:  # a drained SIGTERM is a clean exit (0), not death by signal
+                self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
+
+    return _DrainingServer
+
+
+def DrainingServer(config):
+    return _draining_server_class()(config)

@@ -1,0 +1,161 @@
+"""POST /v1/completions: text (or token ids) in, one choice per prompt and `n`, JSON or SSE."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from tokenworks.engine import RequestOutput
+from tokenworks.serve.errors import APIError, json_error_event
+from tokenworks.serve.protocol import CompletionRequest, CompletionResponse, ErrorResponse
+from tokenworks.serve.serving import (
+    ServerState,
+    bad_request,
+    finite,
+    generate_choices,
+    new_id,
+    sampling_params,
+    token_text,
+    usage,
+)  # fmt: skip
+from tokenworks.serve.streaming import DONE, ClientGone, EventStream, run_until_disconnect, sse
+
+router = APIRouter()
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 429, 503)}
+
+
+def prompts_of(body: CompletionRequest) -> list[str | list[int]]:
+    prompt = body.prompt
+    if isinstance(prompt, str):
+        return [prompt]
+    if not prompt:
+        raise APIError(400, "prompt must not be empty", param="prompt")
+    if all(isinstance(item, int) for item in prompt):
+        return [prompt]  # one prompt as token ids
+    return list(prompt)
+
+
+def completion_logprobs(state: ServerState, output: RequestOutput, start: int, k: int, offset: int) -> dict[str, list]:
+    """OpenAI's legacy logprobs for output tokens [start:], text offsets from `offset`."""
+    tokens, token_logprobs, top_logprobs, text_offset = [], [], [], []
+    for token_id, candidates in zip(output.token_ids[start:], output.logprobs[start:], strict=False):
+        text = token_text(state, token_id)
+        tokens.append(text)
+        token_logprobs.append(finite(candidates.get(token_id, float("-inf"))))
+        best = sorted(candidates.items(), key=lambda item: -item[1])  # the top k and the sampled token
+        top_logprobs.append({token_text(state, t): finite(value) for t, value in best})
+        text_offset.append(offset)
+        offset += len(text)
+    return {
+        "tokens": tokens,
+        "token_logprobs": token_logprobs,
+        "top_logprobs": top_logprobs,
+        "text_offset": text_offset,
+    }
+
+
+@router.post(
+    "/v1/completions", response_model=CompletionResponse, responses=ERRORS,
+    summary="Complete prompts (OpenAI Completions API); stream: true answers with server-sent events.",
+)  # fmt: skip
+async def create_completion(body: CompletionRequest, raw_request: Request):
+    state: ServerState = raw_request.app.state.server
+    state.check_open()
+    state.check_model(body.model)
+    if body.suffix:
+        raise APIError(400, "suffix is not supported", param="suffix")
+    if body.echo and body.logprobs is not None:
+        raise APIError(
+            400, "echo with logprobs needs prompt logprobs, which this server does not compute", param="echo"
+        )
+    prompts = prompts_of(body)
+    with bad_request():
+        params = sampling_params(body, body.max_tokens, body.logprobs)
+        prompt_ids = [state.engine.prepare(prompt, params) for prompt in prompts]
+    prompt_texts = [p if isinstance(p, str) else "" for p in prompts]
+    if body.echo:
+        prompt_texts = [
+            p if isinstance(p, str) else token_text_all(state, ids) for p, ids in zip(prompts, prompt_ids, strict=True)
+        ]
+    ticket = state.admit(len(prompt_ids) * body.n)
+    request_id, created = new_id("cmpl"), int(time.time())
+    choices = generate_choices(state, request_id, prompt_ids, params, body.n)
+    if body.stream:
+        events = _events(state, body, request_id, created, choices, prompt_ids, prompt_texts)
+        return EventStream(events, on_close=ticket.release)
+    try:
+        finals = await run_until_disconnect(raw_request, _collect(choices))
+    except ClientGone:
+        return Response(status_code=499)
+    finally:
+        ticket.release()
+    result = []
+    for index in sorted(finals):
+        output = finals[index]
+        prefix = prompt_texts[index // body.n] if body.echo else ""
+        logprobs = None
+        if body.logprobs is not None:
+            logprobs = completion_logprobs(state, output, 0, body.logprobs, 0)
+        result.append({
+            "index": index, "text": prefix + output.text, "logprobs": logprobs,
+            "finish_reason": output.finish_reason, "stop_reason": output.stop_reason,
+        })  # fmt: skip
+    return JSONResponse({
+        "id": request_id, "object": "text_completion", "created": created, "model": state.config.model_name,
+        "choices": result, "usage": usage(prompt_ids, finals, body.n), "system_fingerprint": None,
+    })  # fmt: skip
+
+
+def token_text_all(state: ServerState, ids: list[int]) -> str:
+    tokenizer = state.engine.tokenizer
+    return tokenizer.decode(ids) if tokenizer is not None else ""
+
+
+async def _collect(choices: AsyncIterator[tuple[int, RequestOutput]]) -> dict[int, RequestOutput]:
+    finals: dict[int, RequestOutput] = {}
+    async for index, output in choices:
+        finals[index] = output
+    return finals
+
+
+async def _events(
+    state: ServerState, body: CompletionRequest, request_id: str, created: int,
+    choices: AsyncIterator[tuple[int, RequestOutput]], prompt_ids: list[list[int]], prompt_texts: list[str],
+) -> AsyncIterator[str]:  # fmt: skip
+    finals: dict[int, RequestOutput] = {}
+    offsets: dict[int, int] = {}
+    options = body.stream_options
+    base = {"id": request_id, "object": "text_completion", "created": created, "model": state.config.model_name}
+    try:
+        async for index, output in choices:
+            text = output.delta_text
+            if body.echo and index not in offsets:
+                text = prompt_texts[index // body.n] + text
+            start = len(output.token_ids) - len(output.delta_token_ids)
+            wants_logprobs = body.logprobs is not None and output.delta_token_ids
+            if not (text or output.finished or wants_logprobs):
+                continue
+            logprobs = None
+            if body.logprobs is not None:
+                logprobs = completion_logprobs(state, output, start, body.logprobs, offsets.get(index, 0))
+                offsets[index] = offsets.get(index, 0) + sum(len(t) for t in logprobs["tokens"])
+            else:
+                offsets[index] = offsets.get(index, 0) + len(text)
+            choice = {
+                "index": index, "text": text, "logprobs": logprobs,
+                "finish_reason": output.finish_reason, "stop_reason": output.stop_reason,
+            }  # fmt: skip
+            chunk = {**base, "choices": [choice]}
+            if output.finished:
+                finals[index] = output
+            if options is not None and options.include_usage and options.continuous_usage_stats:
+                chunk["usage"] = usage(prompt_ids, {**finals, index: output}, body.n)
+            yield sse(chunk)
+        if options is not None and options.include_usage:
+            yield sse({**base, "choices": [], "usage": usage(prompt_ids, finals, body.n)})
+    except Exception as error:
+        yield json_error_event(error)
+    yield DONE

@@ -1,0 +1,34 @@
+"""What a server is asked to do: which model under which name, where, and its limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MAX_BODY_BYTES = 16 * 2**20  # a 128k-token prompt as JSON token ids is about 1 MiB
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    model: str | Path
+    served_model_name: str | None = None  # None: the model directory's name
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None  # Bearer token required on /v1/*, /tokenize and /detokenize when set
+    max_queued_requests: int = 1024  # requests held beyond the engine's max_num_seqs before 429
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    shutdown_timeout: float = 30.0  # seconds in-flight requests get to finish after SIGTERM
+    engine_options: dict[str, Any] = field(default_factory=dict)  # AsyncLLM(model, **engine_options)
+
+    @property
+    def model_name(self) -> str:
+        return self.served_model_name or Path(self.model).resolve().name
+
+    def validate(self) -> None:
+        if self.max_queued_requests < 0:
+            raise ValueError(f"max_queued_requests must be at least 0, got {self.max_queued_requests}")
+        if self.max_body_bytes < 1024:
+            raise ValueError(f"max_body_bytes must be at least 1024, got {self.max_body_bytes}")
+        if self.shutdown_timeout < 0:
+            raise ValueError(f"shutdown_timeout must be at least 0, got {self.shutdown_timeout}")
