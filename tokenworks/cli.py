@@ -19,6 +19,7 @@ from tokenworks.data.cli import register as register_data
 from tokenworks.errors import TokenworksError
 from tokenworks.factory.cli import register as register_factory
 from tokenworks.model.cli import register as register_model
+from tokenworks.serve.cli import register as register_serve
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -55,8 +56,7 @@ def version() -> None:
 register_model(app)
 register_data(app)
 register_factory(app)
-__import__("tokenworks.train.cli").train.cli.register(app)  # tokenworks train (one line: see tokenworks/train/cli.py)
-__import__("tokenworks.serve.cli").serve.cli.register(app)  # tokenworks serve (see tokenworks/serve/cli.py)
+register_serve(app)
 
 
 def main() -> None:
