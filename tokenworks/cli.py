@@ -20,6 +20,7 @@ from tokenworks.errors import TokenworksError
 from tokenworks.factory.cli import register as register_factory
 from tokenworks.model.cli import register as register_model
 from tokenworks.serve.cli import register as register_serve
+from tokenworks.train.cli import register as register_train
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -56,6 +57,7 @@ def version() -> None:
 register_model(app)
 register_data(app)
 register_factory(app)
+register_train(app)
 register_serve(app)
 
 

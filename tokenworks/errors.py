@@ -19,3 +19,7 @@ class CheckpointError(TokenworksError):
 
 class TokenizerError(TokenworksError):
     """A tokenizer cannot be trained, loaded or used as asked."""
+
+
+class TrainError(TokenworksError):
+    """A training run cannot start (or continue) as configured."""

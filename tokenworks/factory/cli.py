@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
 
 def factory(
     workdir: Path = typer.Option(Path("factory"), "--workdir", help="Where every artifact is written."),
-    preset: str = typer.Option(None, "--preset", help="Model shape: nano, tiny or small."),
+    preset: str = typer.Option(None, "--preset", help="Model shape: nano, micro, tiny or small."),
     vocab_size: int = typer.Option(None, "--vocab-size", min=260, help="Tokenizer vocabulary size."),
     prompt: str = typer.Option("The Python language", "--prompt", help="Text the model continues at the end."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="Length of that continuation."),

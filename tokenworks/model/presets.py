@@ -16,6 +16,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     name: dict(zip(_SHAPE_KEYS, shape, strict=True))
     for name, shape in {
         "nano": (64, 192, 2, 4, 2),
+        "micro": (128, 384, 4, 4, 2),  # ~1.8M parameters with an 8,192-token vocabulary (training candidate)
         "tiny": (256, 768, 6, 4, 2),  # ~6.8M parameters with an 8,192-token vocabulary
         "small": (576, 1536, 30, 9, 3),  # ~110M parameters with a 16k vocabulary
     }.items()

@@ -1,0 +1,46 @@
+"""Shared fixtures: a real (small) ingest output of the default corpus, and a tiny trained checkpoint."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tokenworks.data.pipeline import IngestOptions, run_ingest
+from tokenworks.train.config import LoopConfig, OptimConfig, PretrainConfig
+
+
+@pytest.fixture(scope="session")
+def shards_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`tokenworks ingest` on the first 60 documents of the default corpus, a 512-token vocabulary."""
+    out = tmp_path_factory.mktemp("ingest")
+    run_ingest(IngestOptions(out=out, workers=1, limit=60, vocab_size=512, validation_fraction=0.1))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["shards"]["tokens"]["validation"] > 0
+    return out
+
+
+@pytest.fixture()
+def shards_copy(shards_dir: Path, tmp_path: Path) -> Path:
+    """A private copy, for tests that damage it."""
+    return Path(shutil.copytree(shards_dir, tmp_path / "data"))
+
+
+def nano_config(data: Path, out: Path, **loop: object) -> PretrainConfig:
+    """A few-second pretraining run: the nano preset, short windows, no peak measurement."""
+    optim = OptimConfig(lr=3e-3, warmup_steps=2)
+    settings = dict(context=32, batch_size=4, max_steps=8, eval_interval=4, eval_tokens=2048, peak_seconds=0.0)
+    settings.update(loop)
+    return PretrainConfig(data=data, preset="nano", loop=LoopConfig(out=out, optim=optim, **settings))
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(shards_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """OUT/checkpoint of a short nano run (weights moved off their initialisation)."""
+    from tokenworks.train.pretrain import run_pretrain
+
+    out = tmp_path_factory.mktemp("trained")
+    run_pretrain(nano_config(shards_dir, out, max_steps=6))
+    return out / "checkpoint"
