@@ -14,7 +14,9 @@ from tokenworks.serve.errors import APIError, json_error_event
 from tokenworks.serve.protocol import ChatCompletionRequest, ChatCompletionResponse, ChatMessage
 from tokenworks.serve.serving import (
     ServerState,
+    StreamUsage,
     bad_request,
+    collect_finals,
     finite,
     generate_choices,
     new_id,
@@ -76,7 +78,7 @@ async def create_chat_completion(body: ChatCompletionRequest, raw_request: Reque
     if body.stream:
         return EventStream(_events(state, body, request_id, created, choices, prompt_ids), on_close=ticket.release)
     try:
-        finals = await run_until_disconnect(raw_request, _collect(choices))
+        finals = await run_until_disconnect(raw_request, collect_finals(choices))
     except ClientGone:
         return Response(status_code=499)
     finally:
@@ -95,19 +97,11 @@ async def create_chat_completion(body: ChatCompletionRequest, raw_request: Reque
     })  # fmt: skip
 
 
-async def _collect(choices: AsyncIterator[tuple[int, RequestOutput]]) -> dict[int, RequestOutput]:
-    finals: dict[int, RequestOutput] = {}
-    async for index, output in choices:
-        finals[index] = output
-    return finals
-
-
 async def _events(
     state: ServerState, body: ChatCompletionRequest, request_id: str, created: int,
     choices: AsyncIterator[tuple[int, RequestOutput]], prompt_ids: list[list[int]],
 ) -> AsyncIterator[str]:  # fmt: skip
-    finals: dict[int, RequestOutput] = {}
-    options = body.stream_options
+    stream_usage = StreamUsage(prompt_ids, body.n, body.stream_options)
     k = (body.top_logprobs or 0) if body.logprobs else None
     base = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": state.config.model_name}
     try:
@@ -129,14 +123,10 @@ async def _events(
                 "logprobs": chat_logprobs(state, output, start, k) if k is not None else None,
                 "finish_reason": output.finish_reason, "stop_reason": output.stop_reason,
             }  # fmt: skip
-            chunk = {**base, "choices": [choice]}
-            if output.finished:
-                finals[index] = output
-            if options is not None and options.include_usage and options.continuous_usage_stats:
-                chunk["usage"] = usage(prompt_ids, {**finals, index: output}, body.n)
-            yield sse(chunk)
-        if options is not None and options.include_usage:
-            yield sse({**base, "choices": [], "usage": usage(prompt_ids, finals, body.n)})
+            yield sse(stream_usage.chunk(base, choice, index, output))
+        last = stream_usage.last_chunk(base)
+        if last is not None:
+            yield sse(last)
     except Exception as error:
         yield json_error_event(error)
     yield DONE

@@ -13,7 +13,9 @@ from tokenworks.serve.errors import APIError, json_error_event
 from tokenworks.serve.protocol import CompletionRequest, CompletionResponse, ErrorResponse
 from tokenworks.serve.serving import (
     ServerState,
+    StreamUsage,
     bad_request,
+    collect_finals,
     finite,
     generate_choices,
     new_id,
@@ -87,7 +89,7 @@ async def create_completion(body: CompletionRequest, raw_request: Request):
         events = _events(state, body, request_id, created, choices, prompt_ids, prompt_texts)
         return EventStream(events, on_close=ticket.release)
     try:
-        finals = await run_until_disconnect(raw_request, _collect(choices))
+        finals = await run_until_disconnect(raw_request, collect_finals(choices))
     except ClientGone:
         return Response(status_code=499)
     finally:
@@ -114,20 +116,12 @@ def token_text_all(state: ServerState, ids: list[int]) -> str:
     return tokenizer.decode(ids) if tokenizer is not None else ""
 
 
-async def _collect(choices: AsyncIterator[tuple[int, RequestOutput]]) -> dict[int, RequestOutput]:
-    finals: dict[int, RequestOutput] = {}
-    async for index, output in choices:
-        finals[index] = output
-    return finals
-
-
 async def _events(
     state: ServerState, body: CompletionRequest, request_id: str, created: int,
     choices: AsyncIterator[tuple[int, RequestOutput]], prompt_ids: list[list[int]], prompt_texts: list[str],
 ) -> AsyncIterator[str]:  # fmt: skip
-    finals: dict[int, RequestOutput] = {}
+    stream_usage = StreamUsage(prompt_ids, body.n, body.stream_options)
     offsets: dict[int, int] = {}
-    options = body.stream_options
     base = {"id": request_id, "object": "text_completion", "created": created, "model": state.config.model_name}
     try:
         async for index, output in choices:
@@ -148,14 +142,10 @@ async def _events(
                 "index": index, "text": text, "logprobs": logprobs,
                 "finish_reason": output.finish_reason, "stop_reason": output.stop_reason,
             }  # fmt: skip
-            chunk = {**base, "choices": [choice]}
-            if output.finished:
-                finals[index] = output
-            if options is not None and options.include_usage and options.continuous_usage_stats:
-                chunk["usage"] = usage(prompt_ids, {**finals, index: output}, body.n)
-            yield sse(chunk)
-        if options is not None and options.include_usage:
-            yield sse({**base, "choices": [], "usage": usage(prompt_ids, finals, body.n)})
+            yield sse(stream_usage.chunk(base, choice, index, output))
+        last = stream_usage.last_chunk(base)
+        if last is not None:
+            yield sse(last)
     except Exception as error:
         yield json_error_event(error)
     yield DONE

@@ -100,6 +100,36 @@ def usage(prompts: list[list[int]], finals: dict[int, RequestOutput], n: int) ->
     }
 
 
+async def collect_finals(choices: AsyncIterator[tuple[int, RequestOutput]]) -> dict[int, RequestOutput]:
+    """Run every choice to the end (the non-streaming answer): the last output of each."""
+    finals: dict[int, RequestOutput] = {}
+    async for index, output in choices:
+        finals[index] = output
+    return finals
+
+
+class StreamUsage:
+    """The usage of a stream as its chunks go out: per chunk when `continuous_usage_stats`
+    is asked for, and one last chunk with `choices: []` when `include_usage` is."""
+
+    def __init__(self, prompt_ids: list[list[int]], n: int, options) -> None:
+        self.prompt_ids, self.n = prompt_ids, n
+        self.include = options is not None and options.include_usage
+        self.continuous = self.include and options.continuous_usage_stats
+        self.finals: dict[int, RequestOutput] = {}
+
+    def chunk(self, base: dict, choice: dict, index: int, output: RequestOutput) -> dict:
+        if output.finished:
+            self.finals[index] = output
+        chunk = {**base, "choices": [choice]}
+        if self.continuous:
+            chunk["usage"] = usage(self.prompt_ids, {**self.finals, index: output}, self.n)
+        return chunk
+
+    def last_chunk(self, base: dict) -> dict | None:
+        return {**base, "choices": [], "usage": usage(self.prompt_ids, self.finals, self.n)} if self.include else None
+
+
 def finite(value: float) -> float:
     """JSON has no infinities: -inf logprobs become -9999.0, as vLLM writes them."""
     return value if math.isfinite(value) else -9999.0
