@@ -6,6 +6,8 @@ single process and every helper here is a no-op.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -89,5 +91,13 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group together: a rank that tears gloo down while another is still
+    talking to it can abort the other ("terminate called without an active exception")."""
+    if not dist.is_initialized():
+        return
+    with contextlib.suppress(RuntimeError):  # a peer already gone: nothing left to wait for
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=60))
+        else:
+            dist.barrier()
+    dist.destroy_process_group()
