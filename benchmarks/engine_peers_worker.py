@@ -37,6 +37,60 @@ def set_threads(threads: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# who else used the CPUs: the machine's busy time (/proc/stat) less this process tree's
+
+
+def machine_busy_ticks() -> tuple[int, int]:
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
+
+
+def tree_ticks(root: int) -> int:
+    """utime + stime of root and its live descendants (the engine processes live across repeats)."""
+    parents, ticks = {}, {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            parents[int(entry.name)] = int(fields[1])
+            ticks[int(entry.name)] = int(fields[11]) + int(fields[12])
+    tree, frontier = {root}, [root]
+    while frontier:
+        pid = frontier.pop()
+        for child, parent in parents.items():
+            if parent == pid and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    return sum(ticks.get(pid, 0) for pid in tree)
+
+
+class Contention:
+    """Other processes' average busy CPUs over an interval (nan where /proc is not there)."""
+
+    def __enter__(self) -> Contention:
+        self.busy, self.total = machine_busy_ticks()
+        self.own = tree_ticks(os.getpid())
+        self.others = float("nan")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        busy, total = machine_busy_ticks()
+        own = tree_ticks(os.getpid())
+        if total > self.total:
+            cpus = os.cpu_count() or 1
+            machine = cpus * (busy - self.busy) / (total - self.total)
+            # /proc/stat's total counts every CPU: scale own ticks to the same units
+            mine = cpus * (own - self.own) / (total - self.total)
+            self.others = max(machine - mine, 0.0)
+
+
+# ---------------------------------------------------------------------------------------
 # the measurements every engine shares
 
 
@@ -47,11 +101,13 @@ def offline_runs(job: dict[str, Any], generate: Callable[[list[list[int]], int],
     start = time.perf_counter()
     generate(job["warmup_prompts"], job["warmup_tokens"])
     warmup_seconds = time.perf_counter() - start
-    seconds, counts, first_tokens = [], [], []
+    seconds, counts, first_tokens, others = [], [], [], []
     for index, prompts in enumerate(job["offline_prompts"]):
-        start = time.perf_counter()
-        outputs = generate(prompts, max_tokens)
-        elapsed = time.perf_counter() - start
+        with Contention() as contention:
+            start = time.perf_counter()
+            outputs = generate(prompts, max_tokens)
+            elapsed = time.perf_counter() - start
+        others.append(contention.others)
         lengths = [len(ids) for ids in outputs]
         seconds.append(elapsed)
         counts.append(sum(lengths))
@@ -59,7 +115,8 @@ def offline_runs(job: dict[str, Any], generate: Callable[[list[list[int]], int],
         valid = len(outputs) == len(prompts) and all(n == max_tokens for n in lengths)
         progress(
             f"offline repeat {index + 1}/{len(job['offline_prompts'])}: {len(prompts)} prompts, "
-            f"{sum(lengths)} tokens in {elapsed:.2f} s = {sum(lengths) / elapsed:,.1f} tokens/s"
+            f"{sum(lengths)} tokens in {elapsed:.2f} s = {sum(lengths) / elapsed:,.1f} tokens/s "
+            f"(other processes ~{contention.others:.2f} CPUs)"
             + ("" if valid else f"  INVALID: lengths {sorted(set(lengths))}, {len(outputs)} outputs")
         )
     expected = [len(p) * max_tokens for p in job["offline_prompts"]]
@@ -70,6 +127,7 @@ def offline_runs(job: dict[str, Any], generate: Callable[[list[list[int]], int],
         "valid": counts == expected,
         "warmup_seconds": warmup_seconds,
         "first_tokens": first_tokens,
+        "others_cpus": others,
     }
 
 
