@@ -60,13 +60,18 @@ async def metrics(request: Request):
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
+def _tokenizer_for(state, model: str | None):
+    """The served model's tokenizer, after checking the model name; 400 when it has none."""
+    state.check_model(model)
+    if state.engine.tokenizer is None:
+        raise APIError(400, "this model directory has no tokenizer.json")
+    return state.engine.tokenizer
+
+
 @router.post("/tokenize", response_model=TokenizeResponse, responses=ERRORS, summary="Text or messages to token ids.")
 async def tokenize(body: TokenizeRequest, request: Request):
     state = _state(request)
-    state.check_model(body.model)
-    tokenizer = state.engine.tokenizer
-    if tokenizer is None:
-        raise APIError(400, "this model directory has no tokenizer.json")
+    tokenizer = _tokenizer_for(state, body.model)
     if (body.prompt is None) == (body.messages is None):
         raise APIError(400, "give exactly one of prompt or messages", param="prompt")
     if body.messages is not None:
@@ -82,10 +87,7 @@ async def tokenize(body: TokenizeRequest, request: Request):
 @router.post("/detokenize", response_model=DetokenizeResponse, responses=ERRORS, summary="Token ids to text.")
 async def detokenize(body: DetokenizeRequest, request: Request):
     state = _state(request)
-    state.check_model(body.model)
-    tokenizer = state.engine.tokenizer
-    if tokenizer is None:
-        raise APIError(400, "this model directory has no tokenizer.json")
+    tokenizer = _tokenizer_for(state, body.model)
     vocab = tokenizer.vocab_size
     bad = next((t for t in body.tokens if not 0 <= t < vocab), None)
     if bad is not None:
