@@ -44,11 +44,12 @@ def create_app(config: ServerConfig) -> FastAPI:
         title="tokenworks", version=__version__, lifespan=lifespan,
         description="An OpenAI-compatible server over the tokenworks engine.",
     )  # fmt: skip
-    from tokenworks.serve import chat, completions, routes
+    from tokenworks.serve import chat, completions, dashboard, routes
 
     app.include_router(completions.router)
     app.include_router(chat.router)
     app.include_router(routes.router)
+    app.include_router(dashboard.router)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.max_body_bytes)
     if config.api_key:

@@ -1,7 +1,8 @@
 """Bearer API key on the generation and tokenizer routes, when the server has one.
 
 As vLLM does: /v1/*, /tokenize and /detokenize need `Authorization: Bearer KEY`;
-/health, /metrics and the schema stay open for probes and scrapers.
+/health, /metrics, the schema and the dashboard (/dashboard, which shows what /metrics
+does) stay open for probes, scrapers and browsers.
 """
 
 from __future__ import annotations

@@ -44,6 +44,9 @@ def serve(
     max_body_bytes: int = typer.Option(16 * 2**20, "--max-body-bytes", min=1024, help="Larger request bodies get 413."),
     shutdown_timeout: float = typer.Option(30.0, "--shutdown-timeout", min=0, help="Seconds to drain on SIGTERM."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every HTTP request."),
+    bench_results: Path = typer.Option(
+        None, "--bench-results", file_okay=False, help="A `tokenworks bench` output dir; /dashboard shows its frontier."
+    ),
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API (completions, chat, streaming, metrics)."""
     import uvicorn
@@ -62,7 +65,7 @@ def serve(
     config = ServerConfig(
         model=model, served_model_name=served_model_name, host=host, port=port, api_key=api_key,
         max_queued_requests=max_queued_requests, max_body_bytes=max_body_bytes, shutdown_timeout=shutdown_timeout,
-        engine_options=engine_options,
+        engine_options=engine_options, bench_results=bench_results,
     )  # fmt: skip
     app = create_app(config)
     server = DrainingServer(

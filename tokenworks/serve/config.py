@@ -20,6 +20,7 @@ class ServerConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     shutdown_timeout: float = 30.0  # seconds in-flight requests get to finish after SIGTERM
     engine_options: dict[str, Any] = field(default_factory=dict)  # AsyncLLM(model, **engine_options)
+    bench_results: Path | None = None  # a `tokenworks bench` output directory: /dashboard shows its frontier.csv
 
     @property
     def model_name(self) -> str:

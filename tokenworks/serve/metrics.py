@@ -18,8 +18,11 @@ _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 
 _E2E_BUCKETS = (0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 300.0)
 _TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000)
 KNOWN_PATHS = frozenset(
-    ["/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/tokenize", "/detokenize"]
-)
+    [
+        "/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/tokenize", "/detokenize",
+        "/dashboard", "/dashboard/data",
+    ]
+)  # fmt: skip
 
 
 class ServerMetrics:
@@ -128,6 +131,8 @@ class RequestTracker:
             return
         now = time.monotonic()
         name = self.metrics.model_name
+        # Counted as tokens arrive, not at the end, so the counter's rate is live throughput.
+        self.metrics.generation_tokens.labels(name).inc(len(output.delta_token_ids))
         if self.last_token_time is None:
             self.metrics.ttft.labels(name).observe(now - self.arrival)
         else:
@@ -145,7 +150,6 @@ class RequestTracker:
         m.request_success.labels(name, output.finish_reason or "abort").inc()
         m.prompt_tokens.labels(name).inc(len(output.prompt_token_ids))
         m.cached_prompt_tokens.labels(name).inc(output.num_cached_tokens)
-        m.generation_tokens.labels(name).inc(len(output.token_ids))
         m.request_prompt_tokens.labels(name).observe(len(output.prompt_token_ids))
         m.request_generation_tokens.labels(name).observe(len(output.token_ids))
         m.e2e.labels(name).observe(time.monotonic() - self.arrival)

@@ -49,14 +49,19 @@ async def health(request: Request):
     return {"status": "ok"}
 
 
-@router.get("/metrics", summary="Prometheus metrics (text exposition format).")
-async def metrics(request: Request):
-    state = _state(request)
+async def refresh_engine_gauges(state: ServerState) -> None:
+    """Read the engine's gauges (running, waiting, KV cache, prefix cache) into the metrics, for a scrape."""
     stats = state.engine.last_stats
     if state.engine.dead_error is None:
         with contextlib.suppress(Exception):  # a busy or dead core: report the last stats seen
             stats = await asyncio.wait_for(state.engine.call("stats"), STATS_TIMEOUT_S)
     state.metrics.update_engine(stats, state.engine.dead_error is None, state.in_flight)
+
+
+@router.get("/metrics", summary="Prometheus metrics (text exposition format).")
+async def metrics(request: Request):
+    state = _state(request)
+    await refresh_engine_gauges(state)
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
