@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from tokenworks import __version__
+from tokenworks.bench.cli import register as register_bench
 from tokenworks.data.cli import register as register_data
 from tokenworks.errors import TokenworksError
 from tokenworks.factory.cli import register as register_factory
@@ -59,6 +60,7 @@ register_data(app)
 register_factory(app)
 register_train(app)
 register_serve(app)
+register_bench(app)
 
 
 def main() -> None:

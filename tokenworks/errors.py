@@ -23,3 +23,7 @@ class TokenizerError(TokenworksError):
 
 class TrainError(TokenworksError):
     """A training run cannot start (or continue) as configured."""
+
+
+class BenchError(TokenworksError):
+    """A benchmark cannot run as asked: an unreachable endpoint, a bad workload or SLO specification."""
