@@ -104,16 +104,18 @@ async def _events(
     stream_usage = StreamUsage(prompt_ids, body.n, body.stream_options)
     k = (body.top_logprobs or 0) if body.logprobs else None
     base = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": state.config.model_name}
+    started: set[int] = set()
     try:
-        for index in range(body.n):
-            role = {
-                "index": index,
-                "delta": {"role": "assistant", "content": ""},
-                "logprobs": None,
-                "finish_reason": None,
-            }
-            yield sse({**base, "choices": [role]})
         async for index, output in choices:
+            if index not in started:  # the role goes with the first token, as vLLM sends it: clients time TTFT by it
+                started.add(index)
+                role = {
+                    "index": index,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+                yield sse({**base, "choices": [role]})
             start = len(output.token_ids) - len(output.delta_token_ids)
             if not (output.delta_text or output.finished or (k is not None and output.delta_token_ids)):
                 continue
