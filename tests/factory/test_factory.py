@@ -1,55 +1,88 @@
-"""The first slice of the factory: corpus -> tokenizer -> model -> checkpoint -> tokens."""
+"""The whole line, as a user runs it: `tokenworks factory --quick` in a fresh work directory."""
 
 from __future__ import annotations
 
+import csv
+import json
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tokenworks.factory import FactoryOptions, run_factory
-
-EXPECTED_FILES = {
-    "config.json",
-    "generation_config.json",
-    "model.safetensors",
-    "tokenizer.json",
-    "tokenizer_config.json",
-}
+STAGES = ["ingest", "train", "serve", "bench", "report"]
+BENCH_FILES = {"run.json", "requests.jsonl", "points.csv", "frontier.csv", "report.html"}
 
 
-def test_quick_factory_writes_a_checkpoint_that_transformers_continues_identically(tmp_path) -> None:
-    result = run_factory(FactoryOptions.quick(workdir=tmp_path, max_new_tokens=12))
-    assert {p.name for p in result.checkpoint.iterdir()} == EXPECTED_FILES
-    assert (result.documents_read, result.vocab_size) == (150, 1024)
-    assert 0 < result.documents <= 150 and (tmp_path / "data" / "manifest.json").is_file()
-    assert len(result.continuation_ids) == 12
-
-    reference = AutoModelForCausalLM.from_pretrained(result.checkpoint, dtype=torch.float32).eval()
-    reference_tokenizer = AutoTokenizer.from_pretrained(result.checkpoint)
-    prompt_ids = reference_tokenizer(result.prompt, add_special_tokens=False)["input_ids"]
-    output = reference.generate(torch.tensor([prompt_ids]), max_new_tokens=12, do_sample=False, eos_token_id=None)
-    assert output[0, len(prompt_ids) :].tolist() == result.continuation_ids
-    assert reference_tokenizer.decode(result.continuation_ids, skip_special_tokens=True) == result.continuation
+def factory(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "tokenworks", "factory", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
 
 
-def test_factory_is_reproducible(tmp_path) -> None:
-    first = run_factory(FactoryOptions.quick(workdir=tmp_path / "a", max_new_tokens=6))
-    second = run_factory(FactoryOptions.quick(workdir=tmp_path / "b", max_new_tokens=6))
-    assert first.continuation_ids == second.continuation_ids
-    assert (tmp_path / "a/model/model.safetensors").read_bytes() == (
-        tmp_path / "b/model/model.safetensors"
-    ).read_bytes()
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    workdir = tmp_path_factory.mktemp("factory")
+    return workdir, factory("--quick", "--workdir", str(workdir))
 
 
-def test_factory_command_prints_the_summary_and_continuation(tmp_path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "tokenworks", "factory", "--quick", "--workdir", str(tmp_path / "w")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "tokenworks factory" in result.stdout and "Continuation" in result.stdout
-    assert (tmp_path / "w/model/model.safetensors").is_file()
+def test_quick_line_runs_every_stage_and_reports(quick_run) -> None:
+    workdir, result = quick_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tokenworks factory" in result.stdout and "Pareto frontier" in result.stdout
+
+    state = json.loads((workdir / "factory.json").read_text())
+    assert [name for name, record in state["stages"].items() if record["status"] == "done"] == STAGES
+    assert (workdir / "data" / "manifest.json").is_file()
+    assert (workdir / "train" / "checkpoint" / "model.safetensors").is_file()
+    assert (workdir / "train" / "loss.png").is_file()
+    assert {path.name for path in (workdir / "bench").iterdir()} >= BENCH_FILES
+
+    points = list(csv.DictReader((workdir / "bench" / "points.csv").open()))
+    assert [int(p["concurrency"]) for p in points] == [1, 4, 16]  # the quick sweep
+    assert all(int(p["errors"]) == 0 for p in points)
+    frontier = list(csv.DictReader((workdir / "bench" / "frontier.csv").open()))
+    assert 1 <= len(frontier) <= len(points)
+
+    page = (workdir / "report.html").read_text()
+    for expected in ("Pareto frontier", "tokens per joule", "estimated", "data:image/png;base64", "goodput"):
+        assert expected in page
+
+
+def test_served_sample_is_the_checkpoints_greedy_continuation(quick_run) -> None:
+    workdir, result = quick_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    serve = json.loads((workdir / "factory.json").read_text())["stages"]["serve"]["summary"]
+    checkpoint = workdir / "train" / "checkpoint"
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    prompt_ids = tokenizer(serve["smoke_prompt"], add_special_tokens=False)["input_ids"]
+    new_tokens = serve["smoke_usage"]["completion_tokens"]
+    output = model.generate(torch.tensor([prompt_ids]), max_new_tokens=new_tokens, do_sample=False, eos_token_id=None)
+    assert tokenizer.decode(output[0, len(prompt_ids) :]) == serve["smoke_completion"]
+
+
+def test_rerun_resumes_and_from_reruns_only_the_named_stages(quick_run) -> None:
+    workdir, first = quick_run
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = factory("--quick", "--workdir", str(workdir), timeout=120)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("done earlier, kept") == len(STAGES)
+
+    before = (workdir / "report.html").stat().st_mtime_ns
+    report_only = factory("--quick", "--workdir", str(workdir), "--from", "report", timeout=120)
+    assert report_only.returncode == 0, report_only.stderr[-3000:]
+    assert report_only.stdout.count("done earlier, kept") == len(STAGES) - 1
+    assert (workdir / "report.html").stat().st_mtime_ns > before
+
+
+def test_a_failed_stage_says_which_and_why_without_a_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "factory.toml"
+    config.write_text('[data]\nsources = ["no-such-directory"]\n', encoding="utf-8")
+    result = factory("--quick", "--config", str(config), "--workdir", str(tmp_path / "w"), timeout=120)
+    assert result.returncode == 1
+    assert "stage 'ingest' failed" in result.stderr and "no-such-directory" in result.stderr
+    assert "Traceback" not in result.stderr
+    state = json.loads((tmp_path / "w" / "factory.json").read_text())
+    assert state["stages"]["ingest"]["status"] == "failed"

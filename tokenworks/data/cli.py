@@ -77,11 +77,8 @@ def ingest(
         options.source_quality.setdefault(source, {})[name] = value
 
     console = Console()
-    with RichProgressBars(
-        SpinnerColumn(), TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=False,
-    ) as bars:  # fmt: skip
-        result = run_ingest(options, _RichProgress(bars))
+    with ingest_bars(console) as bars:
+        result = run_ingest(options, RichIngestProgress(bars))
     console.print(_summary(result))
     console.print(f"Output in [bold]{result.out}[/]: shards/, tokenizer/, rejected/, stats.json, manifest.json")
 
@@ -93,7 +90,16 @@ def _assignment(item: str, option: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
-class _RichProgress:
+def ingest_bars(console: Console) -> RichProgressBars:
+    return RichProgressBars(
+        SpinnerColumn(), TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=False,
+    )  # fmt: skip
+
+
+class RichIngestProgress:
+    """Ingest progress as rich bars, one per pipeline stage (also used by `tokenworks factory`)."""
+
     def __init__(self, bars: RichProgressBars) -> None:
         self.bars = bars
 

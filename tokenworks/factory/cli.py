@@ -1,14 +1,14 @@
-"""`tokenworks factory`: run the whole line with the embedded defaults and show what it made."""
+"""`tokenworks factory`: run the whole line with the embedded defaults (or a factory.toml) and report."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import time
 from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.table import Table
+
+from tokenworks.factory.config import STAGES
 
 
 def register(app: typer.Typer) -> None:
@@ -16,51 +16,41 @@ def register(app: typer.Typer) -> None:
 
 
 def factory(
-    workdir: Path = typer.Option(Path("factory"), "--workdir", help="Where every artifact is written."),
-    preset: str = typer.Option(None, "--preset", help="Model shape: nano, micro, tiny or small."),
-    vocab_size: int = typer.Option(None, "--vocab-size", min=260, help="Tokenizer vocabulary size."),
-    prompt: str = typer.Option("The Python language", "--prompt", help="Text the model continues at the end."),
-    max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="Length of that continuation."),
-    quick: bool = typer.Option(False, "--quick", help="A few-second run: smallest model, part of the corpus."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the model's initial weights."),
+    workdir: Path = typer.Option(None, "--workdir", help="Where every artifact is written [default: ./factory]."),
+    config_file: Path = typer.Option(None, "--config", help="A factory.toml with your data, model, SLOs and prices."),
+    quick: bool = typer.Option(False, "--quick", help="The whole line in about 3 minutes: less of everything."),
+    start: str = typer.Option(None, "--from", help=f"Re-run from this stage: {', '.join(STAGES)}."),
+    keep_serving: bool = typer.Option(
+        False, "--keep-serving", help="Keep the server (and its /dashboard) up after the sweep until Ctrl-C."
+    ),
 ) -> None:
-    """Run the AI factory end to end on this machine, with no downloads."""
-    from tokenworks.factory.pipeline import FactoryOptions, run_factory
+    """Run the AI factory end to end on this machine: ingest, train, serve, bench, report."""
+    from tokenworks.factory.config import FactoryConfig
+    from tokenworks.factory.pipeline import run_factory
+    from tokenworks.factory.report import console_summary
 
-    make = FactoryOptions.quick if quick else FactoryOptions
-    overrides = {"preset": preset, "vocab_size": vocab_size}
-    options = make(
-        workdir=workdir,
-        prompt=prompt,
-        max_new_tokens=max_new_tokens,
-        seed=seed,
-        **{key: value for key, value in overrides.items() if value is not None},
-    )
+    if config_file is not None:
+        config = FactoryConfig.load(config_file, quick=quick, workdir=workdir)
+    else:
+        config = FactoryConfig.quick() if quick else FactoryConfig()
+        config.workdir = workdir or config.workdir
     console = Console()
-    result = run_factory(options, step=_spinner(console))
 
-    table = Table(title="tokenworks factory", show_header=False)
-    table.add_row(
-        "documents", f"{result.documents_read:,} read, {result.documents:,} kept ({result.characters:,} characters)"
+    def announce(stage: str, resumed: bool) -> None:
+        if resumed:
+            console.print(f"[dim]✓ {stage}: done earlier, kept[/]")
+        else:
+            console.rule(f"[bold]{stage}")
+
+    def wait_for_ctrl_c(url: str) -> None:
+        console.print(f"Serving at [bold]{url}[/]; dashboard at [bold]{url}/dashboard[/]. Ctrl-C to go on.")
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+
+    run = run_factory(
+        config, start=start, console=console, on_stage=announce, keep_serving=wait_for_ctrl_c if keep_serving else None
     )
-    table.add_row("tokenizer", f"byte-level BPE, {result.vocab_size:,} tokens")
-    table.add_row(
-        "corpus tokens", f"{result.corpus_tokens:,} ({result.characters / result.corpus_tokens:.2f} chars/token)"
-    )
-    table.add_row("model", f"{options.preset}, {result.parameters:,} parameters (untrained)")
-    table.add_row("data", f"{options.workdir / 'data'} (shards, tokenizer, rejected/, manifest.json)")
-    table.add_row("checkpoint", str(result.checkpoint))
-    table.add_row("time", ", ".join(f"{name} {seconds:.1f}s" for name, seconds in result.seconds.items()))
-    console.print(table)
-    console.print("[bold]Continuation[/] (greedy, from the saved checkpoint):")
-    console.print(f"[dim]{result.prompt}[/]{result.continuation}", highlight=False, markup=True)
-
-
-def _spinner(console: Console):
-    @contextmanager
-    def step(description: str) -> Iterator[None]:
-        with console.status(description):
-            yield
-        console.print(f"[green]✓[/] {description}")
-
-    return step
+    console.print(console_summary(config, run.summaries, run.seconds))

@@ -1,126 +1,92 @@
-"""`tokenworks factory`: ingest -> model -> checkpoint -> tokens.
+"""`tokenworks factory`: ingest -> train -> serve -> bench -> report, resumable stage by stage.
 
-The corpus is curated by the real data stage (`tokenworks ingest`, into WORKDIR/data);
-the model is still freshly initialised rather than trained, until the training, serving
-and benchmark stages land. Every artifact is a plain file under the work directory.
+The line keeps its state in WORKDIR/factory.json: a re-run skips every stage that finished
+with the same settings, `start` re-runs from a named stage, and a failed stage is recorded
+with its reason while everything finished before it stays. The server runs as a real
+`tokenworks serve` process for the serve and bench stages and stops before the report.
 """
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
-from tokenworks.data.pipeline import IngestOptions, run_ingest
-from tokenworks.errors import ConfigError
-from tokenworks.model import CausalLM, Tokenizer, load_model, preset_config, save_model
-from tokenworks.model.generate import generate_tokens
-from tokenworks.model.tokenizer import IM_END
+from rich.console import Console
 
-logger = logging.getLogger(__name__)
+from tokenworks.errors import TokenworksError
+from tokenworks.factory.config import STAGES, FactoryConfig
+from tokenworks.factory.stages import STAGE_RUNNERS, StageContext, start_server
+from tokenworks.factory.state import FactoryState
+
+SERVER_STAGES = ("serve", "bench")
 
 
-@dataclass(slots=True)
-class FactoryOptions:
-    workdir: Path = Path("factory")
-    preset: str = "tiny"
-    vocab_size: int = 8192
-    max_documents: int | None = None  # None: the whole default corpus
-    workers: int = 2
-    prompt: str = "The Python language"
-    max_new_tokens: int = 32
-    seed: int = 0
-
-    @classmethod
-    def quick(cls, **overrides: object) -> FactoryOptions:
-        """A run of a few seconds: the smallest model on part of the corpus."""
-        return cls(**{"preset": "nano", "vocab_size": 1024, "max_documents": 150, **overrides})
+class StageFailed(TokenworksError):
+    def __init__(self, stage: str, reason: str, workdir: str) -> None:
+        super().__init__(
+            f"stage {stage!r} failed: {reason}\n"
+            f"The stages before it are kept in {workdir}; run the same command again to resume at {stage!r}."
+        )
+        self.stage = stage
 
 
 @dataclass(slots=True)
-class FactoryResult:
-    documents_read: int
-    documents: int  # after curation
-    characters: int
-    corpus_tokens: int
-    vocab_size: int
-    parameters: int
-    checkpoint: Path
-    prompt: str
-    continuation: str
-    continuation_ids: list[int]
+class FactoryRun:
+    config: FactoryConfig
+    ran: list[str]  # the stages this invocation ran
+    resumed: list[str]  # the stages it took from an earlier run
+    summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-@contextmanager
-def _log_step(description: str) -> Iterator[None]:
-    logger.info("%s", description)
-    yield
-
-
 def run_factory(
-    options: FactoryOptions, step: Callable[[str], AbstractContextManager[None]] = _log_step
-) -> FactoryResult:
-    """Run every stage in order; `step(description)` wraps each one (the CLI shows progress)."""
-    if options.max_new_tokens < 1:
-        raise ConfigError("max_new_tokens must be at least 1")
-    if not options.prompt:
-        raise ConfigError("the prompt must not be empty")
-    seconds: dict[str, float] = {}
-    checkpoint = options.workdir / "model"
+    config: FactoryConfig,
+    start: str | None = None,
+    console: Console | None = None,
+    on_stage: Callable[[str, bool], None] | None = None,
+    keep_serving: Callable[[str], None] | None = None,
+) -> FactoryRun:
+    """Run the stages that are not done (or every stage from `start`).
 
-    with step("Curating the default corpus: Python's own documentation"), _timed(seconds, "ingest"):
-        ingest = IngestOptions(
-            out=options.workdir / "data",
-            workers=options.workers,
-            vocab_size=options.vocab_size,
-            limit=options.max_documents,
-        )
-        curated = run_ingest(ingest)
-        tokenizer = Tokenizer.load(curated.out / "tokenizer")
+    `on_stage(name, resumed)` is told about each stage before it runs or is skipped;
+    `keep_serving(url)`, when given, is called with the server still up after the bench stage
+    (the CLI blocks there until Ctrl-C so the user can keep watching the dashboard).
+    """
+    if start is not None and start not in STAGES:
+        raise TokenworksError(f"unknown stage {start!r}; the stages are {', '.join(STAGES)}")
+    config.check()
+    console = console or Console()
+    state = FactoryState(config.workdir)
+    first = state.first_to_run(config, start)
+    run = FactoryRun(config, ran=list(STAGES[first:]), resumed=list(STAGES[:first]))
+    context = StageContext(config, console, run.summaries)
+    for stage in run.resumed:
+        run.summaries[stage] = state.stages[stage].summary
+        run.seconds[stage] = state.stages[stage].seconds
+        if on_stage:
+            on_stage(stage, True)
 
-    with step(f"Initialising the {options.preset!r} model"), _timed(seconds, "model"):
-        config = preset_config(
-            options.preset,
-            tokenizer.vocab_size,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        model = CausalLM(config).init_weights(seed=options.seed)
-
-    with step(f"Saving the checkpoint to {checkpoint}"), _timed(seconds, "checkpoint"):
-        stop_ids = [tokenizer.eos_token_id, tokenizer.token_to_id(IM_END)]
-        save_model(model, checkpoint, generation_config={"eos_token_id": stop_ids})
-        tokenizer.save(checkpoint)
-
-    with step("Generating a continuation from the saved checkpoint"), _timed(seconds, "generate"):
-        # Reload from disk so the continuation proves the checkpoint, not the object in memory.
-        reloaded, reloaded_tokenizer = load_model(checkpoint), Tokenizer.load(checkpoint)
-        prompt_ids = reloaded_tokenizer.encode(options.prompt)
-        new_ids = list(generate_tokens(reloaded, prompt_ids, options.max_new_tokens, stop_token_ids=stop_ids))
-        continuation = reloaded_tokenizer.decode(new_ids, skip_special_tokens=True)
-
-    shards = curated.manifest["shards"]
-    return FactoryResult(
-        documents_read=curated.stages[0].documents_out,
-        documents=curated.stages[-1].documents_out,
-        characters=curated.stages[-1].characters_out,
-        corpus_tokens=sum(shards["tokens"].values()),
-        vocab_size=tokenizer.vocab_size,
-        parameters=config.num_parameters(),
-        checkpoint=checkpoint,
-        prompt=options.prompt,
-        continuation=continuation,
-        continuation_ids=new_ids,
-        seconds=seconds,
-    )
-
-
-@contextmanager
-def _timed(seconds: dict[str, float], name: str) -> Iterator[None]:
-    start = time.perf_counter()
-    yield
-    seconds[name] = time.perf_counter() - start
+    with ExitStack() as server_scope:
+        for stage in run.ran:
+            if stage == "report" and context.server is not None:
+                if keep_serving is not None:
+                    keep_serving(context.server.url)
+                server_scope.close()
+                context.server = None
+            if on_stage:
+                on_stage(stage, False)
+            began = time.perf_counter()
+            try:
+                if stage in SERVER_STAGES and context.server is None:
+                    context.server = server_scope.enter_context(start_server(context))
+                summary = STAGE_RUNNERS[stage](context)
+            except (TokenworksError, OSError) as error:  # the user's to fix; a bug keeps its traceback
+                state.record(config, stage, time.perf_counter() - began, {}, str(error))
+                raise StageFailed(stage, str(error), str(config.workdir)) from error
+            run.seconds[stage] = time.perf_counter() - began
+            run.summaries[stage] = summary | {"seconds": round(run.seconds[stage], 2)}
+            state.record(config, stage, run.seconds[stage], run.summaries[stage], None)
+    return run

@@ -120,7 +120,7 @@ def pretrain(
     )  # fmt: skip
     shape = ShapeOverrides(layers, hidden, heads, kv_heads, intermediate, vocab_size)
     config = PretrainConfig(data=data, preset=preset, shape=shape, verify_data=not no_verify, loop=loop)
-    with _ProgressView(loop) as view:
+    with TrainProgressView(loop) as view:
         record = run_pretrain(config, view.on_event)
     _summary(record)
 
@@ -176,7 +176,7 @@ def sft(
         weight_decay, grad_clip, eval_interval, eval_tokens, save_interval, seed, device, dtype, resume,
     )  # fmt: skip
     config = SFTConfig(base=base, data=data, validation=validation, epochs=epochs, lora=lora, merge=merge, loop=loop)
-    with _ProgressView(loop) as view:
+    with TrainProgressView(loop) as view:
         record = run_sft(config, view.on_event)
     _summary(record)
 
@@ -196,7 +196,7 @@ def merge_lora(
     Console().print(f"merged checkpoint in [bold]{path}[/]")
 
 
-class _ProgressView:
+class TrainProgressView:
     """A progress bar with loss and tokens/s on the main process; silent on the others."""
 
     def __init__(self, loop: Any) -> None:
@@ -211,7 +211,7 @@ class _ProgressView:
             "train", total=loop.max_steps, horizon=loop.max_steps or "?", loss="-", val="-", tps="-"
         )
 
-    def __enter__(self) -> _ProgressView:
+    def __enter__(self) -> TrainProgressView:
         self.bar.__enter__()
         return self
 

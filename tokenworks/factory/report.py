@@ -1,0 +1,184 @@
+"""The factory's report: one self-contained HTML page and the console summary, from the stage summaries.
+
+Both are built from the JSON summaries in factory.json (never from live objects), so the
+report of a resumed run is the same as that of an uninterrupted one. Charts are the PNGs the
+train and bench stages wrote, embedded as data URIs so the page is one file that can be mailed.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from tokenworks.factory.config import FactoryConfig
+
+REPORT_NAME = "report.html"
+
+
+def summary_rows(summaries: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+    """(label, value) lines: what the factory made, for the console and the page alike."""
+    rows: list[tuple[str, str]] = []
+    if ingest := summaries.get("ingest"):
+        dropped = ", ".join(f"{reason} {count:,}" for reason, count in sorted(ingest["dropped"].items())) or "none"
+        rows.append(("documents", f"{ingest['documents_read']:,} read, {ingest['documents_kept']:,} kept"))
+        rows.append(("dropped", dropped))
+        tokens = ingest["tokens"]
+        rows.append(("tokens", ", ".join(f"{split} {count:,}" for split, count in tokens.items())))
+        rows.append(("tokenizer", f"byte-level BPE, {ingest['vocab_size']:,} tokens"))
+    if train := summaries.get("train"):
+        final = train["final"]
+        losses = f"train loss {final['train_loss']:.3f}" if final["train_loss"] is not None else "no train loss"
+        if final["val_loss"] is not None:
+            losses += f", validation loss {final['val_loss']:.3f} (perplexity {final['val_perplexity']:.1f})"
+        rows.append(("model", f"{train['preset']}, {train['parameters']:,} parameters"))
+        rows.append(
+            (
+                "training",
+                f"{train['steps']:,} steps, {train['tokens_seen']:,} tokens at {train['tokens_per_s']:,.0f} tokens/s",
+            )
+        )
+        rows.append(("loss", losses))
+    if serve := summaries.get("serve"):
+        rows.append(("served", f"{serve['model']} at {serve['url']} (up in {serve['startup_seconds']:.1f} s)"))
+        rows.append(("sample", repr(serve["smoke_prompt"] + serve["smoke_completion"])[:160]))
+    if bench := summaries.get("bench"):
+        rows.extend(bench_rows(bench))
+    return rows
+
+
+def bench_rows(bench: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = []
+    best = max(bench["points"], key=lambda p: p["output_throughput_per_device"])
+    rows.append(
+        ("peak throughput", f"{best['output_throughput_per_device']:,.1f} output tokens/s per {bench['device_label']} "
+         f"at concurrency {best['concurrency']} ({best['interactivity']:,.1f} tokens/s per user)")
+    )  # fmt: skip
+    frontier = " | ".join(
+        f"{p['interactivity']:,.1f} tok/s/user -> {p['output_throughput_per_device']:,.1f} tok/s"
+        for p in bench["frontier"]
+    )
+    rows.append(("Pareto frontier", frontier))
+    good = max(bench["points"], key=lambda p: p["goodput_tokens_per_s"])
+    rows.append(
+        (f"goodput ({bench['slo']})", f"{good['goodput_tokens_per_s']:,.1f} good tokens/s at concurrency "
+         f"{good['concurrency']}, SLO attainment {good['attainment']:.0%}")
+    )  # fmt: skip
+    price = bench["price"]
+    rows.append(
+        ("cost", f"${best['cost_per_million_output']:.3g} per million output tokens at peak "
+         f"({price['hardware']} at ${price['usd_per_hour']}/h, {price['book']}; an assumption)")
+    )  # fmt: skip
+    rows.append(("energy", f"{best['tokens_per_joule']:,.2f} output tokens per joule at peak ({energy_note(bench)})"))
+    return rows
+
+
+def energy_note(bench: dict[str, Any]) -> str:
+    energy = bench["energy"]
+    if energy["label"] == "estimated":
+        return "estimated from CPU utilisation x TDP: nothing measurable here"
+    return f"measured with {energy['source'].upper()}"
+
+
+def console_summary(config: FactoryConfig, summaries: dict[str, dict[str, Any]], seconds: dict[str, float]) -> Table:
+    table = Table(title="tokenworks factory", show_header=False)
+    for label, value in summary_rows(summaries):
+        table.add_row(label, value)
+    table.add_row("time", ", ".join(f"{stage} {s:.0f}s" for stage, s in seconds.items()))
+    table.add_row("report", str(config.workdir / REPORT_NAME))
+    return table
+
+
+def write_report(config: FactoryConfig, summaries: dict[str, dict[str, Any]]) -> Path:
+    path = config.workdir / REPORT_NAME
+    sections = [
+        _table("What the factory made", summary_rows(summaries)),
+        _images(summaries),
+        _points_table(summaries.get("bench")),
+        _table("Where every artifact lies", _artifact_rows(summaries)),
+        _table("Time per stage", [(stage, f"{s.get('seconds', 0):.1f} s") for stage, s in summaries.items()]),
+    ]
+    page = _PAGE.format(title="tokenworks factory report", body="\n".join(s for s in sections if s))
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def _artifact_rows(summaries: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+    return [
+        (f"{stage}: {name}", location)
+        for stage, summary in summaries.items()
+        for name, location in summary.get("artifacts", {}).items()
+    ]
+
+
+def _images(summaries: dict[str, dict[str, Any]]) -> str:
+    charts = [("Training loss", summaries.get("train", {}).get("artifacts", {}).get("loss_plot"))]
+    for name, location in summaries.get("bench", {}).get("charts", {}).items():
+        charts.append((name, location))
+    figures = []
+    for caption, location in charts:
+        if location and Path(location).is_file():
+            data = base64.b64encode(Path(location).read_bytes()).decode()
+            figures.append(
+                f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
+    return f"<h2>Charts</h2><div class='charts'>{''.join(figures)}</div>" if figures else ""
+
+
+def _points_table(bench: dict[str, Any] | None) -> str:
+    if not bench:
+        return ""
+    columns = [
+        ("concurrency", "concurrency", "{}"),
+        ("output tok/s per device", "output_throughput_per_device", "{:,.1f}"),
+        ("tok/s per user", "interactivity", "{:,.1f}"),
+        ("TTFT p50 (ms)", "ttft_p50_ms", "{:,.1f}"),
+        ("ITL p50 (ms)", "itl_p50_ms", "{:,.1f}"),
+        ("goodput tok/s", "goodput_tokens_per_s", "{:,.1f}"),
+        ("SLO attainment", "attainment", "{:.0%}"),
+        ("$ per M output tokens", "cost_per_million_output", "{:.3g}"),
+        ("tokens per joule", "tokens_per_joule", "{:,.2f}"),
+        ("errors", "errors", "{}"),
+    ]
+    frontier = {p["concurrency"] for p in bench["frontier"]}
+    head = "".join(f"<th>{html.escape(title)}</th>" for title, _, _ in columns)
+    body = []
+    for point in bench["points"]:
+        cells = "".join(
+            f"<td>{'-' if point.get(key) is None else form.format(point[key])}</td>" for _, key, form in columns
+        )
+        mark = " class='frontier'" if point["concurrency"] in frontier else ""
+        body.append(f"<tr{mark}>{cells}</tr>")
+    note = (
+        f"<p>Closed-loop sweep; highlighted rows are on the Pareto frontier. Energy is "
+        f"{html.escape(energy_note(bench))}; prices are assumptions "
+        f"from {html.escape(bench['price']['book'])}.</p>"
+    )
+    return f"<h2>Sweep</h2>{note}<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _table(title: str, rows: list[tuple[str, str]]) -> str:
+    if not rows:
+        return ""
+    body = "".join(f"<tr><th>{html.escape(label)}</th><td>{html.escape(value)}</td></tr>" for label, value in rows)
+    return f"<h2>{html.escape(title)}</h2><table class='summary'>{body}</table>"
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 70rem; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.5rem 0 1.5rem; }}
+th, td {{ border: 1px solid #ddd; padding: 0.3rem 0.6rem; text-align: left; vertical-align: top; }}
+tr.frontier {{ background: #eef6ee; }}
+.charts {{ display: flex; flex-wrap: wrap; gap: 1rem; }}
+figure {{ margin: 0; }} img {{ max-width: 34rem; }}
+</style></head>
+<body><h1>{title}</h1>
+{body}
+</body></html>
+"""

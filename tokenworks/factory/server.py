@@ -1,0 +1,95 @@
+"""The factory's server: `tokenworks serve` on the trained checkpoint, as its own process.
+
+The factory measures the server a user would run, so it starts the real command, waits until
+/health answers, and stops it with SIGTERM (the server's graceful drain) when the line is done.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tokenworks.errors import TokenworksError
+
+STARTUP_TIMEOUT_S = 180.0
+STOP_TIMEOUT_S = 30.0
+
+
+class ServerProcess:
+    def __init__(self, checkpoint: Path, name: str, log: Path, port: int, args: list[str]) -> None:
+        self.checkpoint, self.name, self.log_path = checkpoint, name, log
+        self.port = port or _free_port()
+        self.args = args
+        self.process: subprocess.Popen | None = None
+        self.startup_seconds = 0.0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServerProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "tokenworks", "serve", str(self.checkpoint), "--port", str(self.port)]
+        command += ["--served-model-name", self.name, *self.args]
+        start = time.perf_counter()
+        with self.log_path.open("w", encoding="utf-8") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        try:
+            self._wait_until_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.perf_counter() - start
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def _wait_until_healthy(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise TokenworksError(
+                    f"the server exited with status {self.process.returncode} while starting; "
+                    f"its log ({self.log_path}) ends with:\n{_tail(self.log_path)}"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.25)
+        raise TokenworksError(
+            f"the server did not answer /health within {STARTUP_TIMEOUT_S:.0f} s; see {self.log_path}"
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

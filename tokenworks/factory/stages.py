@@ -1,0 +1,186 @@
+"""The stages of the factory line, each reading the previous stage's artifacts from the workdir.
+
+    ingest  WORKDIR/data    curated documents -> tokenizer + token shards + manifest.json
+    train   WORKDIR/train   token shards -> a Hugging Face checkpoint (train/checkpoint)
+    serve   WORKDIR/serve   `tokenworks serve` on that checkpoint, checked with one completion
+    bench   WORKDIR/bench   `tokenworks bench sweep` against the server: points, frontier, costs
+    report  WORKDIR/report.html and the console summary
+
+Each stage returns a small JSON summary (kept in factory.json) that the report is built from,
+so the report can be rebuilt without re-running anything.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from tokenworks.factory.config import FactoryConfig
+from tokenworks.factory.server import ServerProcess
+
+SERVED_MODEL_NAME = "factory-model"
+
+
+@dataclass(slots=True)
+class StageContext:
+    config: FactoryConfig
+    console: Console
+    summaries: dict[str, dict[str, Any]]  # of the stages finished so far, this run or earlier
+    server: ServerProcess | None = None
+
+    @property
+    def workdir(self) -> Path:
+        return self.config.workdir
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.workdir / "train" / "checkpoint"
+
+
+def run_ingest_stage(context: StageContext) -> dict[str, Any]:
+    from tokenworks.data.cli import RichIngestProgress, ingest_bars
+    from tokenworks.data.pipeline import IngestOptions, run_ingest
+
+    data = context.config.data
+    options = IngestOptions(
+        out=context.workdir / "data", workers=data.workers, vocab_size=data.vocab_size, limit=data.max_documents
+    )
+    if data.sources:
+        options.sources = list(data.sources)
+    with ingest_bars(context.console) as bars:
+        result = run_ingest(options, RichIngestProgress(bars))
+    dropped: dict[str, int] = {}
+    for stage in result.stages:
+        if stage.stage == "split":  # the split moves documents to train or validation; it drops none
+            continue
+        for reason, count in stage.dropped.items():
+            if count:
+                dropped[reason] = dropped.get(reason, 0) + count
+    shards = result.manifest["shards"]
+    return {
+        "sources": options.sources,
+        "documents_read": result.stages[0].documents_out,
+        "documents_kept": result.stages[-1].documents_out,
+        "characters_kept": result.stages[-1].characters_out,
+        "dropped": dropped,
+        "tokens": shards["tokens"],
+        "vocab_size": result.manifest["tokenizer"]["vocab_size"],
+        "artifacts": {
+            "data": str(result.out),
+            "manifest": str(result.out / "manifest.json"),
+            "rejected": str(result.out / "rejected"),
+        },
+    }
+
+
+def run_train_stage(context: StageContext) -> dict[str, Any]:
+    from tokenworks.train.cli import TrainProgressView
+    from tokenworks.train.config import LoopConfig, OptimConfig, PretrainConfig
+    from tokenworks.train.pretrain import run_pretrain
+
+    train, out = context.config.train, context.workdir / "train"
+    shutil.rmtree(out, ignore_errors=True)  # a re-run starts over; earlier stages are untouched
+    loop = LoopConfig(
+        out=out,
+        context=train.context,
+        batch_size=train.batch_size,
+        time_budget_s=train.time_budget_s,
+        seed=train.seed,
+        eval_interval=50,
+        eval_tokens=16_384,
+        optim=OptimConfig(lr=train.lr),
+    )
+    config = PretrainConfig(data=context.workdir / "data", preset=train.preset, loop=loop)
+    with TrainProgressView(loop) as view:
+        run = run_pretrain(config, on_event=view.on_event)
+    record = run.record
+    return {
+        "preset": train.preset,
+        "parameters": record["parameters"],
+        "steps": record["steps"],
+        "stopped_by": record["stopped_by"],
+        "tokens_seen": record["tokens_seen"],
+        "tokens_per_s": record["tokens_per_s"],
+        "train_seconds": record["train_seconds"],
+        "final": record["final"],
+        "artifacts": {
+            "run": str(out),
+            "checkpoint": str(run.checkpoint),
+            "metrics": str(out / "metrics.jsonl"),
+            "loss_plot": str(out / "loss.png"),
+        },
+    }
+
+
+def start_server(context: StageContext) -> ServerProcess:
+    serve = context.config.serve
+    args = ["--kv-cache-memory-gib", str(serve.kv_cache_memory_gib), "--max-num-seqs", str(serve.max_num_seqs)]
+    args += ["--max-num-batched-tokens", str(serve.max_num_batched_tokens)]
+    args += ["--bench-results", str(context.workdir / "bench")]
+    if serve.threads is not None:
+        args += ["--threads", str(serve.threads)]
+    log = context.workdir / "serve" / "server.log"
+    return ServerProcess(context.checkpoint, SERVED_MODEL_NAME, log, serve.port, args)
+
+
+def run_serve_stage(context: StageContext) -> dict[str, Any]:
+    """The server is up (the pipeline started it); prove it serves the trained model."""
+    server, serve = context.server, context.config.serve
+    assert server is not None, "the pipeline starts the server before the serve stage"
+    body = {"model": SERVED_MODEL_NAME, "prompt": serve.smoke_prompt, "max_tokens": serve.smoke_tokens}
+    body |= {"temperature": 0.0, "ignore_eos": True}  # greedy and full length: a reproducible sample
+    request = urllib.request.Request(
+        f"{server.url}/v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=120) as response:
+        answer = json.loads(response.read())
+    return {
+        "url": server.url,
+        "dashboard": f"{server.url}/dashboard",
+        "model": SERVED_MODEL_NAME,
+        "startup_seconds": round(server.startup_seconds, 2),
+        "smoke_prompt": serve.smoke_prompt,
+        "smoke_completion": answer["choices"][0]["text"],
+        "smoke_usage": answer["usage"],
+        "artifacts": {"log": str(server.log_path)},
+    }
+
+
+def run_bench_stage(context: StageContext) -> dict[str, Any]:
+    from tokenworks.bench.sweep import run_factory_sweep
+
+    server = context.server
+    assert server is not None, "the pipeline starts the server before the bench stage"
+    out = context.workdir / "bench"
+    shutil.rmtree(out, ignore_errors=True)
+    context.console.print(f"Live dashboard while the sweep runs: [bold]{server.url}/dashboard[/]")
+    return run_factory_sweep(
+        url=server.url,
+        model=SERVED_MODEL_NAME,
+        tokenizer=context.checkpoint,
+        settings=context.config.bench,
+        out=out,
+        console=context.console,
+    )
+
+
+def run_report_stage(context: StageContext) -> dict[str, Any]:
+    from tokenworks.factory.report import write_report
+
+    path = write_report(context.config, context.summaries)
+    return {"artifacts": {"report": str(path)}}
+
+
+STAGE_RUNNERS = {
+    "ingest": run_ingest_stage,
+    "train": run_train_stage,
+    "serve": run_serve_stage,
+    "bench": run_bench_stage,
+    "report": run_report_stage,
+}
