@@ -145,3 +145,18 @@ def test_bad_input_is_one_clear_line(args: list[str], message: str) -> None:
     result = bench(*args, timeout=60)
     assert result.returncode == 1
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_capacity_search_reports_a_lower_bound_when_every_rate_passes(server, model_dir, tmp_path) -> None:
+    out = tmp_path / "capacity"
+    result = bench(
+        "capacity", "--url", server.url, "--tokenizer", str(model_dir), "--api", "completions",
+        "--input-tokens", "8", "--output-tokens", "4", "--slo", "e2e=60s", "--low", "1", "--high", "2",
+        "--max-steps", "3", "--requests-per-point", "3", "--warmup-requests", "0", "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "capacity: 4 requests/s" in " ".join(result.stdout.split()) and "lower bound" in result.stdout
+    run = json.loads((out / "run.json").read_text())
+    assert run["capacity"]["requests_per_s"] == 4.0 and run["capacity"]["bracketed"] is False
+    assert [rate for rate, _ in run["capacity"]["tried"]] == [1.0, 2.0, 4.0]
+    assert [p["request_rate"] for p in run["points"]] == [1.0, 2.0, 4.0]

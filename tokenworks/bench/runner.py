@@ -8,6 +8,7 @@ energy per token, and the validity flags, and keeps every request record for the
 
 from __future__ import annotations
 
+import os
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,8 +137,6 @@ async def measure_point(
 
 def host_description() -> dict[str, Any]:
     """The machine the load generator ran on (the endpoint may be elsewhere)."""
-    import os
-
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

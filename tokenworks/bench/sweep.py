@@ -167,7 +167,7 @@ async def run_capacity(
     high: float,
     requests_per_point: int,
     console: Console,
-    tolerance: float = 0.05,
+    tolerance: float = 0.1,  # requests/s between the passing and the failing rate
     max_steps: int = 8,
 ) -> tuple[SweepResult, CapacitySearch]:
     """DistServe's capacity: the highest request rate whose SLO attainment is at least 90%."""
@@ -191,7 +191,7 @@ async def run_capacity(
         return point.metrics.slo_attainment or 0.0
 
     # find_capacity is synchronous; run it in a thread so each measurement runs on this loop.
-    search = await asyncio.to_thread(find_capacity, measure, low, high, tolerance * low, max_steps)
+    search = await asyncio.to_thread(find_capacity, measure, low, high, tolerance, max_steps)
     return SweepResult(endpoint, points, {}), search
 
 
