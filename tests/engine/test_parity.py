@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from tokenworks.engine import LLM, SamplingParams
@@ -17,6 +20,7 @@ ENGINE_SETTINGS = {
     "small prefill chunks": {"max_num_batched_tokens": 7},
     "preemption": {"num_kv_blocks": 24, "block_size": 4},
     "preemption with chunks": {"num_kv_blocks": 20, "block_size": 4, "max_num_batched_tokens": 9},
+    "F.linear matrix products": {"linear_backend": "torch"},
 }
 
 
@@ -56,5 +60,10 @@ def test_one_request_at_a_time_matches_and_reuses_the_cache(model_dir, expected)
 def test_the_engine_process_gives_the_same_tokens(llama_dir) -> None:
     prompts = random_prompts(6, seed=3)
     reference = reference_greedy(llama_dir, prompts, NEW_TOKENS)
-    with LLM(llama_dir, threads=1) as llm:
+    before = os.environ.get("GOMP_SPINCOUNT")
+    with LLM(llama_dir, threads=1, omp_spin_count=20000) as llm:
         assert [output.token_ids for output in llm.generate(prompts, GREEDY)] == reference
+        child = Path(f"/proc/{llm.client.process.pid}/environ")
+        if child.exists():  # Linux: the core process got the spin count, this one kept its own
+            assert b"GOMP_SPINCOUNT=20000" in child.read_bytes().split(b"\0")
+    assert os.environ.get("GOMP_SPINCOUNT") == before

@@ -121,3 +121,21 @@ def test_prompts_beyond_the_context_are_refused(llm) -> None:
         llm.generate([5] * 250, SamplingParams(max_tokens=10))
     with pytest.raises(ValueError, match="prompt token ids must be integers"):
         llm.generate([[5, 99999]], SamplingParams(max_tokens=1))
+
+
+def test_a_request_that_does_not_stream_reports_once_with_every_token(llm) -> None:
+    core = llm.client.core
+    prompt = random_prompts(1, seed=10)[0]
+    params = SamplingParams(max_tokens=6, temperature=0.0, logprobs=1, ignore_eos=True)
+    core.add_request("streamed", prompt, params)
+    core.add_request("final-only", prompt, params, stream=False)
+    reports: dict[str, list] = {"streamed": [], "final-only": []}
+    while core.has_work():
+        for output in core.step():
+            reports[output.request_id].append(output)
+    (final,) = reports["final-only"]
+    streamed = reports["streamed"]
+    assert len(streamed) == 6
+    assert final.new_token_ids == [token for output in streamed for token in output.new_token_ids]
+    assert final.logprobs == [entry for output in streamed for entry in output.logprobs]
+    assert final.finish_reason == streamed[-1].finish_reason == "length"

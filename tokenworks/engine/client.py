@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import pickle
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import zmq
@@ -58,7 +59,9 @@ class EngineCoreClient:
             name="tokenworks-engine-core",
             daemon=True,
         )
-        self.process.start()
+        spin = {} if options.omp_spin_count is None else {"GOMP_SPINCOUNT": str(options.omp_spin_count)}
+        with _environment(spin):  # the child's OpenMP reads it when torch loads there
+            self.process.start()
         self.ready = self._wait_ready()
         self.dead_reason: str | None = None
 
@@ -110,6 +113,21 @@ class EngineCoreClient:
         for sock in (self.input_socket, self.output_socket):
             sock.close(linger=0)
         self._socket_dir.cleanup()
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for a child started inside the block; restore them after."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 class InProcessCoreClient:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tokenworks.engine.host_memory import keep_freed_memory
 from tokenworks.engine.kv_cache_manager import KVCacheManager
 from tokenworks.engine.model_runner import ModelRunner, kv_bytes_per_block
 from tokenworks.engine.options import EngineOptions, available_memory_bytes
@@ -57,6 +58,8 @@ class EngineCore:
         if options.threads:
             torch.set_num_threads(options.threads)
         device = options.resolved_device()
+        if device == "cpu":
+            keep_freed_memory()
         self.model = load_model(options.model, dtype=options.dtype, device=device)
         config = self.model.config
         generation = load_generation_config(options.model)
@@ -70,7 +73,7 @@ class EngineCore:
         self.scheduler = Scheduler(
             self.kv_cache, options.max_num_batched_tokens, options.max_num_seqs, options.scheduling_policy
         )
-        self.runner = ModelRunner(self.model, num_blocks, options.block_size)
+        self.runner = ModelRunner(self.model, num_blocks, options.block_size, options.linear_backend)
         self.sampler = Sampler(options.seed, device=device)
         self.last_stats = StepStats(self.scheduler.stats())
         logger.info(
@@ -96,11 +99,17 @@ class EngineCore:
 
     def add_request(
         self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, priority: int = 0,
-        arrival_time: float | None = None,
+        arrival_time: float | None = None, stream: bool = True,
     ) -> None:  # fmt: skip
-        """Queue a request; ValueError (the caller's 400) if it cannot fit the context."""
+        """Queue a request; ValueError (the caller's 400) if it cannot fit the context.
+
+        A request that does not stream yields no per-step outputs, only its finished one
+        with every token: offline callers then wake once per request instead of per step.
+        """
         check_prompt(prompt_token_ids, params, self.max_model_len, self.model.config.vocab_size)
-        request = Request(request_id, prompt_token_ids, params, self.eos_token_ids, priority, arrival_time)
+        request = Request(
+            request_id, prompt_token_ids, params, self.eos_token_ids, priority, arrival_time, stream=stream
+        )
         self.scheduler.add_request(request)
 
     def abort(self, request_ids: list[str]) -> list[CoreOutput]:
@@ -111,7 +120,7 @@ class EngineCore:
             if request is not None:
                 self.scheduler.finish(request, RequestStatus.FINISHED_ABORTED)
                 self.sampler.forget(request_id)
-                outputs.append(self._output(request, []))
+                outputs.append(self._output(request, [], None))
         self.last_stats = StepStats(self.scheduler.stats())
         return outputs
 
@@ -149,7 +158,8 @@ class EngineCore:
             if status is not None:
                 self.scheduler.finish(request, status)
                 self.sampler.forget(request.request_id)
-            outputs.append(self._output(request, [token.token_id], token.logprobs))
+            if request.stream or request.finished:
+                outputs.append(self._output(request, [token.token_id], token.logprobs))
         return outputs
 
     def _stop_status(self, request: Request, token_id: int) -> RequestStatus | None:
@@ -165,13 +175,17 @@ class EngineCore:
             return RequestStatus.FINISHED_LENGTH
         return None
 
-    def _output(self, request: Request, new_token_ids: list[int], logprobs: dict | None = None) -> CoreOutput:
+    def _output(self, request: Request, new_token_ids: list[int], logprobs: dict | None) -> CoreOutput:
+        """The step's delta for a streaming request; everything generated for one that does not."""
         finished = request.status.finished
+        delta_logprobs = [logprobs] if logprobs is not None else None
+        if not request.stream:
+            new_token_ids, delta_logprobs = list(request.output_token_ids), (request.logprobs or None)
         return CoreOutput(
             request_id=request.request_id,
             new_token_ids=new_token_ids,
             finish_reason=request.status.value if finished else None,
-            logprobs=[logprobs] if logprobs is not None else None,
+            logprobs=delta_logprobs,
             num_prompt_tokens=request.num_prompt_tokens,
             num_cached_tokens=request.num_cached_tokens,
             arrival_time=request.times.arrival,

@@ -76,7 +76,8 @@ def _loop(core: EngineCore, inputs: zmq.Socket, send) -> None:
             timeout = 0
         if core.has_work():
             step_outputs = core.step()
-            send(StepOutputs(step_outputs, core.last_stats))
+            if step_outputs:  # a step of requests that do not stream has nothing to tell the caller
+                send(StepOutputs(step_outputs, core.last_stats))
 
 
 def handle_message(core: EngineCore, message: object, send) -> None:
@@ -84,8 +85,9 @@ def handle_message(core: EngineCore, message: object, send) -> None:
     if isinstance(message, AddRequest):
         try:
             core.add_request(
-                message.request_id, message.prompt_token_ids, message.params, message.priority, message.arrival_time
-            )
+                message.request_id, message.prompt_token_ids, message.params, message.priority, message.arrival_time,
+                message.stream,
+            )  # fmt: skip
         except ValueError as error:
             send(RequestError(message.request_id, str(error)))
     elif isinstance(message, Abort):

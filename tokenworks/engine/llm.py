@@ -42,7 +42,10 @@ class LLM:
         for ids, request_params in zip(prompt_ids, params_list, strict=True):
             request_id = self.frontend.next_request_id()
             states[request_id] = self.frontend.new_state(request_id, ids, request_params)
-            self.client.send(AddRequest(request_id, ids, request_params, arrival_time=time.monotonic()))
+            # Without stop strings (which the caller finds in the text as it grows) nothing
+            # needs the tokens before the request ends: the core then sends the outputs once.
+            stream = bool(request_params.stop)
+            self.client.send(AddRequest(request_id, ids, request_params, arrival_time=time.monotonic(), stream=stream))
         unfinished = set(states)
         while unfinished:
             message = self.client.receive(timeout_ms=1000)

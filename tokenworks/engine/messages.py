@@ -21,6 +21,7 @@ class AddRequest:
     params: SamplingParams
     priority: int = 0
     arrival_time: float | None = None
+    stream: bool = True  # False: no per-step deltas, only the finished output with all its tokens
 
 
 @dataclass(slots=True)

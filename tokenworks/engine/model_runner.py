@@ -1,9 +1,9 @@
 """The model runner: one batched forward over a step's prefill chunks and decode tokens.
 
-It owns the model weights and the paged KV cache, and runs the `CausalLM` modules layer by
-layer with attention through block tables (attention.py), so the model code itself stays
-the plain reference. Only the last position of requests that sample goes through the
-language-model head.
+It owns the model weights and the paged KV cache, and runs the `CausalLM` layers' weights
+layer by layer with attention through block tables (attention.py) and the matrix products
+of linear.py, so the model code itself stays the plain reference. Only the last position of
+requests that sample goes through the language-model head.
 """
 
 from __future__ import annotations
@@ -14,9 +14,17 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from tokenworks.engine.attention import DecodeGroup, PrefillChunk, causal_mask, paged_attention, write_cache
+from tokenworks.engine.attention import (
+    DecodeGroup,
+    GatherBuffers,
+    PrefillChunk,
+    causal_mask,
+    paged_attention,
+    write_cache,
+)
+from tokenworks.engine.linear import choose_linear
 from tokenworks.engine.scheduler import ScheduledChunk
-from tokenworks.model.layers import apply_rotary
+from tokenworks.model.layers import RMSNorm, apply_rotary
 from tokenworks.model.transformer import CausalLM
 
 logger = logging.getLogger(__name__)
@@ -29,24 +37,28 @@ def kv_bytes_per_block(model: CausalLM, block_size: int) -> int:
 
 
 @dataclass(slots=True)
-class FusedProjections:
-    """One layer's q/k/v and gate/up weights as single matrices: two matmuls instead of five."""
+class LayerWeights:
+    """One layer's tensors, looked up once: q/k/v and gate/up as single matrices (two matmuls
+    instead of five), and no nn.Module attribute lookups on the step's path."""
 
+    input_norm: RMSNorm
     qkv_weight: torch.Tensor  # (q + 2 kv, hidden)
     qkv_bias: torch.Tensor | None
+    o_weight: torch.Tensor
+    o_bias: torch.Tensor | None
+    post_norm: RMSNorm
     gate_up_weight: torch.Tensor  # (2 intermediate, hidden)
     gate_up_bias: torch.Tensor | None
-    split: tuple[int, int, int]  # q, k, v widths
+    down_weight: torch.Tensor
+    down_bias: torch.Tensor | None
 
 
-def fuse_projections(layer: torch.nn.Module) -> FusedProjections:
+def layer_weights(layer: torch.nn.Module) -> LayerWeights:
     """Concatenate a layer's projections, and re-point its modules at slices of the result,
     so the weights are held once and the reference modules still see the same values."""
     attention, mlp = layer.self_attn, layer.mlp
-    qkv = (attention.q_proj, attention.k_proj, attention.v_proj)
-    gate_up = (mlp.gate_proj, mlp.up_proj)
     fused = []
-    for group in (qkv, gate_up):
+    for group in ((attention.q_proj, attention.k_proj, attention.v_proj), (mlp.gate_proj, mlp.up_proj)):
         for kind in ("weight", "bias"):
             parts = [getattr(module, kind) for module in group]
             if parts[0] is None:
@@ -58,8 +70,18 @@ def fuse_projections(layer: torch.nn.Module) -> FusedProjections:
                 getattr(module, kind).data = joined[offset : offset + part.shape[0]]
                 offset += part.shape[0]
             fused.append(joined)
-    widths = tuple(module.weight.shape[0] for module in qkv)
-    return FusedProjections(fused[0], fused[1], fused[2], fused[3], widths)
+    o_proj, down_proj = attention.o_proj, mlp.down_proj
+    return LayerWeights(
+        layer.input_layernorm, fused[0], fused[1], o_proj.weight, o_proj.bias,
+        layer.post_attention_layernorm, fused[2], fused[3], down_proj.weight, down_proj.bias,
+    )  # fmt: skip
+
+
+def rms_norm(x: torch.Tensor, norm: RMSNorm) -> torch.Tensor:
+    """The module's RMSNorm; in float32 as one fused kernel (weight included) instead of three."""
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.eps)
+    return norm(x)
 
 
 @dataclass(slots=True)
@@ -73,7 +95,7 @@ class StepBatch:
 
 
 class ModelRunner:
-    def __init__(self, model: CausalLM, num_blocks: int, block_size: int) -> None:
+    def __init__(self, model: CausalLM, num_blocks: int, block_size: int, linear_backend: str = "auto") -> None:
         self.model = model
         self.config = model.config
         self.device = model.device
@@ -82,7 +104,10 @@ class ModelRunner:
         layers = self.config.num_hidden_layers
         self.k_cache = [torch.zeros(shape, dtype=model.dtype, device=self.device) for _ in range(layers)]
         self.v_cache = [torch.zeros(shape, dtype=model.dtype, device=self.device) for _ in range(layers)]
-        self.fused = [fuse_projections(layer) for layer in model.model.layers]
+        self.layers = [layer_weights(layer) for layer in model.model.layers]
+        self.gather_buffers = GatherBuffers()
+        self.linear, reason = choose_linear(self.device, model.dtype, linear_backend)
+        logger.info("matrix products: %s", reason)
 
     def prepare(self, chunks: list[ScheduledChunk]) -> StepBatch:
         """Flatten the step's chunks into token rows, slots, block tables and masks."""
@@ -132,9 +157,9 @@ class ModelRunner:
         mask = keys < context
         if self.config.sliding_window is not None:
             mask &= (context - 1) - keys < self.config.sliding_window
-        return DecodeGroup(
-            torch.tensor(rows, device=device), torch.tensor(padded, device=device), mask[:, None, None, :]
-        )
+        consecutive = rows[-1] - rows[0] == len(rows) - 1  # rows only grow: then they are rows[0]..rows[-1]
+        token_index = slice(rows[0], rows[-1] + 1) if consecutive else torch.tensor(rows, device=device)
+        return DecodeGroup(token_index, torch.tensor(padded, device=device), mask[:, None, None, :])
 
     @torch.inference_mode()
     def execute(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
@@ -145,20 +170,24 @@ class ModelRunner:
         cos, sin = transformer.rotary(batch.positions[None], hidden.dtype)  # (1, 1, N, D)
         cos, sin = cos[0, 0, :, None, :], sin[0, 0, :, None, :]  # (N, 1, D): broadcast over heads
         num_tokens = hidden.shape[0]
-        for index, (layer, fused) in enumerate(zip(transformer.layers, self.fused, strict=True)):
-            attention = layer.self_attn
-            qkv = F.linear(layer.input_layernorm(hidden), fused.qkv_weight, fused.qkv_bias)
-            q, k, v = qkv.split(fused.split, dim=-1)
-            q = apply_rotary(q.reshape(num_tokens, attention.num_heads, attention.head_dim), cos, sin)
-            k = apply_rotary(k.reshape(num_tokens, attention.num_kv_heads, attention.head_dim), cos, sin)
-            v = v.reshape(num_tokens, attention.num_kv_heads, attention.head_dim)
+        config, linear = self.config, self.linear
+        heads, kv_heads, head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        for index, weights in enumerate(self.layers):
+            qkv = linear(rms_norm(hidden, weights.input_norm), weights.qkv_weight, weights.qkv_bias)
+            # Rotate queries and keys together (one set of kernels for both), then split them.
+            rotated = apply_rotary(qkv[:, : (heads + kv_heads) * head_dim].view(num_tokens, -1, head_dim), cos, sin)
+            q, k = rotated[:, :heads], rotated[:, heads:]  # (N, H, D), (N, K, D)
+            v = qkv[:, (heads + kv_heads) * head_dim :].view(num_tokens, kv_heads, head_dim)
             write_cache(self.k_cache[index], batch.slot_mapping, k)
             write_cache(self.v_cache[index], batch.slot_mapping, v)
-            attended = paged_attention(q, k, v, self.k_cache[index], self.v_cache[index], batch.decode, batch.prefills)
-            hidden = hidden + attention.o_proj(attended.view(num_tokens, -1))
-            gate, up = F.linear(layer.post_attention_layernorm(hidden), fused.gate_up_weight, fused.gate_up_bias).chunk(
-                2, -1
+            attended = paged_attention(
+                q, k, v, self.k_cache[index], self.v_cache[index], batch.decode, batch.prefills, self.gather_buffers
             )
-            hidden = hidden + layer.mlp.down_proj(F.silu(gate) * up)
-        last = transformer.norm(hidden[batch.sample_index])  # (R, hidden)
-        return self.model.lm_head(last).float()
+            hidden = hidden + linear(attended.view(num_tokens, -1), weights.o_weight, weights.o_bias)
+            normed = rms_norm(hidden, weights.post_norm)
+            gate, up = linear(normed, weights.gate_up_weight, weights.gate_up_bias).chunk(2, -1)
+            hidden = hidden + linear(F.silu(gate) * up, weights.down_weight, weights.down_bias)
+        if batch.sample_index.shape[0] != num_tokens:  # else every row samples, in order
+            hidden = hidden[batch.sample_index]
+        last = rms_norm(hidden, transformer.norm)  # (R, hidden)
+        return linear(last, self.model.lm_head.weight, None).float()

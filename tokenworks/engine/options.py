@@ -23,6 +23,12 @@ class EngineOptions:
     enable_prefix_caching: bool = True
     scheduling_policy: str = "fcfs"  # or "priority"
     seed: int = 0
+    # Iterations the engine process's OpenMP threads spin before they sleep between parallel
+    # regions (GOMP_SPINCOUNT, about 100 per microsecond). None: they sleep at once, the safe
+    # choice on a machine shared with other work; 20000 halves one-stream decode time on an
+    # idle machine, but spinning threads slow everything when the cores are oversubscribed.
+    omp_spin_count: int | None = None
+    linear_backend: str = "auto"  # "auto": oneDNN's matrix products on CPU where they pass a probe; "torch": F.linear
 
     def validate(self) -> None:
         if self.block_size < 1 or self.max_num_batched_tokens < 1 or self.max_num_seqs < 1:
@@ -31,6 +37,10 @@ class EngineOptions:
             raise ValueError(f"kv_cache_memory_gib must be positive, got {self.kv_cache_memory_gib}")
         if not 0 < self.kv_cache_fraction <= 1:
             raise ValueError(f"kv_cache_fraction must be in (0, 1], got {self.kv_cache_fraction}")
+        if self.omp_spin_count is not None and self.omp_spin_count < 0:
+            raise ValueError(f"omp_spin_count must be None or at least 0, got {self.omp_spin_count}")
+        if self.linear_backend not in ("auto", "torch"):
+            raise ValueError(f"linear_backend must be 'auto' or 'torch', got {self.linear_backend!r}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
 

@@ -47,6 +47,7 @@ class Request:
         priority: int = 0,
         arrival_time: float | None = None,
         cache_salt: str | None = None,
+        stream: bool = True,
     ) -> None:
         self.request_id = request_id
         self.prompt_token_ids = list(prompt_token_ids)
@@ -56,6 +57,7 @@ class Request:
         self.eos_token_ids = eos_token_ids
         self.priority = priority  # lower runs first, as in vLLM; ties go to the earlier arrival
         self.cache_salt = cache_salt  # extra key of prefix-cache hashes (an adapter or tenant id)
+        self.stream = stream  # False: the caller hears of it once, when it finishes
         self.status = RequestStatus.WAITING
         self.num_computed_tokens = 0
         self.num_cached_tokens = 0  # prompt tokens found in the prefix cache at first scheduling

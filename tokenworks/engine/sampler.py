@@ -35,7 +35,8 @@ class Sampler:
     def __call__(self, logits: torch.Tensor, requests: list[Request]) -> list[SampledToken]:
         """(R, V) float32 logits, one row per request, -> one sampled token per request."""
         raw = logits
-        logits = self._apply_constraints(logits.clone(), requests)
+        if any(_constrained(request) for request in requests):  # else the raw logits serve as they are
+            logits = self._apply_constraints(logits.clone(), requests)
         greedy = [request.params.greedy for request in requests]
         token_ids = logits.argmax(dim=-1)
         if not all(greedy):
@@ -56,7 +57,7 @@ class Sampler:
     def _apply_constraints(self, logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
         for row, request in enumerate(requests):
             params = request.params
-            if len(request.output_token_ids) < params.min_tokens:
+            if _suppresses_stops(request):
                 stops = set(params.stop_token_ids) | (set() if params.ignore_eos else set(request.eos_token_ids))
                 if stops:
                     logits[row, [t for t in stops if t < logits.shape[1]]] = float("-inf")
@@ -99,6 +100,15 @@ class Sampler:
             generator = torch.Generator(device=self.device).manual_seed(request.params.seed)
             self._request_generators[request.request_id] = generator
         return generator
+
+
+def _suppresses_stops(request: Request) -> bool:
+    return len(request.output_token_ids) < request.params.min_tokens
+
+
+def _constrained(request: Request) -> bool:
+    """Whether min_tokens or a penalty changes this request's logits this step."""
+    return _suppresses_stops(request) or request.params.uses_penalties
 
 
 def _filter(logits: torch.Tensor, params) -> torch.Tensor:

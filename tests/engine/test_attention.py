@@ -1,0 +1,108 @@
+"""Paged attention and the step's matrix products against plain dense computations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tokenworks.engine.attention import DecodeGroup, GatherBuffers, PrefillChunk, causal_mask, paged_attention
+from tokenworks.engine.linear import choose_linear, onednn_linear
+
+BLOCK, KV_HEADS, HEADS, DIM = 16, 2, 4, 64
+
+
+def _cache_with(sequences: list[torch.Tensor], num_blocks: int, generator: torch.Generator):
+    """A (num_blocks, BLOCK, K, D) cache holding each (L, K, D) sequence in shuffled blocks."""
+    cache = torch.randn(num_blocks, BLOCK, KV_HEADS, DIM, generator=generator)  # garbage elsewhere
+    order = torch.randperm(num_blocks, generator=generator).tolist()
+    tables = []
+    for values in sequences:
+        blocks = [order.pop() for _ in range(-(-values.shape[0] // BLOCK))]
+        for index, block in enumerate(blocks):
+            part = values[index * BLOCK : (index + 1) * BLOCK]
+            cache[block, : part.shape[0]] = part
+        tables.append(blocks)
+    return cache, tables
+
+
+def _dense(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, causal: bool) -> torch.Tensor:
+    """(T, H, D) queries over (L, K, D) keys, each query head on its group's key head."""
+    group = HEADS // KV_HEADS
+    keys, values = keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
+    length, count = keys.shape[0], query.shape[0]
+    mask = causal_mask(length - count, count, length, None, torch.device("cpu")) if causal else None
+    out = F.scaled_dot_product_attention(query.transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1), mask)
+    return out.transpose(0, 1)
+
+
+@pytest.mark.parametrize("consecutive", [True, False])
+def test_decode_over_the_paged_cache_equals_dense_attention(consecutive: bool) -> None:
+    # 40 sequences of up to 20 blocks: more than one group of gathered keys (8 MB each).
+    generator = torch.Generator().manual_seed(0)
+    lengths = [int(n) for n in torch.randint(1, 20 * BLOCK + 1, (40,), generator=generator)]
+    lengths[0] = 20 * BLOCK
+    keys = [torch.randn(n, KV_HEADS, DIM, generator=generator) for n in lengths]
+    values = [torch.randn(n, KV_HEADS, DIM, generator=generator) for n in lengths]
+    k_cache, tables = _cache_with(keys, 900, generator)
+    v_cache = torch.zeros_like(k_cache)
+    for table, sequence in zip(tables, values, strict=True):
+        flat = torch.cat([sequence, torch.zeros(len(table) * BLOCK - sequence.shape[0], KV_HEADS, DIM)])
+        v_cache[table] = flat.view(len(table), BLOCK, KV_HEADS, DIM)
+    width = max(map(len, tables))
+    padded = torch.tensor([table + [0] * (width - len(table)) for table in tables])
+    mask = (torch.arange(width * BLOCK)[None, :] < torch.tensor(lengths)[:, None])[:, None, None, :]
+    # Rows of the step's batch: 0..39 in order, or interleaved with rows of other work; other
+    # work (prefill tokens) after them either way.
+    rows = torch.arange(40) if consecutive else torch.arange(40) * 2 + 1
+    q = torch.randn(int(rows[-1]) + 6, HEADS, DIM, generator=generator)
+    token_index = slice(0, 40) if consecutive else rows
+    out = paged_attention(q, q, q, k_cache, v_cache, DecodeGroup(token_index, padded, mask), [], GatherBuffers())
+    for sequence, row in enumerate(rows.tolist()):
+        expected = _dense(q[row : row + 1], keys[sequence], values[sequence], causal=False)
+        torch.testing.assert_close(out[row : row + 1], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_prefill_chunk_after_a_cached_prefix_equals_dense_causal_attention() -> None:
+    generator = torch.Generator().manual_seed(1)
+    keys = torch.randn(45, KV_HEADS, DIM, generator=generator)
+    values = torch.randn(45, KV_HEADS, DIM, generator=generator)
+    k_cache, (table,) = _cache_with([keys], 8, generator)
+    v_cache = torch.zeros_like(k_cache)
+    v_cache.view(-1, KV_HEADS, DIM)[
+        torch.tensor([table[p // BLOCK] * BLOCK + p % BLOCK for p in range(45)])
+    ] = values  # fmt: skip
+    q = torch.randn(13, HEADS, DIM, generator=generator)  # the last 13 of 45 tokens
+    chunk = PrefillChunk(slice(0, 13), torch.tensor(table), causal_mask(32, 13, 45, None, torch.device("cpu")), 45)
+    out = paged_attention(q, keys[32:], values[32:], k_cache, v_cache, None, [chunk], GatherBuffers())
+    torch.testing.assert_close(out, _dense(q, keys, values, causal=True), rtol=1e-5, atol=1e-5)
+
+
+def test_gather_buffers_are_reused_until_a_step_needs_more() -> None:
+    buffers = GatherBuffers()
+    like = torch.empty(0)
+    first = buffers.take("k", like, 4, 8)
+    assert first.shape == (4, 8)
+    assert buffers.take("k", like, 2, 8).data_ptr() == first.data_ptr()  # smaller: the same memory
+    assert buffers.take("v", like, 2, 8).data_ptr() != first.data_ptr()  # keys and values apart
+    grown = buffers.take("k", like, 5, 8)
+    assert grown.shape == (5, 8)
+    assert buffers.take("k", like, 4, 8).data_ptr() == grown.data_ptr()
+
+
+@pytest.mark.parametrize("rows", [1, 37])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_the_chosen_linear_equals_f_linear(rows: int, with_bias: bool) -> None:
+    generator = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, 96, generator=generator)
+    weight = torch.randn(200, 96, generator=generator)
+    bias = torch.randn(200, generator=generator) if with_bias else None
+    linear, reason = choose_linear(torch.device("cpu"), torch.float32)
+    onednn = torch.backends.mkldnn.is_available()
+    assert (linear is onednn_linear) == onednn, reason
+    torch.testing.assert_close(linear(x, weight, bias), F.linear(x, weight, bias), rtol=1e-4, atol=1e-4)
+
+
+def test_linear_backend_torch_and_other_devices_take_f_linear() -> None:
+    assert choose_linear(torch.device("cpu"), torch.float32, "torch") == (F.linear, "F.linear (asked for)")
+    assert choose_linear(torch.device("cuda"), torch.float32) == (F.linear, "F.linear (device cuda)")
