@@ -105,3 +105,12 @@ def test_the_example_configuration_is_valid() -> None:
 def test_names_the_late_stages_use_are_checked_before_any_work(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
         FactoryConfig.load(write(tmp_path, text))
+
+
+def test_from_a_stage_whose_inputs_are_missing_is_refused(tmp_path: Path) -> None:
+    config = FactoryConfig.quick(workdir=tmp_path)
+    state = FactoryState(tmp_path)
+    state.record(config, "ingest", 1.0, {}, None)
+    assert state.first_to_run(config, "train") == 1
+    with pytest.raises(ConfigError, match="cannot start at 'bench': 'train' has not finished"):
+        state.first_to_run(config, "bench")

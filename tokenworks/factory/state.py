@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from tokenworks.errors import ConfigError
 from tokenworks.factory.config import STAGES, FactoryConfig
 
 STATE_FILE = "factory.json"
@@ -52,6 +53,12 @@ class FactoryState:
     def first_to_run(self, config: FactoryConfig, start: str | None) -> int:
         """The index of the first stage to run: `start` when given, else the first one not done."""
         if start is not None:
+            missing = [stage for stage in STAGES[: STAGES.index(start)] if not self.is_done(config, stage)]
+            if missing:
+                raise ConfigError(
+                    f"cannot start at {start!r}: {missing[0]!r} has not finished with these settings; "
+                    f"run without --from (or --from {missing[0]})"
+                )
             return STAGES.index(start)
         for index, stage in enumerate(STAGES):
             if not self.is_done(config, stage):
