@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
 
 
 URL = typer.Option(..., "--url", help="The endpoint, e.g. http://127.0.0.1:8000 (with or without /v1).")
-MODEL = typer.Option(None, "--model", help="The model to ask for [default: the endpoint's only model].")
+MODEL = typer.Option(None, "--model", help="The model to ask for (default: the endpoint's only model).")
 API_KEY = typer.Option(None, "--api-key", envvar="OPENAI_API_KEY", help="Bearer token, when the endpoint needs one.")
 TOKENIZER = typer.Option(
     None, "--tokenizer", help="The model's tokenizer (directory or tokenizer.json) for exact prompt lengths."
@@ -86,7 +86,7 @@ def run(
     concurrency: int = typer.Option(None, "--concurrency", help="Closed loop: requests in flight (open loop: a cap)."),
     request_rate: float = typer.Option(None, "--request-rate", help="Open loop: requests per second."),
     arrival: str = ARRIVAL, burstiness: float = BURSTINESS,
-    num_requests: int = typer.Option(None, "--num-requests", help="Measured requests [default: 64 unless --duration]."),
+    num_requests: int = typer.Option(None, "--num-requests", help="Measured requests (default: 64 unless --duration)."),
     duration: float = DURATION, warmup_requests: int = WARMUP, timeout: float = TIMEOUT, seed: int = SEED,
     slo: str = SLO_OPTION, hardware: str = HARDWARE, devices: float = DEVICES, device_label: str = DEVICE_LABEL,
     price_book: Path = PRICE_BOOK, out: Path = OUT,
@@ -210,7 +210,7 @@ def capacity(
 @bench_app.command("compare")
 def compare(
     runs: list[Path] = typer.Argument(..., help="Results directories of earlier runs or sweeps."),
-    names: list[str] = typer.Option(None, "--name", help="A name per run, in order [default: the model]."),
+    names: list[str] = typer.Option(None, "--name", help="A name per run, in order (default: the model)."),
     out: Path = typer.Option(Path("bench-compare"), "--out", "-o", help="Where the overlay charts go."),
 ) -> None:
     """Overlay the frontiers of several runs or endpoints on one chart of each kind."""

@@ -16,9 +16,9 @@ def register(app: typer.Typer) -> None:
 
 
 def factory(
-    workdir: Path = typer.Option(None, "--workdir", help="Where every artifact is written [default: ./factory]."),
+    workdir: Path = typer.Option(None, "--workdir", help="Where every artifact is written (default: ./factory)."),
     config_file: Path = typer.Option(None, "--config", help="A factory.toml with your data, model, SLOs and prices."),
-    quick: bool = typer.Option(False, "--quick", help="The whole line in about 3 minutes: less of everything."),
+    quick: bool = typer.Option(False, "--quick", help="The whole line in about a minute: less of everything."),
     start: str = typer.Option(None, "--from", help=f"Re-run from this stage: {', '.join(STAGES)}."),
     keep_serving: bool = typer.Option(
         False, "--keep-serving", help="Keep the server (and its /dashboard) up after the sweep until Ctrl-C."
