@@ -23,9 +23,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tokenworks.bench.client import EndpointInfo
+from tokenworks.bench.economics import PriceBook
 from tokenworks.bench.loadgen import LoadOptions
 from tokenworks.bench.metrics import CapacitySearch, find_capacity
 from tokenworks.bench.pareto import pareto_frontier
+from tokenworks.bench.prompts import PromptTokenizer
 from tokenworks.bench.runner import Accounting, PointResult, Target, check_endpoint, measure_point, prompt_tokenizer
 from tokenworks.bench.slo import SLO
 from tokenworks.bench.workloads import WorkloadOptions
@@ -110,6 +112,13 @@ def saturation_reason(point: PointResult, earlier: list[PointResult]) -> str | N
     return None
 
 
+async def _prepare(target: Target, accounting: Accounting) -> tuple[PriceBook, EndpointInfo, PromptTokenizer | None]:
+    """What every point needs, checked before any load: the prices, the endpoint and model, the tokenizer."""
+    book = accounting.book()
+    book.get(accounting.hardware)  # an unknown hardware name fails here
+    return book, await check_endpoint(target), prompt_tokenizer(target)
+
+
 async def run_sweep(
     target: Target,
     workload: WorkloadOptions,
@@ -121,10 +130,7 @@ async def run_sweep(
     on_point: Callable[[PointResult], None] | None = None,
 ) -> SweepResult:
     plan.validate()
-    book = accounting.book()
-    book.get(accounting.hardware)  # an unknown hardware name fails before any load
-    endpoint = await check_endpoint(target)
-    tokenizer = prompt_tokenizer(target)
+    book, endpoint, tokenizer = await _prepare(target, accounting)
     points: list[PointResult] = []
     saturated: dict[str, str] = {}
     with Progress(
@@ -171,10 +177,7 @@ async def run_capacity(
     max_steps: int = 8,
 ) -> tuple[SweepResult, CapacitySearch]:
     """DistServe's capacity: the highest request rate whose SLO attainment is at least 90%."""
-    book = accounting.book()
-    book.get(accounting.hardware)
-    endpoint = await check_endpoint(target)
-    tokenizer = prompt_tokenizer(target)
+    book, endpoint, tokenizer = await _prepare(target, accounting)
     points: list[PointResult] = []
     pair = pair_label(str(workload.input_tokens), str(workload.output_tokens))
     loop = asyncio.get_running_loop()

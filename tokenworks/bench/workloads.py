@@ -14,6 +14,7 @@ import itertools
 import json
 import math
 import random
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -159,7 +160,7 @@ class WorkloadOptions:
             raise BenchError("the jsonl workload reads its prompts from a file: give --input-file")
 
 
-class Workload:
+class Workload(ABC):
     """An endless, deterministic sequence of request specs (a file's lines repeat).
 
     For multi-turn sessions the sequence holds each session's first turn; `next_turn` builds
@@ -190,8 +191,9 @@ class Workload:
     def next_turn(self, spec: RequestSpec, reply: str) -> RequestSpec | None:
         return None
 
+    @abstractmethod
     def _specs(self) -> Iterator[RequestSpec]:
-        raise NotImplementedError
+        """Each kind's endless sequence of specs."""
 
     def _max_tokens(self, rng: random.Random) -> int | None:
         output = self.options.output_tokens

@@ -77,13 +77,6 @@ def layer_weights(layer: torch.nn.Module) -> LayerWeights:
     )  # fmt: skip
 
 
-def rms_norm(x: torch.Tensor, norm: RMSNorm) -> torch.Tensor:
-    """The module's RMSNorm; in float32 as one fused kernel (weight included) instead of three."""
-    if x.dtype == torch.float32:
-        return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.eps)
-    return norm(x)
-
-
 @dataclass(slots=True)
 class StepBatch:
     input_ids: torch.Tensor  # (N,)
@@ -173,7 +166,7 @@ class ModelRunner:
         config, linear = self.config, self.linear
         heads, kv_heads, head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
         for index, weights in enumerate(self.layers):
-            qkv = linear(rms_norm(hidden, weights.input_norm), weights.qkv_weight, weights.qkv_bias)
+            qkv = linear(weights.input_norm(hidden), weights.qkv_weight, weights.qkv_bias)
             # Rotate queries and keys together (one set of kernels for both), then split them.
             rotated = apply_rotary(qkv[:, : (heads + kv_heads) * head_dim].view(num_tokens, -1, head_dim), cos, sin)
             q, k = rotated[:, :heads], rotated[:, heads:]  # (N, H, D), (N, K, D)
@@ -184,10 +177,10 @@ class ModelRunner:
                 q, k, v, self.k_cache[index], self.v_cache[index], batch.decode, batch.prefills, self.gather_buffers
             )
             hidden = hidden + linear(attended.view(num_tokens, -1), weights.o_weight, weights.o_bias)
-            normed = rms_norm(hidden, weights.post_norm)
+            normed = weights.post_norm(hidden)
             gate, up = linear(normed, weights.gate_up_weight, weights.gate_up_bias).chunk(2, -1)
             hidden = hidden + linear(F.silu(gate) * up, weights.down_weight, weights.down_bias)
         if batch.sample_index.shape[0] != num_tokens:  # else every row samples, in order
             hidden = hidden[batch.sample_index]
-        last = rms_norm(hidden, transformer.norm)  # (R, hidden)
+        last = transformer.norm(hidden)  # (R, hidden)
         return linear(last, self.model.lm_head.weight, None).float()

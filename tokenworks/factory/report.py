@@ -7,13 +7,13 @@ train and bench stages wrote, embedded as data URIs so the page is one file that
 
 from __future__ import annotations
 
-import base64
 import html
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
+from tokenworks.bench.report import png_data_uri
 from tokenworks.factory.config import FactoryConfig
 
 REPORT_NAME = "report.html"
@@ -121,9 +121,8 @@ def _images(summaries: dict[str, dict[str, Any]]) -> str:
     figures = []
     for caption, location in charts:
         if location and Path(location).is_file():
-            data = base64.b64encode(Path(location).read_bytes()).decode()
             figures.append(
-                f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+                f'<figure><img src="{png_data_uri(Path(location))}" alt="{html.escape(caption)}">'
                 f"<figcaption>{html.escape(caption)}</figcaption></figure>"
             )
     return f"<h2>Charts</h2><div class='charts'>{''.join(figures)}</div>" if figures else ""
