@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from tokenworks.engine.attention import DecodeGroup, GatherBuffers, PrefillChunk, causal_mask, paged_attention
-from tokenworks.engine.linear import choose_linear, onednn_linear
+from tokenworks.engine.kernels import cpu_kernels
+from tokenworks.engine.linear import SMALL_BATCH_ROWS, choose_linear, onednn_linear
 
 BLOCK, KV_HEADS, HEADS, DIM = 16, 2, 4, 64
 
@@ -26,19 +29,33 @@ def _cache_with(sequences: list[torch.Tensor], num_blocks: int, generator: torch
     return cache, tables
 
 
-def _dense(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, causal: bool) -> torch.Tensor:
+def compiled_kernels():
+    """The compiled CPU kernels; where a C++ compiler exists they must have built."""
+    kernels, reason = cpu_kernels()
+    if kernels is None:
+        assert shutil.which("g++") is None and shutil.which("c++") is None, reason
+        pytest.skip(reason)
+    return kernels
+
+
+def _dense(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, causal: bool, window: int | None = None
+) -> torch.Tensor:
     """(T, H, D) queries over (L, K, D) keys, each query head on its group's key head."""
     group = HEADS // KV_HEADS
     keys, values = keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
     length, count = keys.shape[0], query.shape[0]
-    mask = causal_mask(length - count, count, length, None, torch.device("cpu")) if causal else None
+    mask = causal_mask(length - count, count, length, window, torch.device("cpu")) if causal else None
     out = F.scaled_dot_product_attention(query.transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1), mask)
     return out.transpose(0, 1)
 
 
+@pytest.mark.parametrize("window", [None, 37])
 @pytest.mark.parametrize("consecutive", [True, False])
-def test_decode_over_the_paged_cache_equals_dense_attention(consecutive: bool) -> None:
+@pytest.mark.parametrize("path", ["gather and SDPA", "compiled kernel"])
+def test_decode_over_the_paged_cache_equals_dense_attention(path: str, consecutive: bool, window: int | None) -> None:
     # 40 sequences of up to 20 blocks: more than one group of gathered keys (8 MB each).
+    kernels = compiled_kernels() if path == "compiled kernel" else None
     generator = torch.Generator().manual_seed(0)
     lengths = [int(n) for n in torch.randint(1, 20 * BLOCK + 1, (40,), generator=generator)]
     lengths[0] = 20 * BLOCK
@@ -51,15 +68,20 @@ def test_decode_over_the_paged_cache_equals_dense_attention(consecutive: bool) -
         v_cache[table] = flat.view(len(table), BLOCK, KV_HEADS, DIM)
     width = max(map(len, tables))
     padded = torch.tensor([table + [0] * (width - len(table)) for table in tables])
-    mask = (torch.arange(width * BLOCK)[None, :] < torch.tensor(lengths)[:, None])[:, None, None, :]
+    context = torch.tensor(lengths)[:, None]
+    positions = torch.arange(width * BLOCK)[None, :]
+    mask = positions < context
+    if window is not None:
+        mask &= (context - 1) - positions < window
     # Rows of the step's batch: 0..39 in order, or interleaved with rows of other work; other
     # work (prefill tokens) after them either way.
     rows = torch.arange(40) if consecutive else torch.arange(40) * 2 + 1
-    q = torch.randn(int(rows[-1]) + 6, HEADS, DIM, generator=generator)
+    q = torch.randn(int(rows[-1]) + 6, HEADS + KV_HEADS, DIM, generator=generator)[:, :HEADS]  # strided, as in a step
     token_index = slice(0, 40) if consecutive else rows
-    out = paged_attention(q, q, q, k_cache, v_cache, DecodeGroup(token_index, padded, mask), [], GatherBuffers())
+    decode = DecodeGroup(token_index, padded, mask[:, None, None, :], rows, torch.tensor(lengths), window)
+    out = paged_attention(q, q, q, k_cache, v_cache, decode, [], GatherBuffers(), kernels)
     for sequence, row in enumerate(rows.tolist()):
-        expected = _dense(q[row : row + 1], keys[sequence], values[sequence], causal=False)
+        expected = _dense(q[row : row + 1], keys[sequence], values[sequence], causal=True, window=window)
         torch.testing.assert_close(out[row : row + 1], expected, rtol=1e-5, atol=1e-5)
 
 
@@ -103,6 +125,22 @@ def test_the_chosen_linear_equals_f_linear(rows: int, with_bias: bool) -> None:
     torch.testing.assert_close(linear(x, weight, bias), F.linear(x, weight, bias), rtol=1e-4, atol=1e-4)
 
 
-def test_linear_backend_torch_and_other_devices_take_f_linear() -> None:
+@pytest.mark.parametrize("in_features", [64, 100, 1536])  # whole vectors, a remainder, a long row
+@pytest.mark.parametrize("rows", [1, SMALL_BATCH_ROWS])
+def test_the_compiled_small_batch_linear_equals_f_linear(rows: int, in_features: int) -> None:
+    kernels = compiled_kernels()
+    generator = torch.Generator().manual_seed(in_features)
+    x = torch.randn(rows, in_features + 7, generator=generator)[:, :in_features]  # rows apart by more than a row
+    weight = torch.randn(203, in_features, generator=generator)
+    bias = torch.randn(203, generator=generator)
+    linear, reason = choose_linear(torch.device("cpu"), torch.float32, "auto", kernels)
+    assert "compiled kernel" in reason
+    for b in (None, bias):
+        expected = F.linear(x, weight, b)
+        torch.testing.assert_close(kernels.linear_small_batch(x, weight, b), expected, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(linear(x, weight, b), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_kernels_torch_and_other_devices_take_f_linear() -> None:
     assert choose_linear(torch.device("cpu"), torch.float32, "torch") == (F.linear, "F.linear (asked for)")
     assert choose_linear(torch.device("cuda"), torch.float32) == (F.linear, "F.linear (device cuda)")

@@ -20,7 +20,7 @@ ENGINE_SETTINGS = {
     "small prefill chunks": {"max_num_batched_tokens": 7},
     "preemption": {"num_kv_blocks": 24, "block_size": 4},
     "preemption with chunks": {"num_kv_blocks": 20, "block_size": 4, "max_num_batched_tokens": 9},
-    "F.linear matrix products": {"linear_backend": "torch"},
+    "PyTorch ops only (no compiled kernels, F.linear)": {"kernels": "torch"},
 }
 
 

@@ -9,6 +9,7 @@ in order, so token position p sits in block `table[p // block_size]` at offset
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,10 @@ class DecodeGroup:
 
     token_index: torch.Tensor | slice  # (B,) rows of the step's flat token batch; a slice when they are consecutive
     block_table: torch.Tensor  # (B, max_blocks) block ids, padded with 0
-    mask: torch.Tensor  # (B, 1, 1, L) True where the key is attended
+    mask: torch.Tensor | None  # (B, 1, 1, L) True where the key is attended; None for the compiled kernel
+    rows: torch.Tensor | None = None  # (B,) int64 token_index as a tensor, for the compiled kernel
+    context_lens: torch.Tensor | None = None  # (B,) int64 keys per request, for the compiled kernel
+    window: int | None = None  # sliding window, for the compiled kernel
 
 
 @dataclass(slots=True)
@@ -90,11 +94,21 @@ def paged_attention(
     decode: DecodeGroup | None,
     prefills: list[PrefillChunk],
     buffers: GatherBuffers,
+    kernels: ModuleType | None = None,
 ) -> torch.Tensor:
-    """(N, H, D) queries (keys and values already written to the cache) -> (N, H, D) outputs."""
+    """(N, H, D) queries (keys and values already written to the cache) -> (N, H, D) outputs.
+
+    With `kernels` (the compiled CPU kernels) decode reads the cache in place; without, it
+    gathers each request's blocks into a contiguous buffer for SDPA.
+    """
     out = q.new_empty(q.shape)  # contiguous, whatever the strides of q
     gqa = q.shape[1] != k_cache.shape[2]
-    if decode is not None:
+    if decode is not None and kernels is not None:
+        kernels.paged_decode_attention(
+            out, q, decode.rows, k_cache, v_cache, decode.block_table, decode.context_lens,
+            q.shape[-1] ** -0.5, decode.window or 0,
+        )  # fmt: skip
+    elif decode is not None:
         # A few sequences at a time: their gathered keys and values stay in the CPU's cache
         # for SDPA to read, instead of a round trip through memory (1.6x faster for 256).
         per_sequence = 2 * decode.block_table.shape[1] * k_cache[0].numel() * k_cache.element_size()

@@ -17,6 +17,7 @@ class KVCacheManager:
         self.enable_prefix_caching = enable_prefix_caching
         self.pool = BlockPool(num_blocks, enable_caching=enable_prefix_caching)
         self._blocks: dict[str, list[KVBlock]] = {}
+        self._registered: dict[str, int] = {}  # leading blocks of each request already under their hash
 
     @property
     def usage(self) -> float:
@@ -81,12 +82,16 @@ class KVCacheManager:
         if not self.enable_prefix_caching:
             return
         hashes = self._update_hashes(request)
-        for index in range(min(num_tokens // self.block_size, len(hashes))):
+        full = min(num_tokens // self.block_size, len(hashes))
+        # A full block's tokens never change: register each once, not again every step.
+        for index in range(self._registered.get(request.request_id, 0), full):
             self.pool.cache(held[index], hashes[index])
+        self._registered[request.request_id] = full
 
     def free(self, request: Request) -> None:
         """Release the request's blocks, last first (its shared prefix stays cached longest)."""
         held = self._blocks.pop(request.request_id, [])
+        self._registered.pop(request.request_id, None)
         self.pool.free(reversed(held))
         request.block_ids = []
 

@@ -22,6 +22,8 @@ from tokenworks.engine.attention import (
     paged_attention,
     write_cache,
 )
+from tokenworks.engine.huge_pages import HugePageArena, aligned_bytes
+from tokenworks.engine.kernels import cpu_kernels
 from tokenworks.engine.linear import choose_linear
 from tokenworks.engine.scheduler import ScheduledChunk
 from tokenworks.model.layers import RMSNorm, apply_rotary
@@ -53,10 +55,12 @@ class LayerWeights:
     down_bias: torch.Tensor | None
 
 
-def layer_weights(layer: torch.nn.Module) -> LayerWeights:
+def layer_weights(layer: torch.nn.Module, arena: HugePageArena | None = None) -> LayerWeights:
     """Concatenate a layer's projections, and re-point its modules at slices of the result,
-    so the weights are held once and the reference modules still see the same values."""
+    so the weights are held once and the reference modules still see the same values. With
+    an arena, every matrix moves into it (huge pages) the same way."""
     attention, mlp = layer.self_attn, layer.mlp
+    place = arena.copy_in if arena is not None else (lambda tensor: tensor)
     fused = []
     for group in ((attention.q_proj, attention.k_proj, attention.v_proj), (mlp.gate_proj, mlp.up_proj)):
         for kind in ("weight", "bias"):
@@ -65,16 +69,31 @@ def layer_weights(layer: torch.nn.Module) -> LayerWeights:
                 fused.append(None)
                 continue
             joined = torch.cat([part.data for part in parts])
+            if kind == "weight":
+                joined = place(joined)
             offset = 0
             for module, part in zip(group, parts, strict=True):
                 getattr(module, kind).data = joined[offset : offset + part.shape[0]]
                 offset += part.shape[0]
             fused.append(joined)
     o_proj, down_proj = attention.o_proj, mlp.down_proj
+    for module in (o_proj, down_proj):
+        module.weight.data = place(module.weight.data)
     return LayerWeights(
         layer.input_layernorm, fused[0], fused[1], o_proj.weight, o_proj.bias,
         layer.post_attention_layernorm, fused[2], fused[3], down_proj.weight, down_proj.bias,
     )  # fmt: skip
+
+
+def step_matrices(model: CausalLM) -> list[torch.Tensor]:
+    """Every weight matrix a step reads: the layers' projections and the language-model head."""
+    matrices = [model.lm_head.weight]
+    for layer in model.model.layers:
+        attention, mlp = layer.self_attn, layer.mlp
+        for module in (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj):
+            matrices.append(module.weight)
+        matrices.extend(module.weight for module in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
+    return matrices
 
 
 @dataclass(slots=True)
@@ -88,18 +107,34 @@ class StepBatch:
 
 
 class ModelRunner:
-    def __init__(self, model: CausalLM, num_blocks: int, block_size: int, linear_backend: str = "auto") -> None:
+    def __init__(self, model: CausalLM, num_blocks: int, block_size: int, kernels: str = "auto") -> None:
         self.model = model
         self.config = model.config
         self.device = model.device
         self.block_size = block_size
         shape = (num_blocks, block_size, self.config.num_key_value_heads, self.config.head_dim)
         layers = self.config.num_hidden_layers
-        self.k_cache = [torch.zeros(shape, dtype=model.dtype, device=self.device) for _ in range(layers)]
-        self.v_cache = [torch.zeros(shape, dtype=model.dtype, device=self.device) for _ in range(layers)]
-        self.layers = [layer_weights(layer) for layer in model.model.layers]
+        if self.device.type == "cpu":  # weights and cache in huge pages (huge_pages.py)
+            cache_arena = HugePageArena(kv_bytes_per_block(model, block_size) * num_blocks + 2 * layers * 64)
+            # Touched now, as torch.zeros would: a page first touched mid-step costs that step
+            # the zeroing of 2 MiB, and the block pool hands out blocks all over the cache.
+            self.k_cache = [cache_arena.take(shape, model.dtype).zero_() for _ in range(layers)]
+            self.v_cache = [cache_arena.take(shape, model.dtype).zero_() for _ in range(layers)]
+            weight_arena = HugePageArena(aligned_bytes(step_matrices(model)))
+            head = model.lm_head
+            head.weight.data = weight_arena.copy_in(head.weight.data)  # tied: the embedding's too
+            self.layers = [layer_weights(layer, weight_arena) for layer in model.model.layers]
+            logger.info("weights and KV cache in huge pages: %s", cache_arena.huge)
+        else:
+            self.k_cache = [torch.zeros(shape, dtype=model.dtype, device=self.device) for _ in range(layers)]
+            self.v_cache = [torch.zeros(shape, dtype=model.dtype, device=self.device) for _ in range(layers)]
+            self.layers = [layer_weights(layer) for layer in model.model.layers]
         self.gather_buffers = GatherBuffers()
-        self.linear, reason = choose_linear(self.device, model.dtype, linear_backend)
+        self.kernels = None  # the compiled CPU kernels, where they serve this model
+        if kernels == "auto" and self.device.type == "cpu" and model.dtype == torch.float32:
+            self.kernels, reason = cpu_kernels()
+            logger.info("decode attention: %s", reason)
+        self.linear, reason = choose_linear(self.device, model.dtype, kernels, self.kernels)
         logger.info("matrix products: %s", reason)
 
     def prepare(self, chunks: list[ScheduledChunk]) -> StepBatch:
@@ -144,15 +179,19 @@ class ModelRunner:
     def _decode_group(self, rows: list[int], tables: list[list[int]], contexts: list[int]) -> DecodeGroup:
         width = max(map(len, tables))
         padded = [table + [0] * (width - len(table)) for table in tables]
-        device = self.device
+        device, window = self.device, self.config.sliding_window
+        block_table = torch.tensor(padded, dtype=torch.long, device=device)
+        consecutive = rows[-1] - rows[0] == len(rows) - 1  # rows only grow: then they are rows[0]..rows[-1]
+        token_index = slice(rows[0], rows[-1] + 1) if consecutive else torch.tensor(rows, device=device)
+        if self.kernels is not None:  # the kernel takes lengths and rows; no mask to build
+            as_long = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
+            return DecodeGroup(token_index, block_table, None, as_long(rows), as_long(contexts), window)
         context = torch.tensor(contexts, device=device)[:, None]  # (B, 1)
         keys = torch.arange(width * self.block_size, device=device)[None, :]  # (1, L)
         mask = keys < context
-        if self.config.sliding_window is not None:
-            mask &= (context - 1) - keys < self.config.sliding_window
-        consecutive = rows[-1] - rows[0] == len(rows) - 1  # rows only grow: then they are rows[0]..rows[-1]
-        token_index = slice(rows[0], rows[-1] + 1) if consecutive else torch.tensor(rows, device=device)
-        return DecodeGroup(token_index, torch.tensor(padded, device=device), mask[:, None, None, :])
+        if window is not None:
+            mask &= (context - 1) - keys < window
+        return DecodeGroup(token_index, block_table, mask[:, None, None, :])
 
     @torch.inference_mode()
     def execute(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
@@ -174,7 +213,15 @@ class ModelRunner:
             write_cache(self.k_cache[index], batch.slot_mapping, k)
             write_cache(self.v_cache[index], batch.slot_mapping, v)
             attended = paged_attention(
-                q, k, v, self.k_cache[index], self.v_cache[index], batch.decode, batch.prefills, self.gather_buffers
+                q,
+                k,
+                v,
+                self.k_cache[index],
+                self.v_cache[index],
+                batch.decode,
+                batch.prefills,
+                self.gather_buffers,
+                self.kernels,
             )
             hidden = hidden + linear(attended.view(num_tokens, -1), weights.o_weight, weights.o_bias)
             normed = weights.post_norm(hidden)

@@ -28,7 +28,10 @@ class EngineOptions:
     # choice on a machine shared with other work; 20000 halves one-stream decode time on an
     # idle machine, but spinning threads slow everything when the cores are oversubscribed.
     omp_spin_count: int | None = None
-    linear_backend: str = "auto"  # "auto": oneDNN's matrix products on CPU where they pass a probe; "torch": F.linear
+    # "auto": on CPU, compiled kernels (kernels/cpu_kernels.cpp: decode attention read in place
+    # from the paged cache, one- and two-row matrix products) and oneDNN's matrix products, each
+    # where it builds and passes a probe; "torch": PyTorch's own ops only (F.linear, SDPA).
+    kernels: str = "auto"
 
     def validate(self) -> None:
         if self.block_size < 1 or self.max_num_batched_tokens < 1 or self.max_num_seqs < 1:
@@ -39,8 +42,8 @@ class EngineOptions:
             raise ValueError(f"kv_cache_fraction must be in (0, 1], got {self.kv_cache_fraction}")
         if self.omp_spin_count is not None and self.omp_spin_count < 0:
             raise ValueError(f"omp_spin_count must be None or at least 0, got {self.omp_spin_count}")
-        if self.linear_backend not in ("auto", "torch"):
-            raise ValueError(f"linear_backend must be 'auto' or 'torch', got {self.linear_backend!r}")
+        if self.kernels not in ("auto", "torch"):
+            raise ValueError(f"kernels must be 'auto' or 'torch', got {self.kernels!r}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
 
