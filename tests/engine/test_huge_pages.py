@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -48,7 +50,7 @@ def test_the_kernel_backs_a_touched_arena_with_huge_pages_where_it_grants_them()
     tensor = arena.take((4 * HUGE_PAGE_BYTES // 4,), torch.float32)
     tensor.fill_(1.0)  # touch every page
     start = tensor.data_ptr()
-    smaps = open("/proc/self/smaps").read().split("\n")
+    smaps = Path("/proc/self/smaps").read_text().split("\n")
     for index, line in enumerate(smaps):
         fields = line.split()
         if fields and "-" in fields[0] and len(fields[0].split("-")) == 2:

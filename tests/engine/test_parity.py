@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tokenworks.engine import LLM, SamplingParams
+from tokenworks.engine.llm import OFFLINE_OMP_SPIN_COUNT
 
 from .conftest import random_prompts, reference_greedy
 
@@ -61,9 +62,9 @@ def test_the_engine_process_gives_the_same_tokens(llama_dir) -> None:
     prompts = random_prompts(6, seed=3)
     reference = reference_greedy(llama_dir, prompts, NEW_TOKENS)
     before = os.environ.get("GOMP_SPINCOUNT")
-    with LLM(llama_dir, threads=1, omp_spin_count=20000) as llm:
+    with LLM(llama_dir, threads=1) as llm:
         assert [output.token_ids for output in llm.generate(prompts, GREEDY)] == reference
         child = Path(f"/proc/{llm.client.process.pid}/environ")
-        if child.exists():  # Linux: the core process got the spin count, this one kept its own
-            assert b"GOMP_SPINCOUNT=20000" in child.read_bytes().split(b"\0")
+        if child.exists():  # Linux: the core process got LLM's default spin count, this one kept its own
+            assert f"GOMP_SPINCOUNT={OFFLINE_OMP_SPIN_COUNT}".encode() in child.read_bytes().split(b"\0")
     assert os.environ.get("GOMP_SPINCOUNT") == before
