@@ -17,7 +17,7 @@ def request(request_id: str, tokens: list[int]) -> Request:
     return Request(request_id, tokens, SamplingParams(max_tokens=4))
 
 
-def test_allocation_takes_blocks_in_order_and_frees_last_first() -> None:
+def test_allocation_takes_blocks_in_free_list_order_and_frees_last_first() -> None:
     manager = KVCacheManager(num_blocks=8, block_size=4)
     first = request("a", list(range(10)))  # 10 tokens: 3 blocks
     assert manager.allocate_slots(first, 10)
@@ -26,10 +26,11 @@ def test_allocation_takes_blocks_in_order_and_frees_last_first() -> None:
     assert manager.allocate_slots(second, 5)
     assert second.block_ids == [3, 4]
     manager.free(first)
-    # free list: 5, 6, 7 (never used), then a's blocks last first: 2, 1, 0
+    # free list: 5, 6, 7 (never used), then a's blocks last first: 2, 1, 0; all six are
+    # taken, and handed out in address order
     third = request("c", list(range(200, 224)))
     assert manager.allocate_slots(third, 24)
-    assert third.block_ids == [5, 6, 7, 2, 1, 0]
+    assert third.block_ids == [0, 1, 2, 5, 6, 7]
     assert manager.pool.stats.evictions == 2  # blocks 0 and 1 were full and cached; 2 held 2 tokens
 
 
