@@ -8,12 +8,12 @@ emits for CPU linears) reads the same plain weight tensor, so nothing is copied 
 Where the op is missing, or the device is not a CPU, or its result disagrees with
 `F.linear` on a probe, the step uses `F.linear`.
 
-A decode step of one or two sequences multiplies one or two rows by every weight, so its
-time is the time to read the weights. For matrices of up to a few MB the compiled kernel of
-kernels/cpu_kernels.cpp, which splits the weight rows across the threads, reads them
-faster than oneDNN does (a 576x1536 matrix from memory: 115 against 150-195 us on 2 threads
-of an AVX-512 EPYC), and it costs 3-5 us where oneDNN's call costs 13-19; for larger ones
-(a 3072x576 MLP, a language-model head) oneDNN reads faster and keeps them.
+A decode step of a few sequences multiplies a few rows by every weight, so its time is the
+time to read the weights. There the compiled kernel of kernels/cpu_kernels.cpp, which splits
+the weight rows across the threads, reads them faster than oneDNN (2 threads of an AVX-512
+EPYC, matrices from memory, one row: a 3072x576 MLP 166 against 189 us, a 16384x576
+language-model head 865 against 1,085 us; at 4 rows 193 against 240 and 1,095 against
+1,163 us; at 8 rows oneDNN is ahead).
 """
 
 from __future__ import annotations
@@ -29,10 +29,7 @@ logger = logging.getLogger(__name__)
 
 LinearFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
-# Where the compiled kernel beats oneDNN: up to 2 rows (equal at 2, oneDNN ahead from 4 on)
-# of weights up to 4 MiB.
-SMALL_BATCH_ROWS = 2
-SMALL_WEIGHT_BYTES = 4 * 2**20
+SMALL_BATCH_ROWS = 4  # up to here the compiled kernel beats oneDNN (measured above)
 
 
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -43,10 +40,9 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 def with_small_batch_kernel(large: LinearFn, kernels: ModuleType) -> LinearFn:
     """`large` for many rows; the compiled kernel for the few rows of a small decode step."""
     small = kernels.linear_small_batch
-    small_weight = SMALL_WEIGHT_BYTES // 4  # elements of float32
 
     def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if x.shape[0] <= SMALL_BATCH_ROWS and weight.numel() <= small_weight and x.dtype == torch.float32:
+        if x.shape[0] <= SMALL_BATCH_ROWS and x.dtype == torch.float32:
             return small(x, weight, bias)
         return large(x, weight, bias)
 
@@ -62,11 +58,9 @@ def choose_linear(
     and the compiled small-batch kernel of `kernels` (when given) for float32 steps of few rows.
     """
     linear, reason = _choose_large(device, dtype, backend)
-    if kernels is not None and backend == "auto" and device.type == "cpu" and dtype == torch.float32:
-        return with_small_batch_kernel(
-            linear, kernels
-        ), f"{reason}; the compiled kernel for up to {SMALL_BATCH_ROWS} rows of weights up to 4 MiB"
-    return linear, reason
+    if kernels is None or backend != "auto" or device.type != "cpu" or dtype != torch.float32:
+        return linear, reason
+    return with_small_batch_kernel(linear, kernels), f"{reason}; the compiled kernel up to {SMALL_BATCH_ROWS} rows"
 
 
 def _choose_large(device: torch.device, dtype: torch.dtype, backend: str) -> tuple[LinearFn, str]:

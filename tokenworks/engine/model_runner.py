@@ -112,23 +112,7 @@ class ModelRunner:
         self.config = model.config
         self.device = model.device
         self.block_size = block_size
-        shape = (num_blocks, block_size, self.config.num_key_value_heads, self.config.head_dim)
-        layers = self.config.num_hidden_layers
-        if self.device.type == "cpu":  # weights and cache in huge pages (huge_pages.py)
-            cache_arena = HugePageArena(kv_bytes_per_block(model, block_size) * num_blocks + 2 * layers * 64)
-            # Touched now, as torch.zeros would: a page first touched mid-step costs that step
-            # the zeroing of 2 MiB, and the block pool hands out blocks all over the cache.
-            self.k_cache = [cache_arena.take(shape, model.dtype).zero_() for _ in range(layers)]
-            self.v_cache = [cache_arena.take(shape, model.dtype).zero_() for _ in range(layers)]
-            weight_arena = HugePageArena(aligned_bytes(step_matrices(model)))
-            head = model.lm_head
-            head.weight.data = weight_arena.copy_in(head.weight.data)  # tied: the embedding's too
-            self.layers = [layer_weights(layer, weight_arena) for layer in model.model.layers]
-            logger.info("weights and KV cache in huge pages: %s", cache_arena.huge)
-        else:
-            self.k_cache = [torch.zeros(shape, dtype=model.dtype, device=self.device) for _ in range(layers)]
-            self.v_cache = [torch.zeros(shape, dtype=model.dtype, device=self.device) for _ in range(layers)]
-            self.layers = [layer_weights(layer) for layer in model.model.layers]
+        self.k_cache, self.v_cache, self.layers = self._place_cache_and_weights(num_blocks)
         self.gather_buffers = GatherBuffers()
         self.kernels = None  # the compiled CPU kernels, where they serve this model
         if kernels == "auto" and self.device.type == "cpu" and model.dtype == torch.float32:
@@ -136,6 +120,27 @@ class ModelRunner:
             logger.info("decode attention: %s", reason)
         self.linear, reason = choose_linear(self.device, model.dtype, kernels, self.kernels)
         logger.info("matrix products: %s", reason)
+
+    def _place_cache_and_weights(
+        self, num_blocks: int
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[LayerWeights]]:
+        """Each layer's K and V cache, zeroed, and its weights; on CPU all in huge pages."""
+        model, config, block_size = self.model, self.config, self.block_size
+        shape = (num_blocks, block_size, config.num_key_value_heads, config.head_dim)
+        layers = config.num_hidden_layers
+        if self.device.type != "cpu":
+            zeros = lambda: torch.zeros(shape, dtype=model.dtype, device=self.device)  # noqa: E731
+            k_cache, v_cache = [zeros() for _ in range(layers)], [zeros() for _ in range(layers)]
+            return k_cache, v_cache, [layer_weights(layer) for layer in model.model.layers]
+        cache_arena = HugePageArena(kv_bytes_per_block(model, block_size) * num_blocks + 2 * layers * 64)
+        # Touched now, as torch.zeros would: a page first touched mid-step costs that step the
+        # zeroing of 2 MiB, and the block pool hands out blocks all over the cache.
+        k_cache = [cache_arena.take(shape, model.dtype).zero_() for _ in range(layers)]
+        v_cache = [cache_arena.take(shape, model.dtype).zero_() for _ in range(layers)]
+        weight_arena = HugePageArena(aligned_bytes(step_matrices(model)))
+        model.lm_head.weight.data = weight_arena.copy_in(model.lm_head.weight.data)  # tied: the embedding's too
+        logger.info("weights and KV cache in huge pages: %s", cache_arena.huge)
+        return k_cache, v_cache, [layer_weights(layer, weight_arena) for layer in model.model.layers]
 
     def prepare(self, chunks: list[ScheduledChunk]) -> StepBatch:
         """Flatten the step's chunks into token rows, slots, block tables and masks."""

@@ -29,7 +29,7 @@ class EngineOptions:
     # idle machine, but spinning threads slow everything when the cores are oversubscribed.
     omp_spin_count: int | None = None
     # "auto": on CPU, compiled kernels (kernels/cpu_kernels.cpp: decode attention read in place
-    # from the paged cache, one- and two-row matrix products) and oneDNN's matrix products, each
+    # from the paged cache, matrix products of up to four rows) and oneDNN's matrix products, each
     # where it builds and passes a probe; "torch": PyTorch's own ops only (F.linear, SDPA).
     kernels: str = "auto"
 
