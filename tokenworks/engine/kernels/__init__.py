@@ -27,6 +27,9 @@ import torch.nn.functional as F
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
+# -fopenmp: ATen's parallel_for is a header whose OpenMP pragma compiles to nothing without it,
+# which left the kernels on one thread. The library then needs libgomp.so.1, and the dynamic
+# linker hands it the copy torch already loaded (same soname): one OpenMP runtime, one pool.
 COMPILE_FLAGS = ["-O3", "-march=native", "-fopenmp"]
 
 
@@ -38,6 +41,7 @@ def cpu_kernels() -> tuple[ModuleType | None, str]:
     except ImportError as error:  # torch's extension tooling needs setuptools
         return None, f"PyTorch ops (no C++ extension tooling: {error})"
     name = f"tokenworks_cpu_kernels_{_build_digest()}"
+    logger.info("loading the CPU kernels %s (compiled on first use on a machine, about 20 s)", name)
     started = time.perf_counter()
     try:
         module = load(
