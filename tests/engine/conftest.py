@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import random
+import shutil
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
+from tokenworks.engine.kernels import cpu_kernels
 from tokenworks.model import Tokenizer
 
 VOCAB = 512
@@ -71,3 +73,12 @@ def reference_greedy(model_dir, prompts: list[list[int]], max_new_tokens: int) -
         )  # fmt: skip
         outputs.append(generated[0, len(prompt) :].tolist())
     return outputs
+
+
+def compiled_kernels():
+    """The compiled CPU kernels; where a C++ compiler exists they must have built."""
+    kernels, reason = cpu_kernels()
+    if kernels is None:
+        assert shutil.which("g++") is None and shutil.which("c++") is None, reason
+        pytest.skip(reason)
+    return kernels

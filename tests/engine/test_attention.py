@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from tokenworks.engine.attention import DecodeGroup, GatherBuffers, PrefillChunk, causal_mask, paged_attention
-from tokenworks.engine.kernels import cpu_kernels
 from tokenworks.engine.linear import SMALL_BATCH_ROWS, choose_linear, onednn_linear
+
+from .conftest import compiled_kernels
 
 BLOCK, KV_HEADS, HEADS, DIM = 16, 2, 4, 64
 
@@ -27,15 +26,6 @@ def _cache_with(sequences: list[torch.Tensor], num_blocks: int, generator: torch
             cache[block, : part.shape[0]] = part
         tables.append(blocks)
     return cache, tables
-
-
-def compiled_kernels():
-    """The compiled CPU kernels; where a C++ compiler exists they must have built."""
-    kernels, reason = cpu_kernels()
-    if kernels is None:
-        assert shutil.which("g++") is None and shutil.which("c++") is None, reason
-        pytest.skip(reason)
-    return kernels
 
 
 def _dense(

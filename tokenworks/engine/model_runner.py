@@ -24,7 +24,7 @@ from tokenworks.engine.attention import (
 )
 from tokenworks.engine.huge_pages import HugePageArena, aligned_bytes
 from tokenworks.engine.kernels import cpu_kernels
-from tokenworks.engine.linear import choose_linear
+from tokenworks.engine.linear import SMALL_BATCH_ROWS, choose_linear
 from tokenworks.engine.scheduler import ScheduledChunk
 from tokenworks.model.layers import RMSNorm, apply_rotary
 from tokenworks.model.transformer import CausalLM
@@ -120,6 +120,8 @@ class ModelRunner:
             logger.info("decode attention: %s", reason)
         self.linear, reason = choose_linear(self.device, model.dtype, kernels, self.kernels)
         logger.info("matrix products: %s", reason)
+        # Steps of a few decode tokens run every layer in one compiled call (kernels/cpu_kernels.cpp).
+        self.small_batch_decoder = self._small_batch_decoder() if self.kernels is not None else None
 
     def _place_cache_and_weights(
         self, num_blocks: int
@@ -141,6 +143,20 @@ class ModelRunner:
         model.lm_head.weight.data = weight_arena.copy_in(model.lm_head.weight.data)  # tied: the embedding's too
         logger.info("weights and KV cache in huge pages: %s", cache_arena.huge)
         return k_cache, v_cache, [layer_weights(layer, weight_arena) for layer in model.model.layers]
+
+    def _small_batch_decoder(self):  # the compiled SmallBatchDecoder over this model's layers and cache
+        config = self.config
+        decoder = self.kernels.SmallBatchDecoder(
+            config.num_attention_heads, config.num_key_value_heads, config.head_dim, config.rms_norm_eps,
+            config.sliding_window or 0,
+        )  # fmt: skip
+        for weights, k_cache, v_cache in zip(self.layers, self.k_cache, self.v_cache, strict=True):
+            decoder.add_layer(
+                weights.input_norm.weight, weights.qkv_weight, weights.qkv_bias, weights.o_weight, weights.o_bias,
+                weights.post_norm.weight, weights.gate_up_weight, weights.gate_up_bias, weights.down_weight,
+                weights.down_bias, k_cache, v_cache,
+            )  # fmt: skip
+        return decoder
 
     def prepare(self, chunks: list[ScheduledChunk]) -> StepBatch:
         """Flatten the step's chunks into token rows, slots, block tables and masks."""
@@ -207,6 +223,22 @@ class ModelRunner:
         cos, sin = transformer.rotary(batch.positions[None], hidden.dtype)  # (1, 1, N, D)
         cos, sin = cos[0, 0, :, None, :], sin[0, 0, :, None, :]  # (N, 1, D): broadcast over heads
         num_tokens = hidden.shape[0]
+        decode_only = batch.decode is not None and not batch.prefills
+        if decode_only and num_tokens <= SMALL_BATCH_ROWS and self.small_batch_decoder is not None:
+            decode = batch.decode
+            self.small_batch_decoder.forward(
+                hidden, batch.slot_mapping, cos[:, 0], sin[:, 0], decode.block_table, decode.context_lens
+            )
+        else:
+            hidden = self._layers(batch, hidden, cos, sin)
+        if batch.sample_index.shape[0] != num_tokens:  # else every row samples, in order
+            hidden = hidden[batch.sample_index]
+        last = transformer.norm(hidden)  # (R, hidden)
+        return self.linear(last, self.model.lm_head.weight, None).float()
+
+    def _layers(self, batch: StepBatch, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """The decoder layers with PyTorch ops around the step's products and paged attention."""
+        num_tokens = hidden.shape[0]
         config, linear = self.config, self.linear
         heads, kv_heads, head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
         for index, weights in enumerate(self.layers):
@@ -232,7 +264,4 @@ class ModelRunner:
             normed = weights.post_norm(hidden)
             gate, up = linear(normed, weights.gate_up_weight, weights.gate_up_bias).chunk(2, -1)
             hidden = hidden + linear(F.silu(gate) * up, weights.down_weight, weights.down_bias)
-        if batch.sample_index.shape[0] != num_tokens:  # else every row samples, in order
-            hidden = hidden[batch.sample_index]
-        last = transformer.norm(hidden)  # (R, hidden)
-        return linear(last, self.model.lm_head.weight, None).float()
+        return hidden

@@ -1,0 +1,71 @@
+"""The compiled decoder of small decode steps against the runner's PyTorch layers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tokenworks.engine.model_runner import ModelRunner
+from tokenworks.engine.request import Request
+from tokenworks.engine.sampling_params import SamplingParams
+from tokenworks.engine.scheduler import ScheduledChunk
+from tokenworks.model.config import ModelConfig
+from tokenworks.model.transformer import CausalLM
+
+from .conftest import compiled_kernels
+
+BLOCK = 4
+PROMPT_LENGTHS = [7, 12, 3, 9]  # a prompt of each sequence; the decode token follows it
+
+
+def _runner(bias: bool, window: int | None) -> ModelRunner:
+    config = ModelConfig(
+        vocab_size=96, hidden_size=64, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, qkv_bias=bias, o_bias=bias, mlp_bias=bias, sliding_window=window,
+    )  # fmt: skip
+    model = CausalLM(config).init_weights(seed=0, std=0.2)
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # init_weights makes norms ones and biases zeros: give them values that matter
+        for name, parameter in model.named_parameters():
+            if name.endswith("norm.weight"):
+                parameter.uniform_(0.5, 1.5, generator=generator)
+            elif name.endswith("bias"):
+                parameter.normal_(0.0, 0.2, generator=generator)
+    return ModelRunner(model, num_blocks=40, block_size=BLOCK)
+
+
+def _prefilled(runner: ModelRunner, rows: int) -> list[Request]:
+    """`rows` requests whose prompts are in scattered blocks of the cache, each with one new token."""
+    generator = torch.Generator().manual_seed(1)
+    free = torch.randperm(40, generator=generator).tolist()
+    requests = []
+    for index, length in enumerate(PROMPT_LENGTHS[:rows]):
+        prompt = torch.randint(1, 96, (length,), generator=generator).tolist()
+        request = Request(str(index), prompt, SamplingParams(max_tokens=4))
+        request.block_ids = [free.pop() for _ in range(-(-(length + 1) // BLOCK))]
+        runner.execute([ScheduledChunk(request, 0, length)])
+        request.all_token_ids.append(7 + index)
+        requests.append(request)
+    return requests
+
+
+@pytest.mark.parametrize("window", [None, 5])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("rows", [1, 2, 4])
+def test_a_small_decode_step_equals_the_pytorch_layers(rows: int, bias: bool, window: int | None) -> None:
+    compiled_kernels()
+    runner = _runner(bias, window)
+    assert runner.small_batch_decoder is not None
+    requests = _prefilled(runner, rows)
+    chunks = [ScheduledChunk(request, request.num_tokens - 1, 1) for request in requests]
+
+    compiled = runner.execute(chunks)
+    compiled_cache = [cache.clone() for cache in runner.k_cache + runner.v_cache]
+    runner.small_batch_decoder = None  # the same step again through PyTorch ops, rewriting the same slots
+    reference = runner.execute(chunks)
+
+    assert compiled.shape == (rows, 96)
+    torch.testing.assert_close(compiled, reference, rtol=1e-4, atol=1e-4)
+    for written, expected in zip(compiled_cache, runner.k_cache + runner.v_cache, strict=True):
+        torch.testing.assert_close(written, expected, rtol=1e-5, atol=1e-5)
+    assert compiled.argmax(-1).tolist() == reference.argmax(-1).tolist()
