@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from tokenworks.engine.attention import DecodeGroup, GatherBuffers, PrefillChunk, causal_mask, paged_attention
-from tokenworks.engine.linear import SMALL_BATCH_ROWS, choose_linear, onednn_linear
+from tokenworks.engine.linear import SMALL_BATCH_ROWS, Matrix, choose_linear, onednn_linear
 
 from .conftest import compiled_kernels
 
@@ -104,15 +104,19 @@ def test_gather_buffers_are_reused_until_a_step_needs_more() -> None:
 
 @pytest.mark.parametrize("rows", [1, 37])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_the_chosen_linear_equals_f_linear(rows: int, with_bias: bool) -> None:
+@pytest.mark.parametrize("pack_weights", [False, True])
+def test_the_chosen_linear_equals_f_linear(rows: int, with_bias: bool, pack_weights: bool) -> None:
     generator = torch.Generator().manual_seed(rows)
     x = torch.randn(rows, 96, generator=generator)
     weight = torch.randn(200, 96, generator=generator)
     bias = torch.randn(200, generator=generator) if with_bias else None
-    linear, reason = choose_linear(torch.device("cpu"), torch.float32)
+    linear = choose_linear(torch.device("cpu"), torch.float32, pack_weights=pack_weights)
     onednn = torch.backends.mkldnn.is_available()
-    assert (linear is onednn_linear) == onednn, reason
-    torch.testing.assert_close(linear(x, weight, bias), F.linear(x, weight, bias), rtol=1e-4, atol=1e-4)
+    assert (linear.large is onednn_linear) == onednn, linear.reason
+    matrix = linear.prepare(weight)
+    assert matrix.weight is weight
+    assert (matrix.packed is not None) == (onednn and pack_weights), linear.reason
+    torch.testing.assert_close(linear(x, matrix, bias), F.linear(x, weight, bias), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("in_features", [64, 100, 1536])  # whole vectors, a remainder, a long row
@@ -123,14 +127,19 @@ def test_the_compiled_small_batch_linear_equals_f_linear(rows: int, in_features:
     x = torch.randn(rows, in_features + 7, generator=generator)[:, :in_features]  # rows apart by more than a row
     weight = torch.randn(203, in_features, generator=generator)
     bias = torch.randn(203, generator=generator)
-    linear, reason = choose_linear(torch.device("cpu"), torch.float32, "auto", kernels)
-    assert "compiled kernel" in reason
+    linear = choose_linear(torch.device("cpu"), torch.float32, "auto", kernels)
+    assert "compiled kernel" in linear.reason and linear.small is kernels.linear_small_batch
     for b in (None, bias):
         expected = F.linear(x, weight, b)
         torch.testing.assert_close(kernels.linear_small_batch(x, weight, b), expected, rtol=1e-5, atol=1e-4)
-        torch.testing.assert_close(linear(x, weight, b), expected, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(linear(x, Matrix(weight), b), expected, rtol=1e-5, atol=1e-4)
 
 
 def test_kernels_torch_and_other_devices_take_f_linear() -> None:
-    assert choose_linear(torch.device("cpu"), torch.float32, "torch") == (F.linear, "F.linear (asked for)")
-    assert choose_linear(torch.device("cuda"), torch.float32) == (F.linear, "F.linear (device cuda)")
+    for device, backend, reason in (
+        ("cpu", "torch", "F.linear (asked for)"),
+        ("cuda", "auto", "F.linear (device cuda)"),
+    ):
+        linear = choose_linear(torch.device(device), torch.float32, backend, pack_weights=True)
+        assert (linear.large, linear.small, linear.reason) == (F.linear, None, reason)
+        assert linear.prepare(torch.ones(2, 2)).packed is None

@@ -73,7 +73,7 @@ class EngineCore:
         self.scheduler = Scheduler(
             self.kv_cache, options.max_num_batched_tokens, options.max_num_seqs, options.scheduling_policy
         )
-        self.runner = ModelRunner(self.model, num_blocks, options.block_size, options.kernels)
+        self.runner = ModelRunner(self.model, num_blocks, options.block_size, options.kernels, options.pack_weights)
         self.sampler = Sampler(options.seed, device=device)
         self.last_stats = StepStats(self.scheduler.stats())
         logger.info(

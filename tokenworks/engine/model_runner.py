@@ -9,6 +9,7 @@ requests that sample goes through the language-model head.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +25,7 @@ from tokenworks.engine.attention import (
 )
 from tokenworks.engine.huge_pages import HugePageArena, aligned_bytes
 from tokenworks.engine.kernels import cpu_kernels
-from tokenworks.engine.linear import SMALL_BATCH_ROWS, choose_linear
+from tokenworks.engine.linear import SMALL_BATCH_ROWS, Matrix, choose_linear
 from tokenworks.engine.scheduler import ScheduledChunk
 from tokenworks.model.layers import RMSNorm, apply_rotary
 from tokenworks.model.transformer import CausalLM
@@ -44,21 +45,24 @@ class LayerWeights:
     instead of five), and no nn.Module attribute lookups on the step's path."""
 
     input_norm: RMSNorm
-    qkv_weight: torch.Tensor  # (q + 2 kv, hidden)
+    qkv: Matrix  # (q + 2 kv, hidden)
     qkv_bias: torch.Tensor | None
-    o_weight: torch.Tensor
+    o: Matrix
     o_bias: torch.Tensor | None
     post_norm: RMSNorm
-    gate_up_weight: torch.Tensor  # (2 intermediate, hidden)
+    gate_up: Matrix  # (2 intermediate, hidden)
     gate_up_bias: torch.Tensor | None
-    down_weight: torch.Tensor
+    down: Matrix
     down_bias: torch.Tensor | None
 
 
-def layer_weights(layer: torch.nn.Module, arena: HugePageArena | None = None) -> LayerWeights:
+def layer_weights(
+    layer: torch.nn.Module, prepare: Callable[[torch.Tensor], Matrix] = Matrix, arena: HugePageArena | None = None
+) -> LayerWeights:
     """Concatenate a layer's projections, and re-point its modules at slices of the result,
     so the weights are held once and the reference modules still see the same values. With
-    an arena, every matrix moves into it (huge pages) the same way."""
+    an arena, every matrix moves into it (huge pages) the same way; `prepare` makes each the
+    Matrix the step's Linear reads (it may add a packed copy)."""
     attention, mlp = layer.self_attn, layer.mlp
     place = arena.copy_in if arena is not None else (lambda tensor: tensor)
     fused = []
@@ -80,8 +84,8 @@ def layer_weights(layer: torch.nn.Module, arena: HugePageArena | None = None) ->
     for module in (o_proj, down_proj):
         module.weight.data = place(module.weight.data)
     return LayerWeights(
-        layer.input_layernorm, fused[0], fused[1], o_proj.weight, o_proj.bias,
-        layer.post_attention_layernorm, fused[2], fused[3], down_proj.weight, down_proj.bias,
+        layer.input_layernorm, prepare(fused[0]), fused[1], prepare(o_proj.weight.data), o_proj.bias,
+        layer.post_attention_layernorm, prepare(fused[2]), fused[3], prepare(down_proj.weight.data), down_proj.bias,
     )  # fmt: skip
 
 
@@ -107,33 +111,36 @@ class StepBatch:
 
 
 class ModelRunner:
-    def __init__(self, model: CausalLM, num_blocks: int, block_size: int, kernels: str = "auto") -> None:
+    def __init__(
+        self, model: CausalLM, num_blocks: int, block_size: int, kernels: str = "auto", pack_weights: bool = True
+    ) -> None:
         self.model = model
         self.config = model.config
         self.device = model.device
         self.block_size = block_size
-        self.k_cache, self.v_cache, self.layers = self._place_cache_and_weights(num_blocks)
-        self.gather_buffers = GatherBuffers()
         self.kernels = None  # the compiled CPU kernels, where they serve this model
         if kernels == "auto" and self.device.type == "cpu" and model.dtype == torch.float32:
             self.kernels, reason = cpu_kernels()
             logger.info("decode attention: %s", reason)
-        self.linear, reason = choose_linear(self.device, model.dtype, kernels, self.kernels)
-        logger.info("matrix products: %s", reason)
+        self.linear = choose_linear(self.device, model.dtype, kernels, self.kernels, pack_weights)
+        logger.info("matrix products: %s", self.linear.reason)
+        self.k_cache, self.v_cache, self.layers, self.lm_head = self._place_cache_and_weights(num_blocks)
+        self.gather_buffers = GatherBuffers()
         # Steps of a few decode tokens run every layer in one compiled call (kernels/cpu_kernels.cpp).
         self.small_batch_decoder = self._small_batch_decoder() if self.kernels is not None else None
 
     def _place_cache_and_weights(
         self, num_blocks: int
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[LayerWeights]]:
-        """Each layer's K and V cache, zeroed, and its weights; on CPU all in huge pages."""
-        model, config, block_size = self.model, self.config, self.block_size
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[LayerWeights], Matrix]:
+        """Each layer's K and V cache, zeroed, its weights and the head's; on CPU all in huge pages."""
+        model, config, block_size, prepare = self.model, self.config, self.block_size, self.linear.prepare
         shape = (num_blocks, block_size, config.num_key_value_heads, config.head_dim)
         layers = config.num_hidden_layers
         if self.device.type != "cpu":
             zeros = lambda: torch.zeros(shape, dtype=model.dtype, device=self.device)  # noqa: E731
             k_cache, v_cache = [zeros() for _ in range(layers)], [zeros() for _ in range(layers)]
-            return k_cache, v_cache, [layer_weights(layer) for layer in model.model.layers]
+            weights = [layer_weights(layer, prepare) for layer in model.model.layers]
+            return k_cache, v_cache, weights, prepare(model.lm_head.weight.data)
         cache_arena = HugePageArena(kv_bytes_per_block(model, block_size) * num_blocks + 2 * layers * 64)
         # Touched now, as torch.zeros would: a page first touched mid-step costs that step the
         # zeroing of 2 MiB, and the block pool hands out blocks all over the cache.
@@ -142,9 +149,11 @@ class ModelRunner:
         weight_arena = HugePageArena(aligned_bytes(step_matrices(model)))
         model.lm_head.weight.data = weight_arena.copy_in(model.lm_head.weight.data)  # tied: the embedding's too
         logger.info("weights and KV cache in huge pages: %s", cache_arena.huge)
-        return k_cache, v_cache, [layer_weights(layer, weight_arena) for layer in model.model.layers]
+        weights = [layer_weights(layer, prepare, weight_arena) for layer in model.model.layers]
+        return k_cache, v_cache, weights, prepare(model.lm_head.weight.data)
 
-    def _small_batch_decoder(self):  # the compiled SmallBatchDecoder over this model's layers and cache
+    def _small_batch_decoder(self) -> object:
+        """The compiled SmallBatchDecoder, holding this model's layers and cache."""
         config = self.config
         decoder = self.kernels.SmallBatchDecoder(
             config.num_attention_heads, config.num_key_value_heads, config.head_dim, config.rms_norm_eps,
@@ -152,8 +161,8 @@ class ModelRunner:
         )  # fmt: skip
         for weights, k_cache, v_cache in zip(self.layers, self.k_cache, self.v_cache, strict=True):
             decoder.add_layer(
-                weights.input_norm.weight, weights.qkv_weight, weights.qkv_bias, weights.o_weight, weights.o_bias,
-                weights.post_norm.weight, weights.gate_up_weight, weights.gate_up_bias, weights.down_weight,
+                weights.input_norm.weight, weights.qkv.weight, weights.qkv_bias, weights.o.weight, weights.o_bias,
+                weights.post_norm.weight, weights.gate_up.weight, weights.gate_up_bias, weights.down.weight,
                 weights.down_bias, k_cache, v_cache,
             )  # fmt: skip
         return decoder
@@ -234,7 +243,7 @@ class ModelRunner:
         if batch.sample_index.shape[0] != num_tokens:  # else every row samples, in order
             hidden = hidden[batch.sample_index]
         last = transformer.norm(hidden)  # (R, hidden)
-        return self.linear(last, self.model.lm_head.weight, None).float()
+        return self.linear(last, self.lm_head, None).float()
 
     def _layers(self, batch: StepBatch, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """The decoder layers with PyTorch ops around the step's products and paged attention."""
@@ -242,7 +251,7 @@ class ModelRunner:
         config, linear = self.config, self.linear
         heads, kv_heads, head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
         for index, weights in enumerate(self.layers):
-            qkv = linear(weights.input_norm(hidden), weights.qkv_weight, weights.qkv_bias)
+            qkv = linear(weights.input_norm(hidden), weights.qkv, weights.qkv_bias)
             # Rotate queries and keys together (one set of kernels for both), then split them.
             rotated = apply_rotary(qkv[:, : (heads + kv_heads) * head_dim].view(num_tokens, -1, head_dim), cos, sin)
             q, k = rotated[:, :heads], rotated[:, heads:]  # (N, H, D), (N, K, D)
@@ -260,8 +269,8 @@ class ModelRunner:
                 self.gather_buffers,
                 self.kernels,
             )
-            hidden = hidden + linear(attended.view(num_tokens, -1), weights.o_weight, weights.o_bias)
+            hidden = hidden + linear(attended.view(num_tokens, -1), weights.o, weights.o_bias)
             normed = weights.post_norm(hidden)
-            gate, up = linear(normed, weights.gate_up_weight, weights.gate_up_bias).chunk(2, -1)
-            hidden = hidden + linear(F.silu(gate) * up, weights.down_weight, weights.down_bias)
+            gate, up = linear(normed, weights.gate_up, weights.gate_up_bias).chunk(2, -1)
+            hidden = hidden + linear(F.silu(gate) * up, weights.down, weights.down_bias)
         return hidden
