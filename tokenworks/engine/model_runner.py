@@ -9,6 +9,7 @@ requests that sample goes through the language-model head.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,7 +26,7 @@ from tokenworks.engine.attention import (
 )
 from tokenworks.engine.huge_pages import HugePageArena, aligned_bytes
 from tokenworks.engine.kernels import cpu_kernels
-from tokenworks.engine.linear import SMALL_BATCH_ROWS, Matrix, choose_linear
+from tokenworks.engine.linear import SMALL_BATCH_ROWS, Matrix, choose_linear, onednn_linear
 from tokenworks.engine.scheduler import ScheduledChunk
 from tokenworks.model.layers import RMSNorm, apply_rotary
 from tokenworks.model.transformer import CausalLM
@@ -126,8 +127,11 @@ class ModelRunner:
         logger.info("matrix products: %s", self.linear.reason)
         self.k_cache, self.v_cache, self.layers, self.lm_head = self._place_cache_and_weights(num_blocks)
         self.gather_buffers = GatherBuffers()
-        # Steps of a few decode tokens run every layer in one compiled call (kernels/cpu_kernels.cpp).
-        self.small_batch_decoder = self._small_batch_decoder() if self.kernels is not None else None
+        # Decode-only steps run every layer in one compiled call (kernels/cpu_kernels.cpp): any
+        # size where oneDNN does the large products, as the PyTorch path would; else up to the
+        # small kernel's rows.
+        self.decode_layers = self._decode_layers() if self.kernels is not None else None
+        self.decode_layers_rows = math.inf if self.linear.large is onednn_linear else SMALL_BATCH_ROWS
 
     def _place_cache_and_weights(
         self, num_blocks: int
@@ -152,18 +156,19 @@ class ModelRunner:
         weights = [layer_weights(layer, prepare, weight_arena) for layer in model.model.layers]
         return k_cache, v_cache, weights, prepare(model.lm_head.weight.data)
 
-    def _small_batch_decoder(self) -> object:
-        """The compiled SmallBatchDecoder, holding this model's layers and cache."""
+    def _decode_layers(self) -> object:
+        """The compiled DecodeLayers, holding this model's layers and cache."""
         config = self.config
-        decoder = self.kernels.SmallBatchDecoder(
+        decoder = self.kernels.DecodeLayers(
             config.num_attention_heads, config.num_key_value_heads, config.head_dim, config.rms_norm_eps,
-            config.sliding_window or 0,
+            config.sliding_window or 0, SMALL_BATCH_ROWS,
         )  # fmt: skip
         for weights, k_cache, v_cache in zip(self.layers, self.k_cache, self.v_cache, strict=True):
+            matrices = (weights.qkv, weights.o, weights.gate_up, weights.down)
             decoder.add_layer(
-                weights.input_norm.weight, weights.qkv.weight, weights.qkv_bias, weights.o.weight, weights.o_bias,
-                weights.post_norm.weight, weights.gate_up.weight, weights.gate_up_bias, weights.down.weight,
-                weights.down_bias, k_cache, v_cache,
+                weights.input_norm.weight, weights.post_norm.weight, [matrix.weight for matrix in matrices],
+                [matrix.packed for matrix in matrices],
+                [weights.qkv_bias, weights.o_bias, weights.gate_up_bias, weights.down_bias], k_cache, v_cache,
             )  # fmt: skip
         return decoder
 
@@ -233,9 +238,9 @@ class ModelRunner:
         cos, sin = cos[0, 0, :, None, :], sin[0, 0, :, None, :]  # (N, 1, D): broadcast over heads
         num_tokens = hidden.shape[0]
         decode_only = batch.decode is not None and not batch.prefills
-        if decode_only and num_tokens <= SMALL_BATCH_ROWS and self.small_batch_decoder is not None:
+        if decode_only and self.decode_layers is not None and num_tokens <= self.decode_layers_rows:
             decode = batch.decode
-            self.small_batch_decoder.forward(
+            self.decode_layers.forward(
                 hidden, batch.slot_mapping, cos[:, 0], sin[:, 0], decode.block_table, decode.context_lens
             )
         else:

@@ -9,8 +9,8 @@
 //   where they lie in the paged cache. The PyTorch path first copies every sequence's blocks
 //   into a contiguous buffer and then reads that copy; this reads the cache in place, once,
 //   prefetching each next block.
-// SmallBatchDecoder: every decoder layer of a step of a few decode tokens in one call, the
-//   two above with plain loops (norms, rotary, cache writes, SwiGLU) between them.
+// DecodeLayers: every decoder layer of a decode-only step in one call, the two above (or
+//   oneDNN's products, for more rows) with plain loops (norms, rotary, cache writes, SwiGLU).
 //
 // All use ATen's parallel_for, so they run on torch's own OpenMP threads and follow
 // torch.set_num_threads. Built with -O3 -march=native for the CPU it runs on: the loops
@@ -249,12 +249,10 @@ void paged_decode_attention(at::Tensor& out, const at::Tensor& q, const at::Tens
 
 namespace {
 
-// y = x / sqrt(mean(x^2) + eps) * weight, row by row.
-void rms_norm_rows(float* y, const float* x, const float* weight, int64_t rows, int64_t width, float eps) {
-  for (int64_t r = 0; r < rows; ++r, x += width, y += width) {
-    const float inverse = 1.0f / std::sqrt(dot(x, x, width) / static_cast<float>(width) + eps);
-    for (int64_t i = 0; i < width; ++i) y[i] = x[i] * inverse * weight[i];
-  }
+// y = x / sqrt(mean(x^2) + eps) * weight for one row.
+void rms_norm_row(float* y, const float* x, const float* weight, int64_t width, float eps) {
+  const float inverse = 1.0f / std::sqrt(dot(x, x, width) / static_cast<float>(width) + eps);
+  for (int64_t i = 0; i < width; ++i) y[i] = x[i] * inverse * weight[i];
 }
 
 // Rotary embedding in place on `count` heads of `dim` at x (heads dim apart), in the two-halves
@@ -283,53 +281,72 @@ void silu_times(float* out, const float* gate, const float* up, int64_t n, std::
   }
 }
 
-float* float_data(const at::Tensor& tensor, const char* what) {
-  TORCH_CHECK(tensor.scalar_type() == at::kFloat && tensor.is_contiguous(), "SmallBatchDecoder: ", what,
+// f(row) for rows 0..rows-1, on the threads when there are enough rows to share.
+template <typename F>
+void for_each_row(int64_t rows, const F& f) {
+  at::parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) f(r);
+  });
+}
+
+// oneDNN's inner product (torch.ops.mkldnn._linear_pointwise), which reads a plain weight or
+// one packed in its blocked layout; looked up in the dispatcher on first use.
+at::Tensor onednn_product(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("mkldnn::_linear_pointwise", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&, c10::string_view,
+                            c10::List<c10::optional<at::Scalar>>, c10::optional<c10::string_view>)>();
+  return op.call(x, weight, bias, "none", c10::List<c10::optional<at::Scalar>>(), c10::string_view(""));
+}
+
+void check_float(const at::Tensor& tensor, const char* what) {
+  TORCH_CHECK(tensor.scalar_type() == at::kFloat && tensor.is_contiguous(), "DecodeLayers: ", what,
               " must be contiguous float32");
-  return tensor.data_ptr<float>();
 }
 
 }  // namespace
 
-// The decoder layers of a step whose every row is one decode token, for a few rows: each
-// layer in one pass of plain loops (norms, rotary, cache writes, SwiGLU) around the
-// row-parallel products and the paged attention above. A step of PyTorch ops spends ~20
-// dispatches a layer on rows this small (about a third of a single stream's step on the
-// benchmark's 30-layer model); here a step costs one call from Python.
-class SmallBatchDecoder {
+// Every decoder layer of a step whose rows are all decode tokens (one per sequence), in one
+// call: plain loops for the norms, rotary, cache writes and SwiGLU around the products and the
+// paged attention above. Through PyTorch ops a layer costs ~20 dispatches from Python, which
+// on small rows outweigh the arithmetic (a third of a single stream's step on the benchmark's
+// 30-layer model; half of a 32-sequence step of the 6-layer one on one thread). Products of
+// up to `small_rows` rows take the row-parallel kernel on the plain weights; larger ones
+// oneDNN's, on the packed weights where given.
+class DecodeLayers {
  public:
-  struct Layer {
-    at::Tensor input_norm, qkv_weight, qkv_bias, o_weight, o_bias, post_norm, gate_up_weight, gate_up_bias,
-        down_weight, down_bias, k_cache, v_cache;
-  };
+  DecodeLayers(int64_t heads, int64_t kv_heads, int64_t head_dim, double eps, int64_t window, int64_t small_rows)
+      : heads_(heads), kv_heads_(kv_heads), head_dim_(head_dim), eps_(static_cast<float>(eps)), window_(window),
+        small_rows_(small_rows) {}
 
-  SmallBatchDecoder(int64_t heads, int64_t kv_heads, int64_t head_dim, double eps, int64_t window)
-      : heads_(heads), kv_heads_(kv_heads), head_dim_(head_dim), eps_(static_cast<float>(eps)), window_(window) {}
-
-  // Biases may be None; k_cache, v_cache: (blocks, block_size, K, D).
-  void add_layer(const at::Tensor& input_norm, const at::Tensor& qkv_weight, const c10::optional<at::Tensor>& qkv_bias,
-                 const at::Tensor& o_weight, const c10::optional<at::Tensor>& o_bias, const at::Tensor& post_norm,
-                 const at::Tensor& gate_up_weight, const c10::optional<at::Tensor>& gate_up_bias,
-                 const at::Tensor& down_weight, const c10::optional<at::Tensor>& down_bias, const at::Tensor& k_cache,
+  // matrices, packed, biases: qkv, o, gate_up, down, each (out, in); packed copies and biases
+  // may be None. k_cache, v_cache: (blocks, block_size, K, D).
+  void add_layer(const at::Tensor& input_norm, const at::Tensor& post_norm, const std::vector<at::Tensor>& matrices,
+                 const std::vector<c10::optional<at::Tensor>>& packed,
+                 const std::vector<c10::optional<at::Tensor>>& biases, const at::Tensor& k_cache,
                  const at::Tensor& v_cache) {
-    const int64_t hidden = input_norm.numel(), qkv = (heads_ + 2 * kv_heads_) * head_dim_;
-    const int64_t intermediate = down_weight.size(1);
-    TORCH_CHECK(qkv_weight.size(0) == qkv && qkv_weight.size(1) == hidden && o_weight.size(0) == hidden &&
-                    o_weight.size(1) == heads_ * head_dim_ && gate_up_weight.size(0) == 2 * intermediate &&
-                    gate_up_weight.size(1) == hidden && down_weight.size(0) == hidden && post_norm.numel() == hidden,
-                "SmallBatchDecoder: layer shapes");
-    TORCH_CHECK(k_cache.size(2) == kv_heads_ && k_cache.size(3) == head_dim_, "SmallBatchDecoder: cache shape");
-    for (const at::Tensor* t : {&input_norm, &qkv_weight, &o_weight, &post_norm, &gate_up_weight, &down_weight,
-                                &k_cache, &v_cache}) {
-      float_data(*t, "every weight and cache");
+    TORCH_CHECK(matrices.size() == 4 && packed.size() == 4 && biases.size() == 4,
+                "DecodeLayers: qkv, o, gate_up and down");
+    const int64_t hidden = input_norm.numel(), q_width = heads_ * head_dim_;
+    const int64_t intermediate = matrices[3].size(1);
+    const int64_t shapes[4][2] = {{q_width + 2 * kv_heads_ * head_dim_, hidden},
+                                  {hidden, q_width},
+                                  {2 * intermediate, hidden},
+                                  {hidden, intermediate}};
+    Layer layer{input_norm, post_norm, {}, k_cache, v_cache};
+    for (int i = 0; i < 4; ++i) {
+      check_float(matrices[i], "every weight matrix");
+      TORCH_CHECK(matrices[i].size(0) == shapes[i][0] && matrices[i].size(1) == shapes[i][1],
+                  "DecodeLayers: layer shapes");
+      if (biases[i].has_value()) check_float(*biases[i], "every bias");
+      TORCH_CHECK(!biases[i].has_value() || biases[i]->numel() == shapes[i][0], "DecodeLayers: bias shapes");
+      layer.projections[i] = {matrices[i], packed[i].value_or(matrices[i]), biases[i]};
     }
-    optional_data(qkv_bias, qkv, "SmallBatchDecoder qkv");
-    optional_data(o_bias, hidden, "SmallBatchDecoder o");
-    optional_data(gate_up_bias, 2 * intermediate, "SmallBatchDecoder gate_up");
-    optional_data(down_bias, hidden, "SmallBatchDecoder down");
-    auto or_empty = [](const c10::optional<at::Tensor>& bias) { return bias.has_value() ? *bias : at::Tensor(); };
-    layers_.push_back({input_norm, qkv_weight, or_empty(qkv_bias), o_weight, or_empty(o_bias), post_norm,
-                       gate_up_weight, or_empty(gate_up_bias), down_weight, or_empty(down_bias), k_cache, v_cache});
+    for (const at::Tensor* t : {&input_norm, &post_norm, &k_cache, &v_cache}) check_float(*t, "norms and caches");
+    TORCH_CHECK(post_norm.numel() == hidden && k_cache.size(2) == kv_heads_ && k_cache.size(3) == head_dim_,
+                "DecodeLayers: norm and cache shapes");
+    layers_.push_back(std::move(layer));
   }
 
   // hidden: (N, hidden), updated in place through every layer; slots: (N,) int64 cache slot of
@@ -339,65 +356,101 @@ class SmallBatchDecoder {
     const int64_t rows = hidden.size(0), width = hidden.size(1), dim = head_dim_;
     const int64_t q_width = heads_ * dim, kv_width = kv_heads_ * dim, qkv_width = q_width + 2 * kv_width;
     TORCH_CHECK(slots.numel() == rows && cos.size(0) == rows && cos.size(1) == dim && context_lens.numel() == rows,
-                "SmallBatchDecoder: one slot, rotation and length per row");
-    TORCH_CHECK(slots.scalar_type() == at::kLong && slots.is_contiguous(), "SmallBatchDecoder: slots int64");
-    float* x = float_data(hidden, "hidden");
-    const float* cos_rows = float_data(cos, "cos");
-    const float* sin_rows = float_data(sin, "sin");
+                "DecodeLayers: one slot, rotation and length per row");
+    TORCH_CHECK(slots.scalar_type() == at::kLong && slots.is_contiguous(), "DecodeLayers: slots int64");
+    check_float(hidden, "hidden");
+    check_float(cos, "cos");
+    check_float(sin, "sin");
+    float* x = hidden.data_ptr<float>();
+    const float* cos_rows = cos.data_ptr<float>();
+    const float* sin_rows = sin.data_ptr<float>();
     const int64_t* slot_of = slots.data_ptr<int64_t>();
     const auto options = hidden.options();
     at::Tensor normed = at::empty({rows, width}, options);
-    at::Tensor qkv = at::empty({rows, qkv_width}, options);
     at::Tensor attended = at::empty({rows, heads_, dim}, options);
-    at::Tensor row_ids = at::arange(rows, slots.options());
-    const at::Tensor queries = qkv.view({rows, heads_ + 2 * kv_heads_, dim}).narrow(1, 0, heads_);
-    std::vector<float> gate_up, activated, scratch;
+    const at::Tensor row_ids = at::arange(rows, slots.options());
+    std::vector<std::vector<float>> scratch(at::get_num_threads());
     for (Layer& layer : layers_) {
-      const int64_t intermediate = layer.down_weight.size(1);
-      rms_norm_rows(normed.data_ptr<float>(), x, layer.input_norm.data_ptr<float>(), rows, width, eps_);
-      small_batch_product(qkv.data_ptr<float>(), qkv_width, normed.data_ptr<float>(), width,
-                          layer.qkv_weight.data_ptr<float>(), bias_data(layer.qkv_bias), rows, width, qkv_width, false);
+      const int64_t intermediate = layer.projections[3].weight.size(1);
+      for_each_row(rows, [&](int64_t r) {
+        rms_norm_row(normed.data_ptr<float>() + r * width, x + r * width, layer.input_norm.data_ptr<float>(), width,
+                     eps_);
+      });
+      const at::Tensor qkv = product(layer.projections[0], normed);
       float* k_slots = layer.k_cache.data_ptr<float>();
       float* v_slots = layer.v_cache.data_ptr<float>();
-      for (int64_t r = 0; r < rows; ++r) {
+      for_each_row(rows, [&](int64_t r) {
         float* row = qkv.data_ptr<float>() + r * qkv_width;
         rotate_heads(row, heads_ + kv_heads_, dim, cos_rows + r * dim, sin_rows + r * dim);  // queries and keys
         std::memcpy(k_slots + slot_of[r] * kv_width, row + q_width, kv_width * sizeof(float));
         std::memcpy(v_slots + slot_of[r] * kv_width, row + q_width + kv_width, kv_width * sizeof(float));
-      }
+      });
+      const at::Tensor queries = qkv.view({rows, heads_ + 2 * kv_heads_, dim}).narrow(1, 0, heads_);
       paged_decode_attention(attended, queries, row_ids, layer.k_cache, layer.v_cache, block_tables, context_lens,
                              1.0 / std::sqrt(static_cast<double>(dim)), window_);
-      small_batch_product(x, width, attended.data_ptr<float>(), q_width, layer.o_weight.data_ptr<float>(),
-                          bias_data(layer.o_bias), rows, q_width, width, true);
-      rms_norm_rows(normed.data_ptr<float>(), x, layer.post_norm.data_ptr<float>(), rows, width, eps_);
-      gate_up.resize(rows * 2 * intermediate);
-      activated.resize(rows * intermediate);
-      small_batch_product(gate_up.data(), 2 * intermediate, normed.data_ptr<float>(), width,
-                          layer.gate_up_weight.data_ptr<float>(), bias_data(layer.gate_up_bias), rows, width,
-                          2 * intermediate, false);
-      for (int64_t r = 0; r < rows; ++r) {
-        const float* gate = gate_up.data() + r * 2 * intermediate;
-        silu_times(activated.data() + r * intermediate, gate, gate + intermediate, intermediate, scratch);
-      }
-      small_batch_product(x, width, activated.data(), intermediate, layer.down_weight.data_ptr<float>(),
-                          bias_data(layer.down_bias), rows, intermediate, width, true);
+      add_product(layer.projections[1], attended.view({rows, q_width}), x, width);
+      for_each_row(rows, [&](int64_t r) {
+        rms_norm_row(normed.data_ptr<float>() + r * width, x + r * width, layer.post_norm.data_ptr<float>(), width,
+                     eps_);
+      });
+      const at::Tensor gate_up = product(layer.projections[2], normed);
+      at::Tensor activated = at::empty({rows, intermediate}, options);
+      for_each_row(rows, [&](int64_t r) {
+        const float* gate = gate_up.data_ptr<float>() + r * 2 * intermediate;
+        silu_times(activated.data_ptr<float>() + r * intermediate, gate, gate + intermediate, intermediate,
+                   scratch[at::get_thread_num()]);
+      });
+      add_product(layer.projections[3], activated, x, width);
     }
   }
 
  private:
-  static const float* bias_data(const at::Tensor& bias) { return bias.defined() ? bias.data_ptr<float>() : nullptr; }
+  struct Projection {
+    at::Tensor weight, packed;  // packed: oneDNN's blocked copy, or the weight itself
+    c10::optional<at::Tensor> bias;
+  };
+  struct Layer {
+    at::Tensor input_norm, post_norm;
+    Projection projections[4];  // qkv, o, gate_up, down
+    at::Tensor k_cache, v_cache;
+  };
+
+  // x W^T + b for the rows of x: (N, in) -> (N, out).
+  at::Tensor product(const Projection& p, const at::Tensor& x) const {
+    const int64_t rows = x.size(0), in = x.size(1), out = p.weight.size(0);
+    if (rows > small_rows_) return onednn_product(x, p.packed, p.bias);
+    at::Tensor y = at::empty({rows, out}, x.options());
+    small_batch_product(y.data_ptr<float>(), out, x.data_ptr<float>(), in, p.weight.data_ptr<float>(),
+                        p.bias.has_value() ? p.bias->data_ptr<float>() : nullptr, rows, in, out, false);
+    return y;
+  }
+
+  // residual (N, out, rows `stride` apart) += x W^T + b: the small kernel adds in place.
+  void add_product(const Projection& p, const at::Tensor& x, float* residual, int64_t stride) const {
+    const int64_t rows = x.size(0), in = x.size(1), out = p.weight.size(0);
+    if (rows <= small_rows_) {
+      small_batch_product(residual, stride, x.data_ptr<float>(), in, p.weight.data_ptr<float>(),
+                          p.bias.has_value() ? p.bias->data_ptr<float>() : nullptr, rows, in, out, true);
+      return;
+    }
+    const at::Tensor y = onednn_product(x, p.packed, p.bias);
+    const float* ys = y.data_ptr<float>();
+    for_each_row(rows, [&](int64_t r) {
+      for (int64_t i = 0; i < out; ++i) residual[r * stride + i] += ys[r * out + i];
+    });
+  }
 
   int64_t heads_, kv_heads_, head_dim_;
   float eps_;
-  int64_t window_;
+  int64_t window_, small_rows_;
   std::vector<Layer> layers_;
 };
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear_small_batch", &linear_small_batch, "x W^T + b for a few rows of x (float32, CPU)");
   m.def("paged_decode_attention", &paged_decode_attention, "one-token attention over the paged KV cache (float32, CPU)");
-  pybind11::class_<SmallBatchDecoder>(m, "SmallBatchDecoder")
-      .def(pybind11::init<int64_t, int64_t, int64_t, double, int64_t>())
-      .def("add_layer", &SmallBatchDecoder::add_layer)
-      .def("forward", &SmallBatchDecoder::forward);
+  pybind11::class_<DecodeLayers>(m, "DecodeLayers")
+      .def(pybind11::init<int64_t, int64_t, int64_t, double, int64_t, int64_t>())
+      .def("add_layer", &DecodeLayers::add_layer)
+      .def("forward", &DecodeLayers::forward);
 }

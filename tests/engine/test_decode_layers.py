@@ -1,4 +1,4 @@
-"""The compiled decoder of small decode steps against the runner's PyTorch layers."""
+"""The compiled layers of decode-only steps against the runner's PyTorch layers."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from tokenworks.model.transformer import CausalLM
 from .conftest import compiled_kernels
 
 BLOCK = 4
-PROMPT_LENGTHS = [7, 12, 3, 9]  # a prompt of each sequence; the decode token follows it
+PROMPT_LENGTHS = [7, 12, 3, 9, 1, 15, 4, 8, 11]  # a prompt of each sequence; the decode token follows it
 
 
-def _runner(bias: bool, window: int | None) -> ModelRunner:
+def _runner(bias: bool, window: int | None, pack_weights: bool) -> ModelRunner:
     config = ModelConfig(
         vocab_size=96, hidden_size=64, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, qkv_bias=bias, o_bias=bias, mlp_bias=bias, sliding_window=window,
@@ -31,7 +31,7 @@ def _runner(bias: bool, window: int | None) -> ModelRunner:
                 parameter.uniform_(0.5, 1.5, generator=generator)
             elif name.endswith("bias"):
                 parameter.normal_(0.0, 0.2, generator=generator)
-    return ModelRunner(model, num_blocks=40, block_size=BLOCK)
+    return ModelRunner(model, num_blocks=40, block_size=BLOCK, pack_weights=pack_weights)
 
 
 def _prefilled(runner: ModelRunner, rows: int) -> list[Request]:
@@ -51,17 +51,19 @@ def _prefilled(runner: ModelRunner, rows: int) -> list[Request]:
 
 @pytest.mark.parametrize("window", [None, 5])
 @pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("rows", [1, 2, 4])
-def test_a_small_decode_step_equals_the_pytorch_layers(rows: int, bias: bool, window: int | None) -> None:
+@pytest.mark.parametrize(("rows", "pack_weights"), [(1, True), (2, True), (4, True), (9, True), (9, False)])
+def test_a_decode_step_equals_the_pytorch_layers(rows: int, pack_weights: bool, bias: bool, window: int | None) -> None:
+    """Up to SMALL_BATCH_ROWS (4) rows the compiled products; 9 rows oneDNN's, packed or not."""
     compiled_kernels()
-    runner = _runner(bias, window)
-    assert runner.small_batch_decoder is not None
+    runner = _runner(bias, window, pack_weights)
+    assert runner.decode_layers is not None
+    assert rows <= runner.decode_layers_rows  # so the step below takes the compiled layers
     requests = _prefilled(runner, rows)
     chunks = [ScheduledChunk(request, request.num_tokens - 1, 1) for request in requests]
 
     compiled = runner.execute(chunks)
     compiled_cache = [cache.clone() for cache in runner.k_cache + runner.v_cache]
-    runner.small_batch_decoder = None  # the same step again through PyTorch ops, rewriting the same slots
+    runner.decode_layers = None  # the same step again through PyTorch ops, rewriting the same slots
     reference = runner.execute(chunks)
 
     assert compiled.shape == (rows, 96)
