@@ -301,11 +301,55 @@ at::Tensor onednn_product(const at::Tensor& x, const at::Tensor& weight, const c
 }
 
 void check_float(const at::Tensor& tensor, const char* what) {
-  TORCH_CHECK(tensor.scalar_type() == at::kFloat && tensor.is_contiguous(), "DecodeLayers: ", what,
-              " must be contiguous float32");
+  TORCH_CHECK(tensor.scalar_type() == at::kFloat && tensor.is_contiguous(), what, " must be contiguous float32");
 }
 
 }  // namespace
+
+// qkv: (N, (H + 2K) D) projections of N tokens, rows `qkv.stride(0)` apart. Rotates each
+// row's queries and keys in place by cos, sin: (N, D), and stores its keys and values in slot
+// slots[n] of k_cache, v_cache: (blocks, block_size, K, D). One pass instead of the ~8 tensor
+// ops (and their temporaries) of rotating and index_copy_.
+void rotate_and_store(at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& slots,
+                      at::Tensor& k_cache, at::Tensor& v_cache, int64_t heads) {
+  const int64_t rows = qkv.size(0), kv_heads = k_cache.size(2), dim = k_cache.size(3);
+  const int64_t q_width = heads * dim, kv_width = kv_heads * dim, stride = qkv.stride(0);
+  TORCH_CHECK(qkv.size(1) == q_width + 2 * kv_width && qkv.stride(1) == 1, "rotate_and_store: qkv shape");
+  TORCH_CHECK(slots.numel() == rows && slots.scalar_type() == at::kLong && slots.is_contiguous(),
+              "rotate_and_store: one int64 slot per row");
+  TORCH_CHECK(cos.size(0) == rows && cos.size(1) == dim && sin.sizes() == cos.sizes(), "rotate_and_store: cos, sin");
+  for (const at::Tensor* t : {&cos, &sin}) check_float(*t, "rotate_and_store: cos and sin");
+  check_float(k_cache, "rotate_and_store: k_cache");
+  check_float(v_cache, "rotate_and_store: v_cache");
+  TORCH_CHECK(qkv.scalar_type() == at::kFloat, "rotate_and_store: float32 only");
+  float* base = qkv.data_ptr<float>();
+  const float* cos_rows = cos.data_ptr<float>();
+  const float* sin_rows = sin.data_ptr<float>();
+  const int64_t* slot_of = slots.data_ptr<int64_t>();
+  float* k_slots = k_cache.data_ptr<float>();
+  float* v_slots = v_cache.data_ptr<float>();
+  for_each_row(rows, [&](int64_t r) {
+    float* row = base + r * stride;
+    rotate_heads(row, heads + kv_heads, dim, cos_rows + r * dim, sin_rows + r * dim);  // queries and keys
+    std::memcpy(k_slots + slot_of[r] * kv_width, row + q_width, kv_width * sizeof(float));
+    std::memcpy(v_slots + slot_of[r] * kv_width, row + q_width + kv_width, kv_width * sizeof(float));
+  });
+}
+
+// gate_up: (N, 2 I), gate then up -> (N, I) silu(gate) * up, in one pass.
+at::Tensor silu_and_mul(const at::Tensor& gate_up) {
+  check_float(gate_up, "silu_and_mul: gate_up");
+  const int64_t rows = gate_up.size(0), intermediate = gate_up.size(1) / 2;
+  at::Tensor out = at::empty({rows, intermediate}, gate_up.options());
+  const float* in = gate_up.data_ptr<float>();
+  float* outs = out.data_ptr<float>();
+  std::vector<std::vector<float>> scratch(at::get_num_threads());
+  for_each_row(rows, [&](int64_t r) {
+    const float* gate = in + r * 2 * intermediate;
+    silu_times(outs + r * intermediate, gate, gate + intermediate, intermediate, scratch[at::get_thread_num()]);
+  });
+  return out;
+}
 
 // Every decoder layer of a step whose rows are all decode tokens (one per sequence), in one
 // call: plain loops for the norms, rotary, cache writes and SwiGLU around the products and the
@@ -336,14 +380,14 @@ class DecodeLayers {
                                   {hidden, intermediate}};
     Layer layer{input_norm, post_norm, {}, k_cache, v_cache};
     for (int i = 0; i < 4; ++i) {
-      check_float(matrices[i], "every weight matrix");
+      check_float(matrices[i], "DecodeLayers: every weight matrix");
       TORCH_CHECK(matrices[i].size(0) == shapes[i][0] && matrices[i].size(1) == shapes[i][1],
                   "DecodeLayers: layer shapes");
-      if (biases[i].has_value()) check_float(*biases[i], "every bias");
+      if (biases[i].has_value()) check_float(*biases[i], "DecodeLayers: every bias");
       TORCH_CHECK(!biases[i].has_value() || biases[i]->numel() == shapes[i][0], "DecodeLayers: bias shapes");
       layer.projections[i] = {matrices[i], packed[i].value_or(matrices[i]), biases[i]};
     }
-    for (const at::Tensor* t : {&input_norm, &post_norm, &k_cache, &v_cache}) check_float(*t, "norms and caches");
+    for (const at::Tensor* t : {&input_norm, &post_norm, &k_cache, &v_cache}) check_float(*t, "DecodeLayers: norms and caches");
     TORCH_CHECK(post_norm.numel() == hidden && k_cache.size(2) == kv_heads_ && k_cache.size(3) == head_dim_,
                 "DecodeLayers: norm and cache shapes");
     layers_.push_back(std::move(layer));
@@ -353,38 +397,20 @@ class DecodeLayers {
   // each row's token; cos, sin: (N, D); block_tables: (N, W) int64; context_lens: (N,) int64.
   void forward(at::Tensor& hidden, const at::Tensor& slots, const at::Tensor& cos, const at::Tensor& sin,
                const at::Tensor& block_tables, const at::Tensor& context_lens) {
-    const int64_t rows = hidden.size(0), width = hidden.size(1), dim = head_dim_;
-    const int64_t q_width = heads_ * dim, kv_width = kv_heads_ * dim, qkv_width = q_width + 2 * kv_width;
-    TORCH_CHECK(slots.numel() == rows && cos.size(0) == rows && cos.size(1) == dim && context_lens.numel() == rows,
-                "DecodeLayers: one slot, rotation and length per row");
-    TORCH_CHECK(slots.scalar_type() == at::kLong && slots.is_contiguous(), "DecodeLayers: slots int64");
-    check_float(hidden, "hidden");
-    check_float(cos, "cos");
-    check_float(sin, "sin");
+    const int64_t rows = hidden.size(0), width = hidden.size(1), dim = head_dim_, q_width = heads_ * dim;
+    TORCH_CHECK(context_lens.numel() == rows, "DecodeLayers: one context length per row");
+    check_float(hidden, "DecodeLayers: hidden");
     float* x = hidden.data_ptr<float>();
-    const float* cos_rows = cos.data_ptr<float>();
-    const float* sin_rows = sin.data_ptr<float>();
-    const int64_t* slot_of = slots.data_ptr<int64_t>();
-    const auto options = hidden.options();
-    at::Tensor normed = at::empty({rows, width}, options);
-    at::Tensor attended = at::empty({rows, heads_, dim}, options);
+    at::Tensor normed = at::empty({rows, width}, hidden.options());
+    at::Tensor attended = at::empty({rows, heads_, dim}, hidden.options());
     const at::Tensor row_ids = at::arange(rows, slots.options());
-    std::vector<std::vector<float>> scratch(at::get_num_threads());
     for (Layer& layer : layers_) {
-      const int64_t intermediate = layer.projections[3].weight.size(1);
       for_each_row(rows, [&](int64_t r) {
         rms_norm_row(normed.data_ptr<float>() + r * width, x + r * width, layer.input_norm.data_ptr<float>(), width,
                      eps_);
       });
-      const at::Tensor qkv = product(layer.projections[0], normed);
-      float* k_slots = layer.k_cache.data_ptr<float>();
-      float* v_slots = layer.v_cache.data_ptr<float>();
-      for_each_row(rows, [&](int64_t r) {
-        float* row = qkv.data_ptr<float>() + r * qkv_width;
-        rotate_heads(row, heads_ + kv_heads_, dim, cos_rows + r * dim, sin_rows + r * dim);  // queries and keys
-        std::memcpy(k_slots + slot_of[r] * kv_width, row + q_width, kv_width * sizeof(float));
-        std::memcpy(v_slots + slot_of[r] * kv_width, row + q_width + kv_width, kv_width * sizeof(float));
-      });
+      at::Tensor qkv = product(layer.projections[0], normed);
+      rotate_and_store(qkv, cos, sin, slots, layer.k_cache, layer.v_cache, heads_);
       const at::Tensor queries = qkv.view({rows, heads_ + 2 * kv_heads_, dim}).narrow(1, 0, heads_);
       paged_decode_attention(attended, queries, row_ids, layer.k_cache, layer.v_cache, block_tables, context_lens,
                              1.0 / std::sqrt(static_cast<double>(dim)), window_);
@@ -393,13 +419,7 @@ class DecodeLayers {
         rms_norm_row(normed.data_ptr<float>() + r * width, x + r * width, layer.post_norm.data_ptr<float>(), width,
                      eps_);
       });
-      const at::Tensor gate_up = product(layer.projections[2], normed);
-      at::Tensor activated = at::empty({rows, intermediate}, options);
-      for_each_row(rows, [&](int64_t r) {
-        const float* gate = gate_up.data_ptr<float>() + r * 2 * intermediate;
-        silu_times(activated.data_ptr<float>() + r * intermediate, gate, gate + intermediate, intermediate,
-                   scratch[at::get_thread_num()]);
-      });
+      const at::Tensor activated = silu_and_mul(product(layer.projections[2], normed));
       add_product(layer.projections[3], activated, x, width);
     }
   }
