@@ -35,6 +35,9 @@ def serve(
     max_model_len: int = typer.Option(None, "--max-model-len", min=2, help="Context length; default: the model's."),
     block_size: int = typer.Option(16, "--block-size", min=1, help="Tokens per KV cache block."),
     no_prefix_caching: bool = typer.Option(False, "--no-enable-prefix-caching", help="Turn prefix caching off."),
+    no_pack_weights: bool = typer.Option(
+        False, "--no-pack-weights", help="CPU: one copy of the weights, without oneDNN's packed one (slower)."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
     dtype: str = typer.Option(None, "--dtype", help="float32, bfloat16 or float16; default: the checkpoint's."),
     seed: int = typer.Option(0, "--seed", help="Seed of the engine's sampler."),
@@ -60,7 +63,8 @@ def serve(
     engine_options = dict(
         threads=threads, kv_cache_memory_gib=kv_cache_memory_gib, max_num_batched_tokens=max_num_batched_tokens,
         max_num_seqs=max_num_seqs, max_model_len=max_model_len, block_size=block_size,
-        enable_prefix_caching=not no_prefix_caching, device=device, dtype=dtype, seed=seed,
+        enable_prefix_caching=not no_prefix_caching, pack_weights=not no_pack_weights, device=device, dtype=dtype,
+        seed=seed,
     )  # fmt: skip
     config = ServerConfig(
         model=model, served_model_name=served_model_name, host=host, port=port, api_key=api_key,
