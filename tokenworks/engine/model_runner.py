@@ -2,8 +2,10 @@
 
 It owns the model weights and the paged KV cache, and runs the `CausalLM` layers' weights
 layer by layer with attention through block tables (attention.py) and the matrix products
-of linear.py, so the model code itself stays the plain reference. Only the last position of
-requests that sample goes through the language-model head.
+of linear.py, so the model code itself stays the plain reference. On CPU, a step made only
+of decode tokens runs all its layers in one call to the compiled `DecodeLayers`
+(kernels/cpu_kernels.cpp), the same computation without a Python dispatch per op. Only the
+last position of requests that sample goes through the language-model head.
 """
 
 from __future__ import annotations
