@@ -79,8 +79,9 @@ class BlockPool:
         handed out in ascending id order.
 
         The order matters to speed, not to eviction: a request freed its blocks last first, so
-        reused as they come they would lie backwards in the cache, and attention reads a
-        sequence 2.3x faster when its blocks follow each other in memory.
+        reused as they come they would lie backwards in the cache, and decode attention reads
+        a sequence faster when its blocks follow each other in memory (256 sequences of 192
+        tokens, 2 threads: 1.11 against 1.31 ms a layer with the kernel's prefetch).
         """
         if count > len(self._free):
             raise ValueError(f"cannot allocate {count} blocks, {len(self._free)} free")

@@ -270,13 +270,12 @@ void rotate_heads(float* x, int64_t count, int64_t dim, const float* cos, const 
 }
 
 // out[i] = silu(gate[i]) * up[i], with silu(g) = g / (1 + e^-g) from e = exp(-|g|) so the
-// exponential is the vectorized one of non-positive arguments.
-void silu_times(float* out, const float* gate, const float* up, int64_t n, std::vector<float>& scratch) {
-  scratch.resize(n);
-  for (int64_t i = 0; i < n; ++i) scratch[i] = -std::abs(gate[i]);
-  exp_nonpositive(scratch.data(), n);
+// exponential is the vectorized one of non-positive arguments (computed in out, then used).
+void silu_times(float* out, const float* gate, const float* up, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = -std::abs(gate[i]);
+  exp_nonpositive(out, n);
   for (int64_t i = 0; i < n; ++i) {
-    const float e = scratch[i];
+    const float e = out[i];
     const float sigmoid = gate[i] >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e);
     out[i] = gate[i] * sigmoid * up[i];
   }
@@ -305,52 +304,39 @@ void check_float(const at::Tensor& tensor, const char* what) {
   TORCH_CHECK(tensor.scalar_type() == at::kFloat && tensor.is_contiguous(), what, " must be contiguous float32");
 }
 
-}  // namespace
-
-// qkv: (N, (H + 2K) D) projections of N tokens, rows `qkv.stride(0)` apart. Rotates each
-// row's queries and keys in place by cos, sin: (N, D), and stores its keys and values in slot
-// slots[n] of k_cache, v_cache: (blocks, block_size, K, D). One pass instead of the ~8 tensor
-// ops (and their temporaries) of rotating and index_copy_.
-void rotate_and_store(at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& slots,
-                      at::Tensor& k_cache, at::Tensor& v_cache, int64_t heads) {
-  const int64_t rows = qkv.size(0), kv_heads = k_cache.size(2), dim = k_cache.size(3);
-  const int64_t q_width = heads * dim, kv_width = kv_heads * dim, stride = qkv.stride(0);
-  TORCH_CHECK(qkv.size(1) == q_width + 2 * kv_width && qkv.stride(1) == 1, "rotate_and_store: qkv shape");
-  TORCH_CHECK(slots.numel() == rows && slots.scalar_type() == at::kLong && slots.is_contiguous(),
-              "rotate_and_store: one int64 slot per row");
-  TORCH_CHECK(cos.size(0) == rows && cos.size(1) == dim && sin.sizes() == cos.sizes(), "rotate_and_store: cos, sin");
-  for (const at::Tensor* t : {&cos, &sin}) check_float(*t, "rotate_and_store: cos and sin");
-  check_float(k_cache, "rotate_and_store: k_cache");
-  check_float(v_cache, "rotate_and_store: v_cache");
-  TORCH_CHECK(qkv.scalar_type() == at::kFloat, "rotate_and_store: float32 only");
+// qkv: (N, (H + 2K) D) contiguous projections of N tokens. Rotates each row's queries and keys
+// in place by cos, sin: (N, D), and stores its keys and values in slot slots[n] of k_cache,
+// v_cache: (blocks, block_size, K, D). One pass instead of the ~8 tensor ops (and their
+// temporaries) of rotating and index_copy_.
+void rotate_and_store(at::Tensor& qkv, const float* cos, const float* sin, const int64_t* slots, at::Tensor& k_cache,
+                      at::Tensor& v_cache, int64_t heads) {
+  const int64_t kv_heads = k_cache.size(2), dim = k_cache.size(3);
+  const int64_t q_width = heads * dim, kv_width = kv_heads * dim, width = qkv.size(1);
   float* base = qkv.data_ptr<float>();
-  const float* cos_rows = cos.data_ptr<float>();
-  const float* sin_rows = sin.data_ptr<float>();
-  const int64_t* slot_of = slots.data_ptr<int64_t>();
   float* k_slots = k_cache.data_ptr<float>();
   float* v_slots = v_cache.data_ptr<float>();
-  for_each_row(rows, [&](int64_t r) {
-    float* row = base + r * stride;
-    rotate_heads(row, heads + kv_heads, dim, cos_rows + r * dim, sin_rows + r * dim);  // queries and keys
-    std::memcpy(k_slots + slot_of[r] * kv_width, row + q_width, kv_width * sizeof(float));
-    std::memcpy(v_slots + slot_of[r] * kv_width, row + q_width + kv_width, kv_width * sizeof(float));
+  for_each_row(qkv.size(0), [&](int64_t r) {
+    float* row = base + r * width;
+    rotate_heads(row, heads + kv_heads, dim, cos + r * dim, sin + r * dim);  // queries and keys
+    std::memcpy(k_slots + slots[r] * kv_width, row + q_width, kv_width * sizeof(float));
+    std::memcpy(v_slots + slots[r] * kv_width, row + q_width + kv_width, kv_width * sizeof(float));
   });
 }
 
-// gate_up: (N, 2 I), gate then up -> (N, I) silu(gate) * up, in one pass.
+// gate_up: (N, 2 I) contiguous, gate then up -> (N, I) silu(gate) * up.
 at::Tensor silu_and_mul(const at::Tensor& gate_up) {
-  check_float(gate_up, "silu_and_mul: gate_up");
   const int64_t rows = gate_up.size(0), intermediate = gate_up.size(1) / 2;
   at::Tensor out = at::empty({rows, intermediate}, gate_up.options());
   const float* in = gate_up.data_ptr<float>();
   float* outs = out.data_ptr<float>();
-  std::vector<std::vector<float>> scratch(at::get_num_threads());
   for_each_row(rows, [&](int64_t r) {
     const float* gate = in + r * 2 * intermediate;
-    silu_times(outs + r * intermediate, gate, gate + intermediate, intermediate, scratch[at::get_thread_num()]);
+    silu_times(outs + r * intermediate, gate, gate + intermediate, intermediate);
   });
   return out;
 }
+
+}  // namespace
 
 // Every decoder layer of a step whose rows are all decode tokens (one per sequence), in one
 // call: plain loops for the norms, rotary, cache writes and SwiGLU around the products and the
@@ -399,8 +385,13 @@ class DecodeLayers {
   void forward(at::Tensor& hidden, const at::Tensor& slots, const at::Tensor& cos, const at::Tensor& sin,
                const at::Tensor& block_tables, const at::Tensor& context_lens) {
     const int64_t rows = hidden.size(0), width = hidden.size(1), dim = head_dim_, q_width = heads_ * dim;
-    TORCH_CHECK(context_lens.numel() == rows, "DecodeLayers: one context length per row");
+    TORCH_CHECK(context_lens.numel() == rows && slots.numel() == rows && cos.size(0) == rows && cos.size(1) == dim &&
+                    sin.sizes() == cos.sizes(),
+                "DecodeLayers: one context length, slot and rotation per row");
+    TORCH_CHECK(slots.scalar_type() == at::kLong && slots.is_contiguous(), "DecodeLayers: slots must be int64");
     check_float(hidden, "DecodeLayers: hidden");
+    check_float(cos, "DecodeLayers: cos");
+    check_float(sin, "DecodeLayers: sin");
     float* x = hidden.data_ptr<float>();
     at::Tensor normed = at::empty({rows, width}, hidden.options());
     at::Tensor attended = at::empty({rows, heads_, dim}, hidden.options());
@@ -411,7 +402,8 @@ class DecodeLayers {
                      eps_);
       });
       at::Tensor qkv = product(layer.projections[0], normed);
-      rotate_and_store(qkv, cos, sin, slots, layer.k_cache, layer.v_cache, heads_);
+      rotate_and_store(qkv, cos.data_ptr<float>(), sin.data_ptr<float>(), slots.data_ptr<int64_t>(), layer.k_cache,
+                       layer.v_cache, heads_);
       const at::Tensor queries = qkv.view({rows, heads_ + 2 * kv_heads_, dim}).narrow(1, 0, heads_);
       paged_decode_attention(attended, queries, row_ids, layer.k_cache, layer.v_cache, block_tables, context_lens,
                              1.0 / std::sqrt(static_cast<double>(dim)), window_);
@@ -429,6 +421,7 @@ class DecodeLayers {
   struct Projection {
     at::Tensor weight, packed;  // packed: oneDNN's blocked copy, or the weight itself
     c10::optional<at::Tensor> bias;
+    const float* bias_data() const { return bias.has_value() ? bias->data_ptr<float>() : nullptr; }
   };
   struct Layer {
     at::Tensor input_norm, post_norm;
@@ -441,8 +434,8 @@ class DecodeLayers {
     const int64_t rows = x.size(0), in = x.size(1), out = p.weight.size(0);
     if (rows > small_rows_) return onednn_product(x, p.packed, p.bias);
     at::Tensor y = at::empty({rows, out}, x.options());
-    small_batch_product(y.data_ptr<float>(), out, x.data_ptr<float>(), in, p.weight.data_ptr<float>(),
-                        p.bias.has_value() ? p.bias->data_ptr<float>() : nullptr, rows, in, out, false);
+    small_batch_product(y.data_ptr<float>(), out, x.data_ptr<float>(), in, p.weight.data_ptr<float>(), p.bias_data(),
+                        rows, in, out, false);
     return y;
   }
 
@@ -450,8 +443,8 @@ class DecodeLayers {
   void add_product(const Projection& p, const at::Tensor& x, float* residual, int64_t stride) const {
     const int64_t rows = x.size(0), in = x.size(1), out = p.weight.size(0);
     if (rows <= small_rows_) {
-      small_batch_product(residual, stride, x.data_ptr<float>(), in, p.weight.data_ptr<float>(),
-                          p.bias.has_value() ? p.bias->data_ptr<float>() : nullptr, rows, in, out, true);
+      small_batch_product(residual, stride, x.data_ptr<float>(), in, p.weight.data_ptr<float>(), p.bias_data(), rows,
+                          in, out, true);
       return;
     }
     const at::Tensor y = onednn_product(x, p.packed, p.bias);
