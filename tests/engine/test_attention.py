@@ -6,7 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tokenworks.engine.attention import DecodeGroup, GatherBuffers, PrefillChunk, causal_mask, paged_attention
+from tokenworks.engine.attention import (
+    DecodeGroup,
+    GatherBuffers,
+    PrefillChunk,
+    PrefillGroup,
+    causal_mask,
+    paged_attention,
+)
 from tokenworks.engine.linear import SMALL_BATCH_ROWS, Matrix, choose_linear, onednn_linear
 
 from .conftest import compiled_kernels
@@ -88,6 +95,34 @@ def test_a_prefill_chunk_after_a_cached_prefix_equals_dense_causal_attention() -
     chunk = PrefillChunk(slice(0, 13), torch.tensor(table), causal_mask(32, 13, 45, None, torch.device("cpu")), 45)
     out = paged_attention(q, keys[32:], values[32:], k_cache, v_cache, None, [chunk], GatherBuffers())
     torch.testing.assert_close(out, _dense(q, keys, values, causal=True), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("window", [None, 37])
+def test_compiled_prefill_chunks_over_the_paged_cache_equal_dense_causal_attention(window: int | None) -> None:
+    """Fresh prompts and chunks after a cached prefix, in one call; lengths across the kernel's
+    tiles (32 query tokens of 2 heads, 32 keys) and the cache's 16-token blocks."""
+    kernels = compiled_kernels()
+    generator = torch.Generator().manual_seed(3)
+    spans = [(0, 150), (0, 2), (32, 13), (100, 70), (5, 1), (0, 33)]  # (tokens before the chunk, chunk tokens)
+    keys = [torch.randn(start + count, KV_HEADS, DIM, generator=generator) for start, count in spans]
+    values = [torch.randn(start + count, KV_HEADS, DIM, generator=generator) for start, count in spans]
+    k_cache, tables = _cache_with(keys, 60, generator)
+    v_cache = torch.randn_like(k_cache)
+    for table, sequence in zip(tables, values, strict=True):
+        slots = torch.tensor([table[p // BLOCK] * BLOCK + p % BLOCK for p in range(sequence.shape[0])])
+        v_cache.view(-1, KV_HEADS, DIM)[slots] = sequence
+    counts = [count for _, count in spans]
+    first_rows = torch.tensor([0, *counts[:-1]]).cumsum(0)
+    q = torch.randn(sum(counts), HEADS + 2 * KV_HEADS, DIM, generator=generator)[:, :HEADS]  # strided, as in a step
+    width = max(map(len, tables))
+    group = PrefillGroup(
+        first_rows, torch.tensor(counts), torch.tensor([start + count for start, count in spans]),
+        torch.tensor([table + [0] * (width - len(table)) for table in tables]), window,
+    )  # fmt: skip
+    out = paged_attention(q, q, q, k_cache, v_cache, None, group, GatherBuffers(), kernels)
+    for count, row, sequence_keys, sequence_values in zip(counts, first_rows.tolist(), keys, values, strict=True):
+        expected = _dense(q[row : row + count], sequence_keys, sequence_values, causal=True, window=window)
+        torch.testing.assert_close(out[row : row + count], expected, rtol=1e-5, atol=1e-5)
 
 
 def test_gather_buffers_are_reused_until_a_step_needs_more() -> None:

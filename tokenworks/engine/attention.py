@@ -31,6 +31,18 @@ class DecodeGroup:
 
 
 @dataclass(slots=True)
+class PrefillGroup:
+    """Every prefill chunk of a step, for the compiled kernel, which reads keys and values where
+    they lie in the cache (the chunks' own already written there) and masks by position."""
+
+    first_rows: torch.Tensor  # (C,) int64 the step's row of each chunk's first token
+    lengths: torch.Tensor  # (C,) int64 tokens in each chunk
+    context_lens: torch.Tensor  # (C,) int64 keys up to and including each chunk's last token
+    block_table: torch.Tensor  # (C, max_blocks) block ids, padded with 0
+    window: int | None = None
+
+
+@dataclass(slots=True)
 class PrefillChunk:
     """One request computing a run of tokens (a prompt, or a chunk of one)."""
 
@@ -92,14 +104,15 @@ def paged_attention(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     decode: DecodeGroup | None,
-    prefills: list[PrefillChunk],
+    prefills: list[PrefillChunk] | PrefillGroup,
     buffers: GatherBuffers,
     kernels: ModuleType | None = None,
 ) -> torch.Tensor:
     """(N, H, D) queries (keys and values already written to the cache) -> (N, H, D) outputs.
 
-    With `kernels` (the compiled CPU kernels) decode reads the cache in place; without, it
-    gathers each request's blocks into a contiguous buffer for SDPA.
+    With `kernels` (the compiled CPU kernels) decode, and prefill chunks given as a
+    PrefillGroup, read the cache in place; else SDPA reads each request's blocks gathered into
+    a contiguous buffer (decode, chunks after a cached prefix) or the chunk's own keys.
     """
     out = q.new_empty(q.shape)  # contiguous, whatever the strides of q
     gqa = q.shape[1] != k_cache.shape[2]
@@ -125,6 +138,12 @@ def paged_attention(
                 queries, keys, values, attn_mask=decode.mask[start : start + group]
             )  # (b, K, G, D)
             out[rows] = attended.reshape(batch, -1, q.shape[-1])  # CUDA kernels may return it strided
+    if isinstance(prefills, PrefillGroup):
+        kernels.paged_prefill_attention(
+            out, q, k_cache, v_cache, prefills.block_table, prefills.first_rows, prefills.lengths,
+            prefills.context_lens, q.shape[-1] ** -0.5, prefills.window or 0,
+        )  # fmt: skip
+        prefills = []
     for chunk in prefills:
         queries = q[chunk.token_slice].transpose(0, 1).unsqueeze(0)  # (1, H, T, D)
         if chunk.mask is None:  # nothing before this chunk: attend to its own keys, causally

@@ -2,10 +2,10 @@
 
 It owns the model weights and the paged KV cache, and runs the `CausalLM` layers' weights
 layer by layer with attention through block tables (attention.py) and the matrix products
-of linear.py, so the model code itself stays the plain reference. On CPU, a step made only
-of decode tokens runs all its layers in one call to the compiled `DecodeLayers`
-(kernels/cpu_kernels.cpp), the same computation without a Python dispatch per op. Only the
-last position of requests that sample goes through the language-model head.
+of linear.py, so the model code itself stays the plain reference. On CPU a step runs all its
+layers in one call to the compiled `StepLayers` (kernels/cpu_kernels.cpp), the same
+computation without a Python dispatch and a temporary tensor per op. Only the last position
+of requests that sample goes through the language-model head.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from tokenworks.engine.attention import (
     DecodeGroup,
     GatherBuffers,
     PrefillChunk,
+    PrefillGroup,
     causal_mask,
     paged_attention,
     write_cache,
@@ -109,7 +110,7 @@ class StepBatch:
     positions: torch.Tensor  # (N,)
     slot_mapping: torch.Tensor  # (N,) flat cache slot of each token
     decode: DecodeGroup | None
-    prefills: list[PrefillChunk]
+    prefills: list[PrefillChunk] | PrefillGroup  # a group for the compiled kernel; [] when none
     sample_index: torch.Tensor  # (R,) rows whose hidden state becomes logits
 
 
@@ -129,11 +130,17 @@ class ModelRunner:
         logger.info("matrix products: %s", self.linear.reason)
         self.k_cache, self.v_cache, self.layers, self.lm_head = self._place_cache_and_weights(num_blocks)
         self.gather_buffers = GatherBuffers()
-        # Decode-only steps run every layer in one compiled call (kernels/cpu_kernels.cpp): any
-        # size where oneDNN does the large products, as the PyTorch path would; else up to the
-        # small kernel's rows.
-        self.decode_layers = self._decode_layers() if self.kernels is not None else None
-        self.decode_layers_rows = math.inf if self.linear.large is onednn_linear else SMALL_BATCH_ROWS
+        # The compiled prefill attention takes head sizes in whole 16-float vectors and up to 64
+        # query heads per key/value head (its tile of query rows); other models attend their
+        # prefill chunks with SDPA, and only their decode-only steps take the compiled layers.
+        config = self.config
+        group = config.num_attention_heads // config.num_key_value_heads
+        self.prefill_kernel = self.kernels is not None and config.head_dim % 16 == 0 and group <= 64
+        # Steps run every layer in one compiled call (kernels/cpu_kernels.cpp): any size where
+        # oneDNN does the large products, as the PyTorch path would; else up to the small
+        # kernel's rows.
+        self.step_layers = self._step_layers() if self.kernels is not None else None
+        self.step_layers_rows = math.inf if self.linear.large is onednn_linear else SMALL_BATCH_ROWS
 
     def _place_cache_and_weights(
         self, num_blocks: int
@@ -158,10 +165,10 @@ class ModelRunner:
         weights = [layer_weights(layer, prepare, weight_arena) for layer in model.model.layers]
         return k_cache, v_cache, weights, prepare(model.lm_head.weight.data)
 
-    def _decode_layers(self) -> object:
-        """The compiled DecodeLayers, holding this model's layers and cache."""
+    def _step_layers(self) -> object:
+        """The compiled StepLayers, holding this model's layers and cache."""
         config = self.config
-        decoder = self.kernels.DecodeLayers(
+        decoder = self.kernels.StepLayers(
             config.num_attention_heads, config.num_key_value_heads, config.head_dim, config.rms_norm_eps,
             config.sliding_window or 0, SMALL_BATCH_ROWS,
         )  # fmt: skip
@@ -184,6 +191,10 @@ class ModelRunner:
         decode_tables: list[list[int]] = []
         decode_contexts: list[int] = []
         prefills: list[PrefillChunk] = []
+        chunk_rows: list[int] = []  # the prefill chunks, for the compiled kernel
+        chunk_lengths: list[int] = []
+        chunk_tables: list[list[int]] = []
+        chunk_contexts: list[int] = []
         sample_rows: list[int] = []
         for chunk in chunks:
             request, start, count = chunk.request, chunk.start, chunk.num_tokens
@@ -198,6 +209,11 @@ class ModelRunner:
                 decode_rows.append(row)
                 decode_tables.append(table[: -(-context // size)])
                 decode_contexts.append(context)
+            elif self.prefill_kernel:
+                chunk_rows.append(row)
+                chunk_lengths.append(count)
+                chunk_tables.append(table[: -(-context // size)])
+                chunk_contexts.append(context)
             else:
                 fresh = start == 0 and (window is None or count <= window)
                 mask = None if fresh else causal_mask(start, count, context, window, device)
@@ -205,26 +221,29 @@ class ModelRunner:
                 prefills.append(PrefillChunk(slice(row, row + count), block_table, mask, context))
             if chunk.samples:
                 sample_rows.append(row + count - 1)
+        as_tensor = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
         decode = None
         if decode_rows:
             decode = self._decode_group(decode_rows, decode_tables, decode_contexts)
-        as_tensor = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
+        if chunk_rows:
+            prefills = PrefillGroup(
+                as_tensor(chunk_rows), as_tensor(chunk_lengths), as_tensor(chunk_contexts),
+                as_tensor(_padded(chunk_tables)), window,
+            )  # fmt: skip
         return StepBatch(
             as_tensor(ids), as_tensor(positions), as_tensor(slots), decode, prefills, as_tensor(sample_rows)
         )
 
     def _decode_group(self, rows: list[int], tables: list[list[int]], contexts: list[int]) -> DecodeGroup:
-        width = max(map(len, tables))
-        padded = [table + [0] * (width - len(table)) for table in tables]
         device, window = self.device, self.config.sliding_window
-        block_table = torch.tensor(padded, dtype=torch.long, device=device)
+        block_table = torch.tensor(_padded(tables), dtype=torch.long, device=device)
         consecutive = rows[-1] - rows[0] == len(rows) - 1  # rows only grow: then they are rows[0]..rows[-1]
         token_index = slice(rows[0], rows[-1] + 1) if consecutive else torch.tensor(rows, device=device)
         if self.kernels is not None:  # the kernel takes lengths and rows; no mask to build
             as_long = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
             return DecodeGroup(token_index, block_table, None, as_long(rows), as_long(contexts), window)
         context = torch.tensor(contexts, device=device)[:, None]  # (B, 1)
-        keys = torch.arange(width * self.block_size, device=device)[None, :]  # (1, L)
+        keys = torch.arange(block_table.shape[1] * self.block_size, device=device)[None, :]  # (1, L)
         mask = keys < context
         if window is not None:
             mask &= (context - 1) - keys < window
@@ -239,18 +258,27 @@ class ModelRunner:
         cos, sin = transformer.rotary(batch.positions[None], hidden.dtype)  # (1, 1, N, D)
         cos, sin = cos[0, 0, :, None, :], sin[0, 0, :, None, :]  # (N, 1, D): broadcast over heads
         num_tokens = hidden.shape[0]
-        decode_only = batch.decode is not None and not batch.prefills
-        if decode_only and self.decode_layers is not None and num_tokens <= self.decode_layers_rows:
-            decode = batch.decode
-            self.decode_layers.forward(
-                hidden, batch.slot_mapping, cos[:, 0], sin[:, 0], decode.block_table, decode.context_lens
-            )
+        compiled = not batch.prefills or isinstance(batch.prefills, PrefillGroup)
+        if compiled and self.step_layers is not None and num_tokens <= self.step_layers_rows:
+            self._compiled_layers(batch, hidden, cos[:, 0], sin[:, 0])
         else:
             hidden = self._layers(batch, hidden, cos, sin)
         if batch.sample_index.shape[0] != num_tokens:  # else every row samples, in order
             hidden = hidden[batch.sample_index]
         last = transformer.norm(hidden)  # (R, hidden)
         return self.linear(last, self.lm_head, None).float()
+
+    def _compiled_layers(self, batch: StepBatch, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+        """Every layer in one call to StepLayers, updating hidden in place."""
+        none = torch.empty(0, dtype=torch.long)
+        no_table = none.view(0, 1)
+        decode, prefill = batch.decode, batch.prefills or None
+        self.step_layers.forward(
+            hidden, batch.slot_mapping, cos, sin,
+            *((decode.rows, decode.block_table, decode.context_lens) if decode else (none, no_table, none)),
+            *((prefill.first_rows, prefill.lengths, prefill.context_lens, prefill.block_table)
+              if prefill else (none, none, none, no_table)),
+        )  # fmt: skip
 
     def _layers(self, batch: StepBatch, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """The decoder layers with PyTorch ops around the step's products and paged attention."""
@@ -281,3 +309,9 @@ class ModelRunner:
             gate, up = linear(normed, weights.gate_up, weights.gate_up_bias).chunk(2, -1)
             hidden = hidden + linear(F.silu(gate) * up, weights.down, weights.down_bias)
         return hidden
+
+
+def _padded(tables: list[list[int]]) -> list[list[int]]:
+    """Block tables of different lengths as rows of one width, padded with block 0."""
+    width = max(map(len, tables))
+    return [table + [0] * (width - len(table)) for table in tables]

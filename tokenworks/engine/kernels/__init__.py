@@ -1,4 +1,4 @@
-"""Compiled CPU kernels for the decode step (cpu_kernels.cpp), built on first use.
+"""Compiled CPU kernels for the engine's steps (cpu_kernels.cpp), built on first use.
 
 torch's C++ extension tooling compiles the source with g++ and ninja, about 20 s on 2
 cores, and caches the library under ~/.cache/torch_extensions (TORCH_EXTENSIONS_DIR), so
@@ -80,7 +80,7 @@ def _cpu_identity() -> str:
 
 
 def _probe(module: ModuleType) -> str | None:
-    """None when both kernels agree with PyTorch on small random cases; else what differs."""
+    """None when the kernels agree with PyTorch on small random cases; else what differs."""
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(2, 100, generator=generator)
     weight = torch.randn(70, 100, generator=generator)
@@ -99,4 +99,16 @@ def _probe(module: ModuleType) -> str | None:
     expected = F.scaled_dot_product_attention(q.transpose(0, 1), keys, values).transpose(0, 1)
     if not torch.allclose(out, expected, rtol=1e-4, atol=1e-5):
         return "the compiled decode attention disagrees with scaled_dot_product_attention"
+    # The last 3 of those 5 tokens as a prefill chunk (head size 16: the kernel's vectors).
+    k_cache, v_cache = torch.randn(3, 4, 2, 16, generator=generator), torch.randn(3, 4, 2, 16, generator=generator)
+    q = torch.randn(3, 4, 16, generator=generator)
+    out = torch.empty_like(q)
+    count, first = torch.tensor([3]), torch.tensor([0])
+    module.paged_prefill_attention(out, q, k_cache, v_cache, table, first, count, torch.tensor([5]), 16**-0.5, 0)
+    keys = k_cache[table[0]].reshape(8, 2, 16)[:5].repeat_interleave(2, dim=1).transpose(0, 1)
+    values = v_cache[table[0]].reshape(8, 2, 16)[:5].repeat_interleave(2, dim=1).transpose(0, 1)
+    mask = torch.arange(5)[None, :] <= torch.arange(2, 5)[:, None]
+    expected = F.scaled_dot_product_attention(q.transpose(0, 1), keys, values, attn_mask=mask).transpose(0, 1)
+    if not torch.allclose(out, expected, rtol=1e-4, atol=1e-5):
+        return "the compiled prefill attention disagrees with scaled_dot_product_attention"
     return None

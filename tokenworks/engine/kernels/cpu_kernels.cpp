@@ -1,4 +1,4 @@
-// CPU kernels for the engine's decode step, where PyTorch's general ops leave speed behind.
+// CPU kernels for the engine's steps, where PyTorch's general ops leave speed behind.
 //
 // linear_small_batch: y = x W^T (+ b) for a few rows of x. A decode step of a few sequences
 //   is memory-bound: every weight is read once per step. Splitting the output rows across
@@ -9,8 +9,10 @@
 //   where they lie in the paged cache. The PyTorch path first copies every sequence's blocks
 //   into a contiguous buffer and then reads that copy; this reads the cache in place, once,
 //   prefetching each next block.
-// DecodeLayers: every decoder layer of a decode-only step in one call, the two above (or
-//   oneDNN's products, for more rows) with plain loops (norms, rotary, cache writes, SwiGLU).
+// paged_prefill_attention: the causal attention of prompts (or chunks of them) over the paged
+//   cache, flash-attention style, in tiles of 64 query rows and 32 keys.
+// StepLayers: every decoder layer of a step in one call, the kernels above (and oneDNN's
+//   products, for more rows) with plain loops (norms, rotary, cache writes, SwiGLU).
 //
 // All use ATen's parallel_for, so they run on torch's own OpenMP threads and follow
 // torch.set_num_threads. Built with -O3 -march=native for the CPU it runs on: the loops
@@ -22,6 +24,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -85,22 +88,47 @@ inline float dot(const float* __restrict a, const float* __restrict b, int64_t n
 }
 #endif
 
-// x[i] = exp(x[i]) for x[i] <= 0, written so that it vectorizes (std::exp is a scalar call):
-// exp(x) = 2^n * 2^f with n = round(x log2 e) and |f| <= 1/2, 2^f by its Taylor series to the
-// 7th power (relative error below 1e-8, under float32's rounding), 2^n added to the exponent bits.
-inline void exp_nonpositive(float* x, int64_t n) {
+// Sixteen floats (and int32s), with GCC's and Clang's vector extensions: one AVX-512 register,
+// two AVX2 or four NEON ones. Loops written on these vectorize on every CPU, where the compiler
+// leaves plain loops with selects, maxima or bit casts in them scalar.
+typedef float Vec __attribute__((vector_size(64)));
+typedef int32_t IntVec __attribute__((vector_size(64)));
+constexpr int64_t kLanes = 16;
+inline Vec load(const float* p) {
+  Vec v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store(float* p, const Vec& v) { std::memcpy(p, &v, sizeof v); }
+inline Vec maximum(const Vec& a, const Vec& b) { return a > b ? a : b; }
+
+// exp(x) for x <= 0 (std::exp is a scalar call): exp(x) = 2^n * 2^f with n = round(x log2 e)
+// and |f| <= 1/2, 2^f by its Taylor series to the 7th power (relative error below 1e-8, under
+// float32's rounding), 2^n added to the exponent bits. Below 2^-126 (a masked key's -inf
+// included) the result is 0: nothing beside a softmax's largest term, which is 1.
+inline Vec exp_nonpositive(const Vec& x) {
   constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
   constexpr float c2 = kLn2 * kLn2 / 2, c3 = c2 * kLn2 / 3, c4 = c3 * kLn2 / 4, c5 = c4 * kLn2 / 5,
                   c6 = c5 * kLn2 / 6, c7 = c6 * kLn2 / 7;
-  for (int64_t i = 0; i < n; ++i) {
-    const float y = std::max(x[i] * kLog2e, -126.0f);  // below 2^-126 the term is 0 beside the max's 1
-    const int32_t whole = static_cast<int32_t>(y - 0.5f);  // y <= 0: truncation rounds to nearest
-    const float f = y - static_cast<float>(whole);
-    const float p = 1.0f + f * (kLn2 + f * (c2 + f * (c3 + f * (c4 + f * (c5 + f * (c6 + f * c7))))));
-    int32_t bits;
-    std::memcpy(&bits, &p, sizeof bits);
-    bits += whole * (1 << 23);
-    std::memcpy(&x[i], &bits, sizeof bits);
+  const Vec unclamped = x * kLog2e;
+  const Vec y = maximum(unclamped, Vec{} - 126.0f);
+  const IntVec whole = __builtin_convertvector(y - 0.5f, IntVec);  // y <= 0: truncation rounds to nearest
+  const Vec f = y - __builtin_convertvector(whole, Vec);
+  const Vec p = 1.0f + f * (kLn2 + f * (c2 + f * (c3 + f * (c4 + f * (c5 + f * (c6 + f * c7))))));
+  const IntVec bits = reinterpret_cast<const IntVec&>(p) + whole * (1 << 23);
+  const IntVec result = unclamped < -126.0f ? IntVec{} : bits;
+  return reinterpret_cast<const Vec&>(result);
+}
+
+// x[i] = exp(x[i]) for x[i] <= 0.
+inline void exp_nonpositive(float* x, int64_t n) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) store(x + i, exp_nonpositive(load(x + i)));
+  if (i < n) {
+    float tail[kLanes] = {};
+    std::memcpy(tail, x + i, (n - i) * sizeof(float));
+    store(tail, exp_nonpositive(load(tail)));
+    std::memcpy(x + i, tail, (n - i) * sizeof(float));
   }
 }
 
@@ -147,6 +175,24 @@ at::Tensor linear_small_batch(const at::Tensor& x, const at::Tensor& weight, con
   return y;
 }
 
+namespace {
+
+// Every block id of the tables names a block of the cache, and every row one of the step's:
+// checked before the threads start, so a bad table is an error rather than a wild read.
+void check_rows_and_tables(const at::Tensor& block_tables, int64_t num_blocks, const int64_t* first_rows,
+                           const int64_t* counts, int64_t entries, int64_t num_rows, const char* what) {
+  const int64_t* ids = block_tables.data_ptr<int64_t>();
+  for (int64_t i = 0; i < block_tables.numel(); ++i) {
+    TORCH_CHECK(ids[i] >= 0 && ids[i] < num_blocks, what, ": block id ", ids[i], " outside the cache");
+  }
+  for (int64_t i = 0; i < entries; ++i) {
+    const int64_t count = counts ? counts[i] : 1;
+    TORCH_CHECK(first_rows[i] >= 0 && first_rows[i] + count <= num_rows, what, ": rows outside the step's");
+  }
+}
+
+}  // namespace
+
 // Decode attention over the paged cache, written into out.
 //   q, out: (N, H, D) with unit stride in D and heads D apart; rows: (B,) the token row of each
 //   sequence; k_cache, v_cache: (blocks, block_size, K, D) contiguous; block_tables: (B, W)
@@ -163,6 +209,7 @@ void paged_decode_attention(at::Tensor& out, const at::Tensor& q, const at::Tens
               "paged_decode_attention: cache, tables, lengths and rows must be contiguous");
   TORCH_CHECK(q.stride(2) == 1 && out.stride(2) == 1 && q.stride(1) == q.size(2) && out.stride(1) == out.size(2),
               "paged_decode_attention: heads must be contiguous within a row");
+  TORCH_CHECK(out.sizes() == q.sizes(), "paged_decode_attention: out must have the queries' shape");
   const int64_t batch = rows.size(0), heads = q.size(1), dim = q.size(2);
   const int64_t block_size = k_cache.size(1), kv_heads = k_cache.size(2), width = block_tables.size(1);
   TORCH_CHECK(heads % kv_heads == 0 && k_cache.size(3) == dim, "paged_decode_attention: head shapes");
@@ -176,6 +223,8 @@ void paged_decode_attention(at::Tensor& out, const at::Tensor& q, const at::Tens
   const int64_t* row_of = rows.data_ptr<int64_t>();
   const int64_t q_stride = q.stride(0), out_stride = out.stride(0);
   const int64_t token_stride = kv_heads * dim;  // floats between consecutive slots of one head
+  TORCH_CHECK(block_tables.size(0) == batch && context_lens.numel() == batch, "paged_decode_attention: one table and length per row");
+  check_rows_and_tables(block_tables, k_cache.size(0), row_of, nullptr, batch, q.size(0), "paged_decode_attention");
 
   // A task is one sequence with all its key/value heads, so each token slot (all heads side by
   // side) is read whole and once; with fewer sequences than threads, one head of one sequence.
@@ -243,6 +292,224 @@ void paged_decode_attention(at::Tensor& out, const at::Tensor& q, const at::Tens
       for (int64_t r = 0; r < rows_here; ++r) {
         const float inverse = 1.0f / total[r];
         for (int64_t d = 0; d < dim; ++d) destination[r * dim + d] = acc[r * dim + d] * inverse;
+      }
+    }
+  });
+}
+
+namespace {
+
+// A prefill task's query rows (its positions x the query heads of one key/value head): four
+// vectors, so one column of the transposed queries sits in four registers.
+constexpr int64_t kRowBlock = 4 * kLanes;
+constexpr int64_t kKeyTile = 32;  // keys scored, softmaxed and summed at a time
+constexpr float kInfinity = std::numeric_limits<float>::infinity();
+
+// scores[k][r] = scale * (queries[r] . key_k) for kKeys keys and the kRowBlock rows, from the
+// transposed queries qt: (dim, kRowBlock). A key's element is broadcast against the four query
+// vectors: 4 kKeys multiply-adds per 4 loads, the accumulators in registers.
+template <int kKeys>
+void score_keys(float* scores, const float* qt, const float* const* keys, int64_t dim, float scale) {
+  Vec acc[kKeys][4] = {};
+  for (int64_t d = 0; d < dim; ++d) {
+    const float* column = qt + d * kRowBlock;
+    const Vec q0 = load(column), q1 = load(column + kLanes), q2 = load(column + 2 * kLanes),
+              q3 = load(column + 3 * kLanes);
+#pragma GCC unroll 4
+    for (int k = 0; k < kKeys; ++k) {
+      const float element = keys[k][d];
+      acc[k][0] += element * q0;
+      acc[k][1] += element * q1;
+      acc[k][2] += element * q2;
+      acc[k][3] += element * q3;
+    }
+  }
+#pragma GCC unroll 4
+  for (int k = 0; k < kKeys; ++k) {
+    for (int v = 0; v < 4; ++v) store(scores + k * kRowBlock + v * kLanes, acc[k][v] * scale);
+  }
+}
+
+// out[r][slice] += sum_j weights[j][r] * values_j[slice] for four rows r0..r0+3, where the
+// slice is kVecs vectors of the head dimension, starting at `offset`.
+template <int kVecs>
+void accumulate_values(float* out, int64_t out_stride, const float* weights, const float* const* values,
+                       int64_t count, int64_t offset) {
+  Vec acc[4][kVecs];
+  for (int r = 0; r < 4; ++r) {
+    for (int v = 0; v < kVecs; ++v) acc[r][v] = load(out + r * out_stride + offset + v * kLanes);
+  }
+  for (int64_t j = 0; j < count; ++j) {
+    Vec value[kVecs];
+    for (int v = 0; v < kVecs; ++v) value[v] = load(values[j] + offset + v * kLanes);
+    const float* w = weights + j * kRowBlock;
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r) {
+      for (int v = 0; v < kVecs; ++v) acc[r][v] += w[r] * value[v];
+    }
+  }
+  for (int r = 0; r < 4; ++r) {
+    for (int v = 0; v < kVecs; ++v) store(out + r * out_stride + offset + v * kLanes, acc[r][v]);
+  }
+}
+
+// One task of prefill attention: the query rows of `positions` consecutive tokens for the
+// query heads of one key/value head, over keys [first_key, end_key). Flash-attention style: a
+// running max and sum per row, so the scores of only one tile of keys are held at a time.
+struct PrefillTask {
+  int64_t chunk, kv_head, begin, end;  // tokens begin..end-1 of the chunk
+};
+
+}  // namespace
+
+// Attention of prefill chunks (prompts or their pieces) over the paged cache, written into out;
+// the chunks' own keys and values are already in the cache, so a chunk after a cached prefix or
+// an earlier chunk reads both the same way.
+//   q, out: (N, H, D) as in decode; block_tables: (C, W) int64; first_rows: (C,) the step's row
+//   of each chunk's first token; lengths: (C,) its tokens; context_lens: (C,) keys up to and
+//   including its last token, so its first token sits at position context - length. A query
+//   at position p attends keys 0..p (p - window + 1..p with a window > 0). D a multiple of 16.
+void paged_prefill_attention(at::Tensor& out, const at::Tensor& q, const at::Tensor& k_cache,
+                             const at::Tensor& v_cache, const at::Tensor& block_tables, const at::Tensor& first_rows,
+                             const at::Tensor& lengths, const at::Tensor& context_lens, double scale, int64_t window) {
+  TORCH_CHECK(q.scalar_type() == at::kFloat && k_cache.scalar_type() == at::kFloat && out.scalar_type() == at::kFloat,
+              "paged_prefill_attention: float32 only");
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous() && block_tables.is_contiguous() &&
+                  first_rows.is_contiguous() && lengths.is_contiguous() && context_lens.is_contiguous(),
+              "paged_prefill_attention: cache, tables, rows and lengths must be contiguous");
+  TORCH_CHECK(q.stride(2) == 1 && out.stride(2) == 1 && q.stride(1) == q.size(2) && out.stride(1) == out.size(2),
+              "paged_prefill_attention: heads must be contiguous within a row");
+  TORCH_CHECK(out.sizes() == q.sizes(), "paged_prefill_attention: out must have the queries' shape");
+  const int64_t heads = q.size(1), dim = q.size(2), chunks = first_rows.numel();
+  const int64_t block_size = k_cache.size(1), kv_heads = k_cache.size(2), width = block_tables.size(1);
+  TORCH_CHECK(heads % kv_heads == 0 && k_cache.size(3) == dim && dim % kLanes == 0 && heads / kv_heads <= kRowBlock,
+              "paged_prefill_attention: head shapes (head size a multiple of 16, at most 64 query heads per key head)");
+  const int64_t group = heads / kv_heads;
+  const float* qs = q.data_ptr<float>();
+  float* os = out.data_ptr<float>();
+  const float* ks = k_cache.data_ptr<float>();
+  const float* vs = v_cache.data_ptr<float>();
+  const int64_t* tables = block_tables.data_ptr<int64_t>();
+  const int64_t *row_of = first_rows.data_ptr<int64_t>(), *length_of = lengths.data_ptr<int64_t>(),
+                *context_of = context_lens.data_ptr<int64_t>();
+  const int64_t q_stride = q.stride(0), out_stride = out.stride(0), token_stride = kv_heads * dim;
+  TORCH_CHECK(block_tables.size(0) == chunks && lengths.numel() == chunks && context_lens.numel() == chunks,
+              "paged_prefill_attention: one table, length and context per chunk");
+  check_rows_and_tables(block_tables, k_cache.size(0), row_of, length_of, chunks, q.size(0), "paged_prefill_attention");
+
+  // Tasks: each chunk cut into equal runs of at most kRowBlock / group tokens, per key/value
+  // head; the most costly (most keys) first, taken one at a time by whichever thread is free,
+  // since a causal chunk's last run reads every key and its first run few.
+  std::vector<PrefillTask> tasks;
+  const int64_t most = kRowBlock / group;
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t length = length_of[c];
+    TORCH_CHECK(length >= 1 && length <= context_of[c] && context_of[c] <= width * block_size,
+                "paged_prefill_attention: chunk lengths");
+    const int64_t runs = (length + most - 1) / most, per_run = (length + runs - 1) / runs;
+    for (int64_t begin = 0; begin < length; begin += per_run) {
+      for (int64_t h = 0; h < kv_heads; ++h) tasks.push_back({c, h, begin, std::min(length, begin + per_run)});
+    }
+  }
+  auto last_key = [&](const PrefillTask& t) { return context_of[t.chunk] - length_of[t.chunk] + t.end; };
+  std::stable_sort(tasks.begin(), tasks.end(),
+                   [&](const PrefillTask& a, const PrefillTask& b) { return last_key(a) > last_key(b); });
+
+  std::atomic<int64_t> next{0};
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), static_cast<int64_t>(tasks.size()));
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    std::vector<float> qt(dim * kRowBlock), scores(kKeyTile * kRowBlock), acc(kRowBlock * dim);
+    float top[kRowBlock], total[kRowBlock], rescale[kRowBlock];
+    int32_t position[kRowBlock];
+    const float *key_at[kKeyTile], *value_at[kKeyTile];
+    for (int64_t index = next++; index < static_cast<int64_t>(tasks.size()); index = next++) {
+      const PrefillTask& task = tasks[index];
+      const int64_t start = context_of[task.chunk] - length_of[task.chunk];  // position of the chunk's first token
+      const int64_t* table = tables + task.chunk * width;
+      const int64_t rows = (task.end - task.begin) * group;
+      // Transposed queries, row r = (token, head within the group); rows past `rows` stay zero
+      // and see every key, so they never meet an empty softmax; they are not written out.
+      std::fill(qt.begin(), qt.end(), 0.0f);
+      for (int64_t r = 0; r < kRowBlock; ++r) position[r] = std::numeric_limits<int32_t>::max();
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t token = task.begin + r / group, head = task.kv_head * group + r % group;
+        const float* query = qs + (row_of[task.chunk] + token) * q_stride + head * dim;
+        for (int64_t d = 0; d < dim; ++d) qt[d * kRowBlock + r] = query[d];
+        position[r] = static_cast<int32_t>(start + token);
+      }
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      std::fill(top, top + kRowBlock, -kInfinity);
+      std::fill(total, total + kRowBlock, 0.0f);
+      const int64_t first_query = start + task.begin, last_query = start + task.end - 1;
+      const int64_t first_key = window > 0 ? std::max<int64_t>(0, first_query - window + 1) : 0;
+      for (int64_t tile = first_key; tile <= last_query; tile += kKeyTile) {
+        const int64_t count = std::min(kKeyTile, last_query + 1 - tile);
+        for (int64_t j = 0; j < count; ++j) {
+          const int64_t p = tile + j;
+          const int64_t offset = (table[p / block_size] * block_size + p % block_size) * token_stride + task.kv_head * dim;
+          key_at[j] = ks + offset;
+          value_at[j] = vs + offset;
+        }
+        int64_t j = 0;
+        for (; j + 4 <= count; j += 4) score_keys<4>(scores.data() + j * kRowBlock, qt.data(), key_at + j, dim, scale);
+        for (; j < count; ++j) score_keys<1>(scores.data() + j * kRowBlock, qt.data(), key_at + j, dim, scale);
+        // Keys after a row's token (or before its window) score -inf, which the exponential
+        // turns into 0; only tiles that reach past the first query or behind the last one's
+        // window have any.
+        if (tile + count - 1 > first_query || (window > 0 && tile <= last_query - window)) {
+          const int32_t reach = window > 0 ? static_cast<int32_t>(window) : std::numeric_limits<int32_t>::max();
+          for (int64_t k = 0; k < count; ++k) {
+            const int32_t key = static_cast<int32_t>(tile + k);
+            for (int64_t v = 0; v < kRowBlock; v += kLanes) {
+              IntVec query;
+              std::memcpy(&query, position + v, sizeof query);
+              float* row = scores.data() + k * kRowBlock + v;
+              store(row, (query >= key) & (query - key < reach) ? load(row) : Vec{} - kInfinity);
+            }
+          }
+        }
+        // Online softmax, 16 rows at a time: the new running max, what the sums so far are worth
+        // against it, and the tile's weights e^(score - max) in place of its scores.
+        for (int64_t v = 0; v < kRowBlock; v += kLanes) {
+          const Vec before = load(top + v);
+          Vec highest = before;
+          for (int64_t k = 0; k < count; ++k) highest = maximum(highest, load(scores.data() + k * kRowBlock + v));
+          // A row with no key seen yet shifts by 0, so -inf - shift stays -inf (never NaN).
+          const Vec shift = highest == -kInfinity ? Vec{} : highest;
+          const Vec keep = exp_nonpositive(before - shift);
+          Vec sum = load(total + v) * keep;
+          for (int64_t k = 0; k < count; ++k) {
+            float* row = scores.data() + k * kRowBlock + v;
+            const Vec weight = exp_nonpositive(load(row) - shift);
+            store(row, weight);
+            sum += weight;
+          }
+          store(top + v, highest);
+          store(total + v, sum);
+          store(rescale + v, keep);
+        }
+        for (int64_t r = 0; r < rows; ++r) {
+          float* out_row = acc.data() + r * dim;
+          for (int64_t d = 0; d < dim; ++d) out_row[d] *= rescale[r];
+        }
+        for (int64_t r = 0; r < rows; r += 4) {
+          for (int64_t offset = 0; offset < dim; offset += 4 * kLanes) {
+            float* out_rows = acc.data() + r * dim;
+            const float* weights = scores.data() + r;
+            switch (std::min<int64_t>(4, (dim - offset) / kLanes)) {
+              case 4: accumulate_values<4>(out_rows, dim, weights, value_at, count, offset); break;
+              case 3: accumulate_values<3>(out_rows, dim, weights, value_at, count, offset); break;
+              case 2: accumulate_values<2>(out_rows, dim, weights, value_at, count, offset); break;
+              default: accumulate_values<1>(out_rows, dim, weights, value_at, count, offset); break;
+            }
+          }
+        }
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t token = task.begin + r / group, head = task.kv_head * group + r % group;
+        float* destination = os + (row_of[task.chunk] + token) * out_stride + head * dim;
+        const float inverse = 1.0f / total[r];
+        for (int64_t d = 0; d < dim; ++d) destination[d] = acc[r * dim + d] * inverse;
       }
     }
   });
@@ -338,16 +605,17 @@ at::Tensor silu_and_mul(const at::Tensor& gate_up) {
 
 }  // namespace
 
-// Every decoder layer of a step whose rows are all decode tokens (one per sequence), in one
-// call: plain loops for the norms, rotary, cache writes and SwiGLU around the products and the
-// paged attention above. Through PyTorch ops a layer costs ~20 dispatches from Python, which
-// weigh most where rows are few (measured: one stream of the benchmark's tiny model ~1,000 ->
-// ~1,500 tokens/s; a step of its serving model on one thread, 8 sequences 2.45 -> 2.00 ms, 32
-// sequences 5.3 -> 4.9 ms). Products of up to `small_rows` rows take the row-parallel kernel
-// on the plain weights; larger ones oneDNN's, on the packed weights where given.
-class DecodeLayers {
+// Every decoder layer of a step in one call: plain loops for the norms, rotary, cache writes and
+// SwiGLU around the products and the paged attention above (decode rows and prefill chunks
+// each by their kernel). Through PyTorch ops a layer costs ~20 dispatches from Python and a
+// temporary tensor per op, which weigh most where rows are few (measured on decode-only steps:
+// one stream of the benchmark's tiny model ~1,000 -> ~1,500 tokens/s; a step of its serving
+// model on one thread, 8 sequences 2.45 -> 2.00 ms, 32 sequences 5.3 -> 4.9 ms). Products of
+// up to `small_rows` rows take the row-parallel kernel on the plain weights; larger ones
+// oneDNN's, on the packed weights where given.
+class StepLayers {
  public:
-  DecodeLayers(int64_t heads, int64_t kv_heads, int64_t head_dim, double eps, int64_t window, int64_t small_rows)
+  StepLayers(int64_t heads, int64_t kv_heads, int64_t head_dim, double eps, int64_t window, int64_t small_rows)
       : heads_(heads), kv_heads_(kv_heads), head_dim_(head_dim), eps_(static_cast<float>(eps)), window_(window),
         small_rows_(small_rows) {}
 
@@ -358,7 +626,7 @@ class DecodeLayers {
                  const std::vector<c10::optional<at::Tensor>>& biases, const at::Tensor& k_cache,
                  const at::Tensor& v_cache) {
     TORCH_CHECK(matrices.size() == 4 && packed.size() == 4 && biases.size() == 4,
-                "DecodeLayers: qkv, o, gate_up and down");
+                "StepLayers: qkv, o, gate_up and down");
     const int64_t hidden = input_norm.numel(), q_width = heads_ * head_dim_;
     const int64_t intermediate = matrices[3].size(1);
     const int64_t shapes[4][2] = {{q_width + 2 * kv_heads_ * head_dim_, hidden},
@@ -367,35 +635,43 @@ class DecodeLayers {
                                   {hidden, intermediate}};
     Layer layer{input_norm, post_norm, {}, k_cache, v_cache};
     for (int i = 0; i < 4; ++i) {
-      check_float(matrices[i], "DecodeLayers: every weight matrix");
+      check_float(matrices[i], "StepLayers: every weight matrix");
       TORCH_CHECK(matrices[i].size(0) == shapes[i][0] && matrices[i].size(1) == shapes[i][1],
-                  "DecodeLayers: layer shapes");
-      if (biases[i].has_value()) check_float(*biases[i], "DecodeLayers: every bias");
-      TORCH_CHECK(!biases[i].has_value() || biases[i]->numel() == shapes[i][0], "DecodeLayers: bias shapes");
+                  "StepLayers: layer shapes");
+      if (biases[i].has_value()) check_float(*biases[i], "StepLayers: every bias");
+      TORCH_CHECK(!biases[i].has_value() || biases[i]->numel() == shapes[i][0], "StepLayers: bias shapes");
       layer.projections[i] = {matrices[i], packed[i].value_or(matrices[i]), biases[i]};
     }
-    for (const at::Tensor* t : {&input_norm, &post_norm, &k_cache, &v_cache}) check_float(*t, "DecodeLayers: norms and caches");
+    for (const at::Tensor* t : {&input_norm, &post_norm, &k_cache, &v_cache}) check_float(*t, "StepLayers: norms and caches");
     TORCH_CHECK(post_norm.numel() == hidden && k_cache.size(2) == kv_heads_ && k_cache.size(3) == head_dim_,
-                "DecodeLayers: norm and cache shapes");
+                "StepLayers: norm and cache shapes");
     layers_.push_back(std::move(layer));
   }
 
   // hidden: (N, hidden), updated in place through every layer; slots: (N,) int64 cache slot of
-  // each row's token; cos, sin: (N, D); block_tables: (N, W) int64; context_lens: (N,) int64.
+  // each row's token; cos, sin: (N, D). The decode rows (one token of a sequence each) as
+  // paged_decode_attention takes them: decode_rows (B,), decode_tables (B, W), decode_contexts
+  // (B,); the prefill chunks as paged_prefill_attention does: chunk_rows, chunk_lengths,
+  // chunk_contexts (C,) and chunk_tables (C, W'). Either group may be empty.
   void forward(at::Tensor& hidden, const at::Tensor& slots, const at::Tensor& cos, const at::Tensor& sin,
-               const at::Tensor& block_tables, const at::Tensor& context_lens) {
+               const at::Tensor& decode_rows, const at::Tensor& decode_tables, const at::Tensor& decode_contexts,
+               const at::Tensor& chunk_rows, const at::Tensor& chunk_lengths, const at::Tensor& chunk_contexts,
+               const at::Tensor& chunk_tables) {
     const int64_t rows = hidden.size(0), width = hidden.size(1), dim = head_dim_, q_width = heads_ * dim;
-    TORCH_CHECK(context_lens.numel() == rows && slots.numel() == rows && cos.size(0) == rows && cos.size(1) == dim &&
-                    sin.sizes() == cos.sizes(),
-                "DecodeLayers: one context length, slot and rotation per row");
-    TORCH_CHECK(slots.scalar_type() == at::kLong && slots.is_contiguous(), "DecodeLayers: slots must be int64");
-    check_float(hidden, "DecodeLayers: hidden");
-    check_float(cos, "DecodeLayers: cos");
-    check_float(sin, "DecodeLayers: sin");
+    TORCH_CHECK(slots.numel() == rows && cos.size(0) == rows && cos.size(1) == dim && sin.sizes() == cos.sizes(),
+                "StepLayers: one slot and rotation per row");
+    TORCH_CHECK(decode_contexts.numel() == decode_rows.numel() && chunk_lengths.numel() == chunk_rows.numel() &&
+                    chunk_contexts.numel() == chunk_rows.numel(),
+                "StepLayers: one table row and context length per decode row and per chunk");
+    TORCH_CHECK(slots.scalar_type() == at::kLong && slots.is_contiguous(), "StepLayers: slots must be int64");
+    check_float(hidden, "StepLayers: hidden");
+    check_float(cos, "StepLayers: cos");
+    check_float(sin, "StepLayers: sin");
+    const bool decodes = decode_rows.numel() > 0, chunks = chunk_rows.numel() > 0;
+    const double scale = 1.0 / std::sqrt(static_cast<double>(dim));
     float* x = hidden.data_ptr<float>();
     at::Tensor normed = at::empty({rows, width}, hidden.options());
     at::Tensor attended = at::empty({rows, heads_, dim}, hidden.options());
-    const at::Tensor row_ids = at::arange(rows, slots.options());
     for (Layer& layer : layers_) {
       for_each_row(rows, [&](int64_t r) {
         rms_norm_row(normed.data_ptr<float>() + r * width, x + r * width, layer.input_norm.data_ptr<float>(), width,
@@ -405,8 +681,14 @@ class DecodeLayers {
       rotate_and_store(qkv, cos.data_ptr<float>(), sin.data_ptr<float>(), slots.data_ptr<int64_t>(), layer.k_cache,
                        layer.v_cache, heads_);
       const at::Tensor queries = qkv.view({rows, heads_ + 2 * kv_heads_, dim}).narrow(1, 0, heads_);
-      paged_decode_attention(attended, queries, row_ids, layer.k_cache, layer.v_cache, block_tables, context_lens,
-                             1.0 / std::sqrt(static_cast<double>(dim)), window_);
+      if (decodes) {
+        paged_decode_attention(attended, queries, decode_rows, layer.k_cache, layer.v_cache, decode_tables,
+                               decode_contexts, scale, window_);
+      }
+      if (chunks) {
+        paged_prefill_attention(attended, queries, layer.k_cache, layer.v_cache, chunk_tables, chunk_rows,
+                                chunk_lengths, chunk_contexts, scale, window_);
+      }
       add_product(layer.projections[1], attended.view({rows, q_width}), x, width);
       for_each_row(rows, [&](int64_t r) {
         rms_norm_row(normed.data_ptr<float>() + r * width, x + r * width, layer.post_norm.data_ptr<float>(), width,
@@ -463,8 +745,9 @@ class DecodeLayers {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear_small_batch", &linear_small_batch, "x W^T + b for a few rows of x (float32, CPU)");
   m.def("paged_decode_attention", &paged_decode_attention, "one-token attention over the paged KV cache (float32, CPU)");
-  pybind11::class_<DecodeLayers>(m, "DecodeLayers")
+  m.def("paged_prefill_attention", &paged_prefill_attention, "causal attention of prefill chunks over the paged KV cache (float32, CPU)");
+  pybind11::class_<StepLayers>(m, "StepLayers")
       .def(pybind11::init<int64_t, int64_t, int64_t, double, int64_t, int64_t>())
-      .def("add_layer", &DecodeLayers::add_layer)
-      .def("forward", &DecodeLayers::forward);
+      .def("add_layer", &StepLayers::add_layer)
+      .def("forward", &StepLayers::forward);
 }

@@ -1,4 +1,4 @@
-"""The compiled layers of decode-only steps against the runner's PyTorch layers."""
+"""The compiled layers of a step (StepLayers) against the runner's PyTorch layers."""
 
 from __future__ import annotations
 
@@ -56,18 +56,48 @@ def test_a_decode_step_equals_the_pytorch_layers(rows: int, pack_weights: bool, 
     """Up to SMALL_BATCH_ROWS (4) rows the compiled products; 9 rows oneDNN's, packed or not."""
     compiled_kernels()
     runner = _runner(bias, window, pack_weights)
-    assert runner.decode_layers is not None
-    assert rows <= runner.decode_layers_rows  # so the step below takes the compiled layers
+    assert runner.step_layers is not None
     requests = _prefilled(runner, rows)
     chunks = [ScheduledChunk(request, request.num_tokens - 1, 1) for request in requests]
 
+    compiled = _compiled_against_reference(runner, chunks)
+    assert compiled.shape == (rows, 96)
+
+
+@pytest.mark.parametrize("window", [None, 5])
+@pytest.mark.parametrize(("bias", "pack_weights"), [(False, True), (True, False)])
+def test_a_mixed_step_equals_the_pytorch_layers(bias: bool, pack_weights: bool, window: int | None) -> None:
+    """Decode rows, a fresh prompt and a chunk after a cached prefix in one step; the prompt is
+    longer than the window and than the prefill kernel's 32-token tiles."""
+    compiled_kernels()
+    runner = _runner(bias, window, pack_weights)
+    assert runner.step_layers is not None and runner.prefill_kernel
+    decoding = _prefilled(runner, 3)
+    free = sorted(set(range(40)) - {block for request in decoding for block in request.block_ids}, reverse=True)
+    fresh = Request("fresh", list(range(1, 38)), SamplingParams(max_tokens=4))
+    fresh.block_ids = [free.pop() for _ in range(10)]
+    chunked = Request("chunked", list(range(40, 58)), SamplingParams(max_tokens=4))
+    chunked.block_ids = [free.pop() for _ in range(5)]
+    runner.execute([ScheduledChunk(chunked, 0, 6)])  # its first 6 tokens are in the cache
+    chunks = [ScheduledChunk(request, request.num_tokens - 1, 1) for request in decoding]
+    chunks += [ScheduledChunk(fresh, 0, 37), ScheduledChunk(chunked, 6, 12)]
+
+    compiled = _compiled_against_reference(runner, chunks)
+    assert compiled.shape == (5, 96)
+
+
+def _compiled_against_reference(runner: ModelRunner, chunks: list[ScheduledChunk]) -> torch.Tensor:
+    """The step's logits through StepLayers, after asserting that the same step through PyTorch
+    ops (rewriting the same cache slots) gives the same logits, greedy tokens and cache writes."""
+    assert sum(chunk.num_tokens for chunk in chunks) <= runner.step_layers_rows  # the compiled layers take it
     compiled = runner.execute(chunks)
     compiled_cache = [cache.clone() for cache in runner.k_cache + runner.v_cache]
-    runner.decode_layers = runner.kernels = None  # the same step again through PyTorch ops, rewriting the same slots
+    runner.step_layers = runner.kernels = None
+    runner.prefill_kernel = False
     reference = runner.execute(chunks)
 
-    assert compiled.shape == (rows, 96)
     torch.testing.assert_close(compiled, reference, rtol=1e-4, atol=1e-4)
     for written, expected in zip(compiled_cache, runner.k_cache + runner.v_cache, strict=True):
         torch.testing.assert_close(written, expected, rtol=1e-5, atol=1e-5)
     assert compiled.argmax(-1).tolist() == reference.argmax(-1).tolist()
+    return compiled
