@@ -9,7 +9,7 @@ from tokenworks.engine import LLM, SamplingParams
 from tokenworks.engine.request import Request
 from tokenworks.engine.sampler import Sampler
 
-from .conftest import random_prompts
+from .conftest import compiled_kernels, random_prompts
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +139,21 @@ def test_a_request_that_does_not_stream_reports_once_with_every_token(llm) -> No
     assert final.new_token_ids == [token for output in streamed for token in output.new_token_ids]
     assert final.logprobs == [entry for output in streamed for entry in output.logprobs]
     assert final.finish_reason == streamed[-1].finish_reason == "length"
+
+
+@pytest.mark.parametrize("vocab", [37, 8192])
+def test_the_compiled_greedy_tokens_equal_argmax(vocab: int) -> None:
+    """Ties (the first counts), a NaN (it wins, as in torch), -inf rows and a tail past the
+    16-lane vectors."""
+    kernels = compiled_kernels()
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(9, vocab, generator=generator)
+    logits[1, [3, vocab - 2]] = 50.0
+    logits[2, [vocab - 1, 5]] = float("nan")
+    logits[3] = float("-inf")
+    logits[4, vocab - 1] = 60.0  # in the tail after the last whole vector
+    logits[5] = 2.0  # all equal
+    expected = logits.argmax(dim=-1)
+    assert kernels.greedy_tokens(logits).tolist() == expected.tolist()
+    assert kernels.greedy_tokens(logits[:, 1:]).tolist() == logits[:, 1:].argmax(dim=-1).tolist()  # strided rows
+    assert expected[:6].tolist() == [expected[0].item(), 3, 5, 0, vocab - 1, 0]

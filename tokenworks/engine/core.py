@@ -74,7 +74,9 @@ class EngineCore:
             self.kv_cache, options.max_num_batched_tokens, options.max_num_seqs, options.scheduling_policy
         )
         self.runner = ModelRunner(self.model, num_blocks, options.block_size, options.kernels, options.pack_weights)
-        self.sampler = Sampler(options.seed, device=device)
+        kernels = self.runner.kernels
+        argmax = kernels.greedy_tokens if kernels is not None else None  # torch's argmax elsewhere
+        self.sampler = Sampler(options.seed, device=device, argmax=argmax)
         self.last_stats = StepStats(self.scheduler.stats())
         logger.info(
             "engine ready: %s on %s, %d KV blocks of %d tokens",

@@ -69,11 +69,12 @@ class KVCacheManager:
             if not held:
                 del self._blocks[request.request_id]
             return False
-        self.pool.share(cached)
-        held.extend(cached)
-        if needed > 0:
-            held.extend(self.pool.allocate(needed))
-        request.block_ids = [block.block_id for block in held]
+        if cached or needed > 0:  # most decode steps need neither: the table stays as it is
+            self.pool.share(cached)
+            held.extend(cached)
+            if needed > 0:
+                held.extend(self.pool.allocate(needed))
+            request.block_ids = [block.block_id for block in held]
         self._cache_full_blocks(request, held, computed + num_new_tokens)
         return True
 

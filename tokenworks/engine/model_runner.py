@@ -199,26 +199,30 @@ class ModelRunner:
         for chunk in chunks:
             request, start, count = chunk.request, chunk.start, chunk.num_tokens
             row = len(ids)
-            ids.extend(request.all_token_ids[start : start + count])
-            span = range(start, start + count)
-            positions.extend(span)
             table = request.block_ids
-            slots.extend(table[p // size] * size + p % size for p in span)
             context = start + count
-            if count == 1:
+            if count == 1:  # a decode token: the common case, spelled out (256 of them a step)
+                ids.append(request.all_token_ids[start])
+                positions.append(start)
+                slots.append(table[start // size] * size + start % size)
                 decode_rows.append(row)
                 decode_tables.append(table[: -(-context // size)])
                 decode_contexts.append(context)
-            elif self.prefill_kernel:
-                chunk_rows.append(row)
-                chunk_lengths.append(count)
-                chunk_tables.append(table[: -(-context // size)])
-                chunk_contexts.append(context)
             else:
-                fresh = start == 0 and (window is None or count <= window)
-                mask = None if fresh else causal_mask(start, count, context, window, device)
-                block_table = torch.tensor(table[: -(-context // size)], device=device)
-                prefills.append(PrefillChunk(slice(row, row + count), block_table, mask, context))
+                ids.extend(request.all_token_ids[start:context])
+                span = range(start, context)
+                positions.extend(span)
+                slots.extend(table[p // size] * size + p % size for p in span)
+                if self.prefill_kernel:
+                    chunk_rows.append(row)
+                    chunk_lengths.append(count)
+                    chunk_tables.append(table[: -(-context // size)])
+                    chunk_contexts.append(context)
+                else:
+                    fresh = start == 0 and (window is None or count <= window)
+                    mask = None if fresh else causal_mask(start, count, context, window, device)
+                    block_table = torch.tensor(table[: -(-context // size)], device=device)
+                    prefills.append(PrefillChunk(slice(row, row + count), block_table, mask, context))
             if chunk.samples:
                 sample_rows.append(row + count - 1)
         as_tensor = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731

@@ -10,6 +10,7 @@ else is in the batch). Logprobs are of the model's raw distribution (before any 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -24,10 +25,18 @@ class SampledToken:
 
 
 class Sampler:
-    def __init__(self, seed: int = 0, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        argmax: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        """`argmax`: (R, V) logits -> (R,) the index of each row's first largest value, as
+        torch.argmax(dim=-1) (the default) gives it; the engine passes a compiled one on CPU."""
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self._request_generators: dict[str, torch.Generator] = {}
         self.device = device
+        self.argmax = argmax or (lambda logits: logits.argmax(dim=-1))
 
     def forget(self, request_id: str) -> None:
         self._request_generators.pop(request_id, None)
@@ -38,7 +47,7 @@ class Sampler:
         if any(_constrained(request) for request in requests):  # else the raw logits serve as they are
             logits = self._apply_constraints(logits.clone(), requests)
         greedy = [request.params.greedy for request in requests]
-        token_ids = logits.argmax(dim=-1)
+        token_ids = self.argmax(logits)
         if not all(greedy):
             token_ids = self._sample(logits, requests, greedy, token_ids)
         chosen = token_ids.tolist()

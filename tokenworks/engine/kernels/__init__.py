@@ -111,4 +111,8 @@ def _probe(module: ModuleType) -> str | None:
     expected = F.scaled_dot_product_attention(q.transpose(0, 1), keys, values, attn_mask=mask).transpose(0, 1)
     if not torch.allclose(out, expected, rtol=1e-4, atol=1e-5):
         return "the compiled prefill attention disagrees with scaled_dot_product_attention"
+    logits = torch.randn(3, 37, generator=generator)
+    logits[1, [4, 30]] = 9.0  # a tie: the first one counts
+    if not torch.equal(module.greedy_tokens(logits), logits.argmax(dim=-1)):
+        return "the compiled greedy_tokens disagrees with argmax"
     return None

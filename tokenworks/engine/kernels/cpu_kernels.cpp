@@ -13,6 +13,7 @@
 //   cache, flash-attention style, in tiles of 64 query rows and 32 keys.
 // StepLayers: every decoder layer of a step in one call, the kernels above (and oneDNN's
 //   products, for more rows) with plain loops (norms, rotary, cache writes, SwiGLU).
+// greedy_tokens: argmax of each row of logits, at the speed of reading them.
 //
 // All use ATen's parallel_for, so they run on torch's own OpenMP threads and follow
 // torch.set_num_threads. Built with -O3 -march=native for the CPU it runs on: the loops
@@ -605,6 +606,44 @@ at::Tensor silu_and_mul(const at::Tensor& gate_up) {
 
 }  // namespace
 
+// The index of each row's largest logit, as torch.argmax gives it (the first of equal ones; the
+// first NaN where a row has one): greedy sampling's token. torch's argmax carries an index per
+// lane and reads 256 rows of 8,192 logits in 0.74 ms on 2 threads, where their max takes 0.05;
+// this finds the max on vectors, then the first index holding it.
+at::Tensor greedy_tokens(const at::Tensor& logits) {
+  TORCH_CHECK(logits.dim() == 2 && logits.scalar_type() == at::kFloat && logits.stride(1) == 1 && logits.size(1) > 0,
+              "greedy_tokens: (rows, vocab) float32 logits with contiguous rows");
+  const int64_t rows = logits.size(0), vocab = logits.size(1), stride = logits.stride(0);
+  at::Tensor tokens = at::empty({rows}, logits.options().dtype(at::kLong));
+  const float* base = logits.data_ptr<float>();
+  int64_t* out = tokens.data_ptr<int64_t>();
+  for_each_row(rows, [&](int64_t r) {
+    const float* x = base + r * stride;
+    Vec highest = Vec{} - kInfinity;
+    IntVec unordered = {};  // lanes that met a NaN (x != x)
+    int64_t i = 0;
+    for (; i + kLanes <= vocab; i += kLanes) {
+      const Vec v = load(x + i);
+      highest = maximum(highest, v);
+      unordered |= v != v;
+    }
+    float best = -kInfinity;
+    bool nan = false;
+    for (int64_t lane = 0; lane < kLanes; ++lane) {
+      best = std::max(best, highest[lane]);
+      nan |= unordered[lane] != 0;
+    }
+    for (; i < vocab; ++i) {
+      best = std::max(best, x[i]);
+      nan |= std::isnan(x[i]);
+    }
+    int64_t index = 0;
+    while (index < vocab && !(nan ? std::isnan(x[index]) : x[index] == best)) ++index;
+    out[r] = index;
+  });
+  return tokens;
+}
+
 // Every decoder layer of a step in one call: plain loops for the norms, rotary, cache writes and
 // SwiGLU around the products and the paged attention above (decode rows and prefill chunks
 // each by their kernel). Through PyTorch ops a layer costs ~20 dispatches from Python and a
@@ -746,6 +785,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear_small_batch", &linear_small_batch, "x W^T + b for a few rows of x (float32, CPU)");
   m.def("paged_decode_attention", &paged_decode_attention, "one-token attention over the paged KV cache (float32, CPU)");
   m.def("paged_prefill_attention", &paged_prefill_attention, "causal attention of prefill chunks over the paged KV cache (float32, CPU)");
+  m.def("greedy_tokens", &greedy_tokens, "argmax of each row of float32 logits (the first of equal ones)");
   pybind11::class_<StepLayers>(m, "StepLayers")
       .def(pybind11::init<int64_t, int64_t, int64_t, double, int64_t, int64_t>())
       .def("add_layer", &StepLayers::add_layer)
