@@ -60,8 +60,13 @@ class KVCacheManager:
 
         All or nothing: False, with nothing taken, when the free blocks do not suffice.
         """
-        cached = cached or []
         held = self._blocks.setdefault(request.request_id, [])
+        if not cached:  # a running request: most decode steps find room in its last block
+            total = request.num_computed_tokens + num_new_tokens
+            if -(-total // self.block_size) <= len(held):
+                self._cache_full_blocks(request, held, total)
+                return True
+        cached = cached or []
         computed = request.num_computed_tokens + len(cached) * self.block_size
         needed = -(-(computed + num_new_tokens) // self.block_size) - len(held) - len(cached)
         reviving = sum(1 for block in cached if block.ref_count == 0)  # free now, in use after
@@ -69,12 +74,11 @@ class KVCacheManager:
             if not held:
                 del self._blocks[request.request_id]
             return False
-        if cached or needed > 0:  # most decode steps need neither: the table stays as it is
-            self.pool.share(cached)
-            held.extend(cached)
-            if needed > 0:
-                held.extend(self.pool.allocate(needed))
-            request.block_ids = [block.block_id for block in held]
+        self.pool.share(cached)
+        held.extend(cached)
+        if needed > 0:
+            held.extend(self.pool.allocate(needed))
+        request.block_ids = [block.block_id for block in held]
         self._cache_full_blocks(request, held, computed + num_new_tokens)
         return True
 
