@@ -116,9 +116,8 @@ inline Vec exp_nonpositive(const Vec& x) {
   const IntVec whole = __builtin_convertvector(y - 0.5f, IntVec);  // y <= 0: truncation rounds to nearest
   const Vec f = y - __builtin_convertvector(whole, Vec);
   const Vec p = 1.0f + f * (kLn2 + f * (c2 + f * (c3 + f * (c4 + f * (c5 + f * (c6 + f * c7))))));
-  const IntVec bits = reinterpret_cast<const IntVec&>(p) + whole * (1 << 23);
-  const IntVec result = unclamped < -126.0f ? IntVec{} : bits;
-  return reinterpret_cast<const Vec&>(result);
+  const IntVec bits = (IntVec)p + whole * (1 << 23);  // a cast between vector types keeps the bits
+  return (Vec)(unclamped < -126.0f ? IntVec{} : bits);
 }
 
 // x[i] = exp(x[i]) for x[i] <= 0.
@@ -224,7 +223,8 @@ void paged_decode_attention(at::Tensor& out, const at::Tensor& q, const at::Tens
   const int64_t* row_of = rows.data_ptr<int64_t>();
   const int64_t q_stride = q.stride(0), out_stride = out.stride(0);
   const int64_t token_stride = kv_heads * dim;  // floats between consecutive slots of one head
-  TORCH_CHECK(block_tables.size(0) == batch && context_lens.numel() == batch, "paged_decode_attention: one table and length per row");
+  TORCH_CHECK(block_tables.size(0) == batch && context_lens.numel() == batch,
+              "paged_decode_attention: one table and length per row");
   check_rows_and_tables(block_tables, k_cache.size(0), row_of, nullptr, batch, q.size(0), "paged_decode_attention");
 
   // A task is one sequence with all its key/value heads, so each token slot (all heads side by
@@ -354,9 +354,9 @@ void accumulate_values(float* out, int64_t out_stride, const float* weights, con
   }
 }
 
-// One task of prefill attention: the query rows of `positions` consecutive tokens for the
-// query heads of one key/value head, over keys [first_key, end_key). Flash-attention style: a
-// running max and sum per row, so the scores of only one tile of keys are held at a time.
+// One task of prefill attention: tokens begin..end-1 of one chunk, with the query heads of one
+// key/value head, over every key they see. Flash-attention style: a running max and sum per
+// row, so the scores of only one tile of keys are held at a time.
 struct PrefillTask {
   int64_t chunk, kv_head, begin, end;  // tokens begin..end-1 of the chunk
 };
@@ -428,8 +428,8 @@ void paged_prefill_attention(at::Tensor& out, const at::Tensor& q, const at::Ten
       const int64_t start = context_of[task.chunk] - length_of[task.chunk];  // position of the chunk's first token
       const int64_t* table = tables + task.chunk * width;
       const int64_t rows = (task.end - task.begin) * group;
-      // Transposed queries, row r = (token, head within the group); rows past `rows` stay zero
-      // and see every key, so they never meet an empty softmax; they are not written out.
+      // Transposed queries, row r = (token, head within the group); rows past `rows` (the last
+      // task of a chunk may have fewer) stay zero and are never written out.
       std::fill(qt.begin(), qt.end(), 0.0f);
       for (int64_t r = 0; r < kRowBlock; ++r) position[r] = std::numeric_limits<int32_t>::max();
       for (int64_t r = 0; r < rows; ++r) {
