@@ -141,6 +141,8 @@ class ModelRunner:
         # kernel's rows.
         self.step_layers = self._step_layers() if self.kernels is not None else None
         self.step_layers_rows = math.inf if self.linear.large is onednn_linear else SMALL_BATCH_ROWS
+        self._no_rows = torch.empty(0, dtype=torch.long)  # StepLayers' arguments for an absent group
+        self._no_table = self._no_rows.view(0, 1)
 
     def _place_cache_and_weights(
         self, num_blocks: int
@@ -225,7 +227,7 @@ class ModelRunner:
                     prefills.append(PrefillChunk(slice(row, row + count), block_table, mask, context))
             if chunk.samples:
                 sample_rows.append(row + count - 1)
-        as_tensor = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
+        as_tensor = lambda values: _longs(values, device)  # noqa: E731
         decode = None
         if decode_rows:
             decode = self._decode_group(decode_rows, decode_tables, decode_contexts)
@@ -240,12 +242,12 @@ class ModelRunner:
 
     def _decode_group(self, rows: list[int], tables: list[list[int]], contexts: list[int]) -> DecodeGroup:
         device, window = self.device, self.config.sliding_window
-        block_table = torch.tensor(_padded(tables), dtype=torch.long, device=device)
+        block_table = _longs(_padded(tables), device)
+        row_ids = _longs(rows, device)
         consecutive = rows[-1] - rows[0] == len(rows) - 1  # rows only grow: then they are rows[0]..rows[-1]
-        token_index = slice(rows[0], rows[-1] + 1) if consecutive else torch.tensor(rows, device=device)
+        token_index = slice(rows[0], rows[-1] + 1) if consecutive else row_ids
         if self.kernels is not None:  # the kernel takes lengths and rows; no mask to build
-            as_long = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
-            return DecodeGroup(token_index, block_table, None, as_long(rows), as_long(contexts), window)
+            return DecodeGroup(token_index, block_table, None, row_ids, _longs(contexts, device), window)
         context = torch.tensor(contexts, device=device)[:, None]  # (B, 1)
         keys = torch.arange(block_table.shape[1] * self.block_size, device=device)[None, :]  # (1, L)
         mask = keys < context
@@ -274,8 +276,7 @@ class ModelRunner:
 
     def _compiled_layers(self, batch: StepBatch, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
         """Every layer in one call to StepLayers, updating hidden in place."""
-        none = torch.empty(0, dtype=torch.long)
-        no_table = none.view(0, 1)
+        none, no_table = self._no_rows, self._no_table
         decode, prefill = batch.decode, batch.prefills or None
         self.step_layers.forward(
             hidden, batch.slot_mapping, cos, sin,
@@ -313,6 +314,10 @@ class ModelRunner:
             gate, up = linear(normed, weights.gate_up, weights.gate_up_bias).chunk(2, -1)
             hidden = hidden + linear(F.silu(gate) * up, weights.down, weights.down_bias)
         return hidden
+
+
+def _longs(values: list, device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.long, device=device)
 
 
 def _padded(tables: list[list[int]]) -> list[list[int]]:
