@@ -99,6 +99,18 @@ def test_filters_and_penalties_on_known_logits() -> None:
         assert _sample(SamplingParams(temperature=1.0, min_p=0.5, seed=seed), [3.0, 0.0, 1.0]) == 0
 
 
+def test_a_greedy_batch_gives_logprobs_only_to_the_requests_that_ask() -> None:
+    logits = torch.tensor([[0.0, 2.0, 1.0], [3.0, 0.0, 1.0]])
+    plain = Request("plain", [1], SamplingParams(temperature=0.0))
+    asking = Request("asking", [1], SamplingParams(temperature=0.0, logprobs=1))
+    tokens = Sampler(seed=0)(logits, [plain, asking])
+    assert [token.token_id for token in tokens] == [1, 0]
+    assert tokens[0].logprobs is None
+    assert tokens[1].logprobs == pytest.approx({0: float(torch.log_softmax(logits[1], -1)[0])})
+    only_plain = Sampler(seed=0)(logits, [plain, Request("other", [1], SamplingParams(temperature=0.0))])
+    assert [(token.token_id, token.logprobs) for token in only_plain] == [(1, None), (0, None)]
+
+
 @pytest.mark.parametrize(
     ("change", "complaint"),
     [

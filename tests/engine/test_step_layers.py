@@ -101,3 +101,24 @@ def _compiled_against_reference(runner: ModelRunner, chunks: list[ScheduledChunk
         torch.testing.assert_close(written, expected, rtol=1e-5, atol=1e-5)
     assert compiled.argmax(-1).tolist() == reference.argmax(-1).tolist()
     return compiled
+
+
+def test_the_compiled_rms_norm_equals_f_rms_norm() -> None:
+    kernels = compiled_kernels()
+    generator = torch.Generator().manual_seed(3)
+    hidden, weight = torch.randn(5, 72, generator=generator) * 3, torch.rand(72, generator=generator) + 0.5
+    expected = torch.nn.functional.rms_norm(hidden, (72,), weight, 1e-5)
+    torch.testing.assert_close(kernels.rms_norm(hidden, weight, 1e-5), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError, match="rms_norm"):
+        kernels.rms_norm(hidden, weight[:70], 1e-5)
+
+
+def test_the_rotary_tables_hold_the_models_rotation_and_grow_to_any_position() -> None:
+    compiled_kernels()
+    runner = _runner(bias=False, window=None, pack_weights=True)
+    positions = torch.tensor([0, 5, 1500, 3, 1023, 1024])
+    cos, sin = runner._rotation(positions, 1500, torch.float32)
+    assert runner._rotary_cos.shape[0] >= 1501  # grew past its first 1,024 rows
+    expected_cos, expected_sin = runner.model.model.rotary(positions[None], torch.float32)
+    torch.testing.assert_close(cos, expected_cos[0, 0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(sin, expected_sin[0, 0], rtol=0, atol=1e-6)

@@ -84,12 +84,13 @@ class KVCacheManager:
 
     def _cache_full_blocks(self, request: Request, held: list[KVBlock], num_tokens: int) -> None:
         """Register the blocks whose tokens will all have KV once this step has run."""
-        if not self.enable_prefix_caching:
-            return
+        registered = self._registered.get(request.request_id, 0)
+        if not self.enable_prefix_caching or num_tokens // self.block_size <= registered:
+            return  # no block filled up: most decode steps (the hashes extend when one does)
         hashes = self._update_hashes(request)
         full = min(num_tokens // self.block_size, len(hashes))
         # A full block's tokens never change: register each once, not again every step.
-        for index in range(self._registered.get(request.request_id, 0), full):
+        for index in range(registered, full):
             self.pool.cache(held[index], hashes[index])
         self._registered[request.request_id] = full
 

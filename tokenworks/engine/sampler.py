@@ -43,6 +43,9 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, requests: list[Request]) -> list[SampledToken]:
         """(R, V) float32 logits, one row per request, -> one sampled token per request."""
+        # Plain greedy rows (every step of the offline benchmark): the raw logits' argmax, nothing else.
+        if all(_plain_greedy(request) for request in requests):
+            return [SampledToken(token_id, None) for token_id in self.argmax(logits).tolist()]
         raw = logits
         if any(_constrained(request) for request in requests):  # else the raw logits serve as they are
             logits = self._apply_constraints(logits.clone(), requests)
@@ -109,6 +112,12 @@ class Sampler:
             generator = torch.Generator(device=self.device).manual_seed(request.params.seed)
             self._request_generators[request.request_id] = generator
         return generator
+
+
+def _plain_greedy(request: Request) -> bool:
+    """Greedy, without logprobs, and nothing changes its logits: the raw logits' argmax is the token."""
+    params = request.params
+    return params.greedy and params.logprobs is None and not _constrained(request)
 
 
 def _suppresses_stops(request: Request) -> bool:

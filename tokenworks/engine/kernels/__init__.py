@@ -115,4 +115,7 @@ def _probe(module: ModuleType) -> str | None:
     logits[1, [4, 30]] = 9.0  # a tie: the first one counts
     if not torch.equal(module.greedy_tokens(logits), logits.argmax(dim=-1)):
         return "the compiled greedy_tokens disagrees with argmax"
+    hidden, scale = torch.randn(3, 40, generator=generator), torch.randn(40, generator=generator)
+    if not torch.allclose(module.rms_norm(hidden, scale, 1e-6), F.rms_norm(hidden, (40,), scale, 1e-6), atol=1e-5):
+        return "the compiled rms_norm disagrees with F.rms_norm"
     return None

@@ -14,6 +14,7 @@
 // StepLayers: every decoder layer of a step in one call, the kernels above (and oneDNN's
 //   products, for more rows) with plain loops (norms, rotary, cache writes, SwiGLU).
 // greedy_tokens: argmax of each row of logits, at the speed of reading them.
+// rms_norm: the model's final norm of the rows that sample, in one call.
 //
 // All use ATen's parallel_for, so they run on torch's own OpenMP threads and follow
 // torch.set_num_threads. Built with -O3 -march=native for the CPU it runs on: the loops
@@ -644,6 +645,25 @@ at::Tensor greedy_tokens(const at::Tensor& logits) {
   return tokens;
 }
 
+// rms_norm of each row of x: (N, width), times weight: the model's final norm of the rows that
+// sample, in one call. After a step has streamed the weights and the KV cache through the
+// caches, each of the ~5 tensor ops of F.rms_norm starts cold: 0.26 ms for 256 rows of the
+// benchmark's tiny model, where it takes 0.035 ms warm.
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  check_float(x, "rms_norm: x");
+  check_float(weight, "rms_norm: weight");
+  TORCH_CHECK(x.dim() == 2 && weight.numel() == x.size(1), "rms_norm: (N, width) rows and a weight of width");
+  const int64_t width = x.size(1);
+  at::Tensor y = at::empty_like(x);
+  const float* in = x.data_ptr<float>();
+  const float* w = weight.data_ptr<float>();
+  float* out = y.data_ptr<float>();
+  for_each_row(x.size(0), [&](int64_t r) {
+    rms_norm_row(out + r * width, in + r * width, w, width, static_cast<float>(eps));
+  });
+  return y;
+}
+
 // Every decoder layer of a step in one call: plain loops for the norms, rotary, cache writes and
 // SwiGLU around the products and the paged attention above (decode rows and prefill chunks
 // each by their kernel). Through PyTorch ops a layer costs ~20 dispatches from Python and a
@@ -785,6 +805,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear_small_batch", &linear_small_batch, "x W^T + b for a few rows of x (float32, CPU)");
   m.def("paged_decode_attention", &paged_decode_attention, "one-token attention over the paged KV cache (float32, CPU)");
   m.def("paged_prefill_attention", &paged_prefill_attention, "causal attention of prefill chunks over the paged KV cache (float32, CPU)");
+  m.def("rms_norm", &rms_norm, "rms_norm of each row of x times weight (float32, CPU)");
   m.def("greedy_tokens", &greedy_tokens, "argmax of each row of float32 logits (the first of equal ones)");
   pybind11::class_<StepLayers>(m, "StepLayers")
       .def(pybind11::init<int64_t, int64_t, int64_t, double, int64_t, int64_t>())
