@@ -215,9 +215,15 @@ class BandwidthProbe:
         if self.process is None:
             return None
         time.sleep(0.05)  # let the engine's threads stop spinning after its request
-        self.process.stdin.write("read\n")
-        self.process.stdin.flush()
-        return float(self.process.stdout.readline())
+        try:
+            self.process.stdin.write("read\n")
+            self.process.stdin.flush()
+            return float(self.process.stdout.readline())
+        except (OSError, ValueError) as error:  # the helper died: the requests still count, unpaired
+            progress(f"the bandwidth probe stopped answering: {error!r}")
+            self.process.kill()
+            self.process = None
+            return None
 
     def close(self) -> None:
         if self.process is not None:
