@@ -86,6 +86,7 @@ VLLM_PROBE = (
 LLAMA_STEPS = [["install", "llama-cpp-python", "gguf", "safetensors", "numpy"]]
 LLAMA_PROBE = "import llama_cpp, gguf, safetensors, numpy; print(llama_cpp.__version__)"
 
+CPU_READ_BYTES = 512 * 10**6  # the tensor whose sum times the read bandwidth on CPU (beyond any L3)
 PROBE_READS = 3  # timed reads per bandwidth probe around a single-stream request (median)
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 SHAPES = {
@@ -494,7 +495,7 @@ def run_engine(engine: str, python: Path, model: Model, args: argparse.Namespace
         **prompts,
     }
     if not args.device.startswith("cuda"):  # the read bandwidth just before and after each single-stream request
-        bandwidth = [str(args.threads), str(512 * 10**6), str(PROBE_READS)]
+        bandwidth = [str(args.threads), str(CPU_READ_BYTES), str(PROBE_READS)]
         job["bandwidth_probe"] = {"command": [str(TOKENWORKS_PYTHON), str(WORKER), "probe", *bandwidth]}
     job_file.write_text(json.dumps(job))
     log = LOGS / f"{engine}-{model.shape}.log"
@@ -555,7 +556,7 @@ def measure_limits(args: argparse.Namespace) -> dict[str, Any] | None:
         "threads": args.threads,
         "device": args.device,
         "matmul_n": 8192 if cuda else 2048,
-        "bandwidth_bytes": (4 << 30) if cuda else 512 * 10**6,
+        "bandwidth_bytes": (4 << 30) if cuda else CPU_READ_BYTES,
         "limit_repeats": args.limit_repeats,
     }
     job_file, result_file = WORK / "job-limits.json", WORK / "result-limits.json"

@@ -558,6 +558,11 @@ void for_each_row(int64_t rows, const F& f) {
   });
 }
 
+// rms_norm_row for each of `rows` rows of x (width floats apart) into y, on the threads.
+void rms_norm_rows(float* y, const float* x, const float* weight, int64_t rows, int64_t width, float eps) {
+  for_each_row(rows, [&](int64_t r) { rms_norm_row(y + r * width, x + r * width, weight, width, eps); });
+}
+
 // oneDNN's inner product (torch.ops.mkldnn._linear_pointwise), which reads a plain weight or
 // one packed in its blocked layout; looked up in the dispatcher on first use.
 at::Tensor onednn_product(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
@@ -653,14 +658,9 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   check_float(x, "rms_norm: x");
   check_float(weight, "rms_norm: weight");
   TORCH_CHECK(x.dim() == 2 && weight.numel() == x.size(1), "rms_norm: (N, width) rows and a weight of width");
-  const int64_t width = x.size(1);
   at::Tensor y = at::empty_like(x);
-  const float* in = x.data_ptr<float>();
-  const float* w = weight.data_ptr<float>();
-  float* out = y.data_ptr<float>();
-  for_each_row(x.size(0), [&](int64_t r) {
-    rms_norm_row(out + r * width, in + r * width, w, width, static_cast<float>(eps));
-  });
+  rms_norm_rows(y.data_ptr<float>(), x.data_ptr<float>(), weight.data_ptr<float>(), x.size(0), x.size(1),
+                static_cast<float>(eps));
   return y;
 }
 
@@ -732,10 +732,7 @@ class StepLayers {
     at::Tensor normed = at::empty({rows, width}, hidden.options());
     at::Tensor attended = at::empty({rows, heads_, dim}, hidden.options());
     for (Layer& layer : layers_) {
-      for_each_row(rows, [&](int64_t r) {
-        rms_norm_row(normed.data_ptr<float>() + r * width, x + r * width, layer.input_norm.data_ptr<float>(), width,
-                     eps_);
-      });
+      rms_norm_rows(normed.data_ptr<float>(), x, layer.input_norm.data_ptr<float>(), rows, width, eps_);
       at::Tensor qkv = product(layer.projections[0], normed);
       rotate_and_store(qkv, cos.data_ptr<float>(), sin.data_ptr<float>(), slots.data_ptr<int64_t>(), layer.k_cache,
                        layer.v_cache, heads_);
@@ -749,10 +746,7 @@ class StepLayers {
                                 chunk_lengths, chunk_contexts, scale, window_);
       }
       add_product(layer.projections[1], attended.view({rows, q_width}), x, width);
-      for_each_row(rows, [&](int64_t r) {
-        rms_norm_row(normed.data_ptr<float>() + r * width, x + r * width, layer.post_norm.data_ptr<float>(), width,
-                     eps_);
-      });
+      rms_norm_rows(normed.data_ptr<float>(), x, layer.post_norm.data_ptr<float>(), rows, width, eps_);
       const at::Tensor activated = silu_and_mul(product(layer.projections[2], normed));
       add_product(layer.projections[3], activated, x, width);
     }
