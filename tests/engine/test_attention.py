@@ -21,15 +21,15 @@ from .conftest import compiled_kernels
 BLOCK, KV_HEADS, HEADS, DIM = 16, 2, 4, 64
 
 
-def _cache_with(sequences: list[torch.Tensor], num_blocks: int, generator: torch.Generator):
-    """A (num_blocks, BLOCK, K, D) cache holding each (L, K, D) sequence in shuffled blocks."""
-    cache = torch.randn(num_blocks, BLOCK, KV_HEADS, DIM, generator=generator)  # garbage elsewhere
+def _cache_with(sequences: list[torch.Tensor], num_blocks: int, generator: torch.Generator, size: int = BLOCK):
+    """A (num_blocks, size, K, D) cache holding each (L, K, D) sequence in shuffled blocks."""
+    cache = torch.randn(num_blocks, size, KV_HEADS, DIM, generator=generator)  # garbage elsewhere
     order = torch.randperm(num_blocks, generator=generator).tolist()
     tables = []
     for values in sequences:
-        blocks = [order.pop() for _ in range(-(-values.shape[0] // BLOCK))]
+        blocks = [order.pop() for _ in range(-(-values.shape[0] // size))]
         for index, block in enumerate(blocks):
-            part = values[index * BLOCK : (index + 1) * BLOCK]
+            part = values[index * size : (index + 1) * size]
             cache[block, : part.shape[0]] = part
         tables.append(blocks)
     return cache, tables
@@ -50,23 +50,26 @@ def _dense(
 @pytest.mark.parametrize("window", [None, 37])
 @pytest.mark.parametrize("consecutive", [True, False])
 @pytest.mark.parametrize("path", ["gather and SDPA", "compiled kernel"])
-def test_decode_over_the_paged_cache_equals_dense_attention(path: str, consecutive: bool, window: int | None) -> None:
+@pytest.mark.parametrize("size", [BLOCK, 128])  # the kernel prefetches 12 slots on: across blocks, or within
+def test_decode_over_the_paged_cache_equals_dense_attention(
+    path: str, consecutive: bool, window: int | None, size: int
+) -> None:
     # 40 sequences of up to 20 blocks: more than one group of gathered keys (8 MB each).
     kernels = compiled_kernels() if path == "compiled kernel" else None
     generator = torch.Generator().manual_seed(0)
-    lengths = [int(n) for n in torch.randint(1, 20 * BLOCK + 1, (40,), generator=generator)]
-    lengths[0] = 20 * BLOCK
+    lengths = [int(n) for n in torch.randint(1, 20 * size + 1, (40,), generator=generator)]
+    lengths[0] = 20 * size
     keys = [torch.randn(n, KV_HEADS, DIM, generator=generator) for n in lengths]
     values = [torch.randn(n, KV_HEADS, DIM, generator=generator) for n in lengths]
-    k_cache, tables = _cache_with(keys, 900, generator)
+    k_cache, tables = _cache_with(keys, 900, generator, size)
     v_cache = torch.zeros_like(k_cache)
     for table, sequence in zip(tables, values, strict=True):
-        flat = torch.cat([sequence, torch.zeros(len(table) * BLOCK - sequence.shape[0], KV_HEADS, DIM)])
-        v_cache[table] = flat.view(len(table), BLOCK, KV_HEADS, DIM)
+        flat = torch.cat([sequence, torch.zeros(len(table) * size - sequence.shape[0], KV_HEADS, DIM)])
+        v_cache[table] = flat.view(len(table), size, KV_HEADS, DIM)
     width = max(map(len, tables))
     padded = torch.tensor([table + [0] * (width - len(table)) for table in tables])
     context = torch.tensor(lengths)[:, None]
-    positions = torch.arange(width * BLOCK)[None, :]
+    positions = torch.arange(width * size)[None, :]
     mask = positions < context
     if window is not None:
         mask &= (context - 1) - positions < window

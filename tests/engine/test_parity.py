@@ -16,7 +16,8 @@ NEW_TOKENS = 10
 GREEDY = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True)
 
 ENGINE_SETTINGS = {
-    "one batch": {},
+    "one batch": {"block_size": 16},
+    "one batch in the CPU's default blocks (128 tokens)": {},
     "no prefix caching": {"enable_prefix_caching": False},
     "small prefill chunks": {"max_num_batched_tokens": 7},
     "preemption": {"num_kv_blocks": 24, "block_size": 4},
@@ -51,7 +52,7 @@ def test_greedy_matches_transformers(model_dir, expected, setting: str) -> None:
 
 def test_one_request_at_a_time_matches_and_reuses_the_cache(model_dir, expected) -> None:
     prompts, reference = expected
-    with LLM(model_dir, multiprocess=False) as llm:
+    with LLM(model_dir, multiprocess=False, block_size=16) as llm:
         outputs = [llm.generate(prompt, GREEDY)[0] for prompt in prompts[:8]]
         assert [output.token_ids for output in outputs] == reference[:8]
         # prompts 0, 2, 4, 6 share a 16-token prefix: one full block of 16, cached after the first

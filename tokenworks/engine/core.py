@@ -65,15 +65,14 @@ class EngineCore:
         generation = load_generation_config(options.model)
         eos = generation.get("eos_token_id", config.eos_token_id)
         self.eos_token_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
+        self.block_size = block_size = options.resolved_block_size(device)
         num_blocks = self._num_blocks(device)
-        self.max_model_len = min(
-            options.max_model_len or config.max_position_embeddings, num_blocks * options.block_size
-        )
-        self.kv_cache = KVCacheManager(num_blocks, options.block_size, options.enable_prefix_caching)
+        self.max_model_len = min(options.max_model_len or config.max_position_embeddings, num_blocks * block_size)
+        self.kv_cache = KVCacheManager(num_blocks, block_size, options.enable_prefix_caching)
         self.scheduler = Scheduler(
             self.kv_cache, options.max_num_batched_tokens, options.max_num_seqs, options.scheduling_policy
         )
-        self.runner = ModelRunner(self.model, num_blocks, options.block_size, options.kernels, options.pack_weights)
+        self.runner = ModelRunner(self.model, num_blocks, block_size, options.kernels, options.pack_weights)
         kernels = self.runner.kernels
         argmax = kernels.greedy_tokens if kernels is not None else None  # torch's argmax elsewhere
         self.sampler = Sampler(options.seed, device=device, argmax=argmax)
@@ -83,14 +82,14 @@ class EngineCore:
             config.architecture,
             device,
             num_blocks,
-            options.block_size,
+            block_size,
         )
 
     def _num_blocks(self, device: str) -> int:
         o = self.options
         if o.num_kv_blocks is not None:
             return o.num_kv_blocks
-        per_block = kv_bytes_per_block(self.model, o.block_size)
+        per_block = kv_bytes_per_block(self.model, self.block_size)
         if o.kv_cache_memory_gib is not None:
             budget = int(o.kv_cache_memory_gib * 2**30)
         else:

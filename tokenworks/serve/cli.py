@@ -33,7 +33,9 @@ def serve(
     max_num_batched_tokens: int = typer.Option(2048, "--max-num-batched-tokens", min=1, help="Tokens per engine step."),
     max_num_seqs: int = typer.Option(256, "--max-num-seqs", min=1, help="Requests in one batch at most."),
     max_model_len: int = typer.Option(None, "--max-model-len", min=2, help="Context length; default: the model's."),
-    block_size: int = typer.Option(16, "--block-size", min=1, help="Tokens per KV cache block."),
+    block_size: int = typer.Option(
+        None, "--block-size", min=1, help="Tokens per KV cache block; default: 128 on CPU (as vLLM's), 16 on CUDA."
+    ),
     no_prefix_caching: bool = typer.Option(False, "--no-enable-prefix-caching", help="Turn prefix caching off."),
     no_pack_weights: bool = typer.Option(
         False, "--no-pack-weights", help="CPU: one copy of the weights, without oneDNN's packed one (slower)."
