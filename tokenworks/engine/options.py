@@ -16,8 +16,8 @@ class EngineOptions:
     # Tokens per KV-cache block. None: 128 on CPU, as vLLM's CPU backend, and 16 on CUDA. On CPU
     # a sequence's blocks lie anywhere in memory and each jump to the next one stalls decode
     # attention's reads: 128-token blocks read 1.3x faster than 16-token ones on the small
-    # benchmark model (kernels/cpu_kernels.cpp). The price is a coarser prefix cache (whole
-    # blocks only) and up to a block less of unused tail room per sequence.
+    # benchmark model (kernels/cpu_kernels.cpp). The price is a coarser prefix cache (it shares
+    # whole blocks only) and up to block_size - 1 slots held but unused by each sequence.
     block_size: int | None = None
     kv_cache_memory_gib: float | None = None  # None: a share of free memory (see kv_cache_bytes)
     kv_cache_fraction: float = 0.25  # of available memory, when kv_cache_memory_gib is None
