@@ -141,7 +141,7 @@ class InProcessCoreClient:
         core = self.core
         self.ready = Ready(
             core.max_model_len, core.model.config.vocab_size, sorted(core.eos_token_ids),
-            core.kv_cache.pool.num_blocks, core.block_size, str(core.model.device),
+            core.kv_cache.pool.num_blocks, core.kv_cache.block_size, str(core.model.device),
         )  # fmt: skip
         self._pending: list[object] = []
         self.dead_reason: str | None = None

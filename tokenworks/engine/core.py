@@ -65,8 +65,8 @@ class EngineCore:
         generation = load_generation_config(options.model)
         eos = generation.get("eos_token_id", config.eos_token_id)
         self.eos_token_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
-        self.block_size = block_size = options.resolved_block_size(device)
-        num_blocks = self._num_blocks(device)
+        block_size = options.resolved_block_size(device)
+        num_blocks = self._num_blocks(device, block_size)
         self.max_model_len = min(options.max_model_len or config.max_position_embeddings, num_blocks * block_size)
         self.kv_cache = KVCacheManager(num_blocks, block_size, options.enable_prefix_caching)
         self.scheduler = Scheduler(
@@ -85,11 +85,11 @@ class EngineCore:
             block_size,
         )
 
-    def _num_blocks(self, device: str) -> int:
+    def _num_blocks(self, device: str, block_size: int) -> int:
         o = self.options
         if o.num_kv_blocks is not None:
             return o.num_kv_blocks
-        per_block = kv_bytes_per_block(self.model, self.block_size)
+        per_block = kv_bytes_per_block(self.model, block_size)
         if o.kv_cache_memory_gib is not None:
             budget = int(o.kv_cache_memory_gib * 2**30)
         else:

@@ -53,7 +53,7 @@ def run_engine_core(options: EngineOptions, input_address: str, output_address: 
         send(
             Ready(
                 core.max_model_len, core.model.config.vocab_size, sorted(core.eos_token_ids),
-                core.kv_cache.pool.num_blocks, core.block_size, str(core.model.device),
+                core.kv_cache.pool.num_blocks, core.kv_cache.block_size, str(core.model.device),
             )
         )  # fmt: skip
         _loop(core, inputs, send)
