@@ -542,11 +542,18 @@ def run_engine(engine: str, python: Path, model: Model, args: argparse.Namespace
         "own_cpus_during": own,
         "others_cpus_during": max(machine - own, 0.0),
     }
+    others = "others (the engine taking turns included)" if turns else "others"
     say(
         f"{stamp()} [{label}] done in {elapsed:,.0f} s; CPUs busy meanwhile {machine:.2f}, of which this "
-        f"benchmark {own:.2f}, others ~{max(machine - own, 0.0):.2f}"
+        f"benchmark {own:.2f}, {others} ~{max(machine - own, 0.0):.2f}"
     )
     return result
+
+
+def interleaving(args: argparse.Namespace) -> bool:
+    """Whether tokenworks' and vllm's offline repeats take turns: on CPU, unless --no-interleave.
+    On one GPU vLLM takes most of its memory, so the other engine could not load beside it."""
+    return args.interleave and not args.device.startswith("cuda")
 
 
 def run_interleaved(engines: list[str], pythons: dict[str, Path], model: Model, args: argparse.Namespace,
@@ -759,7 +766,7 @@ def print_tables(summaries: dict[str, dict[str, dict[str, Any]]], models: dict[s
         f"of the two; the host's bandwidth swings within seconds), fraction = median over the requests. Goals: tokenworks >= 0.5x llama.cpp "
         f"on tiny, >= 0.8x on small; on small within 1.25x of the floor (fraction >= 80%)."
     )
-    if args.interleave and not cuda:
+    if interleaving(args):
         pairs = []
         for shape, by_engine in summaries.items():
             ratios = paired_ratios(by_engine)
@@ -992,9 +999,7 @@ def main(argv: list[str] | None = None) -> int:
     for shape, model in models.items():
         results[shape] = {}
         prompts = prompt_sets(args, model)
-        # On CPU only: on one GPU, vLLM takes most of its memory for itself and the other could not load beside it.
-        interleave = args.interleave and not args.device.startswith("cuda") and {"tokenworks", "vllm"} <= pythons.keys()
-        paired = ["tokenworks", "vllm"] if interleave else []
+        paired = ["tokenworks", "vllm"] if interleaving(args) and {"tokenworks", "vllm"} <= pythons.keys() else []
         offline_of = run_interleaved(paired, pythons, model, args, prompts) if paired else {}
         for engine in ENGINES:
             if engine not in pythons or (engine == "llama" and model.gguf is None):
@@ -1004,7 +1009,6 @@ def main(argv: list[str] | None = None) -> int:
             if engine in offline_of:  # its offline repeats ran beside its peer's, its single stream alone
                 paired_result = offline_of[engine]
                 result["offline"] = paired_result.get("offline")
-                result["offline_contention"] = paired_result.get("contention")
                 if paired_result.get("error"):
                     result["error"] = result.get("error") or f"offline: {paired_result['error']}"
             results[shape][engine] = result
