@@ -13,6 +13,7 @@ import sys
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from tokenworks import __version__
 from tokenworks.bench.cli import register as register_bench
@@ -68,7 +69,8 @@ def main() -> None:
     try:
         app()
     except TokenworksError as error:
-        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        # escaped: messages name config sections ("[train] ...") that rich would take for markup
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_ERROR)
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted")

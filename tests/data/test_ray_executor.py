@@ -12,7 +12,8 @@ pytest.importorskip("ray.data", reason='Ray Data is not installed (pip install "
 
 from ray import cloudpickle
 
-from tokenworks.data.executor import LocalExecutor, Record, make_executor
+from tokenworks.data.executor import LocalExecutor, Record
+from tokenworks.data.pipeline import make_executor
 from tokenworks.data.ray_executor import RayExecutor
 
 # Ray 2.60 copies its DataContext per dataset, and the copy trips its own deprecation shims.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,18 +41,27 @@ def test_quick_defaults_are_the_base_of_a_quick_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[trian]\nseed = 1\n", "unknown setting 'trian'"),
-        ("[train]\nsed = 1\n", "unknown setting 'sed' in"),
-        ('[train]\ntime_budget_s = "long"\n', "time_budget_s should be float, got 'long'"),
-        ("[bench]\nconcurrency = [1.5]\n", "concurrency should be list[int]"),
-        ("[bench]\nconcurrency = []\n", "bench.concurrency must list positive numbers"),
-        ("[train]\ntime_budget_s = 0\n", "train.time_budget_s must be positive"),
+        ("[trian]\nseed = 1\n", "unknown setting 'trian'; known: bench, data, serve, train, workdir"),
+        ("[train]\nsed = 1\n", "[train] unknown setting 'sed'; known: batch_size, context, lr, preset, seed,"),
+        ('[train]\ntime_budget_s = "long"\n', "[train] time_budget_s: input should be a valid number, got 'long'"),
+        ("[train]\nseed = true\n", "[train] seed: input should be a valid integer, got True"),
+        ("[bench]\nconcurrency = [1.5]\n", "[bench] concurrency[0]: input should be a valid integer, got 1.5"),
+        ("[bench]\nconcurrency = []\n", "[bench] concurrency: list should have at least 1 item"),
+        ("[bench]\nconcurrency = [4, 0]\n", "[bench] concurrency[1]: input should be greater than or equal to 1"),
+        ("[train]\ntime_budget_s = 0\n", "[train] time_budget_s: input should be greater than 0, got 0"),
+        ("[data]\nmax_documents = 0\n", "[data] max_documents: input should be greater than or equal to 1"),
+        ('[data]\nsources = "docs"\n', "[data] sources: input should be a valid list, got 'docs'"),
+        ("train = 3\n", "[train] should be a table of settings, got 3"),
+        ("[train]\nseed = 1.5\nlr = 0\n", "[train] lr: input should be greater than 0, got 0 (and 1 more)"),
         ("[data\n", "is not valid TOML"),
     ],
 )
-def test_mistakes_are_named(tmp_path: Path, text: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
-        FactoryConfig.load(write(tmp_path, text))
+def test_mistakes_are_one_line_naming_the_file_and_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        FactoryConfig.load(path)
+    assert str(caught.value).startswith(str(path)) and message in str(caught.value)
+    assert "\n" not in str(caught.value)
 
 
 def test_a_missing_file_is_named(tmp_path: Path) -> None:
@@ -96,15 +107,55 @@ def test_the_example_configuration_is_valid() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('[train]\npreset = "huge"\n', "unknown model preset 'huge' in train.preset"),
-        ('[bench]\nslo = "ttfb=1s"\n', "in [bench]: unknown SLO key 'ttfb'"),
-        ('[bench]\noutput_tokens = "lots"\n', "in [bench]: bad length 'lots'"),
-        ('[bench]\nhardware = "abacus"\n', "in [bench]: no hardware 'abacus'"),
+        ('[train]\npreset = "huge"\n', "[train] preset: unknown model preset 'huge'; choose one of nano,"),
+        ('[bench]\nslo = "ttfb=1s"\n', "[bench] slo: unknown SLO key 'ttfb'"),
+        ('[bench]\noutput_tokens = "lots"\n', "[bench] output_tokens: bad length 'lots'"),
+        ('[bench]\nhardware = "abacus"\n', "[bench] hardware: no hardware 'abacus'"),
+        ('[bench]\nprice_book = "absent.toml"\n', "[bench] price_book: cannot read price book"),
     ],
 )
 def test_names_the_late_stages_use_are_checked_before_any_work(tmp_path: Path, text: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
-        FactoryConfig.load(write(tmp_path, text))
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        FactoryConfig.load(path)
+    assert str(caught.value).startswith(f"{path}: {message}")
+
+
+def test_a_price_book_beside_the_file_is_found_and_its_hardware_checked(tmp_path: Path) -> None:
+    book = '[[hardware]]\nname = "abacus"\nusd_per_hour = 0.01\ntdp_watts = 1.0\nsource = "a guess"\ndate = "2025-01"\n'
+    (tmp_path / "prices.toml").write_text(book, encoding="utf-8")
+    config = FactoryConfig.load(write(tmp_path, '[bench]\nprice_book = "prices.toml"\nhardware = "abacus"\n'))
+    assert config.bench.price_book == str(tmp_path / "prices.toml")
+
+
+def test_a_configuration_changed_in_code_is_checked_again() -> None:
+    config = FactoryConfig.quick()
+    config.check()
+    config.bench.slo = "ttfb=1s"
+    with pytest.raises(ConfigError, match=r"^factory settings: \[bench\] slo: unknown SLO key 'ttfb'"):
+        config.check()
+
+
+@pytest.fixture(scope="module")
+def bad_file_run(tmp_path_factory) -> tuple[Path, str]:
+    """`tokenworks factory --config` on a file with a wrong type: (the file, what the user reads on stderr)."""
+    directory = tmp_path_factory.mktemp("bad-config")
+    path = write(directory, '[train]\ntime_budget_s = "long"\n')
+    command = [sys.executable, "-m", "tokenworks", "factory", "--config", str(path), "--workdir", str(directory / "w")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and not (directory / "w").exists()
+    return path, " ".join(result.stderr.split())  # rich wraps long lines
+
+
+def test_a_bad_file_is_one_line_from_the_cli_without_a_traceback(bad_file_run) -> None:
+    path, stderr = bad_file_run
+    assert "Traceback" not in stderr and stderr.startswith(f"error: {path}:")
+    assert "time_budget_s: input should be a valid number, got 'long'" in stderr
+
+
+def test_the_cli_shows_the_section_of_a_bad_key(bad_file_run) -> None:
+    path, stderr = bad_file_run
+    assert f"{path}: [train] time_budget_s:" in stderr
 
 
 def test_from_a_stage_whose_inputs_are_missing_is_refused(tmp_path: Path) -> None:

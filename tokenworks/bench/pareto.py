@@ -4,6 +4,10 @@ A sweep gives one point per concurrency or rate (per configuration); the frontie
 no other point beats. Charts put interactivity (tokens/s/user) on x and throughput per device,
 cost per million tokens or tokens per joule on y. Points are dicts (rows of points.csv) or
 objects with the axes as attributes.
+
+A sweep has three frontiers (`FRONTIERS`): output throughput per device, cost per million
+output tokens (lower is better) and output tokens per joule, each against interactivity and
+each within one input/output length pair, since different workloads are not comparable.
 """
 
 from __future__ import annotations
@@ -16,6 +20,14 @@ from typing import Any, TypeVar
 from tokenworks.errors import BenchError
 
 P = TypeVar("P")
+
+# The three frontiers: (y column, maximise y). x is always interactivity (tokens/s per user), maximised.
+FRONTIERS = {
+    "throughput": ("output_throughput_per_device", True),
+    "cost": ("cost_usd_per_million_output_tokens", False),
+    "energy": ("energy_output_tokens_per_joule", True),
+}
+X_AXIS = "interactivity"
 
 
 def value(point: Any, axis: str) -> float | None:
@@ -62,3 +74,20 @@ def interpolate_frontier(frontier: Sequence[Any], x_value: float, x: str, y: str
         if x0 <= x_value <= x1:
             return y0 if x1 == x0 else y0 + (y1 - y0) * (x_value - x0) / (x1 - x0)
     return pairs[0][1]  # a single-point frontier, read at its own x
+
+
+def pair_label(input_tokens: str, output_tokens: str) -> str:
+    """The name of one input/output length pair: the `workload` column of points.csv."""
+    return f"in={input_tokens},out={output_tokens}"
+
+
+def frontiers(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Each of `FRONTIERS` over the rows of points.csv, computed within each length pair."""
+    result: dict[str, list[dict[str, Any]]] = {}
+    for name, (y, maximize_y) in FRONTIERS.items():
+        on_frontier: list[dict[str, Any]] = []
+        for pair in dict.fromkeys(row["workload"] for row in rows):
+            candidates = [r for r in rows if r["workload"] == pair and r.get(X_AXIS) and r.get(y) is not None]
+            on_frontier += pareto_frontier(candidates, X_AXIS, y, maximize_x=True, maximize_y=maximize_y)
+        result[name] = on_frontier
+    return result

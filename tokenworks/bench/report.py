@@ -5,7 +5,7 @@
     points.csv      one row per point: what was asked, then every figure
     frontier.csv    the points on the throughput-interactivity Pareto frontier
     *.png           frontier, cost, energy and latency charts
-    report.html     one self-contained page of all of it
+    report.html     one self-contained page of all of it (templates/report.html.j2, charts embedded)
 
 `tokenworks serve --bench-results DIR` shows DIR/frontier.csv on its live dashboard, so the
 first five columns of frontier.csv are a contract: label, concurrency, request_rate,
@@ -17,13 +17,13 @@ from __future__ import annotations
 import base64
 import csv
 import datetime
-import html
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on a server
@@ -31,9 +31,10 @@ import matplotlib.pyplot as plt
 
 from tokenworks import __version__
 from tokenworks.bench.loadgen import LoadOptions
+from tokenworks.bench.pareto import FRONTIERS, X_AXIS, frontiers, pair_label
 from tokenworks.bench.runner import Accounting, host_description
 from tokenworks.bench.slo import SLO
-from tokenworks.bench.sweep import FRONTIERS, X_AXIS, SweepResult, frontiers, pair_label
+from tokenworks.bench.sweep import SweepResult
 from tokenworks.bench.workloads import WorkloadOptions
 
 FRONTIER_COLUMNS = ["label", "concurrency", "request_rate", X_AXIS, "output_throughput_per_device"]
@@ -216,7 +217,22 @@ def png_data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
+def html_page(package: str, template: str, **values: Any) -> str:
+    """A page of `package`'s templates/ (this one's and the factory's report), autoescaped: whatever a user
+    or a server named (a model, a prompt, a flag's message) stays text, never markup."""
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader(package),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    return environment.get_template(template).render(**values)
+
+
 def render_html(files: ResultFiles, result: SweepResult) -> str:
+    """report.html from templates/report.html.j2: the settings, the points, the validity flags, the charts."""
     run = files.run
     settings = [
         ("endpoint", f"{run['endpoint']['url']} ({run['endpoint']['server'] or 'server unnamed'})"),
@@ -238,36 +254,21 @@ def render_html(files: ResultFiles, result: SweepResult) -> str:
         ("$/M out", "cost_usd_per_million_output_tokens", "{:,.3f}"),
         ("out tok/J", "energy_output_tokens_per_joule", "{:,.2f}"), ("flags", "flags", "{}"),
     ]  # fmt: skip
-    head = "".join(f"<th>{html.escape(title)}</th>" for title, _, _ in columns)
     on_frontier = {row["label"] for row in files.frontiers["throughput"]}
-    body = "".join(
-        f"<tr{' class=frontier' if row['label'] in on_frontier else ''}>"
-        + "".join(f"<td>{html.escape(_format(row.get(key), form))}</td>" for _, key, form in columns)
-        + "</tr>"
+    rows = [
+        {"frontier": row["label"] in on_frontier, "cells": [_format(row.get(key), form) for _, key, form in columns]}
         for row in files.rows
-    )
-    flags = "".join(
-        f"<li><b>{html.escape(p.label)}</b>: {html.escape(f.severity)} {html.escape(f.code)}: {html.escape(f.message)}</li>"
-        for p in result.points
-        for f in p.flags
-    )
-    charts = "".join(
-        f"<figure><img src='{png_data_uri(path)}' alt='{name}'></figure>" for name, path in files.charts.items()
-    )
-    energy = files.rows[0]["energy_label"] if files.rows else "estimated"
-    notes = (
-        f"Prices are assumptions from the price book named in run.json. Energy is <b>{html.escape(energy)}</b>"
-        f"{' from CPU utilisation x TDP' if energy == 'estimated' else ''}. Interactivity is 1 / median TPOT. "
-        "Highlighted rows are on the Pareto frontier of throughput per device against tokens/s per user."
-    )
-    return _PAGE.format(
-        title=f"tokenworks bench: {html.escape(run['endpoint']['model'])}",
-        settings="".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in settings),
-        notes=notes,
-        head=head,
-        body=body,
-        flags=f"<ul>{flags}</ul>" if flags else "<p>No validity flags.</p>",
-        charts=charts,
+    ]
+    return html_page(
+        "tokenworks.bench",
+        "report.html.j2",
+        title=f"tokenworks bench: {run['endpoint']['model']}",
+        settings=settings,
+        energy=files.rows[0]["energy_label"] if files.rows else "estimated",
+        headings=[title for title, _, _ in columns],
+        rows=rows,
+        flags=[(point.label, flag) for point in result.points for flag in point.flags],
+        charts=[(name, png_data_uri(path)) for name, path in files.charts.items()],
     )
 
 
@@ -324,22 +325,3 @@ def _is_json(value: Any) -> bool:
 
 def _iso(timestamp: float) -> str:
     return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat(timespec="seconds")
-
-
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 80rem; color: #222; }}
-table {{ border-collapse: collapse; margin: 0.5rem 0 1.5rem; font-size: 0.9rem; }}
-th, td {{ border: 1px solid #ddd; padding: 0.25rem 0.5rem; text-align: left; }}
-tr.frontier {{ background: #eef6ee; }}
-img {{ max-width: 38rem; }} figure {{ display: inline-block; margin: 0.5rem; }}
-</style></head>
-<body><h1>{title}</h1>
-<table>{settings}</table>
-<p>{notes}</p>
-<h2>Points</h2><table><tr>{head}</tr>{body}</table>
-<h2>Validity</h2>{flags}
-<h2>Charts</h2>{charts}
-</body></html>
-"""

@@ -6,9 +6,8 @@ before it; in a rate sweep, a point that completes less than 90% of the offered 
 whose queue grew through the run (the `saturation` flag). The saturated point is kept (it
 shows where the knee is) and the sweep of that length pair ends there.
 
-From the points: the Pareto frontier of output throughput per device against tokens/s per
-user, and the same frontier for cost per million tokens (lower is better) and tokens per
-joule, each within one length pair (different workloads are not comparable).
+The frontiers drawn from the points (throughput, cost and energy against tokens/s per user,
+within one length pair) are defined in pareto.py; report.py writes them.
 """
 
 from __future__ import annotations
@@ -16,8 +15,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -26,7 +23,7 @@ from tokenworks.bench.client import EndpointInfo
 from tokenworks.bench.economics import PriceBook
 from tokenworks.bench.loadgen import LoadOptions
 from tokenworks.bench.metrics import CapacitySearch, find_capacity
-from tokenworks.bench.pareto import pareto_frontier
+from tokenworks.bench.pareto import pair_label
 from tokenworks.bench.prompts import PromptTokenizer
 from tokenworks.bench.runner import Accounting, PointResult, Target, check_endpoint, measure_point, prompt_tokenizer
 from tokenworks.bench.slo import SLO
@@ -35,13 +32,6 @@ from tokenworks.errors import BenchError
 
 THROUGHPUT_GAIN = 1.05  # a concurrency step that adds less than 5% throughput means saturation
 RATE_ACHIEVED = 0.90  # completing less than 90% of the offered request rate means saturation
-# The three frontiers: (y column, maximise y). x is always interactivity (tokens/s per user), maximised.
-FRONTIERS = {
-    "throughput": ("output_throughput_per_device", True),
-    "cost": ("cost_usd_per_million_output_tokens", False),
-    "energy": ("energy_output_tokens_per_joule", True),
-}
-X_AXIS = "interactivity"
 
 
 @dataclass(slots=True)
@@ -75,25 +65,9 @@ class SweepResult:
     saturated: dict[str, str]  # io pair label -> why its sweep stopped early
 
 
-def pair_label(input_tokens: str, output_tokens: str) -> str:
-    return f"in={input_tokens},out={output_tokens}"
-
-
 def point_label(pair: str, concurrency: int | None, rate: float | None) -> str:
     level = f"rate={rate:g}/s" if rate is not None else f"c={concurrency}"
     return f"{pair} {level}"
-
-
-def frontiers(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Each frontier over the rows of points.csv, computed within each length pair."""
-    result: dict[str, list[dict[str, Any]]] = {}
-    for name, (y, maximize_y) in FRONTIERS.items():
-        on_frontier: list[dict[str, Any]] = []
-        for pair in dict.fromkeys(row["workload"] for row in rows):
-            candidates = [r for r in rows if r["workload"] == pair and r.get(X_AXIS) and r.get(y) is not None]
-            on_frontier += pareto_frontier(candidates, X_AXIS, y, maximize_x=True, maximize_y=maximize_y)
-        result[name] = on_frontier
-    return result
 
 
 def saturation_reason(point: PointResult, earlier: list[PointResult]) -> str | None:
@@ -196,22 +170,3 @@ async def run_capacity(
     # find_capacity is synchronous; run it in a thread so each measurement runs on this loop.
     search = await asyncio.to_thread(find_capacity, measure, low, high, tolerance, max_steps)
     return SweepResult(endpoint, points, {}), search
-
-
-def run_factory_sweep(url: str, model: str, tokenizer: Path, settings: Any, out: Path, console: Console) -> dict:
-    """The factory's bench stage: a closed-loop sweep with its settings, written to `out`, summarised."""
-    from tokenworks.bench.report import write_results
-
-    target = Target(url=url, model=model, tokenizer=tokenizer)
-    plan = SweepPlan(
-        concurrencies=list(settings.concurrency),
-        io_pairs=[(settings.input_tokens, settings.output_tokens)],
-        requests_per_point=settings.requests_per_point,
-    )
-    workload = WorkloadOptions(kind="synthetic", api="completions")
-    load = LoadOptions(warmup_requests=settings.warmup_requests, seed=settings.seed)
-    slo = SLO.parse(settings.slo)
-    accounting = Accounting(hardware=settings.hardware, price_book=settings.price_book)
-    result = asyncio.run(run_sweep(target, workload, load, plan, slo, accounting, console))
-    files = write_results(out, result, workload, load, slo, accounting, command="tokenworks factory (bench stage)")
-    return files.summary()

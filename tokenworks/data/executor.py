@@ -2,8 +2,9 @@
 
 The ingest pipeline's per-document stages (read, clean, MinHash signatures) are pure
 functions of a batch of records, so they can run anywhere: in worker processes on this
-machine (`LocalExecutor`, the default) or on a Ray cluster (`RayExecutor`, for corpora
-larger than one machine). A record is a plain dict, so it crosses any process boundary.
+machine (`LocalExecutor`, the default) or on a Ray cluster (`RayExecutor` in ray_executor.py,
+for corpora larger than one machine); the pipeline picks one by name. A record is a plain
+dict, so it crosses any process boundary.
 """
 
 from __future__ import annotations
@@ -82,14 +83,3 @@ class LocalExecutor:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
-
-
-def make_executor(name: str, workers: int, batch_size: int = 256) -> Executor:
-    """The executor a CLI name stands for: `local` or `ray`."""
-    if name == "local":
-        return LocalExecutor(workers=workers, batch_size=batch_size)
-    if name == "ray":
-        from tokenworks.data.ray_executor import RayExecutor
-
-        return RayExecutor(workers=workers, batch_size=batch_size)
-    raise ConfigError(f"unknown executor {name!r}; use 'local' or 'ray'")

@@ -16,13 +16,14 @@ import numpy as np
 
 from tokenworks.data.python_docs import SOURCE as PYTHON_DOCS
 from tokenworks.data.readers import Record, file_sha256
+from tokenworks.data.shards import SHARDS_DIR, ShardInfo
+from tokenworks.data.stats import StageStats
 
-if TYPE_CHECKING:  # the pipeline imports these lazily; type names only here
-    from tokenworks.data.pipeline import IngestOptions, StageStats
-    from tokenworks.data.shards import ShardInfo
+if TYPE_CHECKING:  # the tokenizer loads `tokenizers`; only its type is named here
     from tokenworks.model.tokenizer import Tokenizer
 
 MANIFEST_VERSION = 1
+TOKENIZER_DIR = "tokenizer"  # beside shards/ in the ingest's output directory
 
 
 def input_files(files: list[Record]) -> list[dict[str, Any]]:
@@ -53,7 +54,7 @@ def python_docs_input(records: list[Record]) -> dict[str, Any]:
 
 
 def build_manifest(
-    options: IngestOptions,
+    parameters: dict[str, Any],
     out: Path,
     inputs: list[dict[str, Any]],
     tokenizer: Tokenizer,
@@ -61,14 +62,11 @@ def build_manifest(
     shards: dict[str, list[ShardInfo]],
     stages: list[StageStats],
 ) -> dict[str, Any]:
-    from tokenworks.data.pipeline import TOKENIZER_DIR
-    from tokenworks.data.shards import SHARDS_DIR
-
     outputs = sorted((out / SHARDS_DIR).iterdir()) + sorted((out / TOKENIZER_DIR).iterdir())
     return {
         "version": MANIFEST_VERSION,
         "inputs": inputs,
-        "parameters": options.parameters(),
+        "parameters": parameters,  # what determines the output (IngestOptions.parameters())
         "stages": [
             {"stage": s.stage, "documents_in": s.documents_in, "documents_out": s.documents_out, "dropped": s.dropped}
             for s in stages

@@ -29,20 +29,20 @@ from typing import Any
 
 from tokenworks.data.clean import CleanSettings, clean_documents
 from tokenworks.data.dedup import exact_duplicates, near_duplicates
-from tokenworks.data.executor import Executor, make_executor
-from tokenworks.data.manifest import build_manifest, input_files, python_docs_input
+from tokenworks.data.executor import Executor, LocalExecutor
+from tokenworks.data.manifest import TOKENIZER_DIR, build_manifest, input_files, python_docs_input
 from tokenworks.data.minhash import MinHashParameters
 from tokenworks.data.python_docs import SOURCE as PYTHON_DOCS
 from tokenworks.data.quality import PYTHON_DOCS_RELAXED, QualityThresholds
 from tokenworks.data.readers import Record, discover_files, python_docs_records, read_files
 from tokenworks.data.shards import MANIFEST_NAME, SHARDS_DIR, ShardWriter, token_dtype
+from tokenworks.data.stats import StageStats, characters
 from tokenworks.data.workspace import Workspace
 from tokenworks.errors import ConfigError, TokenworksError
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("read", "clean", "dedup", "split", "tokenizer", "shards")
-TOKENIZER_DIR = "tokenizer"
 
 
 class IngestError(TokenworksError):
@@ -104,23 +104,6 @@ class IngestOptions:
 
 
 @dataclass(slots=True)
-class StageStats:
-    stage: str
-    documents_in: int
-    documents_out: int
-    characters_in: int
-    characters_out: int
-    seconds: float = 0.0
-    resumed: bool = False
-    dropped: dict[str, int] = field(default_factory=dict)  # by the step that dropped them
-    tokens_out: int | None = None
-
-    @classmethod
-    def of(cls, stage: str, before: list[Record], after: list[Record], dropped: dict[str, int]) -> StageStats:
-        return cls(stage, len(before), len(after), _characters(before), _characters(after), dropped=dropped)
-
-
-@dataclass(slots=True)
 class IngestResult:
     out: Path
     stages: list[StageStats]
@@ -137,6 +120,17 @@ class Progress:
 @contextmanager
 def _silent_stage() -> Iterator[Callable[[int], None]]:
     yield lambda n: None
+
+
+def make_executor(name: str, workers: int, batch_size: int = 256) -> Executor:
+    """The executor `--executor` names: `local` (worker processes) or `ray` (Ray Data, imported only when asked)."""
+    if name == "local":
+        return LocalExecutor(workers=workers, batch_size=batch_size)
+    if name == "ray":
+        from tokenworks.data.ray_executor import RayExecutor
+
+        return RayExecutor(workers=workers, batch_size=batch_size)
+    raise ConfigError(f"unknown executor {name!r}; use 'local' or 'ray'")
 
 
 def run_ingest(options: IngestOptions, progress: Progress | None = None) -> IngestResult:
@@ -224,7 +218,7 @@ class _Ingest:
         if self.options.limit is not None:
             kept = kept[: self.options.limit]
         inputs = len(files) + sum(map(len, builtin))  # files, and documents of the built-in corpus
-        stats = StageStats("read", inputs, len(kept), _characters(records), _characters(kept), dropped=dropped)
+        stats = StageStats("read", inputs, len(kept), characters(records), characters(kept), dropped=dropped)
         self._require_documents(kept, "read")
         return kept, stats
 
@@ -297,7 +291,7 @@ class _Ingest:
         stats = StageStats.of("shards", documents, documents, {})
         stats.tokens_out = sum(info.tokens for infos in shards.values() for info in infos)
         manifest = build_manifest(
-            self.options, self.workspace.out, self.inputs, tokenizer, dtype, shards, [*self.stats, stats]
+            self.options.parameters(), self.workspace.out, self.inputs, tokenizer, dtype, shards, [*self.stats, stats]
         )
         (self.workspace.out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         return documents, stats
@@ -330,10 +324,6 @@ def split_of(document_id: str, validation_fraction: float, seed: int) -> str:
     """'train' or 'validation', from a hash of the id: stable across runs, orders and machines."""
     digest = hashlib.sha256(f"{seed}:{document_id}".encode()).digest()
     return "validation" if int.from_bytes(digest[:8], "big") / 2**64 < validation_fraction else "train"
-
-
-def _characters(records: list[Record]) -> int:
-    return sum(len(record["text"]) for record in records)
 
 
 def _hash(value: Any) -> str:

@@ -2,71 +2,123 @@
 
 Every field has a default, so `tokenworks factory` with no arguments runs the whole line on
 the embedded corpus; `--quick` shrinks every budget so the line fits in about three minutes.
-A TOML file overrides any field; an unknown section or key, or a value of the wrong type, is
-an error that names it, so a typo never silently falls back to a default.
+A TOML file overrides any field. Each section is a pydantic model that forbids unknown keys and
+takes no value of another type (an int stands for a float, nothing else is converted), so a
+typo never silently falls back to a default: the error is one line naming the file, the
+section and the key. Names the late stages read (the preset, the SLO, the lengths, the price
+book's hardware) are checked here too, before anything has run.
 """
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from tokenworks.errors import ConfigError, TokenworksError
 
 STAGES = ("ingest", "train", "serve", "bench", "report")
+Positive = Annotated[int, Field(ge=1)]
 
 
-@dataclass(slots=True)
-class DataSection:
-    sources: list[str] = field(default_factory=list)  # files, directories or globs; empty: Python's own docs
-    vocab_size: int = 8192
-    max_documents: int | None = None  # None: every document the sources hold
-    workers: int = 2
+class Section(BaseModel):
+    # strict: TOML already gives typed values, so "3" for an int is a mistake, not something to convert.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
-@dataclass(slots=True)
-class TrainSection:
+class DataSection(Section):
+    sources: list[str] = Field(default_factory=list)  # files, directories or globs; empty: Python's own docs
+    vocab_size: Positive = 8192
+    max_documents: Positive | None = None  # None: every document the sources hold
+    workers: Positive = 2
+
+    @field_validator("sources")
+    @classmethod
+    def _from_the_file(cls, sources: list[str], info: ValidationInfo) -> list[str]:
+        return [str(_resolve(source, info)) for source in sources]
+
+
+class TrainSection(Section):
     preset: str = "nano"  # the preset with the lowest validation loss in 5 minutes on 2 cores
-    time_budget_s: float = 300.0
-    context: int = 256
-    batch_size: int = 8
-    lr: float = 1e-3
+    time_budget_s: float = Field(300.0, gt=0)
+    context: Positive = 256
+    batch_size: Positive = 8
+    lr: float = Field(1e-3, gt=0)
     seed: int = 0
 
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, preset: str) -> str:
+        from tokenworks.model.presets import PRESETS
 
-@dataclass(slots=True)
-class ServeSection:
-    threads: int | None = None  # None: the engine's default (every core)
-    kv_cache_memory_gib: float = 0.5
-    max_num_seqs: int = 64
-    max_num_batched_tokens: int = 2048
-    port: int = 0  # 0: any free port
+        if preset not in PRESETS:
+            raise ValueError(f"unknown model preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        return preset
+
+
+class ServeSection(Section):
+    threads: Positive | None = None  # None: the engine's default (every core)
+    kv_cache_memory_gib: float = Field(0.5, gt=0)
+    max_num_seqs: Positive = 64
+    max_num_batched_tokens: Positive = 2048
+    port: int = Field(0, ge=0, le=65535)  # 0: any free port
     smoke_prompt: str = "The Python language"
-    smoke_tokens: int = 32
+    smoke_tokens: Positive = 32
 
 
-@dataclass(slots=True)
-class BenchSection:
-    concurrency: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
+class BenchSection(Section):
+    concurrency: list[Positive] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32], min_length=1)
     input_tokens: str = "128"  # a length distribution, as `tokenworks bench --input-tokens` reads it
     output_tokens: str = "64"
-    requests_per_point: int = 64  # at least 2 x the concurrency is used at each point
-    warmup_requests: int = 2
+    requests_per_point: Positive = 64  # at least 2 x the concurrency is used at each point
+    warmup_requests: int = Field(2, ge=0)
     slo: str = "ttft=1s,tpot=100ms"
     price_book: str | None = None  # None: the packaged price book
-    hardware: str = "CPU host"  # an entry of the price book
+    hardware: str = "CPU host"  # an entry of the price book (declared after it, so its check reads the book)
     seed: int = 0
 
+    @field_validator("input_tokens", "output_tokens")
+    @classmethod
+    def _a_length(cls, text: str) -> str:
+        from tokenworks.bench.workloads import LengthDistribution
 
-@dataclass(slots=True)
-class FactoryConfig:
-    workdir: Path = Path("factory")
-    data: DataSection = field(default_factory=DataSection)
-    train: TrainSection = field(default_factory=TrainSection)
-    serve: ServeSection = field(default_factory=ServeSection)
-    bench: BenchSection = field(default_factory=BenchSection)
+        return _checked(LengthDistribution.parse, text)
+
+    @field_validator("slo")
+    @classmethod
+    def _an_slo(cls, text: str) -> str:
+        from tokenworks.bench.slo import SLO
+
+        return _checked(SLO.parse, text)
+
+    @field_validator("price_book")
+    @classmethod
+    def _a_book_from_the_file(cls, path: str | None, info: ValidationInfo) -> str | None:
+        from tokenworks.bench.economics import PriceBook
+
+        return None if path is None else _checked(PriceBook.load, str(_resolve(path, info)))
+
+    @field_validator("hardware")
+    @classmethod
+    def _in_the_price_book(cls, hardware: str, info: ValidationInfo) -> str:
+        from tokenworks.bench.economics import PriceBook
+
+        if "price_book" in info.data:  # else the book itself was wrong, and that is the error shown
+            _checked(PriceBook.load(info.data["price_book"]).get, hardware)
+        return hardware
+
+
+class FactoryConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    workdir: Annotated[Path, Field(strict=False)] = Path("factory")  # TOML has no path type: text is read as one
+    data: DataSection = Field(default_factory=DataSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    serve: ServeSection = Field(default_factory=ServeSection)
+    bench: BenchSection = Field(default_factory=BenchSection)
 
     @classmethod
     def quick(cls, workdir: Path = Path("factory")) -> FactoryConfig:
@@ -81,105 +133,82 @@ class FactoryConfig:
 
     @classmethod
     def load(cls, path: Path, quick: bool = False, workdir: Path | None = None) -> FactoryConfig:
-        """The defaults (or the quick ones), overridden by the TOML file's sections."""
+        """The defaults (or the quick ones), overridden by the TOML file's sections.
+
+        Relative paths in the file are read from its directory, so the file can travel with its data."""
         try:
             document = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"no factory configuration at {path}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
             raise ConfigError(f"{path} is not valid TOML: {error}") from None
-        base = cls.quick() if quick else cls()
-        config = _override(base, document, str(path))
+        base = (cls.quick() if quick else cls()).model_dump()
+        for name, value in document.items():  # a section names only what changes; the rest keeps the base's
+            base[name] = base[name] | value if isinstance(base.get(name), dict) and isinstance(value, dict) else value
+        config = _validate(base, str(path), context={"directory": path.parent})
         if workdir is not None:
-            config = replace(config, workdir=workdir)
-        elif "workdir" in document:  # relative to the file, so the file can travel with its data
-            config = replace(config, workdir=(path.parent / config.workdir))
-        config.data.sources = [str(path.parent / Path(s).expanduser()) for s in config.data.sources]
-        if config.bench.price_book is not None:
-            config.bench.price_book = str(path.parent / Path(config.bench.price_book).expanduser())
-        config.check()
+            config.workdir = workdir
+        elif "workdir" in document:
+            config.workdir = path.parent / config.workdir
         return config
 
     def check(self) -> None:
-        if self.train.time_budget_s <= 0:
-            raise ConfigError(f"train.time_budget_s must be positive, got {self.train.time_budget_s}")
-        if not self.bench.concurrency or min(self.bench.concurrency) < 1:
-            raise ConfigError(f"bench.concurrency must list positive numbers, got {self.bench.concurrency}")
-        if self.bench.requests_per_point < 1 or self.serve.smoke_tokens < 1:
-            raise ConfigError("bench.requests_per_point and serve.smoke_tokens must be at least 1")
-        if self.data.max_documents is not None and self.data.max_documents < 1:
-            raise ConfigError(f"data.max_documents must be at least 1, got {self.data.max_documents}")
-        self._check_names()
-
-    def _check_names(self) -> None:
-        """Names and specifications the late stages read, checked now rather than after training."""
-        from tokenworks.bench.economics import PriceBook
-        from tokenworks.bench.slo import SLO
-        from tokenworks.bench.workloads import LengthDistribution
-        from tokenworks.model.presets import PRESETS
-
-        if self.train.preset not in PRESETS:
-            raise ConfigError(
-                f"unknown model preset {self.train.preset!r} in train.preset; choose one of {', '.join(PRESETS)}"
-            )
-        try:
-            SLO.parse(self.bench.slo)
-            LengthDistribution.parse(self.bench.input_tokens)
-            LengthDistribution.parse(self.bench.output_tokens)
-            PriceBook.load(self.bench.price_book).get(self.bench.hardware)
-        except TokenworksError as error:
-            raise ConfigError(f"in [bench]: {error}") from None
+        """Validate again, for a configuration made or changed in code rather than read from a file."""
+        _validate(self.model_dump(), "factory settings")
 
     def section(self, stage: str) -> dict[str, Any]:
         """The settings a stage's output depends on, to fingerprint it for resumption."""
         owned = {"ingest": ["data"], "train": ["train"], "serve": ["serve"], "bench": ["bench"], "report": []}
-        return {name: _jsonable(getattr(self, name)) for name in owned[stage]}
+        return {name: getattr(self, name).model_dump(mode="json") for name in owned[stage]}
 
     def to_json(self) -> dict[str, Any]:
-        return _jsonable(self)
+        return self.model_dump(mode="json")
 
 
-def _override(current: Any, values: dict[str, Any], where: str) -> Any:
-    """A copy of the dataclass `current` with `values` applied, checking names and types."""
-    if not isinstance(values, dict):
-        raise ConfigError(f"{where} must be a table of settings")
-    hints = {f.name: f.type for f in fields(current)}  # annotation strings: 'int | None', 'list[str]'
-    known = {f.name for f in fields(current)}
-    changes: dict[str, Any] = {}
-    for key, value in values.items():
-        if key not in known:
-            raise ConfigError(f"unknown setting {key!r} in {where}; known: {', '.join(sorted(known))}")
-        old = getattr(current, key)
-        if is_dataclass(old):
-            changes[key] = _override(old, value, f"{where} [{key}]")
-        else:
-            changes[key] = _coerce(value, hints[key], f"{where}: {key}")
-    return replace(current, **changes)
+SECTIONS: dict[str, type[Section]] = {
+    "data": DataSection,
+    "train": TrainSection,
+    "serve": ServeSection,
+    "bench": BenchSection,
+}
 
 
-def _coerce(value: Any, text: str, where: str) -> Any:
-    if "Path" in text:
-        return Path(str(value))
-    if value is None or (isinstance(value, str) and text.startswith("str")):
-        return value
-    if text.startswith("list[int]") and isinstance(value, list) and all(type(v) is int for v in value):
-        return value
-    if text.startswith("list[str]") and isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return value
-    if text.startswith("float") and type(value) in (int, float):
-        return float(value)
-    if text.startswith("int") and type(value) is int:
-        return value
-    if text.startswith("str") and isinstance(value, str):
-        return value
-    raise ConfigError(f"{where} should be {text.replace(' | None', '')}, got {value!r}")
+def _validate(values: dict[str, Any], where: str, context: dict[str, Any] | None = None) -> FactoryConfig:
+    try:
+        return FactoryConfig.model_validate(values, context=context)
+    except ValidationError as error:
+        mistakes = error.errors()
+        more = f" (and {len(mistakes) - 1} more)" if len(mistakes) > 1 else ""
+        raise ConfigError(f"{where}: {_describe(mistakes[0])}{more}") from None
 
 
-def _jsonable(value: Any) -> Any:
-    if is_dataclass(value):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in fields(value)}
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    return value
+def _describe(mistake: Any) -> str:
+    """One pydantic error as one line: "[train] time_budget_s: input should be a valid number, got 'long'"."""
+    first, *rest = mistake["loc"]  # ('train', 'time_budget_s'), ('bench', 'concurrency', 0), ('workdir',)
+    section = f"[{first}]" if first in SECTIONS else str(first)
+    if mistake["type"] == "extra_forbidden":
+        owner, prefix = (SECTIONS[first], f"{section} ") if rest else (FactoryConfig, "")
+        known = ", ".join(sorted(owner.model_fields))
+        return f"{prefix}unknown setting {str(mistake['loc'][-1])!r}; known: {known}"
+    place = section + (f" {rest[0]}" + "".join(f"[{index}]" for index in rest[1:]) if rest else "")
+    if mistake["type"] == "model_type":
+        return f"{place} should be a table of settings, got {mistake['input']!r}"
+    if mistake["type"] == "value_error":  # one of our own checks, whose message says it all
+        return f"{place}: {mistake['ctx']['error']}"
+    return f"{place}: {mistake['msg'][0].lower()}{mistake['msg'][1:]}, got {mistake['input']!r}"
+
+
+def _resolve(path: str, info: ValidationInfo) -> Path:
+    """A path written in factory.toml, from the file's directory (`context`); as given elsewhere."""
+    directory = (info.context or {}).get("directory")
+    expanded = Path(path).expanduser()
+    return directory / expanded if directory is not None else expanded
+
+
+def _checked(check: Callable[[str], object], text: str) -> str:
+    """`text` once `check(text)` accepts it; the project's error becomes pydantic's, to be placed by key."""
+    try:
+        check(text)
+    except TokenworksError as error:
+        raise ValueError(str(error)) from None
+    return text

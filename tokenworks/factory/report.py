@@ -2,18 +2,18 @@
 
 Both are built from the JSON summaries in factory.json (never from live objects), so the
 report of a resumed run is the same as that of an uninterrupted one. Charts are the PNGs the
-train and bench stages wrote, embedded as data URIs so the page is one file that can be mailed.
+train and bench stages wrote, embedded as data URIs so the page is one file that can be mailed;
+the page's markup is templates/report.html.j2.
 """
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
-from tokenworks.bench.report import png_data_uri
+from tokenworks.bench.report import html_page, png_data_uri
 from tokenworks.factory.config import FactoryConfig
 
 REPORT_NAME = "report.html"
@@ -93,15 +93,18 @@ def console_summary(config: FactoryConfig, summaries: dict[str, dict[str, Any]],
 
 
 def write_report(config: FactoryConfig, summaries: dict[str, dict[str, Any]]) -> Path:
+    """WORKDIR/report.html from templates/report.html.j2."""
     path = config.workdir / REPORT_NAME
-    sections = [
-        _table("What the factory made", summary_rows(summaries)),
-        _images(summaries),
-        _points_table(summaries.get("bench")),
-        _table("Where every artifact lies", _artifact_rows(summaries)),
-        _table("Time per stage", [(stage, f"{s.get('seconds', 0):.1f} s") for stage, s in summaries.items()]),
-    ]
-    page = _PAGE.format(title="tokenworks factory report", body="\n".join(s for s in sections if s))
+    page = html_page(
+        "tokenworks.factory",
+        "report.html.j2",
+        title="tokenworks factory report",
+        made=summary_rows(summaries),
+        charts=_charts(summaries),
+        sweep=_sweep(summaries.get("bench")),
+        artifacts=_artifact_rows(summaries),
+        times=[(stage, f"{s.get('seconds', 0):.1f} s") for stage, s in summaries.items()],
+    )
     path.write_text(page, encoding="utf-8")
     return path
 
@@ -114,23 +117,19 @@ def _artifact_rows(summaries: dict[str, dict[str, Any]]) -> list[tuple[str, str]
     ]
 
 
-def _images(summaries: dict[str, dict[str, Any]]) -> str:
+def _charts(summaries: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+    """(caption, data URI) of each chart the stages wrote that is still on disk."""
     charts = [("Training loss", summaries.get("train", {}).get("artifacts", {}).get("loss_plot"))]
-    for name, location in summaries.get("bench", {}).get("charts", {}).items():
-        charts.append((name, location))
-    figures = []
-    for caption, location in charts:
-        if location and Path(location).is_file():
-            figures.append(
-                f'<figure><img src="{png_data_uri(Path(location))}" alt="{html.escape(caption)}">'
-                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-            )
-    return f"<h2>Charts</h2><div class='charts'>{''.join(figures)}</div>" if figures else ""
+    charts += list(summaries.get("bench", {}).get("charts", {}).items())
+    return [
+        (caption, png_data_uri(Path(location))) for caption, location in charts if location and Path(location).is_file()
+    ]
 
 
-def _points_table(bench: dict[str, Any] | None) -> str:
+def _sweep(bench: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The bench stage's points as table rows, the frontier's marked."""
     if not bench:
-        return ""
+        return None
     columns = [
         ("concurrency", "concurrency", "{}"),
         ("output tok/s per device", "output_throughput_per_device", "{:,.1f}"),
@@ -144,40 +143,16 @@ def _points_table(bench: dict[str, Any] | None) -> str:
         ("errors", "errors", "{}"),
     ]
     frontier = {p["concurrency"] for p in bench["frontier"]}
-    head = "".join(f"<th>{html.escape(title)}</th>" for title, _, _ in columns)
-    body = []
-    for point in bench["points"]:
-        cells = "".join(
-            f"<td>{'-' if point.get(key) is None else form.format(point[key])}</td>" for _, key, form in columns
-        )
-        mark = " class='frontier'" if point["concurrency"] in frontier else ""
-        body.append(f"<tr{mark}>{cells}</tr>")
-    note = (
-        f"<p>Closed-loop sweep; highlighted rows are on the Pareto frontier. Energy is "
-        f"{html.escape(energy_note(bench))}; prices are assumptions "
-        f"from {html.escape(bench['price']['book'])}.</p>"
-    )
-    return f"<h2>Sweep</h2>{note}<table><tr>{head}</tr>{''.join(body)}</table>"
-
-
-def _table(title: str, rows: list[tuple[str, str]]) -> str:
-    if not rows:
-        return ""
-    body = "".join(f"<tr><th>{html.escape(label)}</th><td>{html.escape(value)}</td></tr>" for label, value in rows)
-    return f"<h2>{html.escape(title)}</h2><table class='summary'>{body}</table>"
-
-
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 70rem; color: #222; }}
-table {{ border-collapse: collapse; margin: 0.5rem 0 1.5rem; }}
-th, td {{ border: 1px solid #ddd; padding: 0.3rem 0.6rem; text-align: left; vertical-align: top; }}
-tr.frontier {{ background: #eef6ee; }}
-.charts {{ display: flex; flex-wrap: wrap; gap: 1rem; }}
-figure {{ margin: 0; }} img {{ max-width: 34rem; }}
-</style></head>
-<body><h1>{title}</h1>
-{body}
-</body></html>
-"""
+    rows = [
+        {
+            "frontier": point["concurrency"] in frontier,
+            "cells": ["-" if point.get(key) is None else form.format(point[key]) for _, key, form in columns],
+        }
+        for point in bench["points"]
+    ]
+    return {
+        "energy": energy_note(bench),
+        "book": bench["price"]["book"],
+        "headings": [title for title, _, _ in columns],
+        "rows": rows,
+    }

@@ -12,6 +12,7 @@ so the report can be rebuilt without re-running anything.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import urllib.request
@@ -153,21 +154,32 @@ def run_serve_stage(context: StageContext) -> dict[str, Any]:
 
 
 def run_bench_stage(context: StageContext) -> dict[str, Any]:
-    from tokenworks.bench.sweep import run_factory_sweep
+    """A closed-loop sweep of the served model with the [bench] settings, written to WORKDIR/bench."""
+    from tokenworks.bench.loadgen import LoadOptions
+    from tokenworks.bench.report import write_results
+    from tokenworks.bench.runner import Accounting, Target
+    from tokenworks.bench.slo import SLO
+    from tokenworks.bench.sweep import SweepPlan, run_sweep
+    from tokenworks.bench.workloads import WorkloadOptions
 
-    server = context.server
+    server, bench = context.server, context.config.bench
     assert server is not None, "the pipeline starts the server before the bench stage"
     out = context.workdir / "bench"
     shutil.rmtree(out, ignore_errors=True)
     context.console.print(f"Live dashboard while the sweep runs: [bold]{server.url}/dashboard[/]")
-    return run_factory_sweep(
-        url=server.url,
-        model=SERVED_MODEL_NAME,
-        tokenizer=context.checkpoint,
-        settings=context.config.bench,
-        out=out,
-        console=context.console,
+    target = Target(url=server.url, model=SERVED_MODEL_NAME, tokenizer=context.checkpoint)
+    plan = SweepPlan(
+        concurrencies=list(bench.concurrency),
+        io_pairs=[(bench.input_tokens, bench.output_tokens)],
+        requests_per_point=bench.requests_per_point,
     )
+    workload = WorkloadOptions(kind="synthetic", api="completions")
+    load = LoadOptions(warmup_requests=bench.warmup_requests, seed=bench.seed)
+    slo = SLO.parse(bench.slo)
+    accounting = Accounting(hardware=bench.hardware, price_book=bench.price_book)
+    result = asyncio.run(run_sweep(target, workload, load, plan, slo, accounting, context.console))
+    files = write_results(out, result, workload, load, slo, accounting, command="tokenworks factory (bench stage)")
+    return files.summary()
 
 
 def run_report_stage(context: StageContext) -> dict[str, Any]:

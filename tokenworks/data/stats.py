@@ -1,0 +1,32 @@
+"""What one ingest stage did: documents and characters in and out, and what it dropped, by reason.
+
+The pipeline keeps one `StageStats` per stage (in its completion marker and stats.json), and
+manifest.json records the document counts of each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tokenworks.data.readers import Record
+
+
+@dataclass(slots=True)
+class StageStats:
+    stage: str
+    documents_in: int
+    documents_out: int
+    characters_in: int
+    characters_out: int
+    seconds: float = 0.0
+    resumed: bool = False
+    dropped: dict[str, int] = field(default_factory=dict)  # by the step that dropped them
+    tokens_out: int | None = None
+
+    @classmethod
+    def of(cls, stage: str, before: list[Record], after: list[Record], dropped: dict[str, int]) -> StageStats:
+        return cls(stage, len(before), len(after), characters(before), characters(after), dropped=dropped)
+
+
+def characters(records: list[Record]) -> int:
+    return sum(len(record["text"]) for record in records)
