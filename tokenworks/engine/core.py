@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tokenworks.engine.host_memory import keep_freed_memory
 from tokenworks.engine.kv_cache_manager import KVCacheManager
+from tokenworks.engine.malloc_tuning import keep_freed_memory
 from tokenworks.engine.model_runner import ModelRunner, kv_bytes_per_block
 from tokenworks.engine.options import EngineOptions, available_memory_bytes
 from tokenworks.engine.request import Request, RequestStatus, check_prompt

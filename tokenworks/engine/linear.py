@@ -12,7 +12,7 @@ is missing, or the device is not a CPU, or its result disagrees with `F.linear` 
 step uses `F.linear`.
 
 A decode step of a few sequences multiplies a few rows by every weight, so its time is the
-time to read the weights. There the compiled kernel of kernels/cpu_kernels.cpp, which splits
+time to read the weights. There the compiled kernel of kernels/products.cpp, which splits
 the weight rows across the threads, reads the plain weights faster than oneDNN's plain path
 (2 threads of an AVX-512 EPYC, matrices from memory, one row: a 3072x576 MLP 166 against
 189 us, a 16384x576 language-model head 865 against 1,085 us; at 4 rows 193 against 240 and

@@ -3,7 +3,7 @@
 It owns the model weights and the paged KV cache, and runs the `CausalLM` layers' weights
 layer by layer with attention through block tables (attention.py) and the matrix products
 of linear.py, so the model code itself stays the plain reference. On CPU a step runs all its
-layers in one call to the compiled `StepLayers` (kernels/cpu_kernels.cpp), the same
+layers in one call to the compiled `StepLayers` (kernels/step_layers.cpp), the same
 computation without a Python dispatch and a temporary tensor per op. Only the last position
 of requests that sample goes through the language-model head.
 """
@@ -137,7 +137,7 @@ class ModelRunner:
         config = self.config
         group = config.num_attention_heads // config.num_key_value_heads
         self.prefill_kernel = self.kernels is not None and config.head_dim % 16 == 0 and group <= 64
-        # Steps run every layer in one compiled call (kernels/cpu_kernels.cpp): any size where
+        # Steps run every layer in one compiled call (kernels/step_layers.cpp): any size where
         # oneDNN does the large products, as the PyTorch path would; else up to the small
         # kernel's rows.
         self.step_layers = self._step_layers() if self.kernels is not None else None

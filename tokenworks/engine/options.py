@@ -16,7 +16,7 @@ class EngineOptions:
     # Tokens per KV-cache block. None: 128 on CPU, as vLLM's CPU backend, and 16 on CUDA. On CPU
     # a sequence's blocks lie anywhere in memory and each jump to the next one stalls decode
     # attention's reads: 128-token blocks read 1.3x faster than 16-token ones on the small
-    # benchmark model (kernels/cpu_kernels.cpp). The price is a coarser prefix cache (it shares
+    # benchmark model (kernels/decode_attention.cpp). The price is a coarser prefix cache (it shares
     # whole blocks only) and up to block_size - 1 slots held but unused by each sequence.
     block_size: int | None = None
     kv_cache_memory_gib: float | None = None  # None: a share of free memory (see kv_cache_bytes)
@@ -34,7 +34,7 @@ class EngineOptions:
     # 20000, 2.5x faster one-stream decoding of the tiny model on an idle machine, while on a
     # busy one spinning threads made decoding 3-6x slower.
     omp_spin_count: int | None = None
-    # "auto": on CPU, compiled kernels (kernels/cpu_kernels.cpp: decode attention read in place
+    # "auto": on CPU, compiled kernels (kernels/: decode attention read in place
     # from the paged cache, matrix products of up to four rows) and oneDNN's matrix products, each
     # where it builds and passes a probe; "torch": PyTorch's own ops only (F.linear, SDPA).
     kernels: str = "auto"

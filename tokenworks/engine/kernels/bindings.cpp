@@ -1,0 +1,40 @@
+// The module Python loads: CPU kernels for the engine's steps, where PyTorch's general ops leave
+// speed behind, one family a file.
+//
+// linear_small_batch (products.cpp): y = x W^T (+ b) for a few rows of x, each thread streaming
+//   its own rows of the weights.
+// paged_decode_attention (decode_attention.cpp): one query token per sequence, reading its keys
+//   and values in place in the paged cache.
+// paged_prefill_attention (prefill_attention.cpp): the causal attention of prompts (or chunks of
+//   them) over the paged cache, flash-attention style.
+// StepLayers (step_layers.h, .cpp): every decoder layer of a step in one call, the kernels above
+//   (and oneDNN's products, for more rows) with plain loops (norms, rotary, cache writes, SwiGLU).
+// rms_norm, greedy_tokens (norm_and_argmax.cpp): the model's final norm of the rows that sample,
+//   and the argmax of each row of logits.
+//
+// cpu_kernels.h declares what one file calls in another; vectors.h holds the inline arithmetic
+// of the inner loops (the dot product, 16-float vectors, exp), so it inlines in every file.
+// All use ATen's parallel_for, so they run on torch's own OpenMP threads and follow
+// torch.set_num_threads. Built with -O3 -march=native for the CPU it runs on: the loops
+// become that CPU's widest vector instructions, and the dot product takes AVX-512 or AVX2
+// intrinsics where the CPU has them.
+
+// pybind11 with torch's casters of tensors, the part of torch/extension.h this file needs: the
+// whole header (the C++ frontend too) costs g++ ~30 s of CPU, this one ~9 (torch 2.13).
+#include <torch/csrc/utils/pybind.h>
+
+#include "cpu_kernels.h"
+#include "step_layers.h"
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  using namespace tokenworks;
+  m.def("linear_small_batch", &linear_small_batch, "x W^T + b for a few rows of x (float32, CPU)");
+  m.def("paged_decode_attention", &paged_decode_attention, "one-token attention over the paged KV cache (float32, CPU)");
+  m.def("paged_prefill_attention", &paged_prefill_attention, "causal attention of prefill chunks over the paged KV cache (float32, CPU)");
+  m.def("rms_norm", &rms_norm, "rms_norm of each row of x times weight (float32, CPU)");
+  m.def("greedy_tokens", &greedy_tokens, "argmax of each row of float32 logits (the first of equal ones)");
+  pybind11::class_<StepLayers>(m, "StepLayers")
+      .def(pybind11::init<int64_t, int64_t, int64_t, double, int64_t, int64_t>())
+      .def("add_layer", &StepLayers::add_layer)
+      .def("forward", &StepLayers::forward);
+}

@@ -1,0 +1,79 @@
+"""Compile the kernels' C++ sources into one extension module, or load it from the cache.
+
+torch's C++ extension tooling compiles the sources with g++ and ninja (in parallel, one job
+a source file), about 20 s on 2 cores, and caches the library under
+~/.cache/torch_extensions (TORCH_EXTENSIONS_DIR), so later engines load it in a moment; a
+file lock there serialises concurrent first builds. The build targets the CPU it runs on
+(-march=native), so the library's name carries a digest of the sources and headers and of
+the CPU's model and instruction-set flags: a cache shared by different machines never hands
+one of them code for the other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import time
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+DIRECTORY = Path(__file__).parent
+SOURCES = sorted(DIRECTORY.glob("*.cpp"))  # one family of kernels a file; bindings.cpp names them to Python
+HEADERS = sorted(DIRECTORY.glob("*.h"))
+# -fopenmp: ATen's parallel_for is a header whose OpenMP pragma compiles to nothing without it,
+# which left the kernels on one thread. The library then needs libgomp.so.1, and the dynamic
+# linker hands it the copy torch already loaded (same soname): one OpenMP runtime, one pool.
+COMPILE_FLAGS = ["-O3", "-march=native", "-fopenmp"]
+
+
+def build_extension() -> tuple[ModuleType | None, str]:
+    """The compiled module and how it came (for the log), or None and why it did not build."""
+    try:
+        from torch.utils.cpp_extension import load
+    except ImportError as error:  # torch's extension tooling needs setuptools
+        return None, f"no C++ extension tooling: {error}"
+    name = f"tokenworks_cpu_kernels_{build_digest()}"
+    logger.info("loading the CPU kernels %s (compiled on first use on a machine, about 20 s)", name)
+    started = time.perf_counter()
+    try:
+        module = load(
+            name=name,
+            sources=[str(source) for source in SOURCES],
+            extra_cflags=COMPILE_FLAGS,
+            extra_ldflags=["-fopenmp"],
+            verbose=False,
+        )
+    except Exception as error:  # a compiler error, a missing ninja or g++: the PyTorch paths still work
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return None, f"the CPU kernels did not build: {first_line}"
+    return module, f"{name}, loaded in {time.perf_counter() - started:.1f} s"
+
+
+def build_digest() -> str:
+    """Sources, headers, flags, torch version and this CPU: what the compiled library depends on."""
+    digest = hashlib.sha256()
+    for path in [*SOURCES, *HEADERS]:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    digest.update(" ".join(COMPILE_FLAGS).encode())
+    digest.update(torch.__version__.encode())
+    digest.update(platform.machine().encode())
+    digest.update(_cpu_identity().encode())
+    return digest.hexdigest()[:16]
+
+
+def _cpu_identity() -> str:
+    """The model name and flag lines of /proc/cpuinfo's first processor ('' elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    first = text.split("\n\n", 1)[0]
+    return "\n".join(
+        line for line in first.splitlines() if line.split(":")[0].strip() in ("model name", "flags", "Features")
+    )
