@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 
 import pytest
 
-from tokenworks.engine import AsyncLLM, EngineDeadError, SamplingParams
+from tokenworks.engine import AsyncLLM, EngineDeadError, EngineOptions, SamplingParams
+from tokenworks.engine.client import EngineCoreClient
 
 from .conftest import random_prompts
 
@@ -89,3 +91,42 @@ def test_a_dead_core_fails_every_waiting_stream(llama_dir) -> None:
 
     results = run(main())
     assert all(isinstance(result, EngineDeadError) for result in results)
+
+
+def test_an_idle_core_that_dies_is_noticed_at_once_and_a_restart_serves_the_same_tokens(llama_dir) -> None:
+    async def main():
+        engine = await AsyncLLM.start(llama_dir, threads=1, kv_cache_memory_gib=0.05)
+        died = asyncio.Event()
+        errors: list[EngineDeadError] = []
+        engine.on_death(lambda error: (errors.append(error), died.set()))
+        params = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
+        before = [output async for output in engine.generate([5, 6, 7], params)][-1].token_ids
+        old_pid = engine.client.process.pid
+        os.kill(old_pid, signal.SIGKILL)  # no request in flight: nothing but the watch can notice
+        killed = time.monotonic()
+        await asyncio.wait_for(died.wait(), timeout=10)
+        noticed_after = time.monotonic() - killed
+        with pytest.raises(EngineDeadError):
+            async for _ in engine.generate([1], params):
+                pass
+        await engine.restart()
+        after = [output async for output in engine.generate([5, 6, 7], params)][-1].token_ids
+        new_pid = engine.client.process.pid
+        await engine.shutdown()
+        return before, after, noticed_after, errors, old_pid, new_pid
+
+    before, after, noticed_after, errors, old_pid, new_pid = run(main())
+    assert len(before) == 6 and after == before
+    assert noticed_after < 2.0  # the watch polls every 0.1 s: seconds, not a hang
+    assert len(errors) == 1 and "exited" in str(errors[0])
+    assert new_pid != old_pid
+
+
+def test_a_core_that_dies_while_starting_fails_the_start_at_once(llama_dir) -> None:
+    client = EngineCoreClient(EngineOptions(model=llama_dir, threads=1, kv_cache_memory_gib=0.05))
+    os.kill(client.process.pid, signal.SIGKILL)
+    started = time.monotonic()
+    with pytest.raises(EngineDeadError, match="exited during startup"):
+        client.wait_ready()
+    assert time.monotonic() - started < 2.0
+    assert client.process.poll() is not None

@@ -49,7 +49,6 @@ def test_prefix_hits_share_blocks_and_revive_freed_ones() -> None:
     cached, tokens = manager.cached_prefix(third)
     assert manager.allocate_slots(third, 1, cached)
     assert third.block_ids == [0, 1, 4] and manager.pool.blocks[0].ref_count == 2
-    assert (manager.pool.stats.queries, manager.pool.stats.hits) == (11 + 9, 16)
     manager.pool.check_invariants()
 
 

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -36,8 +41,10 @@ class ServerThread:
     def __init__(self, config: ServerConfig) -> None:
         import uvicorn
 
+        from tokenworks.serve.server import Server
+
         self.app = create_app(config)
-        self.server = uvicorn.Server(
+        self.server = Server(
             uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", timeout_graceful_shutdown=10)
         )
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -110,3 +117,69 @@ def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> 
             continue
         total += float(value)
     return total
+
+
+# ---- `tokenworks serve` as its own process, the way a user (or a supervisor) runs it ----------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def children_of(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+class ServeProcess:
+    """`python -m tokenworks serve MODEL` on a free port, its output kept for the assertions."""
+
+    def __init__(self, model_dir, *extra: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [
+            sys.executable, "-m", "tokenworks", "serve", str(model_dir), "--port", str(self.port), "--threads", "1",
+            "--kv-cache-memory-gib", "0.05", *extra,
+        ]  # fmt: skip
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def wait_healthy(self, timeout: float = 240.0) -> ServeProcess:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.process.poll() is None, self.output()
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.1)
+
+    def engine_pid(self, timeout: float = 60.0) -> int:
+        """The engine core: the server's one child process (once it has started it)."""
+        deadline = time.monotonic() + timeout
+        while not (children := children_of(self.process.pid)):
+            assert time.monotonic() < deadline and self.process.poll() is None, "no engine process appeared"
+            time.sleep(0.01)
+        (pid,) = children
+        return pid
+
+    def output(self) -> str:
+        """Everything the server printed (call once it has exited)."""
+        return self.process.stdout.read() if self.process.poll() is not None else ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()

@@ -56,6 +56,6 @@ def test_full_queue_is_429_with_retry_after(guarded) -> None:
     # both streams were closed early: their room is given back once the server sees the disconnects
     with httpx.Client(base_url=guarded.url, timeout=60, headers=headers) as http:
         deadline = time.monotonic() + 30
-        while guarded.state.in_flight and time.monotonic() < deadline:
+        while guarded.state.admission.in_flight and time.monotonic() < deadline:
             time.sleep(0.05)
         assert http.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2}).status_code == 200

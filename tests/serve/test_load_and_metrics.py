@@ -70,10 +70,12 @@ def test_200_streams_with_random_disconnects(server, http) -> None:
     deadline = time.monotonic() + 60
     while True:  # aborts land in the engine asynchronously
         stats = server.run(server.state.engine.call("stats"))
-        if (stats.scheduler.kv_cache_usage == 0.0 and server.state.in_flight == 0) or time.monotonic() > deadline:
+        if (
+            stats.scheduler.kv_cache_usage == 0.0 and server.state.admission.in_flight == 0
+        ) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     assert stats.scheduler.kv_cache_usage == 0.0
     assert (stats.scheduler.num_running, stats.scheduler.num_waiting) == (0, 0)
-    assert server.state.in_flight == 0 and server.state.engine.num_open_requests == 0
+    assert server.state.admission.in_flight == 0 and server.state.engine.num_open_requests == 0
     assert metric_value(http.get("/metrics").text, "tokenworks:kv_cache_usage_perc", NAME) == 0.0

@@ -3,59 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
+
+from .conftest import ServeProcess, alive, children_of
 
 MAX_TOKENS = 1500
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def children_of(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text().split()] if path.exists() else []
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split()[2] != "Z"
-
-
 def test_sigterm_drains_then_exits(serve_model_dir) -> None:
-    port = free_port()
-    command = [
-        sys.executable, "-m", "tokenworks", "serve", str(serve_model_dir), "--port", str(port), "--threads", "1",
-        "--max-model-len", "2048", "--kv-cache-memory-gib", "0.05", "--shutdown-timeout", "120",
-    ]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
+    server = ServeProcess(serve_model_dir, "--max-model-len", "2048", "--shutdown-timeout", "120")
+    process, url = server.process, server.url
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert process.poll() is None, process.stdout.read()
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.2)
+        server.wait_healthy()
         engine_pids = children_of(process.pid)
         assert engine_pids
         started, result = threading.Event(), {}
@@ -93,6 +56,4 @@ def test_sigterm_drains_then_exits(serve_model_dir) -> None:
                 time.sleep(0.1)
             assert not alive(pid), f"engine process {pid} outlived the server"
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        server.stop()

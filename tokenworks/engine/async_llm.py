@@ -1,13 +1,15 @@
 """`AsyncLLM`: the engine for asyncio callers (the HTTP server), streaming deltas.
 
-    engine = AsyncLLM("path/to/checkpoint")
+    engine = AsyncLLM("path/to/checkpoint")             # or: await AsyncLLM.start(...)
     async for output in engine.generate("Hello", SamplingParams(max_tokens=32)):
         print(output.delta_text, end="")
 
-One task reads the core's outputs and routes each request's delta to its queue. A caller
-that stops iterating (a client disconnect cancels it) aborts its request, which frees the
-request's KV blocks in the core at once. If the core dies, every open stream raises
-`EngineDeadError`.
+One task reads the core's outputs and routes each request's delta to its queue; it also
+watches the core's process, so a core that dies (busy or idle) fails every open stream
+with `EngineDeadError` within about WATCH_INTERVAL_MS, and the callbacks given to
+`on_death` hear of it. A caller that stops iterating (a client disconnect cancels it)
+aborts its request, which frees the request's KV blocks in the core at once. `restart`
+starts a new core in place of a dead one.
 """
 
 from __future__ import annotations
@@ -19,19 +21,26 @@ import itertools
 import logging
 import pickle
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import zmq
-import zmq.asyncio
-
-from tokenworks.engine.client import EngineCoreClient, EngineDeadError
-from tokenworks.engine.core import StepStats
+from tokenworks.engine.client import WATCH_INTERVAL_MS, EngineCoreClient, EngineDeadError
 from tokenworks.engine.frontend import Frontend, Prompt
-from tokenworks.engine.messages import Abort, AddRequest, Fatal, RequestError, StepOutputs, UtilityCall, UtilityResult
+from tokenworks.engine.messages import (
+    Abort,
+    AddRequest,
+    Fatal,
+    Ready,
+    RequestError,
+    StepOutputs,
+    StepStats,
+    UtilityCall,
+    UtilityResult,
+)
 from tokenworks.engine.options import EngineOptions
-from tokenworks.engine.outputs import RequestOutput, RequestState
+from tokenworks.engine.output_processor import RequestState
+from tokenworks.engine.request_output import RequestOutput
 from tokenworks.engine.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -39,18 +48,48 @@ logger = logging.getLogger(__name__)
 
 class AsyncLLM:
     def __init__(self, model: str | Path, **engine_options: Any) -> None:
-        self.options = EngineOptions(model=model, **engine_options)
-        self.client = EngineCoreClient(self.options)
-        self.frontend = Frontend(model, self.client.ready)
-        self.tokenizer = self.frontend.tokenizer
-        self.max_model_len = self.client.ready.max_model_len
-        self._outputs = zmq.asyncio.Socket.from_socket(self.client.output_socket)
+        """Start the engine core and wait for it (blocking, as vLLM's AsyncLLM does).
+
+        On an event loop that must keep serving while the model loads, use `await AsyncLLM.start(...)`.
+        """
+        self._setup(EngineOptions(model=model, **engine_options))
+        client = EngineCoreClient(self.options, for_event_loop=True)
+        self._attach(client, client.wait_ready())
+
+    @classmethod
+    async def start(cls, model: str | Path, **engine_options: Any) -> AsyncLLM:
+        """Start the engine core without blocking the running event loop."""
+        engine = cls.__new__(cls)
+        engine._setup(EngineOptions(model=model, **engine_options))
+        await engine._start_core()
+        return engine
+
+    def _setup(self, options: EngineOptions) -> None:
+        self.options = options
+        self.frontend: Frontend | None = None
         self._streams: dict[str, tuple[RequestState, asyncio.Queue]] = {}
         self._calls: dict[int, asyncio.Future] = {}
         self._call_ids = itertools.count(1)
         self._reader: asyncio.Task | None = None
+        self._death_callbacks: list[Callable[[EngineDeadError], None]] = []
         self.last_stats: StepStats | None = None
         self.dead_error: EngineDeadError | None = None
+
+    async def _start_core(self) -> None:
+        client = EngineCoreClient(self.options, for_event_loop=True)
+        self._attach(client, await client.wait_ready_async())
+
+    def _attach(self, client: EngineCoreClient, ready: Ready) -> None:
+        self.client = client
+        if self.frontend is None:
+            self.frontend = Frontend(self.options.model, ready)
+        else:  # a restarted core: the same tokenizer, and request ids that go on counting
+            self.frontend.ready = ready
+        self.tokenizer = self.frontend.tokenizer
+        self.max_model_len = ready.max_model_len
+        self.dead_error = None
+        with contextlib.suppress(RuntimeError):  # no running loop: the first request starts the reader
+            self._ensure_reader()
 
     # ---- requests ----------------------------------------------------------------------
 
@@ -107,23 +146,24 @@ class AsyncLLM:
 
     def _ensure_reader(self) -> None:
         if self._reader is None or self._reader.done():
-            self._reader = asyncio.get_running_loop().create_task(self._read_outputs(), name="engine-outputs")
+            loop = asyncio.get_running_loop()
+            self._reader = loop.create_task(self._read_outputs(self.client), name="engine-outputs")
 
-    async def _read_outputs(self) -> None:
+    async def _read_outputs(self, client: EngineCoreClient) -> None:
+        outputs = client.async_outputs()
         try:
             while True:
-                if not await self._outputs.poll(500):
-                    self.client.check_alive()
+                if not await outputs.poll(WATCH_INTERVAL_MS):
+                    client.check_alive()
                     continue
-                message = pickle.loads(await self._outputs.recv())
-                self._dispatch(message)
+                self._dispatch(pickle.loads(await outputs.recv()))
         except EngineDeadError as error:
-            self._fail_all(error)
+            self._died(error)
         except asyncio.CancelledError:
             raise
         except Exception as error:  # a bug here must not hang every stream
             logger.exception("engine output reader failed")
-            self._fail_all(EngineDeadError(f"the engine output reader failed: {error}"))
+            self._died(EngineDeadError(f"the engine output reader failed: {error}"))
 
     def _dispatch(self, message: object) -> None:
         if isinstance(message, StepOutputs):
@@ -153,7 +193,8 @@ class AsyncLLM:
         elif isinstance(message, Fatal):
             raise EngineDeadError(f"the engine core failed: {message.message}")
 
-    def _fail_all(self, error: EngineDeadError) -> None:
+    def _died(self, error: EngineDeadError) -> None:
+        """Fail every open stream and call, then tell whoever asked (the server decides what next)."""
         self.dead_error = error
         for _, queue in self._streams.values():
             queue.put_nowait(error)
@@ -161,6 +202,12 @@ class AsyncLLM:
             if not future.done():
                 future.set_exception(error)
         self._calls.clear()
+        for callback in self._death_callbacks:
+            callback(error)
+
+    def on_death(self, callback: Callable[[EngineDeadError], None]) -> None:
+        """Call `callback(error)` on the event loop when the core dies."""
+        self._death_callbacks.append(callback)
 
     def _raise_if_dead(self) -> None:
         if self.dead_error is not None:
@@ -168,12 +215,27 @@ class AsyncLLM:
 
     # ---- lifecycle ---------------------------------------------------------------------
 
-    async def shutdown(self) -> None:
+    async def restart(self) -> None:
+        """Start a new core in place of a dead one; requests fail with EngineDeadError until it is ready.
+
+        Raises EngineDeadError if the new core fails to start (the old error stays in place).
+        """
+        if self.dead_error is None:  # a live core has streams that a restart would strand
+            raise RuntimeError("restart() replaces a dead engine core; this one is alive")
+        await self._stop_reader()
+        await self.client.aclose(timeout_s=1.0)
+        await self._start_core()
+
+    async def _stop_reader(self) -> None:
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
-        self.client.close()
+            self._reader = None
+
+    async def shutdown(self) -> None:
+        await self._stop_reader()
+        await self.client.aclose()
 
 
 def _snapshot(output: RequestOutput) -> RequestOutput:

@@ -2,53 +2,28 @@
 
 `EngineCore.step()` reads as three lines: the scheduler picks the work, the model runner
 computes it, and the results update the requests. Everything a caller needs comes back
-as `RequestOutput` deltas (new token ids, finish reason) plus step statistics.
+as `CoreOutput` deltas (new token ids, finish reason) plus step statistics (messages.py).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 
 import torch
 
 from tokenworks.engine.kv_cache_manager import KVCacheManager
 from tokenworks.engine.malloc_tuning import keep_freed_memory
+from tokenworks.engine.messages import CoreOutput, StepStats
 from tokenworks.engine.model_runner import ModelRunner, kv_bytes_per_block
 from tokenworks.engine.options import EngineOptions, available_memory_bytes
 from tokenworks.engine.request import Request, RequestStatus, check_prompt
 from tokenworks.engine.sampler import Sampler
 from tokenworks.engine.sampling_params import SamplingParams
-from tokenworks.engine.scheduler import Scheduler, SchedulerOutput, SchedulerStats
+from tokenworks.engine.scheduler import Scheduler, SchedulerOutput
 from tokenworks.model.checkpoint import load_generation_config, load_model
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class CoreOutput:
-    """What one step did for one request: the tokens it added and whether it finished."""
-
-    request_id: str
-    new_token_ids: list[int]
-    finish_reason: str | None = None  # "stop", "length" or "abort"
-    logprobs: list[dict[int, float]] | None = None
-    num_prompt_tokens: int = 0
-    num_cached_tokens: int = 0
-    arrival_time: float = 0.0
-    first_scheduled_time: float | None = None
-    first_token_time: float | None = None
-    finished_time: float | None = None
-
-
-@dataclass(slots=True)
-class StepStats:
-    scheduler: SchedulerStats
-    batch_size: int = 0
-    num_tokens: int = 0
-    step_seconds: float = 0.0
-    timestamp: float = field(default_factory=time.monotonic)
 
 
 class EngineCore:

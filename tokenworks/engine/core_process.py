@@ -4,16 +4,25 @@ Keeping the core apart from the process that speaks HTTP (or runs the user's scr
 means tokenization, detokenization and streaming never take the GIL from the token loop;
 vLLM V1 and mini-sglang split the work the same way. Two ZMQ sockets connect them: the
 caller PUSHes requests to the core's PULL, the core PUSHes outputs to the caller's PULL.
+
+The caller starts this module as a fresh interpreter (`python -m tokenworks.engine.core_process
+INPUT OUTPUT`, see client.py), never by forking or by multiprocessing's spawn, which re-imports
+the caller's `__main__`: a script without an `if __name__ == "__main__":` guard, `python -`
+and a notebook would each break that. The first message on INPUT says what to load
+(`StartEngine`); the core then answers `Ready` (or `Fatal`) on OUTPUT.
 """
 
 from __future__ import annotations
 
+import argparse
 import gc
 import logging
 import os
 import pickle
 import signal
+import sys
 import traceback
+from collections.abc import Callable
 
 import zmq
 
@@ -25,38 +34,42 @@ from tokenworks.engine.messages import (
     Ready,
     RequestError,
     Shutdown,
+    StartEngine,
     StepOutputs,
     UtilityCall,
     UtilityResult,
 )
-from tokenworks.engine.options import EngineOptions
 
 logger = logging.getLogger(__name__)
 
 UTILITY_METHODS = {"reset_prefix_cache", "stats"}
-_IDLE_POLL_MS = 200
+START_TIMEOUT_MS = 60_000  # the caller sends StartEngine right after launching us
+_IDLE_POLL_MS = 200  # also how often an idle core checks that its caller is still there
+_PARENT_CHECK_STEPS = 64  # and a busy one, in steps
+
+Send = Callable[[object], None]
 
 
-def run_engine_core(options: EngineOptions, input_address: str, output_address: str, log_level: int) -> None:
-    """Process entry point: build the core, announce readiness, loop until told to stop."""
-    logging.basicConfig(level=log_level, format="engine-core %(levelname)s %(message)s")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="The tokenworks engine core (started by LLM and AsyncLLM).")
+    parser.add_argument("input_address", help="ZMQ address to bind for the caller's messages")
+    parser.add_argument("output_address", help="ZMQ address of the caller's socket for outputs")
+    args = parser.parse_args(argv)
+    # The caller decides when we stop: Ctrl-C in a terminal reaches the whole process group.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     context = zmq.Context()
     inputs = context.socket(zmq.PULL)
-    inputs.connect(input_address)
+    inputs.bind(args.input_address)
     outputs = context.socket(zmq.PUSH)
-    outputs.connect(output_address)
-    send = lambda message: outputs.send(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))  # noqa: E731
+    outputs.connect(args.output_address)
+    send: Send = lambda message: outputs.send(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))  # noqa: E731
     try:
-        core = EngineCore(options)
-        _calm_the_garbage_collector()
-        send(
-            Ready(
-                core.max_model_len, core.model.config.vocab_size, sorted(core.eos_token_ids),
-                core.kv_cache.pool.num_blocks, core.kv_cache.block_size, str(core.model.device),
-            )
-        )  # fmt: skip
-        _loop(core, inputs, send)
+        if not inputs.poll(START_TIMEOUT_MS):
+            raise RuntimeError(f"no StartEngine message within {START_TIMEOUT_MS / 1000:.0f} s")
+        start = pickle.loads(inputs.recv())
+        if not isinstance(start, StartEngine):
+            raise RuntimeError(f"the first message must be StartEngine, got {type(start).__name__}")
+        run(start, inputs, send)
     except Exception as error:  # report, then die: the caller fails every waiting request
         send(Fatal(f"{type(error).__name__}: {error}", traceback.format_exc()))
         logger.exception("engine core failed")
@@ -64,7 +77,25 @@ def run_engine_core(options: EngineOptions, input_address: str, output_address: 
         inputs.close(linger=0)
         outputs.close(linger=1000)
         context.term()
+    sys.stdout.flush()
+    sys.stderr.flush()
     os._exit(0)  # skip interpreter teardown: torch's thread pools can stall it
+
+
+def run(start: StartEngine, inputs: zmq.Socket, send: Send) -> None:
+    """Build the core, announce readiness, loop until told to stop or orphaned."""
+    logging.basicConfig(level=start.log_level, format="engine-core %(levelname)s %(message)s")
+    core = EngineCore(start.options)
+    _calm_the_garbage_collector()
+    send(ready_message(core))
+    _loop(core, inputs, send, start.parent_pid)
+
+
+def ready_message(core: EngineCore) -> Ready:
+    return Ready(
+        core.max_model_len, core.model.config.vocab_size, sorted(core.eos_token_ids),
+        core.kv_cache.pool.num_blocks, core.kv_cache.block_size, str(core.model.device),
+    )  # fmt: skip
 
 
 def _calm_the_garbage_collector() -> None:
@@ -79,7 +110,8 @@ def _calm_the_garbage_collector() -> None:
     gc.set_threshold(50_000, 50, 100)
 
 
-def _loop(core: EngineCore, inputs: zmq.Socket, send) -> None:
+def _loop(core: EngineCore, inputs: zmq.Socket, send: Send, parent_pid: int) -> None:
+    steps = 0
     while True:
         timeout = 0 if core.has_work() else _IDLE_POLL_MS
         while inputs.poll(timeout):
@@ -88,13 +120,19 @@ def _loop(core: EngineCore, inputs: zmq.Socket, send) -> None:
                 return
             handle_message(core, message, send)
             timeout = 0
+        steps += 1
+        # A caller killed with SIGKILL sends no Shutdown; its orphan would hold the cores and
+        # the KV cache's memory for good. Orphans are re-parented, so the parent id changes.
+        if (timeout or steps % _PARENT_CHECK_STEPS == 0) and os.getppid() != parent_pid:
+            logger.warning("the caller (pid %d) is gone: stopping", parent_pid)
+            return
         if core.has_work():
             step_outputs = core.step()
             if step_outputs:  # a step of requests that do not stream has nothing to tell the caller
                 send(StepOutputs(step_outputs, core.last_stats))
 
 
-def handle_message(core: EngineCore, message: object, send) -> None:
+def handle_message(core: EngineCore, message: object, send: Send) -> None:
     """Apply one caller message to the core; replies go through `send`."""
     if isinstance(message, AddRequest):
         try:
@@ -113,3 +151,7 @@ def handle_message(core: EngineCore, message: object, send) -> None:
             send(UtilityResult(message.call_id, core.last_stats))
         else:
             send(UtilityResult(message.call_id, getattr(core, message.method)(*message.args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -6,7 +6,7 @@ import itertools
 from pathlib import Path
 
 from tokenworks.engine.messages import Ready
-from tokenworks.engine.outputs import RequestState
+from tokenworks.engine.output_processor import RequestState
 from tokenworks.engine.request import check_prompt
 from tokenworks.engine.sampling_params import SamplingParams
 from tokenworks.model.tokenizer import Tokenizer

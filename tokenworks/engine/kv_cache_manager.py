@@ -51,9 +51,17 @@ class KVCacheManager:
             hits.append(block)
         if len(hits) * self.block_size >= request.num_tokens:
             hits.pop()
-        self.pool.stats.queries += request.num_tokens
-        self.pool.stats.hits += len(hits) * self.block_size
         return hits, len(hits) * self.block_size
+
+    def record_lookup(self, num_tokens: int, num_cached_tokens: int) -> None:
+        """Count one request's prefix-cache lookup in the hit-rate statistics.
+
+        The scheduler calls this once per request, when it first admits it: a request at the
+        head of the queue is looked up again at every step until blocks free up, and counting
+        each of those would inflate the queries (and deflate the hit rate) under load.
+        """
+        self.pool.stats.queries += num_tokens
+        self.pool.stats.hits += num_cached_tokens
 
     def allocate_slots(self, request: Request, num_new_tokens: int, cached: list[KVBlock] | None = None) -> bool:
         """Give the request room for `num_new_tokens` more tokens (after any cached prefix).

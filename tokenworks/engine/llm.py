@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tokenworks.engine.client import EngineCoreClient, InProcessCoreClient
+from tokenworks.engine.client import WATCH_INTERVAL_MS, EngineCoreClient
 from tokenworks.engine.frontend import Frontend, Prompt
-from tokenworks.engine.messages import Abort, AddRequest, RequestError, StepOutputs
+from tokenworks.engine.messages import Abort, AddRequest, RequestError, StepOutputs, UtilityCall
 from tokenworks.engine.options import EngineOptions
-from tokenworks.engine.outputs import RequestOutput
+from tokenworks.engine.request_output import RequestOutput
 from tokenworks.engine.sampling_params import SamplingParams
 
 # While `generate` runs, this process only waits for the core: the core's OpenMP threads have
@@ -35,8 +35,15 @@ class LLM:
         """
         engine_options.setdefault("omp_spin_count", OFFLINE_OMP_SPIN_COUNT)
         options = EngineOptions(model=model, **engine_options)
-        self.client = EngineCoreClient(options) if multiprocess else InProcessCoreClient(options)
-        self.frontend = Frontend(model, self.client.ready)
+        if multiprocess:
+            self.client = EngineCoreClient(options)
+            ready = self.client.wait_ready()
+        else:
+            from tokenworks.engine.inprocess_client import InProcessCoreClient  # torch, in this process
+
+            self.client = InProcessCoreClient(options)
+            ready = self.client.ready
+        self.frontend = Frontend(model, ready)
         self.tokenizer = self.frontend.tokenizer
 
     def generate(
@@ -58,27 +65,30 @@ class LLM:
             stream = bool(request_params.stop)
             self.client.send(AddRequest(request_id, ids, request_params, arrival_time=time.monotonic(), stream=stream))
         unfinished = set(states)
-        while unfinished:
-            message = self.client.receive(timeout_ms=1000)
-            if isinstance(message, RequestError):
+        try:
+            while unfinished:
+                message = self.client.receive(timeout_ms=WATCH_INTERVAL_MS)
+                if isinstance(message, RequestError):
+                    raise ValueError(message.message)
+                if isinstance(message, StepOutputs):
+                    self._apply(message, states, unfinished)
+        finally:  # an error or a Ctrl-C: nothing keeps running in the core for no one
+            if unfinished and self.client.dead_reason is None:
                 self.client.send(Abort(sorted(unfinished)))
-                raise ValueError(message.message)
-            if not isinstance(message, StepOutputs):
-                continue
-            for core_output in message.outputs:
-                state = states.get(core_output.request_id)
-                if state is None:
-                    continue
-                output, stopped_by_string = state.update(core_output)
-                if stopped_by_string:
-                    self.client.send(Abort([core_output.request_id]))
-                if output.finished:
-                    unfinished.discard(core_output.request_id)
         return [state.output for state in states.values()]
 
-    def reset_prefix_cache(self) -> None:
-        from tokenworks.engine.messages import UtilityCall
+    def _apply(self, message: StepOutputs, states: dict, unfinished: set[str]) -> None:
+        for core_output in message.outputs:
+            state = states.get(core_output.request_id)
+            if state is None:
+                continue  # a request of an earlier, interrupted call
+            output, stopped_by_string = state.update(core_output)
+            if stopped_by_string:
+                self.client.send(Abort([core_output.request_id]))
+            if output.finished:
+                unfinished.discard(core_output.request_id)
 
+    def reset_prefix_cache(self) -> None:
         self.client.send(UtilityCall(0, "reset_prefix_cache"))
 
     def shutdown(self) -> None:

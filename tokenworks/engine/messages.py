@@ -1,17 +1,31 @@
-"""Messages between the caller's process and the engine-core process.
+"""The vocabulary the caller's process and the engine-core process share.
 
-Dataclasses, pickled over ZMQ sockets on this machine: the caller sends requests and
-aborts, the core sends back each step's outputs and statistics. Only what changed in a
-step travels (new token ids, not whole sequences).
+Dataclasses, pickled over ZMQ sockets on this machine: the caller starts the core with
+`StartEngine` and then sends requests and aborts; the core answers with `Ready` and then
+each step's outputs and statistics. Only what changed in a step travels (new token ids,
+not whole sequences). This module imports nothing heavy, so whoever speaks to an engine
+(the HTTP process, a router) does so without loading torch.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from tokenworks.engine.core import CoreOutput, StepStats
+from tokenworks.engine.options import EngineOptions
 from tokenworks.engine.sampling_params import SamplingParams
+
+# ---- caller -> core ----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class StartEngine:
+    """The first message of a new core process: what to load and how to log."""
+
+    options: EngineOptions
+    log_level: int
+    parent_pid: int  # the core exits when this process is gone
 
 
 @dataclass(slots=True)
@@ -41,6 +55,9 @@ class Shutdown:
     pass
 
 
+# ---- core -> caller ----------------------------------------------------------------------
+
+
 @dataclass(slots=True)
 class Ready:
     """Sent once the model is loaded and the KV cache allocated."""
@@ -51,6 +68,41 @@ class Ready:
     num_kv_blocks: int
     block_size: int
     device: str
+
+
+@dataclass(slots=True)
+class SchedulerStats:
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float
+    prefix_cache_queries: int  # prompt tokens looked up, once per request (at its first scheduling)
+    prefix_cache_hits: int  # of those, tokens found in the cache
+    num_preemptions: int
+
+
+@dataclass(slots=True)
+class StepStats:
+    scheduler: SchedulerStats
+    batch_size: int = 0
+    num_tokens: int = 0
+    step_seconds: float = 0.0
+    timestamp: float = field(default_factory=time.monotonic)
+
+
+@dataclass(slots=True)
+class CoreOutput:
+    """What one step did for one request: the tokens it added and whether it finished."""
+
+    request_id: str
+    new_token_ids: list[int]
+    finish_reason: str | None = None  # "stop", "length" or "abort"
+    logprobs: list[dict[int, float]] | None = None
+    num_prompt_tokens: int = 0
+    num_cached_tokens: int = 0
+    arrival_time: float = 0.0
+    first_scheduled_time: float | None = None
+    first_token_time: float | None = None
+    finished_time: float | None = None
 
 
 @dataclass(slots=True)
@@ -80,4 +132,3 @@ class Fatal:
 
     message: str
     details: str = ""
-    extra: dict = field(default_factory=dict)

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from tokenworks.engine.kv_cache_manager import KVCacheManager
+from tokenworks.engine.messages import SchedulerStats
 from tokenworks.engine.request import Request, RequestStatus
 
 
@@ -40,16 +41,6 @@ class SchedulerOutput:
     @property
     def num_tokens(self) -> int:
         return sum(chunk.num_tokens for chunk in self.chunks)
-
-
-@dataclass(slots=True)
-class SchedulerStats:
-    num_running: int
-    num_waiting: int
-    kv_cache_usage: float
-    prefix_cache_queries: int
-    prefix_cache_hits: int
-    num_preemptions: int
 
 
 class Scheduler:
@@ -125,6 +116,8 @@ class Scheduler:
             if request.times.first_scheduled is None:
                 request.times.first_scheduled = time.monotonic()
                 request.num_cached_tokens = num_cached
+                if self.kv_cache.enable_prefix_caching:
+                    self.kv_cache.record_lookup(request.num_tokens, num_cached)
             output.chunks.append(ScheduledChunk(request, num_cached, num_new))
             budget -= num_new
 

@@ -1,7 +1,9 @@
 """The FastAPI application: middlewares, routes, error handlers, and the engine's lifetime.
 
-The lifespan starts the `AsyncLLM` (its core in its own process) before the first request
-and shuts it down after the last one, so a server that is up has an engine to serve with.
+The lifespan starts the `AsyncLLM` (its core in its own process) before the first request,
+without blocking the event loop while the model loads, and shuts it down after the last
+one, so a server that is up has an engine to serve with. What happens when the core dies
+later is the supervisor's business (supervisor.py).
 """
 
 from __future__ import annotations
@@ -12,11 +14,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from tokenworks import __version__
+from tokenworks.engine import AsyncLLM
+from tokenworks.errors import TokenworksError
+from tokenworks.serve import chat, completions, dashboard, status, tokenization
+from tokenworks.serve.admission import Admission
 from tokenworks.serve.auth import ApiKeyMiddleware
 from tokenworks.serve.config import ServerConfig
 from tokenworks.serve.errors import BodySizeLimitMiddleware, install_error_handlers
 from tokenworks.serve.metrics import HTTPMetricsMiddleware, ServerMetrics
-from tokenworks.serve.serving import ServerState
+from tokenworks.serve.state import ServerState
+from tokenworks.serve.supervisor import EngineSupervisor
 
 logger = logging.getLogger(__name__)
 
@@ -27,33 +34,60 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        from tokenworks.engine import AsyncLLM
-
-        engine = AsyncLLM(config.model, **config.engine_options)
-        capacity = engine.options.max_num_seqs + config.max_queued_requests
-        state = ServerState(config, engine, metrics, capacity)
+        try:
+            engine = await AsyncLLM.start(config.model, **config.engine_options)
+        except TokenworksError as error:  # a bad checkpoint, a core that died loading it
+            app.state.startup_error = error
+            raise
+        admission = Admission(engine.options.max_num_seqs + config.max_queued_requests)
+        state = ServerState(config, engine, metrics, admission)
+        supervisor = EngineSupervisor(state)
+        engine.on_death(supervisor.engine_died)
         app.state.server = state
         logger.info("serving %s as %r (context %d tokens)", config.model, config.model_name, engine.max_model_len)
         try:
             yield
         finally:
             state.draining = True
+            await supervisor.stop()
             await engine.shutdown()
 
     app = FastAPI(
         title="tokenworks", version=__version__, lifespan=lifespan,
         description="An OpenAI-compatible server over the tokenworks engine.",
     )  # fmt: skip
-    from tokenworks.serve import chat, completions, dashboard, routes
-
     app.include_router(completions.router)
     app.include_router(chat.router)
-    app.include_router(routes.router)
+    app.include_router(tokenization.router)
+    app.include_router(status.router)
     app.include_router(dashboard.router)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.max_body_bytes)
     if config.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=config.api_key)
     app.add_middleware(HTTPMetricsMiddleware, metrics=metrics)
+    app.add_middleware(StartupErrorMessage)
     app.state.metrics = metrics
     return app
+
+
+class StartupErrorMessage:
+    """A start-up that fails for a reason we know (a TokenworksError) is reported as its one-line
+    message, not as the traceback Starlette would hand uvicorn to print."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        app_state = scope["app"].state
+
+        async def send_short_failure(message):
+            error = getattr(app_state, "startup_error", None)
+            if message["type"] == "lifespan.startup.failed" and error is not None:
+                message = {**message, "message": f"{type(error).__name__}: {error}"}
+            await send(message)
+
+        await self.app(scope, receive, send_short_failure)

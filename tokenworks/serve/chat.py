@@ -9,22 +9,20 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from tokenworks.engine import RequestOutput
-from tokenworks.serve.completions import ERRORS
-from tokenworks.serve.errors import APIError, json_error_event
-from tokenworks.serve.protocol import ChatCompletionRequest, ChatCompletionResponse, ChatMessage
-from tokenworks.serve.serving import (
-    ServerState,
-    StreamUsage,
-    bad_request,
-    collect_finals,
-    finite,
-    generate_choices,
+from tokenworks.serve.errors import APIError, bad_request, json_error_event
+from tokenworks.serve.fanout import collect_finals, generate_choices
+from tokenworks.serve.logprobs import chat_logprobs
+from tokenworks.serve.protocol import (
+    ERROR_RESPONSES,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatMessage,
     new_id,
-    sampling_params,
-    token_text,
-    usage,
 )  # fmt: skip
+from tokenworks.serve.sampling import sampling_params
+from tokenworks.serve.state import ServerState
 from tokenworks.serve.streaming import DONE, ClientGone, EventStream, run_until_disconnect, sse
+from tokenworks.serve.usage import StreamUsage, usage
 
 router = APIRouter()
 
@@ -39,25 +37,9 @@ def render_messages(state: ServerState, messages: list[ChatMessage], add_generat
         )
 
 
-def chat_logprobs(state: ServerState, output: RequestOutput, start: int, k: int) -> dict[str, list]:
-    content = []
-    for token_id, candidates in zip(output.token_ids[start:], output.logprobs[start:], strict=False):
-        text = token_text(state, token_id)
-        best = sorted(candidates.items(), key=lambda item: -item[1])[:k]
-        top = [
-            {"token": (t := token_text(state, tid)), "logprob": finite(value), "bytes": list(t.encode())}
-            for tid, value in best
-        ]
-        content.append({
-            "token": text, "logprob": finite(candidates.get(token_id, float("-inf"))), "bytes": list(text.encode()),
-            "top_logprobs": top,
-        })  # fmt: skip
-    return {"content": content}
-
-
 @router.post(
     "/v1/chat/completions", response_model=ChatCompletionResponse,
-    responses=ERRORS,
+    responses=ERROR_RESPONSES,
     summary="Answer a conversation (OpenAI Chat Completions API); stream: true answers with server-sent events.",
 )  # fmt: skip
 async def create_chat_completion(body: ChatCompletionRequest, raw_request: Request):
@@ -72,7 +54,7 @@ async def create_chat_completion(body: ChatCompletionRequest, raw_request: Reque
     with bad_request():
         params = sampling_params(body, max_tokens, k)
         prompt_ids = [state.engine.prepare(prompt, params)]
-    ticket = state.admit(body.n)
+    ticket = state.admission.admit(body.n)
     request_id, created = new_id("chatcmpl"), int(time.time())
     choices = generate_choices(state, request_id, prompt_ids, params, body.n)
     if body.stream:
@@ -88,7 +70,7 @@ async def create_chat_completion(body: ChatCompletionRequest, raw_request: Reque
         output = finals[index]
         result.append({
             "index": index, "message": {"role": "assistant", "content": output.text},
-            "logprobs": chat_logprobs(state, output, 0, k) if k is not None else None,
+            "logprobs": chat_logprobs(state.engine.tokenizer, output, 0, k) if k is not None else None,
             "finish_reason": output.finish_reason, "stop_reason": output.stop_reason,
         })  # fmt: skip
     return JSONResponse({
@@ -122,7 +104,7 @@ async def _events(
             delta = {"content": output.delta_text} if output.delta_text or not output.finished else {}
             choice = {
                 "index": index, "delta": delta,
-                "logprobs": chat_logprobs(state, output, start, k) if k is not None else None,
+                "logprobs": chat_logprobs(state.engine.tokenizer, output, start, k) if k is not None else None,
                 "finish_reason": output.finish_reason, "stop_reason": output.stop_reason,
             }  # fmt: skip
             yield sse(stream_usage.chunk(base, choice, index, output))

@@ -2,7 +2,9 @@
 
 SIGTERM (or Ctrl-C): the listening socket closes and new requests are refused with 503,
 requests in flight get `--shutdown-timeout` seconds to finish, then the engine process
-is shut down and the command exits 0.
+is shut down and the command exits 0. If the engine process dies, open streams end with
+an error event and requests get 503 at once; the command then exits 1, or with
+`--restart-engine` starts a new engine process and serves again (supervisor.py).
 """
 
 from __future__ import annotations
@@ -52,6 +54,11 @@ def serve(
     bench_results: Path = typer.Option(
         None, "--bench-results", file_okay=False, help="A `tokenworks bench` output dir; /dashboard shows its frontier."
     ),
+    restart_engine: bool = typer.Option(
+        False,
+        "--restart-engine",
+        help="If the engine process dies, start a new one (503 meanwhile) instead of exiting 1.",
+    ),
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API (completions, chat, streaming, metrics)."""
     import uvicorn
@@ -59,6 +66,7 @@ def serve(
     from tokenworks.errors import CheckpointError
     from tokenworks.serve.app import create_app
     from tokenworks.serve.config import ServerConfig
+    from tokenworks.serve.server import Server
 
     if not (model / "config.json").is_file():
         raise CheckpointError(f"{model} has no config.json: point at a checkpoint directory")
@@ -71,10 +79,10 @@ def serve(
     config = ServerConfig(
         model=model, served_model_name=served_model_name, host=host, port=port, api_key=api_key,
         max_queued_requests=max_queued_requests, max_body_bytes=max_body_bytes, shutdown_timeout=shutdown_timeout,
-        engine_options=engine_options, bench_results=bench_results,
+        engine_options=engine_options, bench_results=bench_results, restart_engine=restart_engine,
     )  # fmt: skip
     app = create_app(config)
-    server = DrainingServer(
+    server = Server(
         uvicorn.Config(
             app,
             host=host,
@@ -88,26 +96,5 @@ def serve(
     server.run()
     if not server.started:
         raise typer.Exit(1)
-
-
-def _draining_server_class():
-    import signal
-
-    import uvicorn
-
-    class _DrainingServer(uvicorn.Server):
-        """On SIGTERM/SIGINT, marks the app as draining (503 for new requests) before uvicorn's shutdown."""
-
-        def handle_exit(self, sig, frame) -> None:
-            state = getattr(self.config.app.state, "server", None) if hasattr(self.config.app, "state") else None
-            if state is not None:
-                state.draining = True
-            super().handle_exit(sig, frame)
-            if sig == signal.SIGTERM:  # a drained SIGTERM is a clean exit (0), not death by signal
-                self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
-
-    return _DrainingServer
-
-
-def DrainingServer(config):
-    return _draining_server_class()(config)
+    if server.exit_code:
+        raise typer.Exit(server.exit_code)

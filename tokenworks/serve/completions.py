@@ -9,24 +9,16 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from tokenworks.engine import RequestOutput
-from tokenworks.serve.errors import APIError, json_error_event
-from tokenworks.serve.protocol import CompletionRequest, CompletionResponse, ErrorResponse
-from tokenworks.serve.serving import (
-    ServerState,
-    StreamUsage,
-    bad_request,
-    collect_finals,
-    finite,
-    generate_choices,
-    new_id,
-    sampling_params,
-    token_text,
-    usage,
-)  # fmt: skip
+from tokenworks.serve.errors import APIError, bad_request, json_error_event
+from tokenworks.serve.fanout import collect_finals, generate_choices
+from tokenworks.serve.logprobs import completion_logprobs
+from tokenworks.serve.protocol import ERROR_RESPONSES, CompletionRequest, CompletionResponse, new_id
+from tokenworks.serve.sampling import sampling_params
+from tokenworks.serve.state import ServerState
 from tokenworks.serve.streaming import DONE, ClientGone, EventStream, run_until_disconnect, sse
+from tokenworks.serve.usage import StreamUsage, usage
 
 router = APIRouter()
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 429, 503)}
 
 
 def prompts_of(body: CompletionRequest) -> list[str | list[int]]:
@@ -40,27 +32,8 @@ def prompts_of(body: CompletionRequest) -> list[str | list[int]]:
     return list(prompt)
 
 
-def completion_logprobs(state: ServerState, output: RequestOutput, start: int, k: int, offset: int) -> dict[str, list]:
-    """OpenAI's legacy logprobs for output tokens [start:], text offsets from `offset`."""
-    tokens, token_logprobs, top_logprobs, text_offset = [], [], [], []
-    for token_id, candidates in zip(output.token_ids[start:], output.logprobs[start:], strict=False):
-        text = token_text(state, token_id)
-        tokens.append(text)
-        token_logprobs.append(finite(candidates.get(token_id, float("-inf"))))
-        best = sorted(candidates.items(), key=lambda item: -item[1])  # the top k and the sampled token
-        top_logprobs.append({token_text(state, t): finite(value) for t, value in best})
-        text_offset.append(offset)
-        offset += len(text)
-    return {
-        "tokens": tokens,
-        "token_logprobs": token_logprobs,
-        "top_logprobs": top_logprobs,
-        "text_offset": text_offset,
-    }
-
-
 @router.post(
-    "/v1/completions", response_model=CompletionResponse, responses=ERRORS,
+    "/v1/completions", response_model=CompletionResponse, responses=ERROR_RESPONSES,
     summary="Complete prompts (OpenAI Completions API); stream: true answers with server-sent events.",
 )  # fmt: skip
 async def create_completion(body: CompletionRequest, raw_request: Request):
@@ -79,10 +52,12 @@ async def create_completion(body: CompletionRequest, raw_request: Request):
         prompt_ids = [state.engine.prepare(prompt, params) for prompt in prompts]
     prompt_texts = [p if isinstance(p, str) else "" for p in prompts]
     if body.echo:
+        tokenizer = state.engine.tokenizer
         prompt_texts = [
-            p if isinstance(p, str) else token_text_all(state, ids) for p, ids in zip(prompts, prompt_ids, strict=True)
+            p if isinstance(p, str) else (tokenizer.decode(ids) if tokenizer is not None else "")
+            for p, ids in zip(prompts, prompt_ids, strict=True)
         ]
-    ticket = state.admit(len(prompt_ids) * body.n)
+    ticket = state.admission.admit(len(prompt_ids) * body.n)
     request_id, created = new_id("cmpl"), int(time.time())
     choices = generate_choices(state, request_id, prompt_ids, params, body.n)
     if body.stream:
@@ -100,7 +75,7 @@ async def create_completion(body: CompletionRequest, raw_request: Request):
         prefix = prompt_texts[index // body.n] if body.echo else ""
         logprobs = None
         if body.logprobs is not None:
-            logprobs = completion_logprobs(state, output, 0, body.logprobs, 0)
+            logprobs = completion_logprobs(state.engine.tokenizer, output, 0, 0)
         result.append({
             "index": index, "text": prefix + output.text, "logprobs": logprobs,
             "finish_reason": output.finish_reason, "stop_reason": output.stop_reason,
@@ -109,11 +84,6 @@ async def create_completion(body: CompletionRequest, raw_request: Request):
         "id": request_id, "object": "text_completion", "created": created, "model": state.config.model_name,
         "choices": result, "usage": usage(prompt_ids, finals, body.n), "system_fingerprint": None,
     })  # fmt: skip
-
-
-def token_text_all(state: ServerState, ids: list[int]) -> str:
-    tokenizer = state.engine.tokenizer
-    return tokenizer.decode(ids) if tokenizer is not None else ""
 
 
 async def _events(
@@ -134,7 +104,7 @@ async def _events(
                 continue
             logprobs = None
             if body.logprobs is not None:
-                logprobs = completion_logprobs(state, output, start, body.logprobs, offsets.get(index, 0))
+                logprobs = completion_logprobs(state.engine.tokenizer, output, start, offsets.get(index, 0))
                 offsets[index] = offsets.get(index, 0) + sum(len(t) for t in logprobs["tokens"])
             else:
                 offsets[index] = offsets.get(index, 0) + len(text)

@@ -21,6 +21,7 @@ class ServerConfig:
     shutdown_timeout: float = 30.0  # seconds in-flight requests get to finish after SIGTERM
     engine_options: dict[str, Any] = field(default_factory=dict)  # AsyncLLM(model, **engine_options)
     bench_results: Path | None = None  # a `tokenworks bench` output directory: /dashboard shows its frontier.csv
+    restart_engine: bool = False  # a dead engine core: False stops the server (exit 1), True starts a new core
 
     @property
     def model_name(self) -> str:

@@ -27,7 +27,7 @@ from fastapi.responses import HTMLResponse
 from prometheus_client import CollectorRegistry
 
 from tokenworks.serve.metrics import ServerMetrics
-from tokenworks.serve.routes import refresh_engine_gauges
+from tokenworks.serve.status import refresh_engine_gauges
 
 FRONTIER_FILE = "frontier.csv"
 FRONTIER_COLUMNS = ("label", "concurrency", "request_rate", "interactivity", "output_throughput_per_device")

@@ -7,8 +7,10 @@ engine down 503. A bug still answers with this object (500) and never with a tra
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -36,6 +38,15 @@ class APIError(Exception):
     ) -> None:  # fmt: skip
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
+
+
+@contextlib.contextmanager
+def bad_request() -> Iterator[None]:
+    """Our own checks and the engine's raise ValueError (or TokenizerError): a 400."""
+    try:
+        yield
+    except (ValueError, TokenizerError) as error:
+        raise APIError(400, str(error)) from None
 
 
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:

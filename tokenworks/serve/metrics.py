@@ -12,7 +12,7 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from tokenworks.engine import RequestOutput
-from tokenworks.engine.core import StepStats
+from tokenworks.engine.messages import StepStats
 
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)  # fmt: skip
 _E2E_BUCKETS = (0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 300.0)
@@ -95,6 +95,10 @@ class ServerMetrics:
         self.engine_healthy = Gauge(
             "tokenworks:engine_healthy", "1 while the engine core is alive, else 0.", m, registry=registry
         )
+        self.engine_restarts = Counter(
+            "tokenworks:engine_restarts", "Engine cores started in place of a dead one (--restart-engine).", m,
+            registry=registry,
+        )  # fmt: skip
 
     def update_engine(self, stats: StepStats | None, healthy: bool, num_open: int) -> None:
         name = self.model_name

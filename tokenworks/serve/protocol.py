@@ -10,6 +10,7 @@ clients send to vLLM are accepted as top-level fields: `ignore_eos`, `min_tokens
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -204,3 +205,14 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+# The error statuses the generation and tokenizer routes document in the OpenAPI schema.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 429, 503)
+}
+
+
+def new_id(prefix: str) -> str:
+    """A response id as OpenAI writes them: `cmpl-...`, `chatcmpl-...`."""
+    return f"{prefix}-{uuid.uuid4().hex}"

@@ -80,7 +80,9 @@ def pretrain(
         Path("runs/train"), "--out", "-o", help="Run directory: checkpoint/, run.json, metrics.jsonl, loss.png."
     ),
     preset: str = typer.Option(
-        None, "--preset", help="nano, tiny or small (default: the auto-selected preset, see README)."
+        None,
+        "--preset",
+        help="nano, micro, tiny or small (default: the preset that trains best in 5 minutes on 2 cores).",
     ),
     layers: int = typer.Option(None, "--layers", min=1, help="Decoder layers (overrides the preset)."),
     hidden: int = typer.Option(None, "--hidden", min=1, help="Hidden size; the MLP becomes 3x unless --intermediate."),

@@ -15,7 +15,7 @@ from tokenworks.errors import TrainError
 
 # The preset `tokenworks train` uses with no model arguments: the one that reached the lowest
 # validation loss on the default corpus within the default 5-minute budget on 2 CPU cores
-# (the experiment and its table are in benchmarks/TRAIN_README_SECTION.md).
+# (benchmarks/preset_search.py runs that race; its tables are in docs/benchmarks.md).
 DEFAULT_PRESET = "nano"
 DEFAULT_TIME_BUDGET_S = 300.0
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -1,54 +1,16 @@
-"""What callers get back: a request's text, token ids, finish reason, logprobs and times.
+"""Turns the core's token deltas into what callers get back, one request at a time.
 
-The caller's process turns the core's token deltas into these: it detokenizes
-incrementally, applies stop strings (ending the request in the core when one appears),
-and while streaming holds back the few characters that might still become a stop string.
+The caller's process keeps a `RequestState` per request: it detokenizes incrementally,
+applies stop strings (ending the request in the core when one appears), and while
+streaming holds back the few characters that might still become a stop string.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from tokenworks.engine.core import CoreOutput
+from tokenworks.engine.messages import CoreOutput
+from tokenworks.engine.request_output import RequestMetrics, RequestOutput
 from tokenworks.engine.sampling_params import SamplingParams
 from tokenworks.model.detokenizer import IncrementalDetokenizer
-
-
-@dataclass(slots=True)
-class RequestMetrics:
-    """time.monotonic() seconds, comparable across the caller's and the core's processes."""
-
-    arrival_time: float = 0.0
-    first_scheduled_time: float | None = None
-    first_token_time: float | None = None
-    finished_time: float | None = None
-
-    @property
-    def time_to_first_token(self) -> float | None:
-        return None if self.first_token_time is None else self.first_token_time - self.arrival_time
-
-    @property
-    def queue_time(self) -> float | None:
-        return None if self.first_scheduled_time is None else self.first_scheduled_time - self.arrival_time
-
-
-@dataclass(slots=True)
-class RequestOutput:
-    request_id: str
-    prompt_token_ids: list[int]
-    token_ids: list[int] = field(default_factory=list)  # everything generated so far
-    text: str = ""  # their text, stop string removed
-    delta_token_ids: list[int] = field(default_factory=list)  # what this update added
-    delta_text: str = ""
-    finish_reason: str | None = None  # "stop", "length" or "abort"
-    stop_reason: str | int | None = None  # the stop string or stop token id that ended it
-    logprobs: list[dict[int, float]] = field(default_factory=list)
-    num_cached_tokens: int = 0
-    metrics: RequestMetrics = field(default_factory=RequestMetrics)
-
-    @property
-    def finished(self) -> bool:
-        return self.finish_reason is not None
 
 
 class RequestState:

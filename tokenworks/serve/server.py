@@ -1,0 +1,39 @@
+"""uvicorn's server, with the two ways a tokenworks server ends.
+
+- A signal (SIGTERM, or Ctrl-C): the app is marked draining (503 for new requests) before
+  uvicorn's graceful shutdown lets the requests in flight finish; a drained SIGTERM exits 0.
+- The app asks: when its engine core died and is not to be restarted, the app sets
+  `ServerState.exit_code`; within a tick (0.1 s) the server shuts down as on SIGTERM, and
+  `exit_code` tells the caller what to exit with.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import uvicorn
+
+
+class Server(uvicorn.Server):
+    def _state(self):
+        app_state = getattr(self.config.app, "state", None)
+        return getattr(app_state, "server", None)
+
+    @property
+    def exit_code(self) -> int | None:
+        """Non-zero when the app asked to stop because it cannot serve (its engine is gone)."""
+        state = self._state()
+        return None if state is None else state.exit_code
+
+    def handle_exit(self, sig, frame) -> None:
+        state = self._state()
+        if state is not None:
+            state.draining = True
+        super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM:  # a drained SIGTERM is a clean exit (0), not death by signal
+            self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.exit_code is not None:
+            return True
+        return await super().on_tick(counter)
