@@ -1,8 +1,12 @@
-"""Shared fixtures: a small tokenizer trained once per session on the default corpus."""
+"""Shared fixtures: a small tokenizer trained once per session on the default corpus, and one
+`tokenworks factory --quick` run whose work directory the factory tests and the README's examples read."""
 
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,3 +22,21 @@ def corpus() -> list[str]:
 @pytest.fixture(scope="session")
 def tokenizer(corpus: list[str]) -> Tokenizer:
     return Tokenizer.train(corpus, vocab_size=700)
+
+
+def _factory(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "tokenworks", "factory", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def run_factory():
+    """`tokenworks factory ARGS...` as a user runs it: a function returning the finished process."""
+    return _factory
+
+
+@pytest.fixture(scope="session")
+def quick_factory(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """`tokenworks factory --quick` into DIR/factory, as `make demo` writes ./factory (the README's paths)."""
+    workdir = tmp_path_factory.mktemp("quick") / "factory"
+    return workdir, _factory("--quick", "--workdir", str(workdir))

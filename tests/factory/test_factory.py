@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,15 +15,9 @@ STAGES = ["ingest", "train", "serve", "bench", "report"]
 BENCH_FILES = {"run.json", "requests.jsonl", "points.csv", "frontier.csv", "report.html"}
 
 
-def factory(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "tokenworks", "factory", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    workdir = tmp_path_factory.mktemp("factory")
-    return workdir, factory("--quick", "--workdir", str(workdir))
+def quick_run(quick_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    return quick_factory
 
 
 def test_quick_line_runs_every_stage_and_reports(quick_run) -> None:
@@ -68,24 +61,24 @@ def test_served_sample_is_the_checkpoints_greedy_continuation(quick_run) -> None
     assert tokenizer.decode(output[0, len(prompt_ids) :]) == serve["smoke_completion"]
 
 
-def test_rerun_resumes_and_from_reruns_only_the_named_stages(quick_run) -> None:
+def test_rerun_resumes_and_from_reruns_only_the_named_stages(quick_run, run_factory) -> None:
     workdir, first = quick_run
     assert first.returncode == 0, first.stderr[-3000:]
-    again = factory("--quick", "--workdir", str(workdir), timeout=120)
+    again = run_factory("--quick", "--workdir", str(workdir), timeout=120)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("done earlier, kept") == len(STAGES)
 
     before = (workdir / "report.html").stat().st_mtime_ns
-    report_only = factory("--quick", "--workdir", str(workdir), "--from", "report", timeout=120)
+    report_only = run_factory("--quick", "--workdir", str(workdir), "--from", "report", timeout=120)
     assert report_only.returncode == 0, report_only.stderr[-3000:]
     assert report_only.stdout.count("done earlier, kept") == len(STAGES) - 1
     assert (workdir / "report.html").stat().st_mtime_ns > before
 
 
-def test_a_failed_stage_says_which_and_why_without_a_traceback(tmp_path: Path) -> None:
+def test_a_failed_stage_says_which_and_why_without_a_traceback(tmp_path: Path, run_factory) -> None:
     config = tmp_path / "factory.toml"
     config.write_text('[data]\nsources = ["no-such-directory"]\n', encoding="utf-8")
-    result = factory("--quick", "--config", str(config), "--workdir", str(tmp_path / "w"), timeout=120)
+    result = run_factory("--quick", "--config", str(config), "--workdir", str(tmp_path / "w"), timeout=120)
     assert result.returncode == 1
     assert "stage 'ingest' failed" in result.stderr and "no-such-directory" in result.stderr
     assert "Traceback" not in result.stderr
