@@ -93,31 +93,27 @@ def expected(llama_dir) -> list[list[int]]:
     return tokens
 
 
-def test_a_script_without_a_main_guard(llama_dir, tmp_path, expected) -> None:
-    script = tmp_path / "example.py"
-    script.write_text(code(OFFLINE, llama_dir))
-    result = run_python([str(script)], tmp_path)
-    assert result["tokens"] == expected
-    assert_gone(result["core_pid"])
+def script(tmp_path: Path, source: str, guarded: bool = False) -> list[str]:
+    if guarded:
+        source = "if __name__ == '__main__':\n    " + source.strip().replace("\n", "\n    ") + "\n"
+    path = tmp_path / "example.py"
+    path.write_text(source)
+    return [str(path)]
 
 
-def test_a_script_with_a_main_guard(llama_dir, tmp_path, expected) -> None:
-    body = code(OFFLINE, llama_dir).strip().replace("\n", "\n    ")
-    script = tmp_path / "guarded.py"
-    script.write_text(f"if __name__ == '__main__':\n    {body}\n")
-    result = run_python([str(script)], tmp_path)
-    assert result["tokens"] == expected
-    assert_gone(result["core_pid"])
+# Each style: the interpreter's arguments and its stdin, for a program's source.
+STYLES = {
+    "a script without a main guard": lambda tmp_path, source: (script(tmp_path, source), None),
+    "a script with a main guard": lambda tmp_path, source: (script(tmp_path, source, guarded=True), None),
+    "python -c": lambda tmp_path, source: (["-c", source], None),
+    "python - (stdin)": lambda tmp_path, source: (["-"], source),
+}
 
 
-def test_python_dash_c(llama_dir, tmp_path, expected) -> None:
-    result = run_python(["-c", code(OFFLINE, llama_dir)], tmp_path)
-    assert result["tokens"] == expected
-    assert_gone(result["core_pid"])
-
-
-def test_python_reading_stdin(llama_dir, tmp_path, expected) -> None:
-    result = run_python(["-"], tmp_path, stdin=code(OFFLINE, llama_dir))
+@pytest.mark.parametrize("style", STYLES)
+def test_llm_from(style: str, llama_dir, tmp_path, expected) -> None:
+    args, stdin = STYLES[style](tmp_path, code(OFFLINE, llama_dir))
+    result = run_python(args, tmp_path, stdin)
     assert result["tokens"] == expected
     assert_gone(result["core_pid"])
 
