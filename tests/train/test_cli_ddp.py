@@ -55,8 +55,11 @@ def test_ddp_two_processes_match_one_process_on_the_same_global_batch(shards_dir
     record = json.loads((ddp / "run.json").read_text())
     assert record["environment"]["world_size"] == 2 and record["tokens_seen"] == 4 * 4 * 32
     ours, theirs = (load_file(out / "checkpoint" / "model.safetensors") for out in (ddp, single))
+    # Adam divides each step by the root of the gradient's second moment, so an element whose gradient
+    # is near zero moves on the all-reduce's float rounding alone (1.6e-5 on one of nano's 27,648 MLP
+    # weights); a wrong batch or shard moves weights by about lr (3e-3) a step.
     for name, tensor in theirs.items():
-        assert_close(ours[name], tensor, rtol=1e-4, atol=1e-5)
+        assert_close(ours[name], tensor, rtol=1e-4, atol=1e-4)
 
 
 def test_cli_error_is_one_line_before_any_work(shards_copy: Path, tmp_path: Path) -> None:
@@ -77,7 +80,7 @@ def test_cli_error_is_one_line_before_any_work(shards_copy: Path, tmp_path: Path
     [
         (["--time-budget", "5 minutes"], "cannot read the duration"),
         (["--preset", "huge"], "unknown preset 'huge'"),
-        (["--heads", "3"], "head_dim must be even"),
+        (["--hidden", "64", "--heads", "3"], "head_dim must be even"),
     ],
 )
 def test_cli_refuses_bad_arguments(shards_dir: Path, tmp_path: Path, args: list[str], message: str) -> None:

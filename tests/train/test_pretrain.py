@@ -101,8 +101,8 @@ def test_missing_shard_is_refused(shards_copy: Path, tmp_path: Path) -> None:
 
 def test_resume_from_a_checkpoint_of_another_shape_is_refused(trained_checkpoint: Path, shards_dir: Path) -> None:
     config = nano_config(shards_dir, trained_checkpoint.parent, resume=True)
-    config.shape = ShapeOverrides(hidden=96)
-    with pytest.raises(TrainError, match=r"cannot resume .* hidden_size=64 but this run asks for hidden_size=96"):
+    config.shape = ShapeOverrides(hidden=128)  # nano's is 96
+    with pytest.raises(TrainError, match=r"cannot resume .* hidden_size=96 but this run asks for hidden_size=128"):
         run_pretrain(config)
 
 
