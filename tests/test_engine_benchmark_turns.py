@@ -14,6 +14,7 @@ WORKER = Path(__file__).resolve().parent.parent / "benchmarks" / "engine_peers_w
 
 @pytest.fixture
 def worker(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.syspath_prepend(str(WORKER.parent))  # as when run: its sibling modules import
     spec = importlib.util.spec_from_file_location("engine_peers_worker", WORKER)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
