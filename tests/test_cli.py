@@ -60,7 +60,7 @@ def test_bad_option_values_are_usage_errors(tmp_path) -> None:
     config = tmp_path / "factory.toml"
     config.write_text('[train]\npreset = "huge"\n', encoding="utf-8")
     result = tokenworks("factory", "--config", str(config), "--quick", "--workdir", str(tmp_path))
-    assert result.returncode == 1 and "unknown model preset 'huge' in train.preset" in result.stderr
+    assert result.returncode == 1 and "[train] preset: unknown model preset 'huge'" in result.stderr
     assert "Traceback" not in result.stderr
     usage = tokenworks("model", "generate", str(tmp_path), "--max-tokens", "0")
     assert usage.returncode == 2 and "Traceback" not in usage.stderr
