@@ -1,7 +1,7 @@
 """Compile the kernels' C++ sources into one extension module, or load it from the cache.
 
 torch's C++ extension tooling compiles the sources with g++ and ninja (in parallel, one job
-a source file), about 20 s on 2 cores, and caches the library under
+a source file), about half a minute on 2 cores, and caches the library under
 ~/.cache/torch_extensions (TORCH_EXTENSIONS_DIR), so later engines load it in a moment; a
 file lock there serialises concurrent first builds. The build targets the CPU it runs on
 (-march=native), so the library's name carries a digest of the sources and headers and of
@@ -38,7 +38,7 @@ def build_extension() -> tuple[ModuleType | None, str]:
     except ImportError as error:  # torch's extension tooling needs setuptools
         return None, f"no C++ extension tooling: {error}"
     name = f"tokenworks_cpu_kernels_{build_digest()}"
-    logger.info("loading the CPU kernels %s (compiled on first use on a machine, about 20 s)", name)
+    logger.info("loading the CPU kernels %s (compiled on first use on a machine, about half a minute)", name)
     started = time.perf_counter()
     try:
         module = load(
