@@ -80,7 +80,6 @@ class EngineCoreClient:
         # An LLM the caller never shut down still stops its core: when it is collected, or at exit.
         self._finalizer = weakref.finalize(self, _stop_process, self.process)
         self.send(StartEngine(options, logging.getLogger().level, os.getpid()))
-        self.ready: Ready | None = None
         self.dead_reason: str | None = None
 
     # ---- start-up ----------------------------------------------------------------------
@@ -120,7 +119,6 @@ class EngineCoreClient:
 
     def _startup_reply(self, message: object) -> Ready | None:
         if isinstance(message, Ready):
-            self.ready = message
             return message
         if isinstance(message, Fatal):
             logger.error("engine core failed to start: %s\n%s", message.message, message.details)
