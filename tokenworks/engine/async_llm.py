@@ -4,10 +4,9 @@
     async for output in engine.generate("Hello", SamplingParams(max_tokens=32)):
         print(output.delta_text, end="")
 
-One task reads the core's outputs and routes each request's delta to its queue; it also
-watches the core's process, so a core that dies (busy or idle) fails every open stream
-with `EngineDeadError` within about WATCH_INTERVAL_MS, and the callbacks given to
-`on_death` hear of it. A caller that stops iterating (a client disconnect cancels it)
+The event loop reads the core's socket as outputs arrive and routes each request's delta to
+its queue; a core that dies (busy or idle) closes that socket, which fails every open stream
+with `EngineDeadError` at once, and the callbacks given to `on_death` hear of it. A caller that stops iterating (a client disconnect cancels it)
 aborts its request, which frees the request's KV blocks in the core at once. `restart`
 starts a new core in place of a dead one.
 """
@@ -19,18 +18,16 @@ import contextlib
 import dataclasses
 import itertools
 import logging
-import pickle
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from tokenworks.engine.client import WATCH_INTERVAL_MS, EngineCoreClient, EngineDeadError
+from tokenworks.engine.client import EngineCoreClient, EngineDeadError
 from tokenworks.engine.frontend import Frontend, Prompt
 from tokenworks.engine.messages import (
     Abort,
     AddRequest,
-    Fatal,
     Ready,
     RequestError,
     StepOutputs,
@@ -53,7 +50,7 @@ class AsyncLLM:
         On an event loop that must keep serving while the model loads, use `await AsyncLLM.start(...)`.
         """
         self._setup(EngineOptions(model=model, **engine_options))
-        client = EngineCoreClient(self.options, for_event_loop=True)
+        client = EngineCoreClient(self.options)
         self._attach(client, client.wait_ready())
 
     @classmethod
@@ -70,13 +67,13 @@ class AsyncLLM:
         self._streams: dict[str, tuple[RequestState, asyncio.Queue]] = {}
         self._calls: dict[int, asyncio.Future] = {}
         self._call_ids = itertools.count(1)
-        self._reader: asyncio.Task | None = None
+        self._listening = False
         self._death_callbacks: list[Callable[[EngineDeadError], None]] = []
         self.last_stats: StepStats | None = None
         self.dead_error: EngineDeadError | None = None
 
     async def _start_core(self) -> None:
-        client = EngineCoreClient(self.options, for_event_loop=True)
+        client = EngineCoreClient(self.options)
         self._attach(client, await client.wait_ready_async())
 
     def _attach(self, client: EngineCoreClient, ready: Ready) -> None:
@@ -88,8 +85,9 @@ class AsyncLLM:
         self.tokenizer = self.frontend.tokenizer
         self.max_model_len = ready.max_model_len
         self.dead_error = None
-        with contextlib.suppress(RuntimeError):  # no running loop: the first request starts the reader
-            self._ensure_reader()
+        self._listening = False
+        with contextlib.suppress(RuntimeError):  # no running loop: the first request starts listening
+            self._ensure_listening()
 
     # ---- requests ----------------------------------------------------------------------
 
@@ -110,7 +108,7 @@ class AsyncLLM:
         prompt_ids = self.prepare(prompt, params)
         queue: asyncio.Queue = asyncio.Queue()
         self._streams[request_id] = (self.frontend.new_state(request_id, prompt_ids, params), queue)
-        self._ensure_reader()
+        self._ensure_listening()
         self.client.send(AddRequest(request_id, prompt_ids, params, priority, arrival_time=time.monotonic()))
         finished = False
         try:
@@ -138,32 +136,20 @@ class AsyncLLM:
         call_id = next(self._call_ids)
         future = asyncio.get_running_loop().create_future()
         self._calls[call_id] = future
-        self._ensure_reader()
+        self._ensure_listening()
         self.client.send(UtilityCall(call_id, method, args))
         return await future
 
-    # ---- the output reader -------------------------------------------------------------
+    # ---- the core's messages -----------------------------------------------------------
 
-    def _ensure_reader(self) -> None:
-        if self._reader is None or self._reader.done():
-            loop = asyncio.get_running_loop()
-            self._reader = loop.create_task(self._read_outputs(self.client), name="engine-outputs")
+    def _ensure_listening(self) -> None:
+        if not self._listening:
+            self.client.listen(self._dispatch_all, self._died)
+            self._listening = True
 
-    async def _read_outputs(self, client: EngineCoreClient) -> None:
-        outputs = client.async_outputs()
-        try:
-            while True:
-                if not await outputs.poll(WATCH_INTERVAL_MS):
-                    client.check_alive()
-                    continue
-                self._dispatch(pickle.loads(await outputs.recv()))
-        except EngineDeadError as error:
-            self._died(error)
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:  # a bug here must not hang every stream
-            logger.exception("engine output reader failed")
-            self._died(EngineDeadError(f"the engine output reader failed: {error}"))
+    def _dispatch_all(self, messages: list[object]) -> None:
+        for message in messages:
+            self._dispatch(message)
 
     def _dispatch(self, message: object) -> None:
         if isinstance(message, StepOutputs):
@@ -190,8 +176,6 @@ class AsyncLLM:
                     future.set_exception(ValueError(message.error))
                 else:
                     future.set_result(message.result)
-        elif isinstance(message, Fatal):
-            raise EngineDeadError(f"the engine core failed: {message.message}")
 
     def _died(self, error: EngineDeadError) -> None:
         """Fail every open stream and call, then tell whoever asked (the server decides what next)."""
@@ -222,19 +206,16 @@ class AsyncLLM:
         """
         if self.dead_error is None:  # a live core has streams that a restart would strand
             raise RuntimeError("restart() replaces a dead engine core; this one is alive")
-        await self._stop_reader()
+        self._stop_listening()
         await self.client.aclose(timeout_s=1.0)
         await self._start_core()
 
-    async def _stop_reader(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-            self._reader = None
+    def _stop_listening(self) -> None:
+        self.client.stop_listening()
+        self._listening = False
 
     async def shutdown(self) -> None:
-        await self._stop_reader()
+        self._stop_listening()
         await self.client.aclose()
 
 

@@ -1,31 +1,31 @@
 """The caller's side of the engine: starts the core process and talks to it.
 
-`EngineCoreClient` owns the process and the sockets; `LLM` (offline, blocking) and
-`AsyncLLM` (asyncio, for the server) build on it. The core is a fresh interpreter running
+`EngineCoreClient` owns the process and its socket (channel.py); `LLM` (offline, blocking)
+and `AsyncLLM` (asyncio, for the server) build on it. The core is a fresh interpreter running
 `python -m tokenworks.engine.core_process`, so it never re-imports the caller's `__main__`
 (which is what multiprocessing's spawn does, and what breaks scripts without a main guard,
-`python -`, and notebooks). Nothing here blocks on the core: a send never waits (the socket
-queues), and whoever waits for an answer also watches the process, so if the core dies
-every request still waiting gets an `EngineDeadError` instead of hanging.
+`python -`, and notebooks). Nothing here blocks on the core: a send never waits (what the
+socket cannot take yet stays queued), and a core that dies closes its end of the socket, so
+every request still waiting gets an `EngineDeadError` at once instead of hanging.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-import pickle
 import site
+import socket
 import subprocess
 import sys
-import tempfile
 import time
 import weakref
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
-import zmq
-import zmq.asyncio
-
+from tokenworks.engine.channel import Channel, ChannelClosed
 from tokenworks.engine.messages import Fatal, Ready, Shutdown, StartEngine
 from tokenworks.engine.options import EngineOptions
 from tokenworks.errors import TokenworksError
@@ -33,8 +33,9 @@ from tokenworks.errors import TokenworksError
 logger = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT_S = 600.0  # loading a big checkpoint on a slow disk takes a while
-WATCH_INTERVAL_MS = 100  # how often a waiting caller checks that the core is alive
+WATCH_INTERVAL_MS = 100  # how long a blocking caller waits for messages before looking again
 SHUTDOWN_TIMEOUT_S = 10.0
+_EXIT_CODE_WAIT_S = 0.5  # a core whose socket closed exits within this; its exit code says why
 
 
 class EngineDeadError(TokenworksError):
@@ -45,42 +46,34 @@ class EngineCoreClient:
     """Starts the engine core in a fresh interpreter and exchanges pickled messages with it.
 
     The constructor returns as soon as the process is launched; `wait_ready` (blocking) or
-    `wait_ready_async` (asyncio) waits until the model is loaded.
+    `wait_ready_async` (asyncio) waits until the model is loaded. A blocking caller reads with
+    `receive`; an event loop has the messages delivered as they arrive (`listen`).
     """
 
-    def __init__(self, options: EngineOptions, for_event_loop: bool = False) -> None:
+    def __init__(self, options: EngineOptions) -> None:
         options.validate()
-        self._socket_dir = tempfile.TemporaryDirectory(prefix="tokenworks-engine-")
-        base = Path(self._socket_dir.name)
-        self.input_address = f"ipc://{base / 'input'}"  # the core binds it
-        self.output_address = f"ipc://{base / 'output'}"  # we bind it
-        self.context = zmq.Context.instance()
-        # For an event loop the asyncio socket owns the outputs and `output_socket` is a view of
-        # it: closing the asyncio socket is what takes its file descriptor off the loop, and a
-        # descriptor left there after its socket closed silences whatever opens under its number
-        # next (an HTTP connection, say).
-        self._async_outputs: zmq.asyncio.Socket | None = None
-        if for_event_loop:
-            self._async_outputs = self.context.socket(zmq.PULL, socket_class=zmq.asyncio.Socket)
-            self.output_socket = zmq.Socket.shadow(self._async_outputs.underlying)
-        else:
-            self.output_socket = self.context.socket(zmq.PULL)
-        self.output_socket.bind(self.output_address)
-        # The connecting side of a PUSH queues messages whether or not its peer is there, and
-        # with no high-water mark a send never blocks: not before the core has bound its
-        # socket, and not after it died (the watch on the process notices that).
-        self.input_socket = self.context.socket(zmq.PUSH)
-        self.input_socket.setsockopt(zmq.SNDHWM, 0)
-        self.input_socket.connect(self.input_address)
-        self.process = subprocess.Popen(
-            [sys.executable, "-P", "-m", "tokenworks.engine.core_process", self.input_address, self.output_address],
-            env=core_environment(options),
-            stdin=subprocess.DEVNULL,
-        )
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-P", "-m", "tokenworks.engine.core_process", str(theirs.fileno())],
+                env=core_environment(options),
+                stdin=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()  # the core's copy is the only one left: its exit closes the line
+        self.channel = Channel(ours)
+        self._inbox: deque[object] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None  # while listening
+        self._writing = False  # the loop is waiting to write queued output
         # An LLM the caller never shut down still stops its core: when it is collected, or at exit.
         self._finalizer = weakref.finalize(self, _stop_process, self.process)
-        self.send(StartEngine(options, logging.getLogger().level, os.getpid()))
         self.dead_reason: str | None = None
+        self._ready = False
+        self.send(StartEngine(options, logging.getLogger().level, os.getpid()))
 
     # ---- start-up ----------------------------------------------------------------------
 
@@ -89,12 +82,10 @@ class EngineCoreClient:
         deadline = time.monotonic() + timeout_s
         try:
             while time.monotonic() < deadline:
-                if self.output_socket.poll(WATCH_INTERVAL_MS):
-                    ready = self._startup_reply(pickle.loads(self.output_socket.recv()))
-                    if ready is not None:
-                        return ready
-                else:
-                    self._check_starting()
+                message = self.receive(WATCH_INTERVAL_MS)
+                ready = self._startup_reply(message) if message is not None else None
+                if ready is not None:
+                    return ready
             raise EngineDeadError(f"the engine did not start within {timeout_s:.0f} s")
         except BaseException:  # a failed start, or the caller interrupted it: nothing stays behind
             self._release()
@@ -102,70 +93,146 @@ class EngineCoreClient:
 
     async def wait_ready_async(self, timeout_s: float = STARTUP_TIMEOUT_S) -> Ready:
         """`wait_ready` for an event loop, which stays free to serve while the model loads."""
-        outputs = self.async_outputs()
-        deadline = time.monotonic() + timeout_s
-        try:
-            while time.monotonic() < deadline:
-                if await outputs.poll(WATCH_INTERVAL_MS):
-                    ready = self._startup_reply(pickle.loads(await outputs.recv()))
-                    if ready is not None:
-                        return ready
+        reply: asyncio.Future[Ready] = asyncio.get_running_loop().create_future()
+
+        def on_messages(messages: list[object]) -> None:
+            for message in messages:
+                if reply.done():
+                    return
+                try:
+                    ready = self._startup_reply(message)
+                except EngineDeadError as error:
+                    reply.set_exception(error)
                 else:
-                    self._check_starting()
-            raise EngineDeadError(f"the engine did not start within {timeout_s:.0f} s")
+                    if ready is not None:
+                        reply.set_result(ready)
+
+        def on_death(error: EngineDeadError) -> None:
+            if not reply.done():
+                reply.set_exception(error)
+
+        self.listen(on_messages, on_death)
+        try:
+            return await asyncio.wait_for(reply, timeout_s)
+        except TimeoutError:
+            self._release()
+            raise EngineDeadError(f"the engine did not start within {timeout_s:.0f} s") from None
         except BaseException:  # a failed start, or a cancelled one: nothing stays behind
             self._release()
             raise
+        finally:
+            self.stop_listening()
 
     def _startup_reply(self, message: object) -> Ready | None:
         if isinstance(message, Ready):
+            self._ready = True
             return message
         if isinstance(message, Fatal):
             logger.error("engine core failed to start: %s\n%s", message.message, message.details)
             raise EngineDeadError(f"the engine failed to start: {message.message}")
         return None
 
-    def _check_starting(self) -> None:
-        code = self.process.poll()
-        if code is not None:
-            raise EngineDeadError(f"the engine process exited during startup (code {code})")
-
     # ---- messages ----------------------------------------------------------------------
 
     def send(self, message: object) -> None:
         try:
-            self.input_socket.send(pickle.dumps(message, pickle.HIGHEST_PROTOCOL), zmq.NOBLOCK)
-        except zmq.ZMQError as error:  # a closed socket; never a full one (no high-water mark)
-            raise EngineDeadError(f"cannot reach the engine core: {error}") from None
+            self.channel.send(message)
+        except (ChannelClosed, OSError) as error:  # OSError: our own end is closed already
+            raise EngineDeadError(self._death_reason(f"cannot reach the engine core: {error}")) from None
+        if self.channel.has_pending_output and self._loop is not None and not self._writing:
+            self._writing = True
+            self._loop.add_writer(self.channel.fileno(), self._write_for_loop)
 
     def receive(self, timeout_ms: int) -> object | None:
         """The next message from the core, or None after the timeout; raises if the core died."""
-        if self.output_socket.poll(timeout_ms):
-            message = pickle.loads(self.output_socket.recv())
-            if isinstance(message, Fatal):
-                self.dead_reason = message.message
-                logger.error("engine core failed: %s\n%s", message.message, message.details)
-                raise EngineDeadError(f"the engine core failed: {message.message}")
-            return message
-        self.check_alive()
-        return None
+        if not self._inbox:
+            try:
+                self._inbox.extend(self.channel.receive(timeout_ms / 1000))
+            except ChannelClosed:
+                with contextlib.suppress(subprocess.TimeoutExpired):  # for its exit code, as listen does
+                    self.process.wait(_EXIT_CODE_WAIT_S)
+                raise EngineDeadError(self._death_reason()) from None
+        if not self._inbox:
+            return None
+        message = self._inbox.popleft()
+        self._raise_if_fatal(message)
+        return message
 
-    def async_outputs(self) -> zmq.asyncio.Socket:
-        """The output socket for an event loop (a client made with for_event_loop=True)."""
-        if self._async_outputs is None:
-            raise RuntimeError("this engine client was not made for an event loop")
-        return self._async_outputs
+    def listen(self, on_messages: Callable[[list[object]], None], on_death: Callable[[EngineDeadError], None]) -> None:
+        """Hand the core's messages to `on_messages` on the running event loop as they arrive, and
+        a dead core's error to `on_death` (once), until `stop_listening`."""
+        loop = asyncio.get_running_loop()
+
+        def readable() -> None:
+            try:
+                messages = self.channel.read_available()
+                for message in messages:
+                    self._raise_if_fatal(message)
+            except ChannelClosed:
+                self.stop_listening()
+                report_death(time.monotonic() + _EXIT_CODE_WAIT_S)
+            except EngineDeadError as fatal:
+                self.stop_listening()
+                on_death(fatal)
+            else:
+                on_messages(messages)
+
+        def report_death(give_up_at: float) -> None:
+            # The kernel closes a dying process's socket a moment before its exit code can be
+            # read: look again shortly (never blocking the loop) for an error that says more.
+            if self.process.poll() is None and time.monotonic() < give_up_at:
+                loop.call_later(0.005, report_death, give_up_at)
+            else:
+                on_death(EngineDeadError(self._death_reason()))
+
+        self._loop = loop
+        loop.add_reader(self.channel.fileno(), readable)
+        if self.channel.has_pending_output and not self._writing:
+            self._writing = True
+            loop.add_writer(self.channel.fileno(), self._write_for_loop)
+
+    def stop_listening(self) -> None:
+        if self._loop is not None and self.channel.sock.fileno() != -1:
+            self._loop.remove_reader(self.channel.fileno())
+            if self._writing:
+                self._loop.remove_writer(self.channel.fileno())
+        self._loop, self._writing = None, False
+
+    def _write_for_loop(self) -> None:
+        try:
+            done = self.channel.flush()
+        except ChannelClosed:
+            done = True  # the reader hears of it
+        if done and self._loop is not None:
+            self._loop.remove_writer(self.channel.fileno())
+            self._writing = False
+
+    def _raise_if_fatal(self, message: object) -> None:
+        if isinstance(message, Fatal):
+            self.dead_reason = f"the engine core failed: {message.message}"
+            logger.error("engine core failed: %s\n%s", message.message, message.details)
+            raise EngineDeadError(self.dead_reason)
+
+    def _death_reason(self, fallback: str | None = None) -> str:
+        """Why the line went quiet: the core's last words, else its exit code (it is already
+        gone or going when its end of the socket closes; this never waits for it)."""
+        if self.dead_reason is None:
+            code = self.process.poll()
+            if code is not None:
+                what = "core process exited" if self._ready else "process exited during startup"
+                self.dead_reason = f"the engine {what} (code {code})"
+            else:
+                self.dead_reason = fallback or "the engine core closed its connection"
+        return self.dead_reason
 
     def check_alive(self) -> None:
-        code = self.process.poll()
-        if code is not None:
-            self.dead_reason = self.dead_reason or f"the engine core process exited (code {code})"
-            raise EngineDeadError(self.dead_reason)
+        if self.dead_reason is not None or self.process.poll() is not None:
+            raise EngineDeadError(self._death_reason())
 
     # ---- shutdown ----------------------------------------------------------------------
 
     def close(self, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
-        """Ask the core to stop, wait for it (killing it after `timeout_s`), release the sockets."""
+        """Ask the core to stop, wait for it (killing it after `timeout_s`), release the socket."""
         if self._ask_to_stop():
             try:
                 self.process.wait(timeout_s)
@@ -188,7 +255,8 @@ class EngineCoreClient:
             return False
         try:
             self.send(Shutdown())
-        except EngineDeadError:
+            self.channel.flush()  # a core that reads nothing any more is killed after the timeout
+        except (EngineDeadError, ChannelClosed):
             self._kill()
             return False
         return True
@@ -197,10 +265,9 @@ class EngineCoreClient:
         self._finalizer()  # kills it if it still runs, reaps it, and runs only once
 
     def _release(self) -> None:
+        self.stop_listening()
         self._kill()
-        self.input_socket.close(linger=0)
-        (self._async_outputs or self.output_socket).close(linger=0)  # the owner; never a view
-        self._socket_dir.cleanup()
+        self.channel.close()
 
 
 def _stop_process(process: subprocess.Popen) -> None:
@@ -219,7 +286,10 @@ def core_environment(options: EngineOptions) -> dict[str, str]:
     # OpenMP threads that spin while waiting take the CPU from the thread they wait for
     # whenever the machine has other work (the HTTP process, a laptop's other programs):
     # 2-thread decoding ran 13x slower than 1-thread under load. Passive waiting sleeps
-    # instead. A user's own setting wins.
+    # instead, and `LLM`, whose caller only waits, asks for a spin count. OpenMP reads both
+    # once, at start; the steps of a few rows, where spinning matters most, run on the
+    # kernels' own threads, which the engine tells how to wait step by step
+    # (kernels/thread_pool.h). A user's own setting wins.
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if options.omp_spin_count is not None:
         env["GOMP_SPINCOUNT"] = str(options.omp_spin_count)

@@ -2,30 +2,28 @@
 
 Keeping the core apart from the process that speaks HTTP (or runs the user's script)
 means tokenization, detokenization and streaming never take the GIL from the token loop;
-vLLM V1 and mini-sglang split the work the same way. Two ZMQ sockets connect them: the
-caller PUSHes requests to the core's PULL, the core PUSHes outputs to the caller's PULL.
+vLLM V1 and mini-sglang split the work the same way. One Unix socket connects them
+(channel.py): requests one way, outputs the other.
 
 The caller starts this module as a fresh interpreter (`python -m tokenworks.engine.core_process
-INPUT OUTPUT`, see client.py), never by forking or by multiprocessing's spawn, which re-imports
-the caller's `__main__`: a script without an `if __name__ == "__main__":` guard, `python -`
-and a notebook would each break that. The first message on INPUT says what to load
-(`StartEngine`); the core then answers `Ready` (or `Fatal`) on OUTPUT.
+FD`, FD being its end of the socket, see client.py), never by forking or by multiprocessing's
+spawn, which re-imports the caller's `__main__`: a script without an `if __name__ ==
+"__main__":` guard, `python -` and a notebook would each break that. The first message says
+what to load (`StartEngine`); the core then answers `Ready` (or `Fatal`).
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import os
-import pickle
 import signal
+import socket
 import sys
 import traceback
 from collections.abc import Callable
 
-import zmq
-
+from tokenworks.engine.channel import Channel, ChannelClosed
 from tokenworks.engine.core import EngineCore
 from tokenworks.engine.messages import (
     Abort,
@@ -39,12 +37,17 @@ from tokenworks.engine.messages import (
     UtilityCall,
     UtilityResult,
 )
+from tokenworks.gc_tuning import calm_the_garbage_collector
 
 logger = logging.getLogger(__name__)
 
 UTILITY_METHODS = {"reset_prefix_cache", "stats"}
-START_TIMEOUT_MS = 60_000  # the caller sends StartEngine right after launching us
-_IDLE_POLL_MS = 200  # also how often an idle core checks that its caller is still there
+START_TIMEOUT_S = 60.0  # the caller sends StartEngine right after launching us
+LAST_WORDS_TIMEOUT_S = 1.0  # for a Fatal message still queued when the core gives up
+# How often an idle core checks that its caller is still there. A caller that dies closes its
+# end of the socket, which wakes the core at once; but a process the caller forked holds a copy
+# of that end, and then only the parent's id tells.
+_IDLE_POLL_S = 0.2
 _PARENT_CHECK_STEPS = 64  # and a busy one, in steps
 
 Send = Callable[[object], None]
@@ -52,43 +55,43 @@ Send = Callable[[object], None]
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="The tokenworks engine core (started by LLM and AsyncLLM).")
-    parser.add_argument("input_address", help="ZMQ address to bind for the caller's messages")
-    parser.add_argument("output_address", help="ZMQ address of the caller's socket for outputs")
+    parser.add_argument("fd", type=int, help="this process's end of the caller's socket pair")
     args = parser.parse_args(argv)
     # The caller decides when we stop: Ctrl-C in a terminal reaches the whole process group.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    context = zmq.Context()
-    inputs = context.socket(zmq.PULL)
-    inputs.bind(args.input_address)
-    outputs = context.socket(zmq.PUSH)
-    outputs.connect(args.output_address)
-    send: Send = lambda message: outputs.send(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))  # noqa: E731
+    channel = Channel(socket.socket(fileno=args.fd))
     try:
-        if not inputs.poll(START_TIMEOUT_MS):
-            raise RuntimeError(f"no StartEngine message within {START_TIMEOUT_MS / 1000:.0f} s")
-        start = pickle.loads(inputs.recv())
-        if not isinstance(start, StartEngine):
-            raise RuntimeError(f"the first message must be StartEngine, got {type(start).__name__}")
-        run(start, inputs, send)
+        start = channel.receive(START_TIMEOUT_S)
+        if not start:
+            raise RuntimeError(f"no StartEngine message within {START_TIMEOUT_S:.0f} s")
+        if not isinstance(start[0], StartEngine):
+            raise RuntimeError(f"the first message must be StartEngine, got {type(start[0]).__name__}")
+        run(start[0], channel)
+    except ChannelClosed:
+        logger.warning("the caller closed its connection: stopping")
     except Exception as error:  # report, then die: the caller fails every waiting request
-        send(Fatal(f"{type(error).__name__}: {error}", traceback.format_exc()))
         logger.exception("engine core failed")
+        try:
+            channel.send(Fatal(f"{type(error).__name__}: {error}", traceback.format_exc()))
+            channel.send_all(LAST_WORDS_TIMEOUT_S)
+        except ChannelClosed:
+            pass
     finally:
-        inputs.close(linger=0)
-        outputs.close(linger=1000)
-        context.term()
+        channel.close()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)  # skip interpreter teardown: torch's thread pools can stall it
 
 
-def run(start: StartEngine, inputs: zmq.Socket, send: Send) -> None:
+def run(start: StartEngine, channel: Channel) -> None:
     """Build the core, announce readiness, loop until told to stop or orphaned."""
     logging.basicConfig(level=start.log_level, format="engine-core %(levelname)s %(message)s")
     core = EngineCore(start.options)
-    _calm_the_garbage_collector()
-    send(ready_message(core))
-    _loop(core, inputs, send, start.parent_pid)
+    # The collector's passes over torch's modules and the model took about 5% of an offline run
+    # of the benchmark's tiny model (2 threads; 9,855-9,972 tok/s, 10,374-10,476 without them).
+    calm_the_garbage_collector()
+    channel.send(ready_message(core))
+    _loop(core, channel, start.parent_pid)
 
 
 def ready_message(core: EngineCore) -> Ready:
@@ -98,38 +101,24 @@ def ready_message(core: EngineCore) -> Ready:
     )  # fmt: skip
 
 
-def _calm_the_garbage_collector() -> None:
-    """Every step allocates lists of token ids, slots and outputs, so Python's collector runs
-    often, and each time its oldest generation fills it walks every object of the process
-    (torch's modules, the model, the requests): about 5% of an offline run of the benchmark's
-    tiny model (2 threads; 9,855-9,972 tok/s with the defaults, 10,374-10,476 with these).
-    Objects from startup move out of its reach (vLLM's engine core freezes them too) and
-    collections come less often; the core's cycles are few (requests drop their references)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
-
-
-def _loop(core: EngineCore, inputs: zmq.Socket, send: Send, parent_pid: int) -> None:
+def _loop(core: EngineCore, channel: Channel, parent_pid: int) -> None:
     steps = 0
     while True:
-        timeout = 0 if core.has_work() else _IDLE_POLL_MS
-        while inputs.poll(timeout):
-            message = pickle.loads(inputs.recv())
+        idle = not core.has_work()
+        for message in channel.receive(_IDLE_POLL_S if idle else 0):
             if isinstance(message, Shutdown):
                 return
-            handle_message(core, message, send)
-            timeout = 0
+            handle_message(core, message, channel.send)
         steps += 1
         # A caller killed with SIGKILL sends no Shutdown; its orphan would hold the cores and
         # the KV cache's memory for good. Orphans are re-parented, so the parent id changes.
-        if (timeout or steps % _PARENT_CHECK_STEPS == 0) and os.getppid() != parent_pid:
+        if (idle or steps % _PARENT_CHECK_STEPS == 0) and os.getppid() != parent_pid:
             logger.warning("the caller (pid %d) is gone: stopping", parent_pid)
             return
         if core.has_work():
             step_outputs = core.step()
             if step_outputs:  # a step of requests that do not stream has nothing to tell the caller
-                send(StepOutputs(step_outputs, core.last_stats))
+                channel.send(StepOutputs(step_outputs, core.last_stats))
 
 
 def handle_message(core: EngineCore, message: object, send: Send) -> None:

@@ -1,6 +1,6 @@
 """The vocabulary the caller's process and the engine-core process share.
 
-Dataclasses, pickled over ZMQ sockets on this machine: the caller starts the core with
+Dataclasses, pickled over a Unix socket (channel.py): the caller starts the core with
 `StartEngine` and then sends requests and aborts; the core answers with `Ready` and then
 each step's outputs and statistics. Only what changed in a step travels (new token ids,
 not whole sequences). This module imports nothing heavy, so whoever speaks to an engine

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from tokenworks import __version__
 from tokenworks.engine import AsyncLLM
 from tokenworks.errors import TokenworksError
+from tokenworks.gc_tuning import calm_the_garbage_collector
 from tokenworks.serve import chat, completions, dashboard, status, tokenization
 from tokenworks.serve.admission import Admission
 from tokenworks.serve.auth import ApiKeyMiddleware
@@ -44,6 +45,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         supervisor = EngineSupervisor(state)
         engine.on_death(supervisor.engine_died)
         app.state.server = state
+        calm_the_garbage_collector()
         logger.info("serving %s as %r (context %d tokens)", config.model, config.model_name, engine.max_model_len)
         try:
             yield
