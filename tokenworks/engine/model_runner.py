@@ -36,6 +36,16 @@ from tokenworks.model.transformer import CausalLM
 
 logger = logging.getLogger(__name__)
 
+# Which threads run the kernels' parallel loops, chosen every step from its size
+# (kernels/thread_pool.h says why). A step of up to SMALL_BATCH_ROWS rows is all the kernels'
+# own regions, dozens of them microseconds apart: it runs on the kernels' threads, which spin
+# through those gaps instead of paying a futex wake-up at each. SPIN_US is longer than the
+# gaps and shorter than Python's work between steps (scheduling, sampling, sending the
+# tokens), so between steps the cores are free for whoever streams the tokens on. A larger
+# step's products are oneDNN's, on OpenMP's threads: its loops run there too, so one pool
+# of threads has the cores and the other sleeps.
+SPIN_US = 50
+
 
 def kv_bytes_per_block(model: CausalLM, block_size: int) -> int:
     config = model.config
@@ -262,6 +272,8 @@ class ModelRunner:
     def execute(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
         """Run the step; returns (R, vocab) float32 logits for the chunks that sample, in order."""
         batch = self.prepare(chunks)
+        if self.kernels is not None:
+            self.kernels.set_threads(len(batch.input_ids) <= SMALL_BATCH_ROWS, SPIN_US)
         transformer = self.model.model
         hidden = transformer.embed_tokens(batch.input_ids)  # (N, hidden)
         cos, sin = self._rotation(batch.positions, batch.max_position, hidden.dtype)  # (N, D) each

@@ -14,8 +14,9 @@
 //
 // cpu_kernels.h declares what one file calls in another; vectors.h holds the inline arithmetic
 // of the inner loops (the dot product, 16-float vectors, exp), so it inlines in every file.
-// All use ATen's parallel_for, so they run on torch's own OpenMP threads and follow
-// torch.set_num_threads. Built with -O3 -march=native for the CPU it runs on: the loops
+// set_threads (thread_pool.h, .cpp): whether the kernels' parallel loops run on their own
+//   threads (as many as torch.set_num_threads says) or OpenMP's, and how long their own spin
+//   when idle; the engine sets it each step. Built with -O3 -march=native for the CPU it runs on: the loops
 // become that CPU's widest vector instructions, and the dot product takes AVX-512 or AVX2
 // intrinsics where the CPU has them.
 
@@ -33,6 +34,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_prefill_attention", &paged_prefill_attention, "causal attention of prefill chunks over the paged KV cache (float32, CPU)");
   m.def("rms_norm", &rms_norm, "rms_norm of each row of x times weight (float32, CPU)");
   m.def("greedy_tokens", &greedy_tokens, "argmax of each row of float32 logits (the first of equal ones)");
+  m.def("set_threads", &set_threads, pybind11::arg("own"), pybind11::arg("spin_microseconds"),
+        "run the kernels' loops on their own threads (which spin this long when idle) or on OpenMP's");
+  m.def("own_threads", &own_threads, "whether the kernels' loops run on their own threads");
+  m.def("spin_microseconds", &spin_microseconds, "how long the kernels' own idle threads spin");
   pybind11::class_<StepLayers>(m, "StepLayers")
       .def(pybind11::init<int64_t, int64_t, int64_t, double, int64_t, int64_t>())
       .def("add_layer", &StepLayers::add_layer)

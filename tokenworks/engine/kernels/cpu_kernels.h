@@ -10,6 +10,8 @@
 
 #include <cstdint>
 
+#include "thread_pool.h"
+
 namespace tokenworks {
 
 // products.cpp
@@ -54,7 +56,7 @@ inline void check_rows_and_tables(const at::Tensor& block_tables, int64_t num_bl
 // f(row) for rows 0..rows-1, on the threads when there are enough rows to share.
 template <typename F>
 void for_each_row(int64_t rows, const F& f) {
-  at::parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {
+  parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) f(r);
   });
 }

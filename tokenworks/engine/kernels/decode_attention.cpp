@@ -61,7 +61,7 @@ void paged_decode_attention(at::Tensor& out, const at::Tensor& q, const at::Tens
   // side) is read whole and once; with fewer sequences than threads, one head of one sequence.
   const int64_t heads_per_task = batch >= at::get_num_threads() ? kv_heads : 1;
   const int64_t tasks = batch * (kv_heads / heads_per_task);
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+  parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores, acc, top, total;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / (kv_heads / heads_per_task);

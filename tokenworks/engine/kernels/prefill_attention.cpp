@@ -130,7 +130,7 @@ void paged_prefill_attention(at::Tensor& out, const at::Tensor& q, const at::Ten
 
   std::atomic<int64_t> next{0};
   const int64_t threads = std::min<int64_t>(at::get_num_threads(), static_cast<int64_t>(tasks.size()));
-  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+  parallel_for(0, threads, 1, [&](int64_t, int64_t) {
     std::vector<float> qt(dim * kRowBlock), scores(kKeyTile * kRowBlock), acc(kRowBlock * dim);
     float top[kRowBlock], total[kRowBlock], rescale[kRowBlock];
     int32_t position[kRowBlock];

@@ -34,7 +34,7 @@ void small_batch_product(float* y, int64_t y_stride, const float* x, int64_t x_s
                          const float* b, int64_t rows, int64_t in, int64_t out, bool accumulate) {
   // At least ~64 KB of weights per task, so thread start-up never outweighs the work.
   const int64_t grain = std::max<int64_t>(1, (16 * 1024) / std::max<int64_t>(in, 1));
-  at::parallel_for(0, out, grain, [&](int64_t begin, int64_t end) {
+  parallel_for(0, out, grain, [&](int64_t begin, int64_t end) {
     for (int64_t o = begin; o < end; ++o) {
       const float* row = w + o * in;  // read from memory once; the rows of x stay in L1
       for (int64_t m = 0; m < rows; ++m) {
