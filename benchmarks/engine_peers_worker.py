@@ -593,6 +593,21 @@ def run_transformers(job: dict[str, Any]) -> dict[str, Any]:
 # llama.cpp through llama-cpp-python, single stream only
 
 
+def llama_greedy_stamped(llm: Any, prompt: list[int], max_tokens: int) -> tuple[float, list[float], list[int]]:
+    """One greedy request through llama-cpp-python's `Llama.generate`: the submission time, the
+    time each token was yielded, and the token ids."""
+    times: list[float] = []
+    token_ids: list[int] = []
+    submitted = time.perf_counter()
+    # generate() never stops at EOS by itself (its callers do): ignore_eos. top_k=1, temp=0: greedy.
+    for token in llm.generate(prompt, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True):
+        times.append(time.perf_counter())
+        token_ids.append(int(token))
+        if len(token_ids) == max_tokens:
+            break
+    return submitted, times, token_ids
+
+
 def run_llama(job: dict[str, Any]) -> dict[str, Any]:
     import llama_cpp
     from llama_cpp import Llama
@@ -627,16 +642,7 @@ def run_llama(job: dict[str, Any]) -> dict[str, Any]:
         llm.reset()
         with contextlib.suppress(Exception):  # an older binding has no perf counters
             llama_cpp.llama_perf_context_reset(llm.ctx)
-        times: list[float] = []
-        token_ids: list[int] = []
-        submitted = time.perf_counter()
-        # generate() never stops at EOS by itself (its callers do): ignore_eos. top_k=1, temp=0: greedy.
-        for token in llm.generate(prompt, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True):
-            times.append(time.perf_counter())
-            token_ids.append(int(token))
-            if len(token_ids) == max_tokens:
-                break
-        run = caller_times(submitted, times, token_ids)
+        run = caller_times(*llama_greedy_stamped(llm, prompt, max_tokens))
         internal = internal_timings()
         if internal is not None:
             run["internal"] = internal
