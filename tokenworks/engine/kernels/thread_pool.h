@@ -3,7 +3,7 @@
 // OpenMP's threads (ATen's parallel_for, oneDNN) decide once, at process start, how long a
 // thread that finished its share spins before it sleeps (GOMP_SPINCOUNT). Sleeping costs a
 // futex wake-up at every parallel region, and a decode step of the tiny benchmark model has
-// dozens: one stream decoded 2.6x slower streamed (OpenMP threads sleeping) than offline
+// dozens: one stream decoded 2.3-2.5x slower streamed (OpenMP threads sleeping) than offline
 // (spinning). Spinning costs the cores: at 32 concurrent streams over HTTP the server's own
 // process and the client need them, and spinning OpenMP threads took 14% off the output
 // rate. The right policy depends on the load, so the engine says before every step
