@@ -51,7 +51,7 @@ def test_a_message_larger_than_the_socket_never_blocks_its_sender(pair) -> None:
 def test_a_partial_message_waits_for_the_rest(pair) -> None:
     a, b = pair
     a.send("first")
-    payload = b"".join(_frames(a, ["second"]))
+    payload = _frame("second")
     a.sock.sendall(payload[:5])  # half a length header
     assert b.receive(timeout_s=1) == ["first"]
     assert b.receive(timeout_s=0.05) == []
@@ -83,14 +83,13 @@ def test_receive_waits_no_longer_than_asked(pair) -> None:
     assert 0.09 <= time.monotonic() - started < 1.0
 
 
-def _frames(channel: Channel, messages: list[object]) -> list[bytes]:
-    """The bytes `channel.send` would write for these messages."""
-    scratch_left, scratch_right = socket.socketpair()
-    scratch = Channel(scratch_left)
-    for message in messages:
-        scratch.send(message)
-    scratch_right.setblocking(False)
-    data = scratch_right.recv(1 << 20)
+def _frame(message: object) -> bytes:
+    """The bytes `Channel.send` writes for one message."""
+    left, right = socket.socketpair()
+    scratch = Channel(left)
+    scratch.send(message)
+    right.setblocking(False)
+    data = right.recv(1 << 20)
     scratch.close()
-    scratch_right.close()
-    return [data]
+    right.close()
+    return data
