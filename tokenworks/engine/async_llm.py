@@ -6,9 +6,9 @@
 
 The event loop reads the core's socket as outputs arrive and routes each request's delta to
 its queue; a core that dies (busy or idle) closes that socket, which fails every open stream
-with `EngineDeadError` at once, and the callbacks given to `on_death` hear of it. A caller that stops iterating (a client disconnect cancels it)
-aborts its request, which frees the request's KV blocks in the core at once. `restart`
-starts a new core in place of a dead one.
+with `EngineDeadError` at once, and the callbacks given to `on_death` hear of it. A caller
+that stops iterating (a client disconnect cancels it) aborts its request, which frees the
+request's KV blocks in the core at once. `restart` starts a new core in place of a dead one.
 """
 
 from __future__ import annotations
@@ -148,8 +148,13 @@ class AsyncLLM:
             self._listening = True
 
     def _dispatch_all(self, messages: list[object]) -> None:
-        for message in messages:
-            self._dispatch(message)
+        try:
+            for message in messages:
+                self._dispatch(message)
+        except Exception as error:  # a bug here must not leave every stream waiting for ever
+            logger.exception("routing the engine's outputs failed")
+            self._stop_listening()
+            self._died(EngineDeadError(f"routing the engine's outputs failed: {error}"))
 
     def _dispatch(self, message: object) -> None:
         if isinstance(message, StepOutputs):

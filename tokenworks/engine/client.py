@@ -225,10 +225,6 @@ class EngineCoreClient:
                 self.dead_reason = fallback or "the engine core closed its connection"
         return self.dead_reason
 
-    def check_alive(self) -> None:
-        if self.dead_reason is not None or self.process.poll() is not None:
-            raise EngineDeadError(self._death_reason())
-
     # ---- shutdown ----------------------------------------------------------------------
 
     def close(self, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:

@@ -29,8 +29,5 @@ class InProcessCoreClient:
             return StepOutputs(self.core.step(), self.core.last_stats)
         return None
 
-    def check_alive(self) -> None:
-        return None
-
     def close(self) -> None:
         self._pending.clear()
