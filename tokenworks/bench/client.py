@@ -135,6 +135,7 @@ class OpenAIClient:
         api_key: str | None = None,
         stream: bool = True,
         enforce_output_length: bool = True,
+        temperature: float | None = None,  # None: not sent (the server's default)
         tokenizer: PromptTokenizer | None = None,
         connections: int | None = None,  # None: no limit (an open loop must never queue in the client)
     ) -> None:
@@ -142,6 +143,7 @@ class OpenAIClient:
         self.urls = {"chat": f"{root}/v1/chat/completions", "completions": f"{root}/v1/completions"}
         self.model, self.api_key, self.stream = model, api_key, stream
         self.enforce_output_length = enforce_output_length
+        self.temperature = temperature
         self.tokenizer = tokenizer
         self.connections = connections
         self.origin = time.perf_counter()  # records' times are seconds since this instant
@@ -175,6 +177,8 @@ class OpenAIClient:
             body["messages"] = spec.messages
         else:
             body["prompt"] = spec.prompt
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
         if spec.max_tokens is not None:
             body["max_tokens"] = spec.max_tokens
             if self.enforce_output_length:

@@ -110,6 +110,7 @@ async def measure_point(
         api_key=target.api_key,
         stream=target.stream,
         enforce_output_length=target.enforce_output_length,
+        temperature=workload_options.temperature,
         tokenizer=tokenizer,
     )
     async with client:

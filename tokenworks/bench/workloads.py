@@ -129,6 +129,7 @@ class WorkloadOptions:
     sessions: int = 8  # --sessions
     turns: int = 4  # --turns
     input_file: str | Path | None = None  # --input-file (jsonl)
+    temperature: float | None = None  # --temperature; None: not sent, the server's default (usually 1)
 
     def __post_init__(self) -> None:
         self._parse_lengths()
@@ -154,6 +155,8 @@ class WorkloadOptions:
         ):
             if value < 1:
                 raise BenchError(f"{flag} must be at least 1, got {value}")
+        if self.temperature is not None and not 0.0 <= self.temperature <= 100.0:
+            raise BenchError(f"--temperature must be between 0 and 100, got {self.temperature}")
         if self.kind == "multi-turn" and self.api != "chat":
             raise BenchError("multi-turn sessions send the conversation as messages: use --api chat")
         if self.kind == "jsonl" and self.input_file is None:
