@@ -7,6 +7,7 @@ import torch
 
 from tokenworks.engine import LLM, SamplingParams
 from tokenworks.engine.request import Request
+from tokenworks.engine import sampler as sampler_module
 from tokenworks.engine.sampler import Sampler
 
 from .conftest import compiled_kernels, random_prompts
@@ -169,3 +170,85 @@ def test_the_compiled_greedy_tokens_equal_argmax(vocab: int) -> None:
     assert kernels.greedy_tokens(logits).tolist() == expected.tolist()
     assert kernels.greedy_tokens(logits[:, 1:]).tolist() == logits[:, 1:].argmax(dim=-1).tolist()  # strided rows
     assert expected[:6].tolist() == [expected[0].item(), 3, 5, 0, vocab - 1, 0]
+
+
+def _reference_filter(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Top-k, top-p and min-p on one row of scaled logits, by a whole sort: the definition."""
+    probabilities = torch.softmax(logits, -1)
+    keep = torch.ones_like(probabilities, dtype=torch.bool)
+    order = probabilities.argsort(descending=True, stable=True)
+    if 0 < params.top_k < logits.shape[0]:
+        keep &= logits >= logits[order[params.top_k - 1]]
+    renormalized = torch.where(keep, probabilities, 0.0)
+    renormalized /= renormalized.sum()
+    if params.top_p < 1.0:
+        sorted_mass = renormalized[order]
+        before = sorted_mass.cumsum(0) - sorted_mass
+        keep &= torch.zeros_like(keep).index_put_((order,), before < params.top_p)
+    if params.min_p > 0.0:
+        keep &= probabilities >= params.min_p * probabilities.max()
+    return keep
+
+
+@pytest.mark.parametrize("vocab", [50, 3000, 40_000])
+def test_the_batched_filters_keep_the_tokens_a_whole_sort_keeps(vocab: int) -> None:
+    generator = torch.Generator().manual_seed(vocab)
+    params = [
+        SamplingParams(temperature=1.0, top_k=7),
+        SamplingParams(temperature=1.0, top_p=0.8),
+        SamplingParams(temperature=1.0, top_p=0.3),  # most rows reach 0.3 among the candidates
+        SamplingParams(temperature=1.0, min_p=0.2),
+        SamplingParams(temperature=1.0, top_k=40, top_p=0.6, min_p=0.05),
+        SamplingParams(temperature=1.0),
+    ]
+    # Peaked rows (a few likely tokens, as trained models give) and flat ones (random weights'),
+    # so top-p takes both its partial sort and its whole one.
+    logits = torch.cat([torch.randn(len(params), vocab, generator=generator) * scale for scale in (6.0, 0.5)])
+    params = params * 2
+    width = -(-vocab // sampler_module.CDF_BLOCK) * sampler_module.CDF_BLOCK
+    padded = torch.nn.functional.pad(logits, (0, width - vocab), value=float("-inf"))
+    filtered = sampler_module.filtered_probabilities(padded, params, vocab)
+    assert torch.all(filtered[:, vocab:] == 0)
+    for row, p in enumerate(params):
+        kept = filtered[row, :vocab] > 0
+        assert torch.equal(kept, _reference_filter(logits[row], p)), (row, p)
+        expected = torch.softmax(logits[row], -1)[kept]  # in proportion: top-k renormalizes
+        actual = filtered[row, :vocab][kept]
+        torch.testing.assert_close(actual / actual.sum(), expected / expected.sum(), rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("vocab", [6, 100_000])  # one level, and blocks then tokens
+def test_the_inverse_cdf_lands_on_the_token_whose_interval_holds_the_draw(vocab: int) -> None:
+    width = -(-vocab // sampler_module.CDF_BLOCK) * sampler_module.CDF_BLOCK
+    probabilities = torch.zeros(1, width)
+    # Masses 0.125, 0.25, 0.5, 0.125 (exact in binary), tokens without mass between and after them.
+    tokens = [0, 2, vocab // 2, vocab - 1] if vocab > 6 else [0, 2, 3, 5]
+    probabilities[0, tokens] = torch.tensor([0.125, 0.25, 0.5, 0.125])
+    draws = {0.0: 0, 0.1: 0, 0.125: 1, 0.3: 1, 0.375: 2, 0.874: 2, 0.875: 3, 1 - 2**-53: 3}
+    for uniform, index in draws.items():
+        chosen = sampler_module.inverse_cdf(probabilities, torch.tensor([uniform], dtype=torch.float64))
+        assert chosen.tolist() == [tokens[index]], uniform
+    # Scaled masses (not summing to 1) and many rows: never a token without mass.
+    rows = torch.rand(64, width, generator=torch.Generator().manual_seed(1))
+    rows[rows < 0.7] = 0.0
+    rows[:, vocab:] = 0.0
+    rows[:, 1] += 0.01  # every row has some mass
+    chosen = sampler_module.inverse_cdf(rows * 3.0, torch.rand(64, dtype=torch.float64))
+    assert bool(torch.all(rows[torch.arange(64), chosen] > 0))
+
+
+def test_sampled_tokens_follow_the_distribution_and_the_seed() -> None:
+    logits = torch.log(torch.tensor([[0.1, 0.2, 0.3, 0.4]]))
+    draws = 20_000
+    sampler = Sampler(seed=0)
+    requests = [Request("r", [1], SamplingParams(temperature=1.0))]
+    counts = torch.bincount(torch.tensor([sampler(logits, requests)[0].token_id for _ in range(draws)]), minlength=4)
+    # 20,000 draws: a standard deviation of at most 0.0035 per frequency; 0.015 is over four.
+    torch.testing.assert_close(counts / draws, torch.tensor([0.1, 0.2, 0.3, 0.4]), atol=0.015, rtol=0)
+    # A seeded request's tokens come from its own generator: the same whatever the engine's seed.
+    def seeded_run(engine_seed: int) -> list[int]:
+        sampler, request = Sampler(seed=engine_seed), Request("s", [1], SamplingParams(temperature=1.0, seed=7))
+        return [sampler(logits, [request])[0].token_id for _ in range(50)]
+
+    assert seeded_run(1) == seeded_run(2)
+    assert len(set(seeded_run(1))) == 4
