@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from tokenworks.engine import LLM, SamplingParams
-from tokenworks.engine.request import Request
 from tokenworks.engine import sampler as sampler_module
+from tokenworks.engine.request import Request
 from tokenworks.engine.sampler import Sampler
 
 from .conftest import compiled_kernels, random_prompts
@@ -245,6 +245,7 @@ def test_sampled_tokens_follow_the_distribution_and_the_seed() -> None:
     counts = torch.bincount(torch.tensor([sampler(logits, requests)[0].token_id for _ in range(draws)]), minlength=4)
     # 20,000 draws: a standard deviation of at most 0.0035 per frequency; 0.015 is over four.
     torch.testing.assert_close(counts / draws, torch.tensor([0.1, 0.2, 0.3, 0.4]), atol=0.015, rtol=0)
+
     # A seeded request's tokens come from its own generator: the same whatever the engine's seed.
     def seeded_run(engine_seed: int) -> list[int]:
         sampler, request = Sampler(seed=engine_seed), Request("s", [1], SamplingParams(temperature=1.0, seed=7))

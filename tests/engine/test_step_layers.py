@@ -90,11 +90,11 @@ def _compiled_against_reference(runner: ModelRunner, chunks: list[ScheduledChunk
     """The step's logits through StepLayers, after asserting that the same step through PyTorch
     ops (rewriting the same cache slots) gives the same logits, greedy tokens and cache writes."""
     assert sum(chunk.num_tokens for chunk in chunks) <= runner.step_layers_rows  # the compiled layers take it
-    compiled = runner.execute(chunks)
+    compiled, _ = runner.execute(chunks)
     compiled_cache = [cache.clone() for cache in runner.k_cache + runner.v_cache]
     runner.step_layers = runner.kernels = None
     runner.prefill_kernel = False
-    reference = runner.execute(chunks)
+    reference, _ = runner.execute(chunks)
 
     torch.testing.assert_close(compiled, reference, rtol=1e-4, atol=1e-4)
     for written, expected in zip(compiled_cache, runner.k_cache + runner.v_cache, strict=True):

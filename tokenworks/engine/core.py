@@ -15,15 +15,17 @@ import torch
 from tokenworks.engine.kv_cache_manager import KVCacheManager
 from tokenworks.engine.malloc_tuning import keep_freed_memory
 from tokenworks.engine.messages import CoreOutput, StepStats
-from tokenworks.engine.model_runner import ModelRunner, kv_bytes_per_block
+from tokenworks.engine.model_runner import ModelRunner, PromptRows, kv_bytes_per_block
 from tokenworks.engine.options import EngineOptions, available_memory_bytes
 from tokenworks.engine.request import Request, RequestStatus, check_prompt
-from tokenworks.engine.sampler import Sampler
+from tokenworks.engine.sampler import Sampler, score_tokens
 from tokenworks.engine.sampling_params import SamplingParams
 from tokenworks.engine.scheduler import Scheduler, SchedulerOutput
 from tokenworks.model.checkpoint import load_generation_config, load_model
 
 logger = logging.getLogger(__name__)
+
+PROMPT_LOGITS_ROWS = 256  # prompt positions whose logits exist at once, when prompt logprobs are asked for
 
 
 class EngineCore:
@@ -115,7 +117,9 @@ class EngineCore:
         return outputs
 
     def _run(self, scheduled: SchedulerOutput) -> list[CoreOutput]:
-        logits = self.runner.execute(scheduled.chunks)
+        logits, prompt_rows = self.runner.execute(scheduled.chunks)
+        for rows in prompt_rows:
+            self._score_prompt(rows)
         sampling = [chunk.request for chunk in scheduled.chunks if chunk.samples]
         sampled = self.sampler(logits, sampling) if sampling else []
         now = time.monotonic()
@@ -138,6 +142,20 @@ class EngineCore:
                 outputs.append(self._output(request, [token.token_id], token.logprobs))
         return outputs
 
+    def _score_prompt(self, rows: PromptRows) -> None:
+        """Append the logprobs of the prompt tokens these rows predict to their request, the
+        logits made PROMPT_LOGITS_ROWS rows at a time (a 2,048-token chunk of a 150k vocabulary
+        would otherwise hold 1.2 GB of them at once)."""
+        request, first = rows.request, rows.first_position
+        targets = request.prompt_token_ids[first + 1 : first + 1 + rows.hidden.shape[0]]
+        for start in range(0, len(targets), PROMPT_LOGITS_ROWS):
+            logits = self.runner.logits_of(rows.hidden[start : start + PROMPT_LOGITS_ROWS])
+            entries, ranks = score_tokens(
+                logits, targets[start : start + PROMPT_LOGITS_ROWS], request.params.prompt_logprobs
+            )
+            request.prompt_logprobs.extend(entries)
+            request.prompt_ranks.extend(ranks)
+
     def _stop_status(self, request: Request, token_id: int) -> RequestStatus | None:
         params = request.params
         generated = len(request.output_token_ids)
@@ -157,11 +175,16 @@ class EngineCore:
         delta_logprobs = [logprobs] if logprobs is not None else None
         if not request.stream:
             new_token_ids, delta_logprobs = list(request.output_token_ids), (request.logprobs or None)
+        # The prompt's logprobs travel once, with the caller's first news of the request.
+        first_news = not request.stream or len(request.output_token_ids) == 1
+        with_prompt = request.params.prompt_logprobs is not None and first_news and bool(new_token_ids)
         return CoreOutput(
             request_id=request.request_id,
             new_token_ids=new_token_ids,
             finish_reason=request.status.value if finished else None,
             logprobs=delta_logprobs,
+            prompt_logprobs=request.prompt_logprobs if with_prompt else None,
+            prompt_ranks=request.prompt_ranks if with_prompt else None,
             num_prompt_tokens=request.num_prompt_tokens,
             num_cached_tokens=request.num_cached_tokens,
             arrival_time=request.times.arrival,

@@ -39,9 +39,11 @@ class KVCacheManager:
         """The longest run of cached full blocks at the start of the request, and its token count.
 
         At least one token is always left to compute: the step that computes it samples
-        the next token.
+        the next token. A request still owed prompt logprobs reads nothing from the cache
+        (as in vLLM): a cached block holds keys and values, not the logits its tokens gave,
+        so its prompt is computed again; its blocks still go into the cache for others.
         """
-        if not self.enable_prefix_caching:
+        if not self.enable_prefix_caching or request.needs_prompt_logprobs:
             return [], 0
         hits: list[KVBlock] = []
         for hash_value in self._update_hashes(request):

@@ -97,6 +97,9 @@ class CoreOutput:
     new_token_ids: list[int]
     finish_reason: str | None = None  # "stop", "length" or "abort"
     logprobs: list[dict[int, float]] | None = None
+    # Sent once, with the first output: every prompt token's logprobs (the first None) and rank.
+    prompt_logprobs: list[dict[int, float] | None] | None = None
+    prompt_ranks: list[int | None] | None = None
     num_prompt_tokens: int = 0
     num_cached_tokens: int = 0
     arrival_time: float = 0.0

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,7 @@ from tokenworks.engine.attention import (
 from tokenworks.engine.huge_pages import HugePageArena, aligned_bytes
 from tokenworks.engine.kernels import cpu_kernels
 from tokenworks.engine.linear import SMALL_BATCH_ROWS, Matrix, choose_linear, onednn_linear
+from tokenworks.engine.request import Request
 from tokenworks.engine.scheduler import ScheduledChunk
 from tokenworks.model.layers import RMSNorm, apply_rotary
 from tokenworks.model.transformer import CausalLM
@@ -115,6 +116,15 @@ def step_matrices(model: CausalLM) -> list[torch.Tensor]:
 
 
 @dataclass(slots=True)
+class PromptRows:
+    """One request's prompt positions in a step whose next prompt token gets a logprob."""
+
+    request: Request
+    first_position: int  # the first row's position: it predicts prompt token first_position + 1
+    hidden: torch.Tensor  # (n, hidden) after the final norm: logits_of() makes their logits
+
+
+@dataclass(slots=True)
 class StepBatch:
     input_ids: torch.Tensor  # (N,)
     positions: torch.Tensor  # (N,)
@@ -123,6 +133,9 @@ class StepBatch:
     prefills: list[PrefillChunk] | PrefillGroup  # a group for the compiled kernel; [] when none
     sample_index: torch.Tensor  # (R,) rows whose hidden state becomes logits
     max_position: int  # the largest of positions
+    # Requests that asked for prompt logprobs: (request, first position, count) and their rows.
+    prompt_spans: list[tuple[Request, int, int]] = field(default_factory=list)
+    prompt_index: torch.Tensor | None = None
 
 
 class ModelRunner:
@@ -210,6 +223,8 @@ class ModelRunner:
         chunk_tables: list[list[int]] = []
         chunk_contexts: list[int] = []
         sample_rows: list[int] = []
+        prompt_spans: list[tuple[Request, int, int]] = []
+        prompt_rows: list[int] = []
         for chunk in chunks:
             request, start, count = chunk.request, chunk.start, chunk.num_tokens
             row = len(ids)
@@ -239,6 +254,14 @@ class ModelRunner:
                     prefills.append(PrefillChunk(slice(row, row + count), block_table, mask, context))
             if chunk.samples:
                 sample_rows.append(row + count - 1)
+            if request.needs_prompt_logprobs:
+                # Position p predicts prompt token p + 1; the ones scored before (a request
+                # preempted mid-prefill computes its prompt again) are not scored twice.
+                first = max(start, len(request.prompt_logprobs) - 1)
+                end = min(context, request.num_prompt_tokens - 1)
+                if end > first:
+                    prompt_spans.append((request, first, end - first))
+                    prompt_rows.extend(range(row + first - start, row + end - start))
         as_tensor = lambda values: _longs(values, device)  # noqa: E731
         decode = None
         if decode_rows:
@@ -250,7 +273,7 @@ class ModelRunner:
             )  # fmt: skip
         return StepBatch(
             as_tensor(ids), as_tensor(positions), as_tensor(slots), decode, prefills, as_tensor(sample_rows),
-            max(positions),
+            max(positions), prompt_spans, as_tensor(prompt_rows) if prompt_rows else None,
         )  # fmt: skip
 
     def _decode_group(self, rows: list[int], tables: list[list[int]], contexts: list[int]) -> DecodeGroup:
@@ -269,8 +292,9 @@ class ModelRunner:
         return DecodeGroup(token_index, block_table, mask[:, None, None, :])
 
     @torch.inference_mode()
-    def execute(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
-        """Run the step; returns (R, vocab) float32 logits for the chunks that sample, in order."""
+    def execute(self, chunks: list[ScheduledChunk]) -> tuple[torch.Tensor, list[PromptRows]]:
+        """Run the step; returns (R, vocab) float32 logits for the chunks that sample, in order,
+        and the hidden states of the prompt positions whose logprobs were asked for."""
         batch = self.prepare(chunks)
         if self.kernels is not None:
             self.kernels.set_threads(len(batch.input_ids) <= SMALL_BATCH_ROWS, SPIN_US)
@@ -283,14 +307,27 @@ class ModelRunner:
             self._compiled_layers(batch, hidden, cos, sin)
         else:
             hidden = self._layers(batch, hidden, cos[:, None, :], sin[:, None, :])  # broadcast over heads
+        prompt_rows = []
+        if batch.prompt_index is not None:
+            scored = self._final_norm(hidden.index_select(0, batch.prompt_index))
+            offset = 0
+            for request, first, count in batch.prompt_spans:
+                prompt_rows.append(PromptRows(request, first, scored[offset : offset + count]))
+                offset += count
         if batch.sample_index.shape[0] != num_tokens:  # else every row samples, in order
             hidden = hidden[batch.sample_index]
+        return self.logits_of(self._final_norm(hidden)), prompt_rows
+
+    def _final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        norm = self.model.model.norm
         if self.kernels is not None:  # one call (the kernel's comment says why)
-            norm = transformer.norm
-            last = self.kernels.rms_norm(hidden, norm.weight, norm.eps)  # (R, hidden)
-        else:
-            last = transformer.norm(hidden)
-        return self.linear(last, self.lm_head, None).float()
+            return self.kernels.rms_norm(hidden, norm.weight, norm.eps)
+        return norm(hidden)
+
+    @torch.inference_mode()
+    def logits_of(self, normed: torch.Tensor) -> torch.Tensor:
+        """(n, hidden) final-normed hidden states -> (n, vocab) float32 logits."""
+        return self.linear(normed, self.lm_head, None).float()
 
     def _rotation(
         self, positions: torch.Tensor, max_position: int, dtype: torch.dtype

@@ -40,6 +40,8 @@ class RequestState:
         output.delta_token_ids = list(core.new_token_ids)
         if core.logprobs:
             output.logprobs.extend(core.logprobs)
+        if core.prompt_logprobs is not None:
+            output.prompt_logprobs, output.prompt_ranks = core.prompt_logprobs, core.prompt_ranks
         output.num_cached_tokens = core.num_cached_tokens
         output.metrics = RequestMetrics(
             core.arrival_time, core.first_scheduled_time, core.first_token_time, core.finished_time

@@ -66,10 +66,22 @@ class Request:
         self.num_preemptions = 0
         self.times = RequestTimes(arrival=arrival_time if arrival_time is not None else time.monotonic())
         self.logprobs: list[dict[int, float]] = []  # per output token, when params.logprobs is set
+        # Per prompt token, when params.prompt_logprobs is set: the first has none (nothing
+        # predicts it); each other its logprob and the top k, and its rank in the vocabulary.
+        self.prompt_logprobs: list[dict[int, float] | None] = []
+        self.prompt_ranks: list[int | None] = []
+        if params.prompt_logprobs is not None:
+            self.prompt_logprobs.append(None)
+            self.prompt_ranks.append(None)
 
     def append_output_token(self, token_id: int) -> None:
         self.output_token_ids.append(token_id)
         self.all_token_ids.append(token_id)
+
+    @property
+    def needs_prompt_logprobs(self) -> bool:
+        """Asked for prompt logprobs and still missing some (they are computed in the prefill)."""
+        return self.params.prompt_logprobs is not None and len(self.prompt_logprobs) < len(self.prompt_token_ids)
 
     @property
     def num_tokens(self) -> int:

@@ -34,6 +34,10 @@ class RequestOutput:
     finish_reason: str | None = None  # "stop", "length" or "abort"
     stop_reason: str | int | None = None  # the stop string or stop token id that ended it
     logprobs: list[dict[int, float]] = field(default_factory=list)
+    # With SamplingParams.prompt_logprobs: per prompt token (the first None, as nothing predicts
+    # it) its logprob and the top k, and its rank in the vocabulary (1: the likeliest).
+    prompt_logprobs: list[dict[int, float] | None] | None = None
+    prompt_ranks: list[int | None] | None = None
     num_cached_tokens: int = 0
     metrics: RequestMetrics = field(default_factory=RequestMetrics)
 

@@ -66,11 +66,7 @@ class Sampler:
         if logprob_rows:
             log_softmax = torch.log_softmax(raw[logprob_rows], dim=-1)
             for row, values in zip(logprob_rows, log_softmax, strict=True):
-                top = values.topk(requests[row].params.logprobs) if requests[row].params.logprobs else None
-                entry = {chosen[row]: float(values[chosen[row]])}
-                if top is not None:
-                    entry.update(zip(top.indices.tolist(), top.values.tolist(), strict=True))
-                logprobs[row] = entry
+                logprobs[row] = logprob_entry(values, chosen[row], requests[row].params.logprobs)
         return [SampledToken(token_id, logprobs.get(row)) for row, token_id in enumerate(chosen)]
 
     def _apply_constraints(self, logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
@@ -127,6 +123,27 @@ class Sampler:
             generator = torch.Generator(device=self.device).manual_seed(request.params.seed)
             self._request_generators[request.request_id] = generator
         return generator
+
+
+def logprob_entry(log_softmax: torch.Tensor, token_id: int, top: int) -> dict[int, float]:
+    """One position's logprobs: the token's, then the `top` likeliest tokens' (vLLM's and
+    OpenAI's shape: the token appears once, first, whether or not it is among the top)."""
+    entry = {token_id: float(log_softmax[token_id])}
+    if top:
+        best = log_softmax.topk(top)
+        entry.update(zip(best.indices.tolist(), best.values.tolist(), strict=True))
+    return entry
+
+
+def score_tokens(logits: torch.Tensor, token_ids: list[int], top: int) -> tuple[list[dict[int, float]], list[int]]:
+    """(n, V) logits of n positions and the token that followed each -> each token's logprob
+    entry (logprob_entry) and its rank in the vocabulary (1: the likeliest)."""
+    log_softmax = torch.log_softmax(logits, dim=-1)
+    targets = torch.tensor(token_ids, device=logits.device)
+    chosen = log_softmax.gather(1, targets[:, None])  # (n, 1)
+    ranks = ((log_softmax > chosen).sum(dim=-1) + 1).tolist()
+    entries = [logprob_entry(row, token_id, top) for row, token_id in zip(log_softmax, token_ids, strict=True)]
+    return entries, ranks
 
 
 def _plain_greedy(request: Request) -> bool:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+MAX_LOGPROBS = 20  # top tokens per position a request may ask for (OpenAI's limit)
+
 
 @dataclass(slots=True)
 class SamplingParams:
@@ -27,6 +29,7 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     ignore_eos: bool = False
     logprobs: int | None = None  # None: none; k >= 0: the sampled token's and the top k
+    prompt_logprobs: int | None = None  # None: none; k >= 0: each prompt token's (after the first) and the top k
     skip_special_tokens: bool = True
     n: int = 1  # the server fans out n > 1 into n requests
 
@@ -64,8 +67,10 @@ class SamplingParams:
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2.0 <= getattr(self, name) <= 2.0:
                 raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
-        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
-            raise ValueError(f"logprobs must be between 0 and 20, got {self.logprobs}")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= MAX_LOGPROBS:
+                raise ValueError(f"{name} must be between 0 and {MAX_LOGPROBS}, got {value}")
         if self.n < 1:
             raise ValueError(f"n must be at least 1, got {self.n}")
         if any(not isinstance(s, str) or not s for s in self.stop):

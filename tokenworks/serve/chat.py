@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from tokenworks.engine import RequestOutput
 from tokenworks.serve.errors import APIError, bad_request, json_error_event
 from tokenworks.serve.fanout import collect_finals, generate_choices
-from tokenworks.serve.logprobs import chat_logprobs
+from tokenworks.serve.logprobs import chat_logprobs, prompt_logprobs
 from tokenworks.serve.protocol import (
     ERROR_RESPONSES,
     ChatCompletionRequest,
@@ -48,11 +48,13 @@ async def create_chat_completion(body: ChatCompletionRequest, raw_request: Reque
     state.check_model(body.model)
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+    if body.stream and body.prompt_logprobs is not None:
+        raise APIError(400, "prompt_logprobs are not streamed: ask without stream", param="prompt_logprobs")
     prompt = render_messages(state, body.messages, body.add_generation_prompt)
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     k = (body.top_logprobs or 0) if body.logprobs else None
     with bad_request():
-        params = sampling_params(body, max_tokens, k)
+        params = sampling_params(body, max_tokens, k, body.prompt_logprobs)
         prompt_ids = [state.engine.prepare(prompt, params)]
     ticket = state.admission.admit(body.n)
     request_id, created = new_id("chatcmpl"), int(time.time())
@@ -73,10 +75,13 @@ async def create_chat_completion(body: ChatCompletionRequest, raw_request: Reque
             "logprobs": chat_logprobs(state.engine.tokenizer, output, 0, k) if k is not None else None,
             "finish_reason": output.finish_reason, "stop_reason": output.stop_reason,
         })  # fmt: skip
-    return JSONResponse({
+    answer = {
         "id": request_id, "object": "chat.completion", "created": created, "model": state.config.model_name,
         "choices": result, "usage": usage(prompt_ids, finals, body.n), "system_fingerprint": None,
-    })  # fmt: skip
+    }  # fmt: skip
+    if body.prompt_logprobs is not None and finals:  # one prompt: every choice scored it the same
+        answer["prompt_logprobs"] = prompt_logprobs(state.engine.tokenizer, finals[min(finals)])
+    return JSONResponse(answer)
 
 
 async def _events(

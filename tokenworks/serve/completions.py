@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 
@@ -9,9 +11,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from tokenworks.engine import RequestOutput
+from tokenworks.model.tokenizer import Tokenizer
 from tokenworks.serve.errors import APIError, bad_request, json_error_event
 from tokenworks.serve.fanout import collect_finals, generate_choices
-from tokenworks.serve.logprobs import completion_logprobs
+from tokenworks.serve.logprobs import completion_logprobs, join_logprobs, legacy_logprobs, prompt_logprobs
 from tokenworks.serve.protocol import ERROR_RESPONSES, CompletionRequest, CompletionResponse, new_id
 from tokenworks.serve.sampling import sampling_params
 from tokenworks.serve.state import ServerState
@@ -42,13 +45,23 @@ async def create_completion(body: CompletionRequest, raw_request: Request):
     state.check_model(body.model)
     if body.suffix:
         raise APIError(400, "suffix is not supported", param="suffix")
-    if body.echo and body.logprobs is not None:
+    if body.stream and body.prompt_logprobs is not None:
         raise APIError(
-            400, "echo with logprobs needs prompt logprobs, which this server does not compute", param="echo"
-        )
+            400, "prompt_logprobs are not streamed: ask without stream, or stream echo with logprobs",
+            param="prompt_logprobs",
+        )  # fmt: skip
+    # max_tokens 0 with echo scores the prompt alone (lm-evaluation-harness asks this way): the
+    # engine makes one token, which the answer leaves out, as vLLM does.
+    echo_only = body.echo and body.max_tokens == 0
+    if body.max_tokens == 0 and not body.echo:
+        raise APIError(400, "max_tokens must be at least 1 (0 only with echo: the prompt alone)", param="max_tokens")
+    # Echo with logprobs gives the prompt's tokens logprobs too: the engine scores the prompt.
+    scored_prompt = body.prompt_logprobs
+    if scored_prompt is None and body.echo and body.logprobs is not None:
+        scored_prompt = body.logprobs
     prompts = prompts_of(body)
     with bad_request():
-        params = sampling_params(body, body.max_tokens, body.logprobs)
+        params = sampling_params(body, 1 if echo_only else body.max_tokens, body.logprobs, scored_prompt)
         prompt_ids = [state.engine.prepare(prompt, params) for prompt in prompts]
     prompt_texts = [p if isinstance(p, str) else "" for p in prompts]
     if body.echo:
@@ -60,6 +73,8 @@ async def create_completion(body: CompletionRequest, raw_request: Request):
     ticket = state.admission.admit(len(prompt_ids) * body.n)
     request_id, created = new_id("cmpl"), int(time.time())
     choices = generate_choices(state, request_id, prompt_ids, params, body.n)
+    if echo_only:
+        choices = _prompt_only(choices)
     if body.stream:
         events = _events(state, body, request_id, created, choices, prompt_ids, prompt_texts)
         return EventStream(events, on_close=ticket.release)
@@ -69,21 +84,46 @@ async def create_completion(body: CompletionRequest, raw_request: Request):
         return Response(status_code=499)
     finally:
         ticket.release()
+    tokenizer = state.engine.tokenizer
     result = []
     for index in sorted(finals):
         output = finals[index]
         prefix = prompt_texts[index // body.n] if body.echo else ""
         logprobs = None
         if body.logprobs is not None:
-            logprobs = completion_logprobs(state.engine.tokenizer, output, 0, 0)
-        result.append({
+            logprobs = (
+                _with_echo(tokenizer, output, 0, 0) if body.echo else completion_logprobs(tokenizer, output, 0, 0)
+            )
+        choice = {
             "index": index, "text": prefix + output.text, "logprobs": logprobs,
             "finish_reason": output.finish_reason, "stop_reason": output.stop_reason,
-        })  # fmt: skip
+        }  # fmt: skip
+        if body.prompt_logprobs is not None:
+            choice["prompt_logprobs"] = prompt_logprobs(tokenizer, output)
+        result.append(choice)
     return JSONResponse({
         "id": request_id, "object": "text_completion", "created": created, "model": state.config.model_name,
         "choices": result, "usage": usage(prompt_ids, finals, body.n), "system_fingerprint": None,
     })  # fmt: skip
+
+
+async def _prompt_only(
+    choices: AsyncIterator[tuple[int, RequestOutput]],
+) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """The outputs of a max_tokens 0 request: the token made to score the prompt left out.
+    Closing this closes `choices` at once (a client gone aborts the engine requests)."""
+    async with contextlib.aclosing(choices):
+        async for index, output in choices:
+            blank = dataclasses.replace(output, token_ids=[], text="", delta_token_ids=[], delta_text="", logprobs=[])
+            yield index, blank
+
+
+def _with_echo(tokenizer: Tokenizer | None, output: RequestOutput, start: int, offset: int) -> dict[str, list]:
+    """Legacy logprobs of the echoed prompt, then of output tokens [start:], offsets running on."""
+    prompt = legacy_logprobs(tokenizer, output.prompt_token_ids, output.prompt_logprobs or [])
+    if prompt["tokens"]:
+        offset = prompt["text_offset"][-1] + len(prompt["tokens"][-1])
+    return join_logprobs(prompt, completion_logprobs(tokenizer, output, start, offset))
 
 
 async def _events(
@@ -91,21 +131,29 @@ async def _events(
     choices: AsyncIterator[tuple[int, RequestOutput]], prompt_ids: list[list[int]], prompt_texts: list[str],
 ) -> AsyncIterator[str]:  # fmt: skip
     stream_usage = StreamUsage(prompt_ids, body.n, body.stream_options)
-    offsets: dict[int, int] = {}
+    offsets: dict[int, int] = {}  # of each choice's next token text, counted as the logprobs count it
+    tokenizer = state.engine.tokenizer
     base = {"id": request_id, "object": "text_completion", "created": created, "model": state.config.model_name}
     try:
         async for index, output in choices:
+            first = index not in offsets
             text = output.delta_text
-            if body.echo and index not in offsets:
+            if body.echo and first:
                 text = prompt_texts[index // body.n] + text
             start = len(output.token_ids) - len(output.delta_token_ids)
-            wants_logprobs = body.logprobs is not None and output.delta_token_ids
+            wants_logprobs = body.logprobs is not None and (output.delta_token_ids or (body.echo and first))
             if not (text or output.finished or wants_logprobs):
                 continue
             logprobs = None
             if body.logprobs is not None:
-                logprobs = completion_logprobs(state.engine.tokenizer, output, start, offsets.get(index, 0))
-                offsets[index] = offsets.get(index, 0) + sum(len(t) for t in logprobs["tokens"])
+                if body.echo and first:
+                    logprobs = _with_echo(tokenizer, output, start, 0)
+                else:
+                    logprobs = completion_logprobs(tokenizer, output, start, offsets.get(index, 0))
+                if logprobs["tokens"]:
+                    offsets[index] = logprobs["text_offset"][-1] + len(logprobs["tokens"][-1])
+                else:
+                    offsets.setdefault(index, 0)
             else:
                 offsets[index] = offsets.get(index, 0) + len(text)
             choice = {

@@ -5,7 +5,7 @@ checked for type and range here, and the engine's `SamplingParams` checks the re
 failure a 400 naming the field. Floats must be finite. The extra parameters benchmark
 clients send to vLLM are accepted as top-level fields: `ignore_eos`, `min_tokens`,
 `top_k`, `min_p`, `repetition_penalty`, `stop_token_ids`, `include_stop_str_in_output`,
-`skip_special_tokens`.
+`skip_special_tokens`, and `prompt_logprobs`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tokenworks.engine.sampling_params import MAX_LOGPROBS
+
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_N = 128
-MAX_LOGPROBS = 20
 
 
 class OpenAIBody(BaseModel):
@@ -52,13 +53,23 @@ class SamplingFields(OpenAIBody):
     stop_token_ids: list[int] | None = None
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    prompt_logprobs: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_LOGPROBS,
+        description="vLLM's extra: each prompt token's logprob and the top k (not streamed).",
+    )
 
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[int] | list[str] | list[list[int]] = Field(
         ..., description="Text, token ids, or a batch of either (one choice group per prompt)."
     )
-    max_tokens: int | None = Field(16, description="Tokens to generate at most; null: until the context is full.")
+    max_tokens: int | None = Field(
+        16,
+        ge=0,
+        description="Tokens to generate at most; null: until the context is full; 0 with echo: the prompt alone.",
+    )
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="Top tokens per position with logprobs.")
     echo: bool = False
     suffix: str | None = None
@@ -116,12 +127,19 @@ class CompletionLogprobs(BaseModel):
     text_offset: list[int]
 
 
+class PromptLogprob(BaseModel):
+    logprob: float
+    rank: int | None = None  # in the vocabulary, 1 the likeliest
+    decoded_token: str | None = None
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: Literal["stop", "length", "abort"] | None = None
     stop_reason: int | str | None = None
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = None  # keyed by token id
 
 
 class CompletionResponse(BaseModel):
@@ -169,6 +187,7 @@ class ChatCompletionResponse(BaseModel):
     choices: list[ChatChoice]
     usage: Usage
     system_fingerprint: str | None = None
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = None  # vLLM's, keyed by token id
 
 
 class ModelCard(BaseModel):

@@ -10,7 +10,9 @@ from tokenworks.serve.protocol import SamplingFields
 MIN_TEMPERATURE = 1e-2  # as vLLM: smaller positive temperatures overflow the scaled logits
 
 
-def sampling_params(body: SamplingFields, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+def sampling_params(
+    body: SamplingFields, max_tokens: int | None, logprobs: int | None, prompt_logprobs: int | None = None
+) -> SamplingParams:
     """The engine's parameters for a body; ValueError (a 400) names any field out of range."""
     temperature = 1.0 if body.temperature is None else body.temperature
     if 0.0 < temperature < MIN_TEMPERATURE:
@@ -32,6 +34,7 @@ def sampling_params(body: SamplingFields, max_tokens: int | None, logprobs: int 
         include_stop_str_in_output=body.include_stop_str_in_output,
         ignore_eos=body.ignore_eos,
         logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs,
         skip_special_tokens=body.skip_special_tokens,
     )
 
