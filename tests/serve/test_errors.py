@@ -49,6 +49,27 @@ def test_invalid_sampling_values_are_400_naming_the_field(http, field, value) ->
     assert field in error["message"] or error["param"] == field
 
 
+@pytest.mark.parametrize(
+    ("path", "field", "value"),
+    [("/v1/completions", "logit_bias", {"5": 10}), ("/v1/chat/completions", "response_format", {"type": "json_object"}),
+     ("/v1/chat/completions", "tools", [{"type": "function", "function": {"name": "f"}}]),
+     ("/v1/chat/completions", "audio", {"voice": "alloy"}), ("/v1/chat/completions", "modalities", ["text", "audio"]),
+     ("/v1/completions", "frobnicate", True)],
+)  # fmt: skip
+def test_a_field_the_server_does_not_implement_is_a_400_naming_it(http, path, field, value) -> None:
+    body = {"prompt": "hi"} if path == "/v1/completions" else {"messages": [{"role": "user", "content": "hi"}]}
+    error = assert_error(http.post(path, json={**body, "max_tokens": 2, field: value}), 400, field, "not supported")
+    assert error["param"] == field
+    nested = {**body, "stream": True, "stream_options": {"include_usage": True, "obfuscate": True}}
+    assert assert_error(http.post(path, json=nested), 400, "not supported")["param"] == "stream_options.obfuscate"
+
+
+def test_best_of_other_than_n_is_a_400(http) -> None:
+    assert_error(http.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2, "best_of": 3}), 400, "best_of")
+    answer = http.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2, "best_of": 2, "n": 2})
+    assert answer.status_code == 200 and len(answer.json()["choices"]) == 2
+
+
 def test_malformed_json_and_wrong_types_are_400(http) -> None:
     bad_json = http.post("/v1/completions", content=b'{"prompt": "hi",', headers={"content-type": "application/json"})
     assert_error(bad_json, 400, "JSON")

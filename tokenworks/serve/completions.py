@@ -45,6 +45,8 @@ async def create_completion(body: CompletionRequest, raw_request: Request):
     state.check_model(body.model)
     if body.suffix:
         raise APIError(400, "suffix is not supported", param="suffix")
+    if body.best_of is not None and body.best_of != body.n:
+        raise APIError(400, "best_of is not supported: leave it out, or equal to n", param="best_of")
     if body.stream and body.prompt_logprobs is not None:
         raise APIError(
             400, "prompt_logprobs are not streamed: ask without stream, or stream echo with logprobs",

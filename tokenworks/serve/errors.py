@@ -82,6 +82,8 @@ def _validation_message(error: RequestValidationError) -> tuple[str, str | None]
     param = ".".join(location) or None
     if first.get("type") == "missing" and param:
         message = f"{param} is required"
+    elif first.get("type") == "extra_forbidden" and param:
+        message = f"{param} is not supported by this server; leave it out (it would not be honoured)"
     elif param:
         message = f"{param}: {first.get('msg', 'invalid value')}"
     else:

@@ -1,8 +1,9 @@
 """Request and response bodies, with OpenAI's field names and the extra ones vLLM accepts.
 
-Unknown fields are ignored (OpenAI clients send many we do not use); known ones are
-checked for type and range here, and the engine's `SamplingParams` checks the rest, each
-failure a 400 naming the field. Floats must be finite. The extra parameters benchmark
+A field this server does not implement (`logit_bias`, `response_format`, `tools`, `audio`,
+any unknown name) is a 400 naming it, never silently ignored: a client that asks for
+something gets it or hears why not. Known fields are checked for type and range here, and the
+engine's `SamplingParams` checks the rest, each failure a 400 naming the field. Floats must be finite. The extra parameters benchmark
 clients send to vLLM are accepted as top-level fields: `ignore_eos`, `min_tokens`,
 `top_k`, `min_p`, `repetition_penalty`, `stop_token_ids`, `include_stop_str_in_output`,
 `skip_special_tokens`, and `prompt_logprobs`.
@@ -22,7 +23,7 @@ MAX_N = 128
 
 
 class OpenAIBody(BaseModel):
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class StreamOptions(OpenAIBody):
@@ -73,7 +74,7 @@ class CompletionRequest(SamplingFields):
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="Top tokens per position with logprobs.")
     echo: bool = False
     suffix: str | None = None
-    best_of: int | None = Field(None, ge=1, le=MAX_N)
+    best_of: int | None = Field(None, ge=1, le=MAX_N, description="Only equal to n: no candidates are ranked.")
 
 
 class ChatMessage(BaseModel):
