@@ -21,6 +21,7 @@ from tokenworks.engine.request import Request, RequestStatus, check_prompt
 from tokenworks.engine.sampler import Sampler, score_tokens
 from tokenworks.engine.sampling_params import SamplingParams
 from tokenworks.engine.scheduler import Scheduler, SchedulerOutput
+from tokenworks.engine.structured_output import GrammarMatchers
 from tokenworks.model.checkpoint import load_generation_config, load_model
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class EngineCore:
         kernels = self.runner.kernels
         argmax = kernels.greedy_tokens if kernels is not None else None  # torch's argmax elsewhere
         self.sampler = Sampler(options.seed, device=device, argmax=argmax)
+        self.grammars: GrammarMatchers | None = None  # built on the first structured-output request
         self.last_stats = StepStats(self.scheduler.stats())
         logger.info(
             "engine ready: %s on %s, %d KV blocks of %d tokens",
@@ -88,7 +90,18 @@ class EngineCore:
         request = Request(
             request_id, prompt_token_ids, params, self.eos_token_ids, priority, arrival_time, stream=stream
         )
+        if params.structured_output is not None:
+            request.matcher = self._grammar_matchers().matcher_for(params.structured_output)
         self.scheduler.add_request(request)
+
+    def _grammar_matchers(self) -> GrammarMatchers:
+        """Built on the first constrained request (reading the tokenizer takes up to a second)."""
+        if self.grammars is None:
+            vocab = self.model.config.vocab_size
+            self.grammars = GrammarMatchers.for_model(self.options.model, vocab, sorted(self.eos_token_ids))
+            if self.grammars is None:
+                raise ValueError("this model directory has no tokenizer.json, so no structured output")
+        return self.grammars
 
     def abort(self, request_ids: list[str]) -> list[CoreOutput]:
         """End requests now, freeing their KV blocks; unknown (already finished) ids are ignored."""
@@ -121,6 +134,9 @@ class EngineCore:
         for rows in prompt_rows:
             self._score_prompt(rows)
         sampling = [chunk.request for chunk in scheduled.chunks if chunk.samples]
+        constrained = [row for row, request in enumerate(sampling) if request.matcher is not None]
+        if constrained:  # the tokens each request's grammar allows next; the rest -inf (as vLLM masks)
+            self.grammars.mask(logits, constrained, [sampling[row].matcher for row in constrained])
         sampled = self.sampler(logits, sampling) if sampling else []
         now = time.monotonic()
         for chunk in scheduled.chunks:
@@ -128,6 +144,8 @@ class EngineCore:
         outputs = []
         for request, token in zip(sampling, sampled, strict=True):
             request.append_output_token(token.token_id)
+            if request.matcher is not None:
+                request.matcher.consume_token(token.token_id)
             if token.logprobs is not None:
                 request.logprobs.append(token.logprobs)
             times = request.times
@@ -159,6 +177,8 @@ class EngineCore:
     def _stop_status(self, request: Request, token_id: int) -> RequestStatus | None:
         params = request.params
         generated = len(request.output_token_ids)
+        if request.matcher is not None and request.matcher.is_stopped():
+            return RequestStatus.FINISHED_STOPPED  # the grammar is complete: nothing more may follow
         if generated >= params.min_tokens and (
             token_id in params.stop_token_ids or (not params.ignore_eos and token_id in request.eos_token_ids)
         ):

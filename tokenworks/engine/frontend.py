@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+from tokenworks.engine.grammar import check_grammar
 from tokenworks.engine.messages import Ready
 from tokenworks.engine.output_processor import RequestState
 from tokenworks.engine.request import check_prompt
@@ -34,7 +35,12 @@ class Frontend:
         return list(prompt)
 
     def check(self, prompt_ids: list[int], params: SamplingParams) -> None:
+        """ValueError naming what the engine would refuse, before anything is queued."""
         check_prompt(prompt_ids, params, self.ready.max_model_len, self.ready.vocab_size)
+        if params.structured_output is not None:
+            if self.tokenizer is None:
+                raise ValueError("this model directory has no tokenizer.json, so no structured output")
+            check_grammar(params.structured_output)
 
     def new_state(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> RequestState:
         detokenizer = self.tokenizer.detokenizer(params.skip_special_tokens) if self.tokenizer else None

@@ -68,6 +68,7 @@ class Request:
         self.logprobs: list[dict[int, float]] = []  # per output token, when params.logprobs is set
         # Per prompt token, when params.prompt_logprobs is set: the first has none (nothing
         # predicts it); each other its logprob and the top k, and its rank in the vocabulary.
+        self.matcher: object | None = None  # llguidance's, following the output, with a structured_output
         self.prompt_logprobs: list[dict[int, float] | None] = []
         self.prompt_ranks: list[int | None] = []
         if params.prompt_logprobs is not None:

@@ -10,6 +10,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 MAX_LOGPROBS = 20  # top tokens per position a request may ask for (OpenAI's limit)
+STRUCTURED_KINDS = ("json", "json_object", "regex", "choice", "grammar")
+
+
+@dataclass(frozen=True, slots=True)
+class StructuredOutput:
+    """What a request's output must match (vLLM's StructuredOutputsParams, one of them):
+    `json` a JSON schema (as JSON text), `json_object` any JSON object, `regex` a regular
+    expression, `choice` one of the strings in `value` (a JSON list), `grammar` a Lark (or
+    GBNF) grammar. grammar.py compiles it; the engine masks every step's logits by it."""
+
+    kind: str
+    value: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in STRUCTURED_KINDS:
+            raise ValueError(f"structured output kind must be one of {', '.join(STRUCTURED_KINDS)}, got {self.kind!r}")
 
 
 @dataclass(slots=True)
@@ -31,6 +47,7 @@ class SamplingParams:
     logprobs: int | None = None  # None: none; k >= 0: the sampled token's and the top k
     prompt_logprobs: int | None = None  # None: none; k >= 0: each prompt token's (after the first) and the top k
     skip_special_tokens: bool = True
+    structured_output: StructuredOutput | None = None  # the output must match it (grammar.py)
     n: int = 1  # the server fans out n > 1 into n requests
 
     def __post_init__(self) -> None:

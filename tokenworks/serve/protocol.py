@@ -1,7 +1,6 @@
 """Request and response bodies, with OpenAI's field names and the extra ones vLLM accepts.
 
-A field this server does not implement (`logit_bias`, `response_format`, `tools`, `audio`,
-any unknown name) is a 400 naming it, never silently ignored: a client that asks for
+A field this server does not implement (`logit_bias`, `tools`, `audio`, any unknown name) is a 400 naming it, never silently ignored: a client that asks for
 something gets it or hears why not. Known fields are checked for type and range here, and the
 engine's `SamplingParams` checks the rest, each failure a 400 naming the field. Floats must be finite. The extra parameters benchmark
 clients send to vLLM are accepted as top-level fields: `ignore_eos`, `min_tokens`,
@@ -31,8 +30,30 @@ class StreamOptions(OpenAIBody):
     continuous_usage_stats: bool = False  # vLLM: usage on every chunk
 
 
+class JsonSchemaFormat(OpenAIBody):
+    name: str = Field("response", max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(..., alias="schema", description="The JSON schema the answer follows.")
+    strict: bool | None = Field(None, description="Accepted; the schema is always enforced.")
+
+
+class ResponseFormat(OpenAIBody):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StructuredOutputsParams(OpenAIBody):
+    """vLLM's `structured_outputs` extra: exactly one of these."""
+
+    json_: dict[str, Any] | str | None = Field(None, alias="json", description="A JSON schema.")
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = Field(None, description="A Lark grammar (GBNF is converted).")
+    json_object: bool | None = None
+
+
 class SamplingFields(OpenAIBody):
-    """What completions and chat share: sampling, stops and the vLLM extras."""
+    """What completions and chat share: sampling, stops, structured outputs and the vLLM extras."""
 
     model: str | None = Field(None, description="The served model name (GET /v1/models); omitted: that one.")
     n: int = Field(1, ge=1, le=MAX_N)
@@ -60,6 +81,13 @@ class SamplingFields(OpenAIBody):
         le=MAX_LOGPROBS,
         description="vLLM's extra: each prompt token's logprob and the top k (not streamed).",
     )
+    # Structured outputs: OpenAI's response_format, vLLM's structured_outputs and its older guided_* fields
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputsParams | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
 
 
 class CompletionRequest(SamplingFields):

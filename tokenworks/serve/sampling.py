@@ -6,6 +6,7 @@ import dataclasses
 
 from tokenworks.engine import SamplingParams
 from tokenworks.serve.protocol import SamplingFields
+from tokenworks.serve.structured import structured_output_of
 
 MIN_TEMPERATURE = 1e-2  # as vLLM: smaller positive temperatures overflow the scaled logits
 
@@ -35,6 +36,7 @@ def sampling_params(
         ignore_eos=body.ignore_eos,
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,
+        structured_output=structured_output_of(body),
         skip_special_tokens=body.skip_special_tokens,
     )
 
