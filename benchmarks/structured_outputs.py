@@ -101,14 +101,18 @@ def vllm_engine(model: str, threads: int) -> tuple[Any, str]:
 
 
 def worker(engine: str, model: str, threads: int) -> None:
+    # The answers go to the driver on the original stdout; whatever the engines print goes to the log.
+    answers = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
     generate, name = (tokenworks_engine if engine == "tokenworks" else vllm_engine)(model, threads)
-    print(json.dumps({"ready": name}), flush=True)
+    print(json.dumps({"ready": name}), file=answers, flush=True)
     for line in sys.stdin:
         job = json.loads(line)
         start = time.perf_counter()
         outputs = generate(job["prompts"], job["tokens"], job["constrained"])
         seconds = time.perf_counter() - start
-        print(json.dumps({"seconds": seconds, "tokens": sum(map(len, outputs)), "first": outputs[0][:16]}), flush=True)
+        answer = {"seconds": seconds, "tokens": sum(map(len, outputs)), "first": outputs[0][:16]}
+        print(json.dumps(answer), file=answers, flush=True)
 
 
 # ---- the driver ----------------------------------------------------------------------------------

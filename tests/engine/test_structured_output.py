@@ -7,11 +7,12 @@ import json
 
 import jsonschema
 import pytest
+import torch
 
 from tokenworks.engine import LLM, SamplingParams
 from tokenworks.engine.sampling_params import StructuredOutput
 
-from .conftest import random_prompts
+from .conftest import compiled_kernels, random_prompts
 
 SCHEMAS = {
     "nested objects": {
@@ -94,3 +95,20 @@ def test_a_constraint_that_cannot_compile_is_refused_before_queueing(llm) -> Non
         llm.generate([1, 2, 3], bogus)
     with pytest.raises(ValueError, match="structured output kind"):
         StructuredOutput("xml", "<a/>")
+
+
+def test_the_compiled_bitmask_clears_exactly_the_clear_bits() -> None:
+    kernels = compiled_kernels()
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 100, generator=generator)  # 100 tokens: the last word is partial
+    bitmask = torch.randint(-(2**31), 2**31 - 1, (3, 4), generator=generator, dtype=torch.int32)
+    bitmask[0, 1], bitmask[1, 2] = 0, -1  # a word all clear, a word all set
+    rows = [4, 0, 2]
+    masked = logits.clone()
+    kernels.apply_token_bitmask_(masked, bitmask, torch.tensor(rows))
+    bits = ((bitmask[:, :, None] >> torch.arange(32, dtype=torch.int32)) & 1).view(3, -1)[:, :100]
+    for index, row in enumerate(rows):
+        cleared = bits[index] == 0
+        assert torch.all(masked[row][cleared] == float("-inf"))
+        assert torch.equal(masked[row][~cleared], logits[row][~cleared])
+    assert torch.equal(masked[[1, 3]], logits[[1, 3]])  # rows without a mask untouched

@@ -98,7 +98,9 @@ class EngineCore:
         """Built on the first constrained request (reading the tokenizer takes up to a second)."""
         if self.grammars is None:
             vocab = self.model.config.vocab_size
-            self.grammars = GrammarMatchers.for_model(self.options.model, vocab, sorted(self.eos_token_ids))
+            self.grammars = GrammarMatchers.for_model(
+                self.options.model, vocab, sorted(self.eos_token_ids), self.runner.kernels
+            )
             if self.grammars is None:
                 raise ValueError("this model directory has no tokenizer.json, so no structured output")
         return self.grammars

@@ -11,6 +11,7 @@
 //   (and oneDNN's products, for more rows) with plain loops (norms, rotary, cache writes, SwiGLU).
 // rms_norm, greedy_tokens (norm_and_argmax.cpp): the model's final norm of the rows that sample,
 //   and the argmax of each row of logits.
+// apply_token_bitmask_ (token_bitmask.cpp): structured outputs' grammar masks on the logits.
 //
 // cpu_kernels.h declares what one file calls in another; vectors.h holds the inline arithmetic
 // of the inner loops (the dot product, 16-float vectors, exp), so it inlines in every file.
@@ -34,6 +35,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_prefill_attention", &paged_prefill_attention, "causal attention of prefill chunks over the paged KV cache (float32, CPU)");
   m.def("rms_norm", &rms_norm, "rms_norm of each row of x times weight (float32, CPU)");
   m.def("greedy_tokens", &greedy_tokens, "argmax of each row of float32 logits (the first of equal ones)");
+  m.def("apply_token_bitmask_", &apply_token_bitmask_,
+        "logits[rows[m], t] = -inf wherever bit t of bitmask row m is clear (float32, CPU, in place)");
   m.def("set_threads", &set_threads, pybind11::arg("own"), pybind11::arg("spin_microseconds"),
         "run the kernels' loops on their own threads (which spin this long when idle) or on OpenMP's");
   m.def("own_threads", &own_threads, "whether the kernels' loops run on their own threads");

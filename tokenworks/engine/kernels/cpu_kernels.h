@@ -34,6 +34,7 @@ void paged_prefill_attention(at::Tensor& out, const at::Tensor& q, const at::Ten
 void rms_norm_rows(float* y, const float* x, const float* weight, int64_t rows, int64_t width, float eps);
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 at::Tensor greedy_tokens(const at::Tensor& logits);
+void apply_token_bitmask_(at::Tensor& logits, const at::Tensor& bitmask, const at::Tensor& rows);
 
 inline void check_float(const at::Tensor& tensor, const char* what) {
   TORCH_CHECK(tensor.scalar_type() == at::kFloat && tensor.is_contiguous(), what, " must be contiguous float32");

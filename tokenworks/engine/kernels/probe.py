@@ -44,6 +44,14 @@ def disagreement(module: ModuleType) -> str | None:
     logits[1, [4, 30]] = 9.0  # a tie: the first one counts
     if not torch.equal(module.greedy_tokens(logits), logits.argmax(dim=-1)):
         return "the compiled greedy_tokens disagrees with argmax"
+    bitmask = torch.randint(-(2**31), 2**31 - 1, (2, 2), generator=generator, dtype=torch.int32)
+    masked = logits.clone()
+    module.apply_token_bitmask_(masked, bitmask, torch.tensor([2, 0]))
+    bits = (bitmask[:, :, None] >> torch.arange(32, dtype=torch.int32)) & 1
+    expected = logits.clone()
+    expected[[2, 0]] = expected[[2, 0]].masked_fill(bits.view(2, -1)[:, :37] == 0, float("-inf"))
+    if not torch.equal(masked, expected):
+        return "the compiled apply_token_bitmask_ disagrees with unpacking the bits"
     hidden, scale = torch.randn(3, 40, generator=generator), torch.randn(40, generator=generator)
     if not torch.allclose(module.rms_norm(hidden, scale, 1e-6), F.rms_norm(hidden, (40,), scale, 1e-6), atol=1e-5):
         return "the compiled rms_norm disagrees with F.rms_norm"
