@@ -42,6 +42,43 @@ def test_transformers_renders_the_same_text(tokenizer: Tokenizer, tmp_path) -> N
     assert tokenizer.apply_chat_template(flat) == expected
 
 
+TOOLS = [{"type": "function", "function": {"name": "now", "parameters": {"type": "object", "properties": {}}}}]
+TOOL_TURNS = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Time?"},
+    {"role": "assistant", "content": None,
+     "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "now", "arguments": '{"zone": "UTC"}'}}]},
+    {"role": "tool", "tool_call_id": "c1", "content": "12:00"},
+]  # fmt: skip
+
+
+def test_tools_calls_and_results_render_in_hermes_format(tokenizer: Tokenizer, tmp_path) -> None:
+    rendered = tokenizer.apply_chat_template(TOOL_TURNS, tools=TOOLS)
+    assert rendered.startswith("<|im_start|>system\nYou are terse.\n\n# Tools\n")
+    assert (
+        '<tools>\n{"type": "function", "function": {"name": "now", "parameters": {"type": "object", "properties": {}}}}\n</tools>'
+        in rendered
+    )
+    assert rendered.endswith(
+        "<|im_start|>user\nTime?<|im_end|>\n"
+        '<|im_start|>assistant\n<tool_call>\n{"name": "now", "arguments": {"zone": "UTC"}}\n</tool_call><|im_end|>\n'
+        "<|im_start|>tool\n<tool_response>\n12:00\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+    )  # fmt: skip
+    assert rendered.count("You are terse.") == 1  # the system message moved into the tools' turn
+    tokenizer.save(tmp_path)  # transformers renders the same text from the saved template
+    reference = AutoTokenizer.from_pretrained(tmp_path)
+    parsed = [{**m, "tool_calls": [{**c, "function": {**c["function"], "arguments": {"zone": "UTC"}}}
+                                   for c in m["tool_calls"]]} if m.get("tool_calls") else m for m in TOOL_TURNS]  # fmt: skip
+    assert reference.apply_chat_template(parsed, tools=TOOLS, tokenize=False, add_generation_prompt=True) == rendered
+
+
+def test_a_template_without_tools_refuses_them(tokenizer: Tokenizer) -> None:
+    tokenizer.chat_template = "{% for m in messages %}{{ m.content }}{% endfor %}"
+    assert not tokenizer.renders_tools
+    with pytest.raises(TokenizerError, match="does not render tools"):
+        tokenizer.apply_chat_template(MESSAGES[1:2], tools=TOOLS)
+
+
 def test_a_checkpoints_own_template_is_used(tokenizer: Tokenizer, tmp_path) -> None:
     tokenizer.chat_template = "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}{{ eos_token }}"
     tokenizer.save(tmp_path)

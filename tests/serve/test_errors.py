@@ -51,8 +51,8 @@ def test_invalid_sampling_values_are_400_naming_the_field(http, field, value) ->
 
 @pytest.mark.parametrize(
     ("path", "field", "value"),
-    [("/v1/completions", "logit_bias", {"5": 10}), ("/v1/chat/completions", "parallel_tool_calls", False),
-     ("/v1/chat/completions", "tools", [{"type": "function", "function": {"name": "f"}}]),
+    [("/v1/completions", "logit_bias", {"5": 10}), ("/v1/chat/completions", "prediction", {"type": "content", "content": "x"}),
+     ("/v1/chat/completions", "functions", [{"name": "f"}]),
      ("/v1/chat/completions", "audio", {"voice": "alloy"}), ("/v1/chat/completions", "modalities", ["text", "audio"]),
      ("/v1/completions", "frobnicate", True)],
 )  # fmt: skip

@@ -173,12 +173,19 @@ class Tokenizer:
 
     # ---- chat and streaming -----------------------------------------------------------
 
-    def apply_chat_template(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
-        """Render OpenAI-style messages into the prompt text the model was trained on."""
+    @property
+    def renders_tools(self) -> bool:
+        """Whether the chat template renders `tools` (ours does; a checkpoint's may not)."""
+        return self.chat_template is not None and "tools" in self.chat_template
+
+    def apply_chat_template(
+        self, messages: Sequence[Message], add_generation_prompt: bool = True, tools: Sequence[Any] | None = None
+    ) -> str:
+        """Render OpenAI-style messages (and tools, OpenAI's objects) into the model's prompt text."""
         if self.chat_template is None:
             raise TokenizerError("this tokenizer has no chat template; send a plain completion prompt instead")
         template = ChatTemplate(self.chat_template, bos_token=self.bos_token or "", eos_token=self.eos_token)
-        return template.render(messages, add_generation_prompt=add_generation_prompt)
+        return template.render(messages, add_generation_prompt=add_generation_prompt, tools=tools)
 
     def encode_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
         return self.encode(self.apply_chat_template(messages, add_generation_prompt))

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from tokenworks.engine import RequestOutput
+from tokenworks.engine.grammar import check_grammar
 from tokenworks.serve.errors import APIError, bad_request, json_error_event
 from tokenworks.serve.fanout import collect_finals, generate_choices
 from tokenworks.serve.logprobs import chat_logprobs, prompt_logprobs
@@ -22,18 +23,21 @@ from tokenworks.serve.protocol import (
 from tokenworks.serve.sampling import sampling_params
 from tokenworks.serve.state import ServerState
 from tokenworks.serve.streaming import DONE, ClientGone, EventStream, run_until_disconnect, sse
+from tokenworks.serve.tool_calls import ToolCallStream, forced_call_grammar, parse_tool_calls, tool_choice_of
 from tokenworks.serve.usage import StreamUsage, usage
 
 router = APIRouter()
 
 
-def render_messages(state: ServerState, messages: list[ChatMessage], add_generation_prompt: bool) -> str:
+def render_messages(
+    state: ServerState, messages: list[ChatMessage], add_generation_prompt: bool, tools: list[dict] | None = None
+) -> str:
     tokenizer = state.engine.tokenizer
     if tokenizer is None:
         raise APIError(400, "this model has no tokenizer, so no chat template: use /v1/completions with token ids")
     with bad_request():
         return tokenizer.apply_chat_template(
-            [message.model_dump(exclude_none=True) for message in messages], add_generation_prompt
+            [message.model_dump(exclude_none=True) for message in messages], add_generation_prompt, tools
         )
 
 
@@ -50,17 +54,30 @@ async def create_chat_completion(body: ChatCompletionRequest, raw_request: Reque
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
     if body.stream and body.prompt_logprobs is not None:
         raise APIError(400, "prompt_logprobs are not streamed: ask without stream", param="prompt_logprobs")
-    prompt = render_messages(state, body.messages, body.add_generation_prompt)
+    tool_choice = tool_choice_of(body)
+    tools = [tool.model_dump(exclude_none=True) for tool in body.tools] if body.tools else None
+    if tools and state.engine.tokenizer is not None and not state.engine.tokenizer.renders_tools:
+        raise APIError(400, "this model's chat template does not render tools", param="tools")
+    prompt = render_messages(state, body.messages, body.add_generation_prompt, tools)
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     k = (body.top_logprobs or 0) if body.logprobs else None
+    forced = None
+    if tool_choice not in ("none", "auto"):  # required, or a named function: only calls may come out
+        forced = forced_call_grammar(body.tools, tool_choice, body.parallel_tool_calls)
+        try:
+            check_grammar(forced)
+        except ValueError as error:
+            raise APIError(400, f"the tools' parameters cannot be compiled: {error}", param="tools") from None
     with bad_request():
-        params = sampling_params(body, max_tokens, k, body.prompt_logprobs)
+        params = sampling_params(body, max_tokens, k, body.prompt_logprobs, forced)
         prompt_ids = [state.engine.prepare(prompt, params)]
     ticket = state.admission.admit(body.n)
     request_id, created = new_id("chatcmpl"), int(time.time())
     choices = generate_choices(state, request_id, prompt_ids, params, body.n)
+    parse = tool_choice != "none"
     if body.stream:
-        return EventStream(_events(state, body, request_id, created, choices, prompt_ids), on_close=ticket.release)
+        events = _events(state, body, request_id, created, choices, prompt_ids, parse)
+        return EventStream(events, on_close=ticket.release)
     try:
         finals = await run_until_disconnect(raw_request, collect_finals(choices))
     except ClientGone:
@@ -70,10 +87,17 @@ async def create_chat_completion(body: ChatCompletionRequest, raw_request: Reque
     result = []
     for index in sorted(finals):
         output = finals[index]
+        message: dict = {"role": "assistant", "content": output.text}
+        finish_reason = output.finish_reason
+        if parse:
+            message["content"], calls = parse_tool_calls(output.text)
+            if calls:
+                message["tool_calls"] = calls
+                finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
         result.append({
-            "index": index, "message": {"role": "assistant", "content": output.text},
+            "index": index, "message": message,
             "logprobs": chat_logprobs(state.engine.tokenizer, output, 0, k) if k is not None else None,
-            "finish_reason": output.finish_reason, "stop_reason": output.stop_reason,
+            "finish_reason": finish_reason, "stop_reason": output.stop_reason,
         })  # fmt: skip
     answer = {
         "id": request_id, "object": "chat.completion", "created": created, "model": state.config.model_name,
@@ -86,9 +110,10 @@ async def create_chat_completion(body: ChatCompletionRequest, raw_request: Reque
 
 async def _events(
     state: ServerState, body: ChatCompletionRequest, request_id: str, created: int,
-    choices: AsyncIterator[tuple[int, RequestOutput]], prompt_ids: list[list[int]],
+    choices: AsyncIterator[tuple[int, RequestOutput]], prompt_ids: list[list[int]], parse_tools: bool,
 ) -> AsyncIterator[str]:  # fmt: skip
     stream_usage = StreamUsage(prompt_ids, body.n, body.stream_options)
+    tool_streams: dict[int, ToolCallStream] = {}
     k = (body.top_logprobs or 0) if body.logprobs else None
     base = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": state.config.model_name}
     started: set[int] = set()
@@ -104,13 +129,21 @@ async def _events(
                 }
                 yield sse({**base, "choices": [role]})
             start = len(output.token_ids) - len(output.delta_token_ids)
-            if not (output.delta_text or output.finished or (k is not None and output.delta_token_ids)):
+            text, calls, finish_reason = output.delta_text, [], output.finish_reason
+            if parse_tools:
+                tools = tool_streams.setdefault(index, ToolCallStream())
+                text, calls = tools.push(output.delta_text, output.finished)
+                if tools.calls and finish_reason == "stop":
+                    finish_reason = "tool_calls"
+            if not (text or calls or output.finished or (k is not None and output.delta_token_ids)):
                 continue
-            delta = {"content": output.delta_text} if output.delta_text or not output.finished else {}
+            delta: dict = {"content": text} if text or not (output.finished or calls) else {}
+            if calls:
+                delta["tool_calls"] = calls
             choice = {
                 "index": index, "delta": delta,
                 "logprobs": chat_logprobs(state.engine.tokenizer, output, start, k) if k is not None else None,
-                "finish_reason": output.finish_reason, "stop_reason": output.stop_reason,
+                "finish_reason": finish_reason, "stop_reason": output.stop_reason,
             }  # fmt: skip
             yield sse(stream_usage.chunk(base, choice, index, output))
         last = stream_usage.last_chunk(base)

@@ -1,6 +1,6 @@
 """Request and response bodies, with OpenAI's field names and the extra ones vLLM accepts.
 
-A field this server does not implement (`logit_bias`, `tools`, `audio`, any unknown name) is a 400 naming it, never silently ignored: a client that asks for
+A field this server does not implement (`logit_bias`, `audio`, any unknown name) is a 400 naming it, never silently ignored: a client that asks for
 something gets it or hears why not. Known fields are checked for type and range here, and the
 engine's `SamplingParams` checks the rest, each failure a 400 naming the field. Floats must be finite. The extra parameters benchmark
 clients send to vLLM are accepted as top-level fields: `ignore_eos`, `min_tokens`,
@@ -113,8 +113,34 @@ class ChatMessage(BaseModel):
     name: str | None = None
 
 
+class FunctionDefinition(OpenAIBody):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(None, description="A JSON schema of the arguments.")
+    strict: bool | None = Field(None, description="Accepted; required and named calls always follow parameters.")
+
+
+class Tool(OpenAIBody):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class NamedFunction(OpenAIBody):
+    name: str
+
+
+class NamedToolChoice(OpenAIBody):
+    type: Literal["function"] = "function"
+    function: NamedFunction
+
+
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(..., min_length=1)
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        None, description="Default: auto with tools, none without."
+    )
+    parallel_tool_calls: bool = Field(True, description="False: at most one call an answer.")
     max_tokens: int | None = Field(None, description="Deprecated by OpenAI for max_completion_tokens.")
     max_completion_tokens: int | None = None
     logprobs: bool = False
@@ -195,16 +221,28 @@ class ChatLogprobs(BaseModel):
     content: list[ChatTokenLogprob] | None = None
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     logprobs: ChatLogprobs | None = None
-    finish_reason: Literal["stop", "length", "abort"] | None = None
+    finish_reason: Literal["stop", "length", "abort", "tool_calls"] | None = None
     stop_reason: int | str | None = None
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from tokenworks.engine import SamplingParams
+from tokenworks.engine.sampling_params import StructuredOutput
+from tokenworks.serve.errors import APIError
 from tokenworks.serve.protocol import SamplingFields
 from tokenworks.serve.structured import structured_output_of
 
@@ -12,9 +14,14 @@ MIN_TEMPERATURE = 1e-2  # as vLLM: smaller positive temperatures overflow the sc
 
 
 def sampling_params(
-    body: SamplingFields, max_tokens: int | None, logprobs: int | None, prompt_logprobs: int | None = None
-) -> SamplingParams:
-    """The engine's parameters for a body; ValueError (a 400) names any field out of range."""
+    body: SamplingFields, max_tokens: int | None, logprobs: int | None, prompt_logprobs: int | None = None,
+    forced: StructuredOutput | None = None,
+) -> SamplingParams:  # fmt: skip
+    """The engine's parameters for a body; ValueError (a 400) names any field out of range.
+    `forced`: a constraint of the server's own (a forced tool call), which the body's may not join."""
+    structured = structured_output_of(body)
+    if forced is not None and structured is not None:
+        raise APIError(400, "a forced tool call cannot be combined with a structured output", param="tool_choice")
     temperature = 1.0 if body.temperature is None else body.temperature
     if 0.0 < temperature < MIN_TEMPERATURE:
         temperature = MIN_TEMPERATURE
@@ -36,7 +43,7 @@ def sampling_params(
         ignore_eos=body.ignore_eos,
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,
-        structured_output=structured_output_of(body),
+        structured_output=forced or structured,
         skip_special_tokens=body.skip_special_tokens,
     )
 
