@@ -141,6 +141,9 @@ def test_the_stream_parser_holds_back_a_tag_split_across_deltas() -> None:
         calls += new
     assert "".join(sent) == "Sure. " and sent[1] == ". "  # "<tool" was held back, never sent as text
     assert [(c["index"], c["function"]["name"], c["function"]["arguments"]) for c in calls] == [(0, "f", "{}")]
+    cut = ToolCallStream()  # an answer that ends inside its only call: the text is content after all
+    assert cut.push("Hi <tool_call>\n{", finished=False) == ("Hi ", [])
+    assert cut.push('"name"', finished=True) == ('<tool_call>\n{"name"', [])
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,8 @@ layer by layer with attention through block tables (attention.py) and the matrix
 of linear.py, so the model code itself stays the plain reference. On CPU a step runs all its
 layers in one call to the compiled `StepLayers` (kernels/step_layers.cpp), the same
 computation without a Python dispatch and a temporary tensor per op. Only the last position
-of requests that sample goes through the language-model head.
+of requests that sample goes through the language-model head; the prompt positions of
+requests that asked for prompt logprobs come back as hidden states, for the core to score.
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from tokenworks.engine import RequestOutput
-from tokenworks.engine.grammar import check_grammar
 from tokenworks.serve.errors import APIError, bad_request, json_error_event
 from tokenworks.serve.fanout import collect_finals, generate_choices
 from tokenworks.serve.logprobs import chat_logprobs, prompt_logprobs
@@ -23,7 +22,7 @@ from tokenworks.serve.protocol import (
 from tokenworks.serve.sampling import sampling_params
 from tokenworks.serve.state import ServerState
 from tokenworks.serve.streaming import DONE, ClientGone, EventStream, run_until_disconnect, sse
-from tokenworks.serve.tool_calls import ToolCallStream, forced_call_grammar, parse_tool_calls, tool_choice_of
+from tokenworks.serve.tool_calls import ToolCallStream, parse_tool_calls, tool_use_of
 from tokenworks.serve.usage import StreamUsage, usage
 
 router = APIRouter()
@@ -54,29 +53,18 @@ async def create_chat_completion(body: ChatCompletionRequest, raw_request: Reque
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
     if body.stream and body.prompt_logprobs is not None:
         raise APIError(400, "prompt_logprobs are not streamed: ask without stream", param="prompt_logprobs")
-    tool_choice = tool_choice_of(body)
-    tools = [tool.model_dump(exclude_none=True) for tool in body.tools] if body.tools else None
-    if tools and state.engine.tokenizer is not None and not state.engine.tokenizer.renders_tools:
-        raise APIError(400, "this model's chat template does not render tools", param="tools")
-    prompt = render_messages(state, body.messages, body.add_generation_prompt, tools)
+    tools = tool_use_of(body, state.engine.tokenizer)
+    prompt = render_messages(state, body.messages, body.add_generation_prompt, tools.rendered)
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     k = (body.top_logprobs or 0) if body.logprobs else None
-    forced = None
-    if tool_choice not in ("none", "auto"):  # required, or a named function: only calls may come out
-        forced = forced_call_grammar(body.tools, tool_choice, body.parallel_tool_calls)
-        try:
-            check_grammar(forced)
-        except ValueError as error:
-            raise APIError(400, f"the tools' parameters cannot be compiled: {error}", param="tools") from None
     with bad_request():
-        params = sampling_params(body, max_tokens, k, body.prompt_logprobs, forced)
+        params = sampling_params(body, max_tokens, k, body.prompt_logprobs, tools.forced)
         prompt_ids = [state.engine.prepare(prompt, params)]
     ticket = state.admission.admit(body.n)
     request_id, created = new_id("chatcmpl"), int(time.time())
     choices = generate_choices(state, request_id, prompt_ids, params, body.n)
-    parse = tool_choice != "none"
     if body.stream:
-        events = _events(state, body, request_id, created, choices, prompt_ids, parse)
+        events = _events(state, body, request_id, created, choices, prompt_ids, tools.parse)
         return EventStream(events, on_close=ticket.release)
     try:
         finals = await run_until_disconnect(raw_request, collect_finals(choices))
@@ -89,7 +77,7 @@ async def create_chat_completion(body: ChatCompletionRequest, raw_request: Reque
         output = finals[index]
         message: dict = {"role": "assistant", "content": output.text}
         finish_reason = output.finish_reason
-        if parse:
+        if tools.parse:
             message["content"], calls = parse_tool_calls(output.text)
             if calls:
                 message["tool_calls"] = calls

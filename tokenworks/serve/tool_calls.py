@@ -18,7 +18,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from tokenworks.engine.grammar import check_grammar
 from tokenworks.engine.sampling_params import StructuredOutput
+from tokenworks.model.tokenizer import Tokenizer
 from tokenworks.serve.errors import APIError
 from tokenworks.serve.protocol import ChatCompletionRequest, Tool
 
@@ -27,7 +29,32 @@ _BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 _COMPACT_JSON = {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
 
 
-def tool_choice_of(body: ChatCompletionRequest) -> str | None:
+@dataclass(slots=True)
+class ToolUse:
+    """What a chat request's tools ask of the server."""
+
+    rendered: list[dict[str, Any]] | None  # the tools for the chat template
+    forced: StructuredOutput | None  # the grammar of a required or named call
+    parse: bool  # whether the answer's <tool_call> blocks become tool_calls
+
+
+def tool_use_of(body: ChatCompletionRequest, tokenizer: Tokenizer | None) -> ToolUse:
+    """The request's tools, checked: a 400 naming the field for what cannot be honoured."""
+    choice = tool_choice_of(body)
+    rendered = [tool.model_dump(exclude_none=True) for tool in body.tools] if body.tools else None
+    if rendered and tokenizer is not None and not tokenizer.renders_tools:
+        raise APIError(400, "this model's chat template does not render tools", param="tools")
+    forced = None
+    if choice not in ("none", "auto"):  # required, or a named function: only calls may come out
+        forced = forced_call_grammar(body.tools, choice, body.parallel_tool_calls)
+        try:
+            check_grammar(forced)
+        except ValueError as error:
+            raise APIError(400, f"the tools' parameters cannot be compiled: {error}", param="tools") from None
+    return ToolUse(rendered, forced, parse=choice != "none")
+
+
+def tool_choice_of(body: ChatCompletionRequest) -> str:
     """'none', 'auto', 'required' or the named function; a 400 for a choice that cannot be."""
     choice = body.tool_choice
     if not body.tools:
@@ -112,6 +139,7 @@ class ToolCallStream:
     def push(self, delta: str, finished: bool) -> tuple[str, list[dict[str, Any]]]:
         """The content to send now and the calls completed by this delta."""
         self.text += delta
+        content = ""
         if not self.in_calls:
             start = self.text.find(OPEN, self.sent)
             if start < 0:
@@ -121,8 +149,11 @@ class ToolCallStream:
             self.in_calls, self._scanned = True, start
             content = self.text[self.sent : start].rstrip("\n")
             self.sent = start
-            return content, self._complete_calls()
-        return "", self._complete_calls()
+        calls = self._complete_calls()
+        if finished and not self.calls:  # cut off inside its only <tool_call>: content, as parse_tool_calls says
+            content += self.text[self.sent :]
+            self.sent = len(self.text)
+        return content, calls
 
     def _safe_end(self) -> int:
         """Where the text may end without cutting what could become `<tool_call>`."""
