@@ -11,7 +11,6 @@ value closed, the last choice written) ends with finish_reason "stop" without an
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from pathlib import Path
 
@@ -81,8 +80,3 @@ class GrammarMatchers:
             return
         index = torch.tensor(rows, device=logits.device)
         logits[index] = logits[index].masked_fill(disallowed, float("-inf"))
-
-
-def choices_value(choices: list[str]) -> str:
-    """A `choice` constraint's value: the choices as a JSON list."""
-    return json.dumps(list(choices))
