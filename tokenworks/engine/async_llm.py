@@ -43,21 +43,30 @@ from tokenworks.engine.sampling_params import SamplingParams
 logger = logging.getLogger(__name__)
 
 
+# OpenMP's threads spin about 10 us before sleeping (GOMP_SPINCOUNT, ~100 a microsecond): long
+# enough to ride through the microseconds between a prefill's or a 5-8-row step's parallel
+# regions, short enough to leave the cores to the HTTP process between steps. Against sleeping
+# at once (tokenworks serve, tiny, 2 threads, 5 rounds): TTFT -19%, 8 streams +34% tokens/s, 32
+# streams +1%; 20,000 (LLM's) cost 32 streams 18-30% (docs/benchmarks.md, Interactivity).
+SERVING_OMP_SPIN_COUNT = 1000
+
+
 class AsyncLLM:
     def __init__(self, model: str | Path, **engine_options: Any) -> None:
         """Start the engine core and wait for it (blocking, as vLLM's AsyncLLM does).
 
         On an event loop that must keep serving while the model loads, use `await AsyncLLM.start(...)`.
+        `omp_spin_count` defaults to SERVING_OMP_SPIN_COUNT (None sleeps at once).
         """
-        self._setup(EngineOptions(model=model, **engine_options))
+        self._setup(_serving_options(model, engine_options))
         client = EngineCoreClient(self.options)
         self._attach(client, client.wait_ready())
 
     @classmethod
     async def start(cls, model: str | Path, **engine_options: Any) -> AsyncLLM:
-        """Start the engine core without blocking the running event loop."""
+        """Start the engine core without blocking the running event loop (options as __init__'s)."""
         engine = cls.__new__(cls)
-        engine._setup(EngineOptions(model=model, **engine_options))
+        engine._setup(_serving_options(model, engine_options))
         await engine._start_core()
         return engine
 
@@ -230,3 +239,7 @@ def _snapshot(output: RequestOutput) -> RequestOutput:
         output, token_ids=list(output.token_ids), delta_token_ids=list(output.delta_token_ids),
         logprobs=list(output.logprobs),
     )  # fmt: skip
+
+
+def _serving_options(model: str | Path, engine_options: dict[str, Any]) -> EngineOptions:
+    return EngineOptions(model=model, **{"omp_spin_count": SERVING_OMP_SPIN_COUNT, **engine_options})

@@ -30,9 +30,9 @@ class EngineOptions:
     seed: int = 0
     # Iterations the engine process's OpenMP threads spin before they sleep between parallel
     # regions (GOMP_SPINCOUNT, about 100 per microsecond). None: they sleep at once, the safe
-    # choice on a machine shared with other work (and the server's default); `LLM` defaults to
-    # 20000, 2.5x faster one-stream decoding of the tiny model on an idle machine, while on a
-    # busy one spinning threads made decoding 3-6x slower.
+    # choice on a machine shared with other work; `LLM` defaults to 20000, 2.5x faster
+    # one-stream decoding of the tiny model on an idle machine, while on a busy one spinning
+    # threads made decoding 3-6x slower; `AsyncLLM` (the server) to 1000, about 10 us.
     omp_spin_count: int | None = None
     # "auto": on CPU, compiled kernels (kernels/: decode attention read in place
     # from the paged cache, matrix products of up to four rows) and oneDNN's matrix products, each
