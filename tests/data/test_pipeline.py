@@ -111,8 +111,10 @@ def test_restart_skips_completed_stages_and_reruns_what_changed(tmp_path) -> Non
     assert [stage.resumed for stage in smaller.stages] == [True, True, True, True, False, False]
     assert smaller.manifest["parameters"]["vocab_size"] == 350
     # `tokenizers` breaks BPE count ties in hash-map order, which changes from run to run, and a merge
-    # that rebuilds an existing token leaves the vocabulary short of the size asked for (347 in 1 of 25).
-    assert 340 <= smaller.manifest["tokenizer"]["vocab_size"] <= 350 < first.manifest["tokenizer"]["vocab_size"]
+    # that rebuilds an existing token leaves the vocabulary short of the size asked for (347 in 1 of
+    # 25 runs asking 350; once, 347 asking 400): each tokenizer is held to its size at most.
+    assert 340 <= smaller.manifest["tokenizer"]["vocab_size"] <= 350
+    assert first.manifest["tokenizer"]["vocab_size"] <= 400
     (docs / "new.txt").write_text(prose(99))
     changed = run_ingest(_options(docs, tmp_path / "out", vocab_size=350))
     assert not any(stage.resumed for stage in changed.stages)
