@@ -33,6 +33,7 @@ TOOLS = [
 ]
 SCHEMAS = {"get_weather": WEATHER, "get_time": TIME}
 BOGUS_TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "bogus"}}}]
+STRICT_TOOLS = [{"type": "function", "function": {"name": "f", "parameters": TIME, "strict": True}}]
 MESSAGES = [{"role": "user", "content": "What is the weather in Oslo?"}]
 
 
@@ -153,6 +154,7 @@ def test_the_stream_parser_holds_back_a_tag_split_across_deltas() -> None:
         ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
         ({"tools": TOOLS, "tool_choice": "required", "response_format": {"type": "json_object"}}, "tool_choice"),
         ({"tools": BOGUS_TOOLS, "tool_choice": "required"}, "tools"),
+        ({"tools": STRICT_TOOLS, "tool_choice": "auto"}, "tool_choice"),  # strict cannot be enforced there
     ],
 )
 def test_tool_requests_that_cannot_be_answered_are_400s(http, extra, param) -> None:

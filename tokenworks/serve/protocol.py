@@ -117,7 +117,9 @@ class FunctionDefinition(OpenAIBody):
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     description: str | None = None
     parameters: dict[str, Any] | None = Field(None, description="A JSON schema of the arguments.")
-    strict: bool | None = Field(None, description="Accepted; required and named calls always follow parameters.")
+    strict: bool | None = Field(
+        None, description="Required and named calls always follow parameters; with auto, true is a 400."
+    )
 
 
 class Tool(OpenAIBody):

@@ -44,6 +44,9 @@ def tool_use_of(body: ChatCompletionRequest, tokenizer: Tokenizer | None) -> Too
     rendered = [tool.model_dump(exclude_none=True) for tool in body.tools] if body.tools else None
     if rendered and tokenizer is not None and not tokenizer.renders_tools:
         raise APIError(400, "this model's chat template does not render tools", param="tools")
+    if choice == "auto" and any(tool.function.strict for tool in body.tools or []):
+        raise APIError(400, "strict functions are enforced with tool_choice required or a named function, "
+                       "not auto (the model may answer in text there)", param="tool_choice")  # fmt: skip
     forced = None
     if choice not in ("none", "auto"):  # required, or a named function: only calls may come out
         forced = forced_call_grammar(body.tools, choice, body.parallel_tool_calls)
