@@ -199,9 +199,26 @@ def _top_p(probabilities: torch.Tensor, top_p: float) -> torch.Tensor:
     target = top_p * float(probabilities.sum())
     values, indices = probabilities.topk(count)
     if count < probabilities.shape[0] and float(values.sum()) < target:
-        values, indices = probabilities.sort(descending=True)
+        return _top_p_flat(probabilities, target)
     keep = values.cumsum(0) - values < target
     return torch.zeros_like(probabilities).index_put_((indices[keep],), values[keep])
+
+
+def _top_p_flat(probabilities: torch.Tensor, target: float) -> torch.Tensor:
+    """Top-p of a row whose likeliest tokens hold little mass (a flat distribution), without
+    sorting the row (14 ms at a 152k vocabulary): non-negative floats order as their bit
+    patterns do, so the top 16 bits (exponent and 7 mantissa bits) bucket the tokens in order.
+    Whole buckets above the one where the mass crosses the target are kept; only that bucket's
+    tokens are sorted."""
+    buckets = probabilities.view(torch.int32) >> 16  # 0 .. 32767, ordered as the values
+    mass = torch.zeros(1 << 15, dtype=torch.float64).index_add_(0, buckets, probabilities.to(torch.float64))
+    above = mass.flip(0).cumsum(0).flip(0) - mass  # the mass of every higher bucket
+    crossing = int(torch.nonzero(above < target).min())  # the lowest bucket whose higher ones fall short
+    inside = buckets == crossing
+    values = probabilities[inside].sort(descending=True).values
+    kept = values[values.cumsum(0) - values + float(above[crossing]) < target]
+    keep = (buckets > crossing) | (inside & (probabilities >= kept[-1]))
+    return probabilities.masked_fill(~keep, 0.0)
 
 
 def inverse_cdf(probabilities: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
