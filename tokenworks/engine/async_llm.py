@@ -91,6 +91,7 @@ class AsyncLLM:
             self.frontend = Frontend(self.options.model, ready)
         else:  # a restarted core: the same tokenizer, and request ids that go on counting
             self.frontend.ready = ready
+            self.frontend.loras = dict(ready.loras)  # adapters loaded at run time are gone with the old core
         self.tokenizer = self.frontend.tokenizer
         self.max_model_len = ready.max_model_len
         self.dead_error = None
@@ -100,25 +101,27 @@ class AsyncLLM:
 
     # ---- requests ----------------------------------------------------------------------
 
-    def prepare(self, prompt: Prompt, params: SamplingParams) -> list[int]:
+    def prepare(self, prompt: Prompt, params: SamplingParams, lora: str | None = None) -> list[int]:
         """Tokenize and check a prompt: raises ValueError (a 400) before anything is queued."""
         prompt_ids = self.frontend.prompt_ids(prompt)
-        self.frontend.check(prompt_ids, params)
+        self.frontend.check(prompt_ids, params, lora)
         return prompt_ids
 
     async def generate(
-        self, prompt: Prompt, params: SamplingParams, request_id: str | None = None, priority: int = 0
-    ) -> AsyncIterator[RequestOutput]:
-        """Yield the request's output as it grows (each with its delta), the last one finished."""
+        self, prompt: Prompt, params: SamplingParams, request_id: str | None = None, priority: int = 0,
+        lora: str | None = None,
+    ) -> AsyncIterator[RequestOutput]:  # fmt: skip
+        """Yield the request's output as it grows (each with its delta), the last one finished.
+        `lora` names a loaded LoRA adapter; None is the base model."""
         self._raise_if_dead()
         request_id = request_id or self.frontend.next_request_id()
         if request_id in self._streams:
             raise ValueError(f"request id {request_id!r} is already in use")
-        prompt_ids = self.prepare(prompt, params)
+        prompt_ids = self.prepare(prompt, params, lora)
         queue: asyncio.Queue = asyncio.Queue()
         self._streams[request_id] = (self.frontend.new_state(request_id, prompt_ids, params), queue)
         self._ensure_listening()
-        self.client.send(AddRequest(request_id, prompt_ids, params, priority, arrival_time=time.monotonic()))
+        self.client.send(AddRequest(request_id, prompt_ids, params, priority, arrival_time=time.monotonic(), lora=lora))
         finished = False
         try:
             while not finished:
@@ -148,6 +151,25 @@ class AsyncLLM:
         self._ensure_listening()
         self.client.send(UtilityCall(call_id, method, args))
         return await future
+
+    @property
+    def loras(self) -> dict[str, str]:
+        """The LoRA adapters loaded now: name -> path."""
+        return self.frontend.loras
+
+    async def load_lora(self, name: str, path: str | Path, replace: bool = False) -> dict[str, Any]:
+        """Load a PEFT adapter under `name` (ValueError naming what does not fit); requests then
+        pick it with `lora=name`. `replace`: in place of the adapter of that name, with no
+        request failing (those running finish with the old one). Returns its name, path, rank
+        and targets."""
+        info = await self.call("load_lora", name, str(path), replace)
+        self.frontend.loras[name] = info["path"]
+        return info
+
+    async def unload_lora(self, name: str) -> None:
+        """New requests can no longer use it; those already running finish with it."""
+        self.frontend.loras.pop(name, None)  # at once: no request sent from now on names it
+        await self.call("unload_lora", name)
 
     # ---- the core's messages -----------------------------------------------------------
 

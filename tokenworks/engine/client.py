@@ -128,7 +128,8 @@ class EngineCoreClient:
             self._ready = True
             return message
         if isinstance(message, Fatal):
-            logger.error("engine core failed to start: %s\n%s", message.message, message.details)
+            details = f"\n{message.details}" if message.details else ""  # none when it refused what it was given
+            logger.error("engine core failed to start: %s%s", message.message, details)
             raise EngineDeadError(f"the engine failed to start: {message.message}")
         return None
 

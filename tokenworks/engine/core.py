@@ -13,6 +13,7 @@ import time
 import torch
 
 from tokenworks.engine.kv_cache_manager import KVCacheManager
+from tokenworks.engine.lora import LoraAdapter, LoraRegistry
 from tokenworks.engine.malloc_tuning import keep_freed_memory
 from tokenworks.engine.messages import CoreOutput, StepStats
 from tokenworks.engine.model_runner import ModelRunner, PromptRows, kv_bytes_per_block
@@ -55,6 +56,9 @@ class EngineCore:
         argmax = kernels.greedy_tokens if kernels is not None else None  # torch's argmax elsewhere
         self.sampler = Sampler(options.seed, device=device, argmax=argmax)
         self.grammars: GrammarMatchers | None = None  # built on the first structured-output request
+        self.loras = LoraRegistry(config, options.max_loras, options.max_lora_rank, self.model.dtype, self.model.device)
+        for name, path in (options.lora_modules or {}).items():
+            self.load_lora(name, str(path))
         self.last_stats = StepStats(self.scheduler.stats())
         logger.info(
             "engine ready: %s on %s, %d KV blocks of %d tokens",
@@ -79,19 +83,27 @@ class EngineCore:
 
     def add_request(
         self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, priority: int = 0,
-        arrival_time: float | None = None, stream: bool = True,
+        arrival_time: float | None = None, stream: bool = True, lora: str | None = None,
     ) -> None:  # fmt: skip
-        """Queue a request; ValueError (the caller's 400) if it cannot fit the context.
+        """Queue a request; ValueError (the caller's 400) if it cannot fit the context or names
+        no loaded adapter.
 
         A request that does not stream yields no per-step outputs, only its finished one
         with every token: offline callers then wake once per request instead of per step.
         """
         check_prompt(prompt_token_ids, params, self.max_model_len, self.model.config.vocab_size)
+        adapter = self.loras.acquire(lora) if lora is not None else None
         request = Request(
-            request_id, prompt_token_ids, params, self.eos_token_ids, priority, arrival_time, stream=stream
-        )
-        if params.structured_output is not None:
-            request.matcher = self._grammar_matchers().matcher_for(params.structured_output)
+            request_id, prompt_token_ids, params, self.eos_token_ids, priority, arrival_time,
+            cache_salt=adapter.cache_salt if adapter is not None else None, stream=stream,
+        )  # fmt: skip
+        request.adapter = adapter
+        try:
+            if params.structured_output is not None:
+                request.matcher = self._grammar_matchers().matcher_for(params.structured_output)
+        except ValueError:
+            self._release_adapter(request)
+            raise
         self.scheduler.add_request(request)
 
     def _grammar_matchers(self) -> GrammarMatchers:
@@ -111,8 +123,7 @@ class EngineCore:
         for request_id in request_ids:
             request = self.scheduler.requests.get(request_id)
             if request is not None:
-                self.scheduler.finish(request, RequestStatus.FINISHED_ABORTED)
-                self.sampler.forget(request_id)
+                self._finish(request, RequestStatus.FINISHED_ABORTED)
                 outputs.append(self._output(request, [], None))
         self.last_stats = StepStats(self.scheduler.stats())
         return outputs
@@ -156,11 +167,49 @@ class EngineCore:
                 times.first_token = now
             status = self._stop_status(request, token.token_id)
             if status is not None:
-                self.scheduler.finish(request, status)
-                self.sampler.forget(request.request_id)
+                self._finish(request, status)
             if request.stream or request.finished:
                 outputs.append(self._output(request, [token.token_id], token.logprobs))
         return outputs
+
+    def _finish(self, request: Request, status: RequestStatus) -> None:
+        self.scheduler.finish(request, status)
+        self.sampler.forget(request.request_id)
+        self._release_adapter(request)
+
+    def _release_adapter(self, request: Request) -> None:
+        adapter: LoraAdapter | None = request.adapter
+        if adapter is None:
+            return
+        request.adapter = None
+        adapter.users -= 1
+        if adapter.unloaded and adapter.users == 0:
+            self.runner.remove_adapter(adapter)
+
+    # ---- LoRA adapters (utility calls) --------------------------------------------------------
+
+    def load_lora(self, name: str, path: str, replace: bool = False) -> dict:
+        """Load a PEFT adapter under `name` (with `replace`, in place of the one of that name:
+        its running requests finish with it, new ones get the new one); ValueError (a 400)
+        naming what does not fit."""
+        adapter, replaced = self.loras.load(name, path, replace)
+        self.runner.add_adapter(adapter)
+        if replaced is not None and replaced.users == 0:
+            self.runner.remove_adapter(replaced)
+        logger.info(
+            "LoRA adapter %r loaded from %s (rank %d, %s)", name, path, adapter.rank, ", ".join(adapter.targets)
+        )
+        return {"name": name, "path": adapter.path, "rank": adapter.rank, "targets": list(adapter.targets)}
+
+    def unload_lora(self, name: str) -> None:
+        """New requests may no longer use it; requests running with it finish with it."""
+        adapter = self.loras.unload(name)
+        if adapter.users == 0:
+            self.runner.remove_adapter(adapter)
+        logger.info("LoRA adapter %r unloaded", name)
+
+    def list_loras(self) -> dict[str, str]:
+        return self.loras.listing()
 
     def _score_prompt(self, rows: PromptRows) -> None:
         """Append the logprobs of the prompt tokens these rows predict to their request, the

@@ -37,11 +37,12 @@ from tokenworks.engine.messages import (
     UtilityCall,
     UtilityResult,
 )
+from tokenworks.errors import TokenworksError
 from tokenworks.gc_tuning import calm_the_garbage_collector
 
 logger = logging.getLogger(__name__)
 
-UTILITY_METHODS = {"reset_prefix_cache", "stats"}
+UTILITY_METHODS = {"reset_prefix_cache", "stats", "load_lora", "unload_lora", "list_loras"}
 START_TIMEOUT_S = 60.0  # the caller sends StartEngine right after launching us
 LAST_WORDS_TIMEOUT_S = 1.0  # for a Fatal message still queued when the core gives up
 # How often an idle core checks that its caller is still there. A caller that dies closes its
@@ -70,9 +71,14 @@ def main(argv: list[str] | None = None) -> None:
     except ChannelClosed:
         logger.warning("the caller closed its connection: stopping")
     except Exception as error:  # report, then die: the caller fails every waiting request
-        logger.exception("engine core failed")
+        refused = isinstance(error, RefusedStart)
+        error = error.__cause__ if refused else error
+        if refused:  # a checkpoint or adapter that cannot be loaded: its reason says it all
+            logger.error("engine core cannot start: %s: %s", type(error).__name__, error)
+        else:
+            logger.exception("engine core failed")
         try:
-            channel.send(Fatal(f"{type(error).__name__}: {error}", traceback.format_exc()))
+            channel.send(Fatal(f"{type(error).__name__}: {error}", "" if refused else traceback.format_exc()))
             channel.send_all(LAST_WORDS_TIMEOUT_S)
         except ChannelClosed:
             pass
@@ -83,10 +89,17 @@ def main(argv: list[str] | None = None) -> None:
     os._exit(0)  # skip interpreter teardown: torch's thread pools can stall it
 
 
+class RefusedStart(Exception):
+    """The core cannot load what it was asked to (its cause says why): the caller's mistake, not a bug."""
+
+
 def run(start: StartEngine, channel: Channel) -> None:
     """Build the core, announce readiness, loop until told to stop or orphaned."""
     logging.basicConfig(level=start.log_level, format="engine-core %(levelname)s %(message)s")
-    core = EngineCore(start.options)
+    try:
+        core = EngineCore(start.options)
+    except (TokenworksError, ValueError) as error:
+        raise RefusedStart() from error
     # The collector's passes over torch's modules and the model took about 5% of an offline run
     # of the benchmark's tiny model (2 threads; 9,855-9,972 tok/s, 10,374-10,476 without them).
     calm_the_garbage_collector()
@@ -97,7 +110,7 @@ def run(start: StartEngine, channel: Channel) -> None:
 def ready_message(core: EngineCore) -> Ready:
     return Ready(
         core.max_model_len, core.model.config.vocab_size, sorted(core.eos_token_ids),
-        core.kv_cache.pool.num_blocks, core.kv_cache.block_size, str(core.model.device),
+        core.kv_cache.pool.num_blocks, core.kv_cache.block_size, str(core.model.device), core.list_loras(),
     )  # fmt: skip
 
 
@@ -127,7 +140,7 @@ def handle_message(core: EngineCore, message: object, send: Send) -> None:
         try:
             core.add_request(
                 message.request_id, message.prompt_token_ids, message.params, message.priority, message.arrival_time,
-                message.stream,
+                message.stream, message.lora,
             )  # fmt: skip
         except ValueError as error:
             send(RequestError(message.request_id, str(error)))
@@ -139,7 +152,12 @@ def handle_message(core: EngineCore, message: object, send: Send) -> None:
         elif message.method == "stats":
             send(UtilityResult(message.call_id, core.last_stats))
         else:
-            send(UtilityResult(message.call_id, getattr(core, message.method)(*message.args)))
+            try:
+                result = getattr(core, message.method)(*message.args)
+            except ValueError as error:  # the caller's mistake (a bad adapter): its answer, not the core's end
+                send(UtilityResult(message.call_id, error=str(error)))
+            else:
+                send(UtilityResult(message.call_id, result))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ class Frontend:
 
     def __init__(self, model_dir: str | Path, ready: Ready) -> None:
         self.ready = ready
+        self.loras = dict(ready.loras)  # the core's LoRA adapters, name -> path, kept as they change
         has_tokenizer = (Path(model_dir) / "tokenizer.json").is_file()
         self.tokenizer = Tokenizer.load(model_dir) if has_tokenizer else None
         self._ids = itertools.count()
@@ -34,9 +35,11 @@ class Frontend:
             return self.tokenizer.encode(prompt)
         return list(prompt)
 
-    def check(self, prompt_ids: list[int], params: SamplingParams) -> None:
+    def check(self, prompt_ids: list[int], params: SamplingParams, lora: str | None = None) -> None:
         """ValueError naming what the engine would refuse, before anything is queued."""
         check_prompt(prompt_ids, params, self.ready.max_model_len, self.ready.vocab_size)
+        if lora is not None and lora not in self.loras:
+            raise ValueError(f"no LoRA adapter named {lora!r} is loaded")
         if params.structured_output is not None:
             if self.tokenizer is None:
                 raise ValueError("this model directory has no tokenizer.json, so no structured output")

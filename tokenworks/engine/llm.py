@@ -47,23 +47,31 @@ class LLM:
         self.tokenizer = self.frontend.tokenizer
 
     def generate(
-        self, prompts: Prompt | Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams] | None = None
-    ) -> list[RequestOutput]:
-        """Generate for every prompt (text or token ids); outputs in the order of the prompts."""
+        self, prompts: Prompt | Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams] | None = None,
+        lora: str | Sequence[str | None] | None = None,
+    ) -> list[RequestOutput]:  # fmt: skip
+        """Generate for every prompt (text or token ids); outputs in the order of the prompts.
+
+        `lora`: the name of a LoRA adapter (given in `lora_modules`) for every prompt, or one
+        name or None per prompt; None is the base model.
+        """
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
         params_list = _params_for(prompts, params)
+        loras = _per_prompt(prompts, lora, "LoRA names")
         prompt_ids = [self.frontend.prompt_ids(prompt) for prompt in prompts]
-        for ids, request_params in zip(prompt_ids, params_list, strict=True):
-            self.frontend.check(ids, request_params)
+        for ids, request_params, name in zip(prompt_ids, params_list, loras, strict=True):
+            self.frontend.check(ids, request_params, name)
         states = {}
-        for ids, request_params in zip(prompt_ids, params_list, strict=True):
+        for ids, request_params, name in zip(prompt_ids, params_list, loras, strict=True):
             request_id = self.frontend.next_request_id()
             states[request_id] = self.frontend.new_state(request_id, ids, request_params)
             # Without stop strings (which the caller finds in the text as it grows) nothing
             # needs the tokens before the request ends: the core then sends the outputs once.
             stream = bool(request_params.stop)
-            self.client.send(AddRequest(request_id, ids, request_params, arrival_time=time.monotonic(), stream=stream))
+            self.client.send(
+                AddRequest(request_id, ids, request_params, arrival_time=time.monotonic(), stream=stream, lora=name)
+            )
         unfinished = set(states)
         try:
             while unfinished:
@@ -106,8 +114,13 @@ def _params_for(
 ) -> list[SamplingParams]:
     if params is None:
         return [SamplingParams() for _ in prompts]
-    if isinstance(params, SamplingParams):
-        return [params] * len(prompts)
-    if len(params) != len(prompts):
-        raise ValueError(f"{len(params)} sampling parameters for {len(prompts)} prompts")
-    return list(params)
+    return _per_prompt(prompts, params, "sampling parameters")
+
+
+def _per_prompt(prompts: Sequence[Prompt], value: Any, what: str) -> list:
+    """One value for every prompt, or a sequence of one per prompt."""
+    if value is None or isinstance(value, str | SamplingParams):
+        return [value] * len(prompts)
+    if len(value) != len(prompts):
+        raise ValueError(f"{len(value)} {what} for {len(prompts)} prompts")
+    return list(value)

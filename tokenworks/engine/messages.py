@@ -36,6 +36,7 @@ class AddRequest:
     priority: int = 0
     arrival_time: float | None = None
     stream: bool = True  # False: no per-step deltas, only the finished output with all its tokens
+    lora: str | None = None  # the name of a loaded LoRA adapter; None: the base model
 
 
 @dataclass(slots=True)
@@ -68,6 +69,7 @@ class Ready:
     num_kv_blocks: int
     block_size: int
     device: str
+    loras: dict[str, str] = field(default_factory=dict)  # the LoRA adapters loaded at start: name -> path
 
 
 @dataclass(slots=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -31,6 +31,7 @@ from tokenworks.engine.attention import (
 from tokenworks.engine.huge_pages import HugePageArena, aligned_bytes
 from tokenworks.engine.kernels import cpu_kernels
 from tokenworks.engine.linear import SMALL_BATCH_ROWS, Matrix, choose_linear, onednn_linear
+from tokenworks.engine.lora import LoraAdapter
 from tokenworks.engine.request import Request
 from tokenworks.engine.scheduler import ScheduledChunk
 from tokenworks.model.layers import RMSNorm, apply_rotary
@@ -137,6 +138,10 @@ class StepBatch:
     # Requests that asked for prompt logprobs: (request, first position, count) and their rows.
     prompt_spans: list[tuple[Request, int, int]] = field(default_factory=list)
     prompt_index: torch.Tensor | None = None
+    # Rows of requests with a LoRA adapter: each row's adapter key (-1: the base) for the compiled
+    # layers, and each adapter's rows for the PyTorch ones; None when no row has one.
+    row_adapters: torch.Tensor | None = None
+    adapter_rows: list[tuple[LoraAdapter, torch.Tensor]] | None = None
 
 
 class ModelRunner:
@@ -226,9 +231,12 @@ class ModelRunner:
         sample_rows: list[int] = []
         prompt_spans: list[tuple[Request, int, int]] = []
         prompt_rows: list[int] = []
+        adapted: dict[LoraAdapter, list[int]] = {}
         for chunk in chunks:
             request, start, count = chunk.request, chunk.start, chunk.num_tokens
             row = len(ids)
+            if request.adapter is not None:
+                adapted.setdefault(request.adapter, []).extend(range(row, row + count))
             table = request.block_ids
             context = start + count
             if count == 1:  # a decode token: the common case, spelled out (256 of them a step)
@@ -272,10 +280,18 @@ class ModelRunner:
                 as_tensor(chunk_rows), as_tensor(chunk_lengths), as_tensor(chunk_contexts),
                 as_tensor(_padded(chunk_tables)), window,
             )  # fmt: skip
-        return StepBatch(
+        batch = StepBatch(
             as_tensor(ids), as_tensor(positions), as_tensor(slots), decode, prefills, as_tensor(sample_rows),
             max(positions), prompt_spans, as_tensor(prompt_rows) if prompt_rows else None,
         )  # fmt: skip
+        if adapted:
+            keys = [-1] * len(ids)
+            for adapter, rows in adapted.items():
+                for row in rows:
+                    keys[row] = adapter.key
+            batch.row_adapters = torch.tensor(keys, dtype=torch.long)  # read on the CPU by the kernels
+            batch.adapter_rows = [(adapter, as_tensor(rows)) for adapter, rows in adapted.items()]
+        return batch
 
     def _decode_group(self, rows: list[int], tables: list[list[int]], contexts: list[int]) -> DecodeGroup:
         device, window = self.device, self.config.sliding_window
@@ -354,15 +370,35 @@ class ModelRunner:
             *((decode.rows, decode.block_table, decode.context_lens) if decode else (none, no_table, none)),
             *((prefill.first_rows, prefill.lengths, prefill.context_lens, prefill.block_table)
               if prefill else (none, none, none, no_table)),
+            batch.row_adapters if batch.row_adapters is not None else none,
         )  # fmt: skip
+
+    # ---- LoRA adapters -------------------------------------------------------------------
+
+    def add_adapter(self, adapter: LoraAdapter) -> None:
+        """Hand a loaded adapter's pieces to the compiled layers (the PyTorch ones read them from
+        the adapter itself)."""
+        if self.step_layers is None:
+            return
+        for layer, products in enumerate(adapter.pieces):
+            for product, pieces in enumerate(products):
+                for piece in pieces:
+                    self.step_layers.add_adapter_piece(adapter.key, layer, product, piece.a, piece.b_t, piece.offset)
+
+    def remove_adapter(self, adapter: LoraAdapter) -> None:
+        if self.step_layers is not None:
+            self.step_layers.remove_adapter(adapter.key)
 
     def _layers(self, batch: StepBatch, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """The decoder layers with PyTorch ops around the step's products and paged attention."""
         num_tokens = hidden.shape[0]
         config, linear = self.config, self.linear
         heads, kv_heads, head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        adapters = batch.adapter_rows or ()
         for index, weights in enumerate(self.layers):
-            qkv = linear(weights.input_norm(hidden), weights.qkv, weights.qkv_bias)
+            normed = weights.input_norm(hidden)
+            qkv = linear(normed, weights.qkv, weights.qkv_bias)
+            _add_adapters(adapters, index, 0, normed, qkv)
             # Rotate queries and keys together (one set of kernels for both), then split them.
             rotated = apply_rotary(qkv[:, : (heads + kv_heads) * head_dim].view(num_tokens, -1, head_dim), cos, sin)
             q, k = rotated[:, :heads], rotated[:, heads:]  # (N, H, D), (N, K, D)
@@ -380,11 +416,34 @@ class ModelRunner:
                 self.gather_buffers,
                 self.kernels,
             )
-            hidden = hidden + linear(attended.view(num_tokens, -1), weights.o, weights.o_bias)
+            heads_out = attended.view(num_tokens, -1)
+            projected = linear(heads_out, weights.o, weights.o_bias)
+            _add_adapters(adapters, index, 1, heads_out, projected)
+            hidden = hidden + projected
             normed = weights.post_norm(hidden)
-            gate, up = linear(normed, weights.gate_up, weights.gate_up_bias).chunk(2, -1)
-            hidden = hidden + linear(F.silu(gate) * up, weights.down, weights.down_bias)
+            gate_up = linear(normed, weights.gate_up, weights.gate_up_bias)
+            _add_adapters(adapters, index, 2, normed, gate_up)
+            gate, up = gate_up.chunk(2, -1)
+            activated = F.silu(gate) * up
+            projected = linear(activated, weights.down, weights.down_bias)
+            _add_adapters(adapters, index, 3, activated, projected)
+            hidden = hidden + projected
         return hidden
+
+
+def _add_adapters(
+    adapters: Iterable[tuple[LoraAdapter, torch.Tensor]], layer: int, product: int, x: torch.Tensor, y: torch.Tensor
+) -> None:
+    """y[rows] += x[rows] A^T B_t for each adapter's rows and each of its pieces of this product
+    (the compiled layers' add_adapters, with PyTorch ops)."""
+    for adapter, rows in adapters:
+        pieces = adapter.pieces[layer][product]
+        if not pieces:
+            continue
+        selected = x.index_select(0, rows)
+        for piece in pieces:
+            delta = (selected @ piece.a.t()) @ piece.b_t
+            y[:, piece.offset : piece.offset + delta.shape[1]].index_add_(0, rows, delta)
 
 
 def _longs(values: list, device: torch.device) -> torch.Tensor:

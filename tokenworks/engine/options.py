@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+MAX_LORA_RANK = 512  # the compiled kernels' limit (kernels/step_layers.h)
+
 
 @dataclass(slots=True)
 class EngineOptions:
@@ -42,6 +44,12 @@ class EngineOptions:
     # which products of more than four rows read (1.04-2.8x faster, most at 8-32 rows; linear.py
     # has the figures) at the cost of the weights' memory a second time. False: one copy.
     pack_weights: bool = True
+    # LoRA adapters (PEFT directories) loaded at start, by the name requests use; more can be
+    # loaded and unloaded while serving. max_loras: adapters held at once (every one of them may
+    # have rows in the same step); max_lora_rank: the largest rank accepted.
+    lora_modules: dict[str, str] | None = None
+    max_loras: int = 8
+    max_lora_rank: int = 64
 
     def validate(self) -> None:
         if (
@@ -58,6 +66,10 @@ class EngineOptions:
             raise ValueError(f"omp_spin_count must be None or at least 0, got {self.omp_spin_count}")
         if self.kernels not in ("auto", "torch"):
             raise ValueError(f"kernels must be 'auto' or 'torch', got {self.kernels!r}")
+        if self.max_loras < 1 or not 1 <= self.max_lora_rank <= MAX_LORA_RANK:
+            raise ValueError(f"max_loras must be positive and max_lora_rank in [1, {MAX_LORA_RANK}]")
+        if self.lora_modules and len(self.lora_modules) > self.max_loras:
+            raise ValueError(f"{len(self.lora_modules)} lora_modules but max_loras is {self.max_loras}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
 

@@ -69,6 +69,7 @@ class Request:
         # Per prompt token, when params.prompt_logprobs is set: the first has none (nothing
         # predicts it); each other its logprob and the top k, and its rank in the vocabulary.
         self.matcher: object | None = None  # llguidance's, following the output, with a structured_output
+        self.adapter: object | None = None  # its LoRA adapter (lora.LoraAdapter), None for the base model
         self.prompt_logprobs: list[dict[int, float] | None] = []
         self.prompt_ranks: list[int | None] = []
         if params.prompt_logprobs is not None:

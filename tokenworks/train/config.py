@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from tokenworks.errors import TrainError
+from tokenworks.model.adapter import LORA_TARGETS
 
 # The preset `tokenworks train` uses with no model arguments: the one that reached the lowest
 # validation loss on the default corpus within the default 5-minute budget on 2 CPU cores
 # (benchmarks/preset_search.py runs that race; its tables are in docs/benchmarks.md).
 DEFAULT_PRESET = "nano"
 DEFAULT_TIME_BUDGET_S = 300.0
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass(slots=True)

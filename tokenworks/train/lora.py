@@ -15,16 +15,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from tokenworks.errors import TrainError
+from tokenworks.errors import CheckpointError, TrainError
+from tokenworks.model import adapter
+from tokenworks.model.adapter import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, PEFT_PREFIX
 from tokenworks.model.transformer import CausalLM
 from tokenworks.train.config import LoraConfig
-
-ADAPTER_CONFIG_NAME = "adapter_config.json"
-ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
-PEFT_PREFIX = "base_model.model."
 
 
 class LoRALinear(nn.Module):
@@ -123,21 +121,11 @@ def save_adapter(model: nn.Module, config: LoraConfig, directory: Path, base: st
 
 def read_adapter_config(directory: Path) -> tuple[LoraConfig, str]:
     """The LoRA settings and base model path of a saved adapter."""
-    path = directory / ADAPTER_CONFIG_NAME
-    if not path.is_file():
-        raise TrainError(f"{path} not found: {directory} is not a LoRA adapter directory")
     try:
-        raw = json.loads(path.read_text())
-        if raw.get("peft_type", "LORA") != "LORA" or raw.get("use_dora") or raw.get("use_rslora"):
-            raise TrainError(f"{path}: only plain LoRA adapters are supported (not DoRA or rsLoRA)")
-        targets = raw["target_modules"]
-        targets = [targets] if isinstance(targets, str) else targets
-        config = LoraConfig(
-            int(raw["r"]), float(raw["lora_alpha"]), float(raw.get("lora_dropout", 0.0)), tuple(targets)
-        )
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-        raise TrainError(f"{path} is not a valid adapter_config.json") from None
-    return config, str(raw.get("base_model_name_or_path") or "")
+        saved = adapter.read_adapter_config(directory)
+    except CheckpointError as error:
+        raise TrainError(str(error)) from None
+    return LoraConfig(saved.rank, saved.alpha, saved.dropout, saved.targets), saved.base
 
 
 def load_adapter(model: CausalLM, directory: Path) -> CausalLM:
@@ -145,9 +133,10 @@ def load_adapter(model: CausalLM, directory: Path) -> CausalLM:
     config, _ = read_adapter_config(directory)
     apply_lora(model, config)
     expected = {PEFT_PREFIX + k: v for k, v in model.state_dict().items() if ".lora_A." in k or ".lora_B." in k}
-    tensors = load_file(directory / ADAPTER_WEIGHTS_NAME)
-    # PEFT writes names without the adapter name ("default"); accept ".lora_A.default.weight" too.
-    tensors = {k.replace(".default.weight", ".weight"): v for k, v in tensors.items()}
+    try:
+        tensors = adapter.read_adapter_tensors(directory)
+    except CheckpointError as error:
+        raise TrainError(str(error)) from None
     if set(tensors) != set(expected):
         missing = sorted(set(expected) - set(tensors))[:1] or sorted(set(tensors) - set(expected))[:1]
         raise TrainError(f"the adapter in {directory} does not fit this base model (first mismatch: {missing[0]})")

@@ -44,5 +44,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   pybind11::class_<StepLayers>(m, "StepLayers")
       .def(pybind11::init<int64_t, int64_t, int64_t, double, int64_t, int64_t>())
       .def("add_layer", &StepLayers::add_layer)
+      .def("add_adapter_piece", &StepLayers::add_adapter_piece)
+      .def("remove_adapter", &StepLayers::remove_adapter)
       .def("forward", &StepLayers::forward);
 }

@@ -7,7 +7,11 @@
 #include "vectors.h"
 
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/tensor.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -105,7 +109,7 @@ void StepLayers::forward(at::Tensor& hidden, const at::Tensor& slots, const at::
                          const at::Tensor& decode_rows, const at::Tensor& decode_tables,
                          const at::Tensor& decode_contexts, const at::Tensor& chunk_rows,
                          const at::Tensor& chunk_lengths, const at::Tensor& chunk_contexts,
-                         const at::Tensor& chunk_tables) {
+                         const at::Tensor& chunk_tables, const at::Tensor& row_adapters) {
   const int64_t rows = hidden.size(0), width = hidden.size(1), dim = head_dim_, q_width = heads_ * dim;
   TORCH_CHECK(slots.numel() == rows && cos.size(0) == rows && cos.size(1) == dim && sin.sizes() == cos.sizes(),
               "StepLayers: one slot and rotation per row");
@@ -119,11 +123,14 @@ void StepLayers::forward(at::Tensor& hidden, const at::Tensor& slots, const at::
   const bool decodes = decode_rows.numel() > 0, chunks = chunk_rows.numel() > 0;
   const double scale = 1.0 / std::sqrt(static_cast<double>(dim));
   float* x = hidden.data_ptr<float>();
+  set_row_adapters(row_adapters, rows);
   at::Tensor normed = at::empty({rows, width}, hidden.options());
   at::Tensor attended = at::empty({rows, heads_, dim}, hidden.options());
-  for (Layer& layer : layers_) {
+  for (int64_t index = 0; index < static_cast<int64_t>(layers_.size()); ++index) {
+    Layer& layer = layers_[index];
     rms_norm_rows(normed.data_ptr<float>(), x, layer.input_norm.data_ptr<float>(), rows, width, eps_);
     at::Tensor qkv = product(layer.projections[0], normed);
+    add_adapters(index, 0, normed, qkv.data_ptr<float>(), qkv.size(1));
     rotate_and_store(qkv, cos.data_ptr<float>(), sin.data_ptr<float>(), slots.data_ptr<int64_t>(), layer.k_cache,
                      layer.v_cache, heads_);
     const at::Tensor queries = qkv.view({rows, heads_ + 2 * kv_heads_, dim}).narrow(1, 0, heads_);
@@ -135,11 +142,107 @@ void StepLayers::forward(at::Tensor& hidden, const at::Tensor& slots, const at::
       paged_prefill_attention(attended, queries, layer.k_cache, layer.v_cache, chunk_tables, chunk_rows,
                               chunk_lengths, chunk_contexts, scale, window_);
     }
-    add_product(layer.projections[1], attended.view({rows, q_width}), x, width);
+    const at::Tensor heads_out = attended.view({rows, q_width});
+    add_product(layer.projections[1], heads_out, x, width);
+    add_adapters(index, 1, heads_out, x, width);
     rms_norm_rows(normed.data_ptr<float>(), x, layer.post_norm.data_ptr<float>(), rows, width, eps_);
-    const at::Tensor activated = silu_and_mul(product(layer.projections[2], normed));
+    at::Tensor gate_up = product(layer.projections[2], normed);
+    add_adapters(index, 2, normed, gate_up.data_ptr<float>(), gate_up.size(1));
+    const at::Tensor activated = silu_and_mul(gate_up);
     add_product(layer.projections[3], activated, x, width);
+    add_adapters(index, 3, activated, x, width);
   }
+  lora_tiles_.clear();
+  lora_groups_.clear();
+}
+
+void StepLayers::add_adapter_piece(int64_t key, int64_t layer, int64_t product, const at::Tensor& a,
+                                   const at::Tensor& b_t, int64_t offset) {
+  TORCH_CHECK(layer >= 0 && layer < static_cast<int64_t>(layers_.size()) && product >= 0 && product < 4,
+              "StepLayers: an adapter piece's layer and product");
+  check_float(a, "StepLayers: lora A");
+  check_float(b_t, "StepLayers: lora B");
+  const at::Tensor& weight = layers_[layer].projections[product].weight;
+  TORCH_CHECK(a.dim() == 2 && b_t.dim() == 2 && a.size(0) == b_t.size(0) && a.size(0) <= kMaxLoraRank &&
+                  a.size(1) == weight.size(1) && offset >= 0 && offset + b_t.size(1) <= weight.size(0),
+              "StepLayers: adapter piece shapes (rank at most ", kMaxLoraRank, ")");
+  Adapter& adapter = adapters_[key];
+  adapter.resize(layers_.size() * 4);
+  adapter[layer * 4 + product].push_back({a, b_t, offset});
+}
+
+void StepLayers::remove_adapter(int64_t key) { adapters_.erase(key); }
+
+void StepLayers::set_row_adapters(const at::Tensor& row_adapters, int64_t rows) {
+  lora_tiles_.clear();
+  lora_groups_.clear();
+  if (row_adapters.numel() == 0) return;
+  TORCH_CHECK(row_adapters.numel() == rows && row_adapters.scalar_type() == at::kLong && row_adapters.is_contiguous(),
+              "StepLayers: one int64 adapter key per row");
+  const int64_t* keys = row_adapters.data_ptr<int64_t>();
+  std::vector<std::pair<const Adapter*, std::vector<int64_t>>> groups;  // few: a linear search finds each
+  int64_t adapted = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    if (keys[r] < 0) continue;
+    const auto found = adapters_.find(keys[r]);
+    TORCH_CHECK(found != adapters_.end(), "StepLayers: no adapter with key ", keys[r]);
+    auto group = std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return g.first == &found->second; });
+    if (group == groups.end()) group = groups.insert(groups.end(), {&found->second, {}});
+    group->second.push_back(r);
+    ++adapted;
+  }
+  for (auto& [adapter, members] : groups) {
+    if (adapted > kLoraProductRows) {
+      lora_groups_.emplace_back(adapter, at::tensor(members, row_adapters.options()));
+      continue;
+    }
+    for (size_t first = 0; first < members.size(); first += kLoraTileRows) {
+      const size_t last = std::min(members.size(), first + kLoraTileRows);
+      lora_tiles_.push_back({adapter, std::vector<int64_t>(members.begin() + first, members.begin() + last)});
+    }
+  }
+}
+
+// y (N rows `stride` apart) += x A^T B_t, for each row's adapter's pieces of this product. A tile's
+// rows (up to 8 of one adapter) take each row of A and of B_t once for all of them, from L1; the
+// tiles share the threads. Many rows (a prefill) instead go through two products per adapter
+// and piece, as a GEMM-shaped job should.
+void StepLayers::add_adapters(int64_t layer, int product, const at::Tensor& x, float* y, int64_t stride) const {
+  const int64_t in = x.size(1);
+  if (!lora_groups_.empty()) {
+    const at::Tensor out = at::from_blob(y, {x.size(0), stride}, x.options());
+    for (const auto& [adapter, rows] : lora_groups_) {
+      const auto& pieces = (*adapter)[layer * 4 + product];
+      if (pieces.empty()) continue;
+      const at::Tensor selected = x.index_select(0, rows);
+      for (const LoraPiece& piece : pieces) {
+        const at::Tensor delta = at::mm(at::mm(selected, piece.a.t()), piece.b_t);
+        out.narrow(1, piece.offset, piece.b_t.size(1)).index_add_(0, rows, delta);
+      }
+    }
+    return;
+  }
+  const float* xs = x.data_ptr<float>();
+  parallel_for(0, static_cast<int64_t>(lora_tiles_.size()), 1, [&](int64_t begin, int64_t end) {
+    float t[kLoraTileRows * kMaxLoraRank];
+    for (int64_t i = begin; i < end; ++i) {
+      const LoraTile& tile = lora_tiles_[i];
+      const int64_t count = static_cast<int64_t>(tile.rows.size());
+      for (const LoraPiece& piece : (*tile.adapter)[layer * 4 + product]) {
+        const int64_t rank = piece.a.size(0), width = piece.b_t.size(1);
+        const float* a = piece.a.data_ptr<float>();
+        const float* b_t = piece.b_t.data_ptr<float>();
+        for (int64_t k = 0; k < rank; ++k) {
+          for (int64_t m = 0; m < count; ++m) t[m * rank + k] = dot(a + k * in, xs + tile.rows[m] * in, in);
+        }
+        for (int64_t k = 0; k < rank; ++k) {
+          for (int64_t m = 0; m < count; ++m) {
+            axpy(y + tile.rows[m] * stride + piece.offset, b_t + k * width, t[m * rank + k], width);
+          }
+        }
+      }
+    }
+  });
 }
 
 at::Tensor StepLayers::product(const Projection& p, const at::Tensor& x) const {

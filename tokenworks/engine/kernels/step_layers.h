@@ -4,6 +4,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <unordered_map>
 #include <vector>
 
 namespace tokenworks {
@@ -18,6 +19,11 @@ namespace tokenworks {
 // the packed weights where given.
 class StepLayers {
  public:
+  static constexpr int64_t kMaxLoraRank = 512;
+  static constexpr int64_t kLoraTileRows = 8;
+  // Above this many rows with adapters (prefills), each adapter's rows go through matrix products.
+  static constexpr int64_t kLoraProductRows = 64;
+
   StepLayers(int64_t heads, int64_t kv_heads, int64_t head_dim, double eps, int64_t window, int64_t small_rows)
       : heads_(heads), kv_heads_(kv_heads), head_dim_(head_dim), eps_(static_cast<float>(eps)), window_(window),
         small_rows_(small_rows) {}
@@ -29,15 +35,24 @@ class StepLayers {
                  const std::vector<c10::optional<at::Tensor>>& biases, const at::Tensor& k_cache,
                  const at::Tensor& v_cache);
 
+  // One piece of a LoRA adapter (engine/lora.py): what rows of adapter `key` add to columns
+  // [offset, offset + width) of product `product` (0 qkv, 1 o, 2 gate_up, 3 down) of `layer`:
+  // x A^T B_t, with a: (rank, in) and b_t: (rank, width), B transposed and scaled. Added once per
+  // piece when the adapter is loaded; remove_adapter forgets them all.
+  void add_adapter_piece(int64_t key, int64_t layer, int64_t product, const at::Tensor& a, const at::Tensor& b_t,
+                         int64_t offset);
+  void remove_adapter(int64_t key);
+
   // hidden: (N, hidden), updated in place through every layer; slots: (N,) int64 cache slot of
   // each row's token; cos, sin: (N, D). The decode rows (one token of a sequence each) as
   // paged_decode_attention takes them: decode_rows (B,), decode_tables (B, W), decode_contexts
   // (B,); the prefill chunks as paged_prefill_attention does: chunk_rows, chunk_lengths,
-  // chunk_contexts (C,) and chunk_tables (C, W'). Either group may be empty.
+  // chunk_contexts (C,) and chunk_tables (C, W'). Either group may be empty. row_adapters: (N,)
+  // int64, each row's adapter key or -1 for the base; empty when no row has one.
   void forward(at::Tensor& hidden, const at::Tensor& slots, const at::Tensor& cos, const at::Tensor& sin,
                const at::Tensor& decode_rows, const at::Tensor& decode_tables, const at::Tensor& decode_contexts,
                const at::Tensor& chunk_rows, const at::Tensor& chunk_lengths, const at::Tensor& chunk_contexts,
-               const at::Tensor& chunk_tables);
+               const at::Tensor& chunk_tables, const at::Tensor& row_adapters);
 
  private:
   struct Projection {
@@ -51,15 +66,34 @@ class StepLayers {
     at::Tensor k_cache, v_cache;
   };
 
+  struct LoraPiece {
+    at::Tensor a, b_t;
+    int64_t offset;
+  };
+  using Adapter = std::vector<std::vector<LoraPiece>>;  // [layer * 4 + product]
+
   // x W^T + b for the rows of x: (N, in) -> (N, out).
   at::Tensor product(const Projection& p, const at::Tensor& x) const;
   // residual (N, out, rows `stride` apart) += x W^T + b: the small kernel adds in place.
   void add_product(const Projection& p, const at::Tensor& x, float* residual, int64_t stride) const;
+  // y (N rows, `stride` apart) += each row's adapter's pieces of this product of x: (N, in).
+  void add_adapters(int64_t layer, int product, const at::Tensor& x, float* y, int64_t stride) const;
+  void set_row_adapters(const at::Tensor& row_adapters, int64_t rows);
 
   int64_t heads_, kv_heads_, head_dim_;
   float eps_;
   int64_t window_, small_rows_;
   std::vector<Layer> layers_;
+  std::unordered_map<int64_t, Adapter> adapters_;
+  // The step's rows of each adapter, in tiles of at most kLoraTileRows rows of one adapter (the
+  // rows of a tile go through each piece together), or, for many rows, one index tensor per
+  // adapter (its rows go through oneDNN's products). Both empty when no row has an adapter.
+  struct LoraTile {
+    const Adapter* adapter;
+    std::vector<int64_t> rows;
+  };
+  std::vector<LoraTile> lora_tiles_;
+  std::vector<std::pair<const Adapter*, at::Tensor>> lora_groups_;
 };
 
 }  // namespace tokenworks
