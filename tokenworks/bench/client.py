@@ -84,15 +84,18 @@ async def probe(
         cards = json.loads(body)["data"]
         ids = [card["id"] for card in cards]
         lengths = {card["id"]: card.get("max_model_len") for card in cards}
-    except (ValueError, KeyError, TypeError):
+        # LoRA adapters are listed with their base as `parent` (vLLM and tokenworks): without
+        # --model, the one base model the server serves is the one to measure.
+        bases = [card["id"] for card in cards if not card.get("parent")]
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise BenchError(
             f"{url} did not answer with an OpenAI model list: {body[:120]!r}; is this an OpenAI-compatible endpoint?"
         ) from None
     if model is None:
-        if len(ids) != 1:
+        if len(bases) != 1:
             listed = ", ".join(ids) or "none"
             raise BenchError(f"{root} serves {len(ids)} models ({listed}); name the one to measure with --model")
-        model = ids[0]
+        model = bases[0]
     elif model not in ids:
         raise BenchError(f"{root} does not serve the model {model!r}; it serves: {', '.join(ids) or 'none'}")
     return EndpointInfo(root, model, ids, server, lengths.get(model))

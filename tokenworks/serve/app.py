@@ -17,7 +17,7 @@ from tokenworks import __version__
 from tokenworks.engine import AsyncLLM
 from tokenworks.errors import TokenworksError
 from tokenworks.gc_tuning import calm_the_garbage_collector
-from tokenworks.serve import chat, completions, dashboard, status, tokenization
+from tokenworks.serve import chat, completions, dashboard, lora, status, tokenization
 from tokenworks.serve.admission import Admission
 from tokenworks.serve.auth import ApiKeyMiddleware
 from tokenworks.serve.config import ServerConfig
@@ -61,6 +61,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(completions.router)
     app.include_router(chat.router)
     app.include_router(tokenization.router)
+    app.include_router(lora.router)
     app.include_router(status.router)
     app.include_router(dashboard.router)
     install_error_handlers(app)

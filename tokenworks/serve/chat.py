@@ -48,7 +48,8 @@ def render_messages(
 async def create_chat_completion(body: ChatCompletionRequest, raw_request: Request):
     state: ServerState = raw_request.app.state.server
     state.check_open()
-    state.check_model(body.model)
+    lora = state.check_model(body.model)
+    served = lora or state.config.model_name
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
     if body.stream and body.prompt_logprobs is not None:
@@ -59,12 +60,12 @@ async def create_chat_completion(body: ChatCompletionRequest, raw_request: Reque
     k = (body.top_logprobs or 0) if body.logprobs else None
     with bad_request():
         params = sampling_params(body, max_tokens, k, body.prompt_logprobs, tools.forced)
-        prompt_ids = [state.engine.prepare(prompt, params)]
+        prompt_ids = [state.engine.prepare(prompt, params, lora)]
     ticket = state.admission.admit(body.n)
     request_id, created = new_id("chatcmpl"), int(time.time())
-    choices = generate_choices(state, request_id, prompt_ids, params, body.n)
+    choices = generate_choices(state, request_id, prompt_ids, params, body.n, lora)
     if body.stream:
-        events = _events(state, body, request_id, created, choices, prompt_ids, tools.parse)
+        events = _events(state, body, served, request_id, created, choices, prompt_ids, tools.parse)
         return EventStream(events, on_close=ticket.release)
     try:
         finals = await run_until_disconnect(raw_request, collect_finals(choices))
@@ -88,7 +89,7 @@ async def create_chat_completion(body: ChatCompletionRequest, raw_request: Reque
             "finish_reason": finish_reason, "stop_reason": output.stop_reason,
         })  # fmt: skip
     answer = {
-        "id": request_id, "object": "chat.completion", "created": created, "model": state.config.model_name,
+        "id": request_id, "object": "chat.completion", "created": created, "model": served,
         "choices": result, "usage": usage(prompt_ids, finals, body.n), "system_fingerprint": None,
     }  # fmt: skip
     if body.prompt_logprobs is not None and finals:  # one prompt: every choice scored it the same
@@ -97,13 +98,13 @@ async def create_chat_completion(body: ChatCompletionRequest, raw_request: Reque
 
 
 async def _events(
-    state: ServerState, body: ChatCompletionRequest, request_id: str, created: int,
+    state: ServerState, body: ChatCompletionRequest, served: str, request_id: str, created: int,
     choices: AsyncIterator[tuple[int, RequestOutput]], prompt_ids: list[list[int]], parse_tools: bool,
 ) -> AsyncIterator[str]:  # fmt: skip
     stream_usage = StreamUsage(prompt_ids, body.n, body.stream_options)
     tool_streams: dict[int, ToolCallStream] = {}
     k = (body.top_logprobs or 0) if body.logprobs else None
-    base = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": state.config.model_name}
+    base = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": served}
     started: set[int] = set()
     try:
         async for index, output in choices:

@@ -54,6 +54,14 @@ def serve(
     bench_results: Path = typer.Option(
         None, "--bench-results", file_okay=False, help="A `tokenworks bench` output dir; /dashboard shows its frontier."
     ),
+    lora_modules: list[str] = typer.Option(
+        None, "--lora-modules", help="NAME=PATH of a LoRA adapter (PEFT directory) to serve as NAME; repeat for more."
+    ),
+    max_loras: int = typer.Option(8, "--max-loras", min=1, help="LoRA adapters held at once (static and loaded)."),
+    max_lora_rank: int = typer.Option(64, "--max-lora-rank", min=1, max=512, help="The largest LoRA rank accepted."),
+    enable_lora: bool = typer.Option(
+        False, "--enable-lora", help="Accepted as vLLM has it; adapters need no switch here.", hidden=True
+    ),
     restart_engine: bool = typer.Option(
         False,
         "--restart-engine",
@@ -70,17 +78,21 @@ def serve(
 
     if not (model / "config.json").is_file():
         raise CheckpointError(f"{model} has no config.json: point at a checkpoint directory")
+    del enable_lora  # vLLM needs it to serve adapters; here they need nothing
+    adapters = lora_modules_of(lora_modules or [])
     engine_options = dict(
         threads=threads, kv_cache_memory_gib=kv_cache_memory_gib, max_num_batched_tokens=max_num_batched_tokens,
         max_num_seqs=max_num_seqs, max_model_len=max_model_len, block_size=block_size,
         enable_prefix_caching=not no_prefix_caching, pack_weights=not no_pack_weights, device=device, dtype=dtype,
-        seed=seed,
+        seed=seed, lora_modules=adapters, max_loras=max_loras, max_lora_rank=max_lora_rank,
     )  # fmt: skip
     config = ServerConfig(
         model=model, served_model_name=served_model_name, host=host, port=port, api_key=api_key,
         max_queued_requests=max_queued_requests, max_body_bytes=max_body_bytes, shutdown_timeout=shutdown_timeout,
         engine_options=engine_options, bench_results=bench_results, restart_engine=restart_engine,
     )  # fmt: skip
+    if config.model_name in adapters:
+        raise typer.BadParameter(f"{config.model_name!r} is the base model's name", param_hint="--lora-modules")
     app = create_app(config)
     server = Server(
         uvicorn.Config(
@@ -98,3 +110,16 @@ def serve(
         raise typer.Exit(1)
     if server.exit_code:
         raise typer.Exit(server.exit_code)
+
+
+def lora_modules_of(specs: list[str]) -> dict[str, str]:
+    """--lora-modules NAME=PATH values as a dict; a bad one is a usage error naming it."""
+    modules: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise typer.BadParameter(f"{spec!r} is not NAME=PATH", param_hint="--lora-modules")
+        if name in modules:
+            raise typer.BadParameter(f"the name {name!r} is given twice", param_hint="--lora-modules")
+        modules[name] = path
+    return modules

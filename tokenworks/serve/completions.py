@@ -42,7 +42,8 @@ def prompts_of(body: CompletionRequest) -> list[str | list[int]]:
 async def create_completion(body: CompletionRequest, raw_request: Request):
     state: ServerState = raw_request.app.state.server
     state.check_open()
-    state.check_model(body.model)
+    lora = state.check_model(body.model)
+    served = lora or state.config.model_name
     if body.suffix:
         raise APIError(400, "suffix is not supported", param="suffix")
     if body.best_of is not None and body.best_of != body.n:
@@ -64,7 +65,7 @@ async def create_completion(body: CompletionRequest, raw_request: Request):
     prompts = prompts_of(body)
     with bad_request():
         params = sampling_params(body, 1 if echo_only else body.max_tokens, body.logprobs, scored_prompt)
-        prompt_ids = [state.engine.prepare(prompt, params) for prompt in prompts]
+        prompt_ids = [state.engine.prepare(prompt, params, lora) for prompt in prompts]
     prompt_texts = [p if isinstance(p, str) else "" for p in prompts]
     if body.echo:
         tokenizer = state.engine.tokenizer
@@ -74,11 +75,11 @@ async def create_completion(body: CompletionRequest, raw_request: Request):
         ]
     ticket = state.admission.admit(len(prompt_ids) * body.n)
     request_id, created = new_id("cmpl"), int(time.time())
-    choices = generate_choices(state, request_id, prompt_ids, params, body.n)
+    choices = generate_choices(state, request_id, prompt_ids, params, body.n, lora)
     if echo_only:
         choices = _prompt_only(choices)
     if body.stream:
-        events = _events(state, body, request_id, created, choices, prompt_ids, prompt_texts)
+        events = _events(state, body, served, request_id, created, choices, prompt_ids, prompt_texts)
         return EventStream(events, on_close=ticket.release)
     try:
         finals = await run_until_disconnect(raw_request, collect_finals(choices))
@@ -104,7 +105,7 @@ async def create_completion(body: CompletionRequest, raw_request: Request):
             choice["prompt_logprobs"] = prompt_logprobs(tokenizer, output)
         result.append(choice)
     return JSONResponse({
-        "id": request_id, "object": "text_completion", "created": created, "model": state.config.model_name,
+        "id": request_id, "object": "text_completion", "created": created, "model": served,
         "choices": result, "usage": usage(prompt_ids, finals, body.n), "system_fingerprint": None,
     })  # fmt: skip
 
@@ -129,13 +130,13 @@ def _with_echo(tokenizer: Tokenizer | None, output: RequestOutput, start: int, o
 
 
 async def _events(
-    state: ServerState, body: CompletionRequest, request_id: str, created: int,
+    state: ServerState, body: CompletionRequest, served: str, request_id: str, created: int,
     choices: AsyncIterator[tuple[int, RequestOutput]], prompt_ids: list[list[int]], prompt_texts: list[str],
 ) -> AsyncIterator[str]:  # fmt: skip
     stream_usage = StreamUsage(prompt_ids, body.n, body.stream_options)
     offsets: dict[int, int] = {}  # of each choice's next token text, counted as the logprobs count it
     tokenizer = state.engine.tokenizer
-    base = {"id": request_id, "object": "text_completion", "created": created, "model": state.config.model_name}
+    base = {"id": request_id, "object": "text_completion", "created": created, "model": served}
     try:
         async for index, output in choices:
             first = index not in offsets

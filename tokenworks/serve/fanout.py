@@ -14,11 +14,12 @@ from tokenworks.serve.state import ServerState
 
 
 async def _tracked(
-    state: ServerState, prompt_ids: list[int], params: SamplingParams, request_id: str, arrival: float
-) -> AsyncIterator[RequestOutput]:
+    state: ServerState, prompt_ids: list[int], params: SamplingParams, request_id: str, arrival: float,
+    lora: str | None,
+) -> AsyncIterator[RequestOutput]:  # fmt: skip
     tracker = RequestTracker(state.metrics, arrival)
     try:
-        async for output in state.engine.generate(prompt_ids, params, request_id=request_id):
+        async for output in state.engine.generate(prompt_ids, params, request_id=request_id, lora=lora):
             tracker.observe(output)
             yield output
     finally:
@@ -26,16 +27,18 @@ async def _tracked(
 
 
 async def generate_choices(
-    state: ServerState, request_id: str, prompts: list[list[int]], params: SamplingParams, n: int
-) -> AsyncIterator[tuple[int, RequestOutput]]:
-    """Run prompts x n engine requests at once; yield (choice index, output) as each grows.
+    state: ServerState, request_id: str, prompts: list[list[int]], params: SamplingParams, n: int,
+    lora: str | None = None,
+) -> AsyncIterator[tuple[int, RequestOutput]]:  # fmt: skip
+    """Run prompts x n engine requests at once (through LoRA adapter `lora`, if named); yield
+    (choice index, output) as each grows.
 
     Choice index is prompt_index * n + i, as OpenAI numbers batched completions. Closing
     this iterator early (a client disconnect) aborts every unfinished engine request.
     """
     arrival = time.monotonic()
     streams = [
-        _tracked(state, ids, choice, f"{request_id}-{p}-{i}", arrival)
+        _tracked(state, ids, choice, f"{request_id}-{p}-{i}", arrival, lora)
         for p, ids in enumerate(prompts)
         for i, choice in enumerate(choice_params(params, n))
     ]

@@ -166,6 +166,20 @@ class DetokenizeRequest(OpenAIBody):
 # ---- responses (streaming chunks are the same shapes, built as plain dicts) -----------------
 
 
+class LoadLoRAAdapterRequest(OpenAIBody):
+    """vLLM's POST /v1/load_lora_adapter."""
+
+    lora_name: str = Field(min_length=1)
+    lora_path: str = Field(min_length=1, description="A PEFT adapter directory on the server's disk.")
+    load_inplace: bool = Field(False, description="Replace the adapter of that name; its running requests finish.")
+
+
+class UnloadLoRAAdapterRequest(OpenAIBody):
+    """vLLM's POST /v1/unload_lora_adapter."""
+
+    lora_name: str = Field(min_length=1)
+
+
 class PromptTokensDetails(BaseModel):
     cached_tokens: int = 0
 
@@ -264,7 +278,8 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "tokenworks"
-    root: str
+    root: str  # the checkpoint's or the adapter's directory
+    parent: str | None = None  # an adapter's base model, by its served name
     max_model_len: int
 
 

@@ -23,12 +23,17 @@ class ServerState:
     restarting: bool = False  # the engine died and a new one is starting (--restart-engine)
     exit_code: int | None = None  # set when the server must stop (its engine died): server.py acts on it
 
-    def check_model(self, model: str | None) -> None:
-        if model is not None and model != self.config.model_name:
-            raise APIError(
-                404, f"the model {model!r} does not exist; this server serves {self.config.model_name!r}",
-                param="model", code="model_not_found",
-            )  # fmt: skip
+    def check_model(self, model: str | None) -> str | None:
+        """The LoRA adapter a request's `model` names, None for the base model; 404 for neither."""
+        if model is None or model == self.config.model_name:
+            return None
+        if model in self.engine.loras:
+            return model
+        served = ", ".join(repr(name) for name in [self.config.model_name, *self.engine.loras])
+        raise APIError(
+            404, f"the model {model!r} does not exist; this server serves {served}", param="model",
+            code="model_not_found",
+        )  # fmt: skip
 
     def unavailable(self) -> APIError | None:
         """Why the server cannot take a request now (a 503), or None when it can."""

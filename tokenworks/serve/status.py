@@ -17,14 +17,19 @@ router = APIRouter()
 STATS_TIMEOUT_S = 2.0
 
 
-@router.get("/v1/models", response_model=ModelList, summary="The model this server serves.")
+@router.get("/v1/models", response_model=ModelList, summary="The base model and its LoRA adapters.")
 async def list_models(request: Request):
     state: ServerState = request.app.state.server
-    card = {
-        "id": state.config.model_name, "object": "model", "created": state.created, "owned_by": "tokenworks",
-        "root": str(state.config.model), "max_model_len": state.engine.max_model_len,
-    }  # fmt: skip
-    return {"object": "list", "data": [card]}
+    base = state.config.model_name
+
+    def card(name: str, root: str, parent: str | None) -> dict:
+        return {
+            "id": name, "object": "model", "created": state.created, "owned_by": "tokenworks", "root": root,
+            "parent": parent, "max_model_len": state.engine.max_model_len,
+        }  # fmt: skip
+
+    adapters = [card(name, path, base) for name, path in state.engine.loras.items()]
+    return {"object": "list", "data": [card(base, str(state.config.model), None), *adapters]}
 
 
 @router.get("/health", summary="200 while the engine is alive and the server accepts requests, else 503.")
