@@ -37,9 +37,8 @@ def greedy(tokens: int = TOKENS) -> SamplingParams:
 @pytest.mark.parametrize("kernels", ["auto", "torch"])
 def test_mixed_batch_matches_merged_checkpoints(llama_dir, adapters, kernels):
     """Rows of two adapters and of the base in the same steps (prefill and decode): each gives
-    the greedy tokens transformers gives on its merged checkpoint. With the compiled layers the
-    first step's 300-odd prompt rows take the adapters through matrix products, the decode
-    steps' 8 adapted rows through the row tiles (kernels/step_layers.cpp)."""
+    the greedy tokens transformers gives on its merged checkpoint (the compiled layers take each
+    adapter's rows in tiles of up to 8, prompt rows and decode rows alike; ranks 4 and 8 padded to 16)."""
     if kernels == "auto":
         compiled_kernels()  # they must have built where a compiler exists: else this tests PyTorch twice
     prompts = random_prompts(12, seed=5)

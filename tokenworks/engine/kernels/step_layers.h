@@ -21,8 +21,8 @@ class StepLayers {
  public:
   static constexpr int64_t kMaxLoraRank = 512;
   static constexpr int64_t kLoraTileRows = 8;
-  // Above this many rows with adapters (prefills), each adapter's rows go through matrix products.
-  static constexpr int64_t kLoraProductRows = 64;
+  // Multiply-adds of adapter work a thread takes at least (fewer run on the calling thread).
+  static constexpr int64_t kLoraParallelWork = 256 * 1024;
 
   StepLayers(int64_t heads, int64_t kv_heads, int64_t head_dim, double eps, int64_t window, int64_t small_rows)
       : heads_(heads), kv_heads_(kv_heads), head_dim_(head_dim), eps_(static_cast<float>(eps)), window_(window),
@@ -67,7 +67,7 @@ class StepLayers {
   };
 
   struct LoraPiece {
-    at::Tensor a, b_t;
+    at::Tensor a_t, b_t;  // (in, rank) and (rank, width), the rank zero-padded to a multiple of 16
     int64_t offset;
   };
   using Adapter = std::vector<std::vector<LoraPiece>>;  // [layer * 4 + product]
@@ -86,14 +86,12 @@ class StepLayers {
   std::vector<Layer> layers_;
   std::unordered_map<int64_t, Adapter> adapters_;
   // The step's rows of each adapter, in tiles of at most kLoraTileRows rows of one adapter (the
-  // rows of a tile go through each piece together), or, for many rows, one index tensor per
-  // adapter (its rows go through oneDNN's products). Both empty when no row has an adapter.
+  // rows of a tile go through each piece together); empty when no row has an adapter.
   struct LoraTile {
     const Adapter* adapter;
     std::vector<int64_t> rows;
   };
   std::vector<LoraTile> lora_tiles_;
-  std::vector<std::pair<const Adapter*, at::Tensor>> lora_groups_;
 };
 
 }  // namespace tokenworks
