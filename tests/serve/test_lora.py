@@ -152,3 +152,42 @@ def test_a_bad_static_adapter_stops_the_start_with_its_reason(serve_model_dir, t
         assert "'no-path' is not NAME=PATH" in bad.output()
     finally:
         bad.stop()
+
+
+def test_a_hot_swap_under_load_fails_no_request(lora_server, adapters, serve_model_dir):
+    """Streams keep asking for one adapter name while it is replaced in place, back and forth:
+    every request completes, each answer is wholly one adapter's or the other's."""
+    client = openai.AsyncOpenAI(base_url=f"{lora_server.url}/v1", api_key="unused")
+    paths = [str(adapters["every"][0]), str(adapters["qv"][0])]
+
+    async def one_request() -> str:
+        stream = await client.completions.create(
+            model="live", prompt=PROMPT, max_tokens=TOKENS, temperature=0, stream=True,
+            extra_body={"ignore_eos": True},
+        )  # fmt: skip
+        return "".join([chunk.choices[0].text async for chunk in stream if chunk.choices])
+
+    async def swaps(http: httpx.AsyncClient) -> int:
+        done = 0
+        for turn in range(6):
+            body = {"lora_name": "live", "lora_path": paths[turn % 2], "load_inplace": True}
+            answer = await http.post("/v1/load_lora_adapter", json=body)
+            assert answer.status_code == 200, answer.text
+            done += 1
+            await asyncio.sleep(0.05)
+        return done
+
+    async def main() -> tuple[list, int]:
+        async with httpx.AsyncClient(base_url=lora_server.url, timeout=60) as http:
+            answer = await http.post("/v1/load_lora_adapter", json={"lora_name": "live", "lora_path": paths[1]})
+            assert answer.status_code == 200, answer.text
+            results = await asyncio.gather(*(one_request() for _ in range(24)), swaps(http), return_exceptions=True)
+            await http.post("/v1/unload_lora_adapter", json={"lora_name": "live"})
+        return results[:-1], results[-1]
+
+    texts, swapped = asyncio.run(main())
+    assert swapped == 6
+    assert [text for text in texts if isinstance(text, BaseException)] == []
+    tokenizer = Tokenizer.load(serve_model_dir)
+    either = {expected_text(adapters[name][1], tokenizer) for name in ("every", "qv")}
+    assert len(either) == 2 and set(texts) <= either
