@@ -21,6 +21,7 @@ from tokenworks.data.cli import register as register_data
 from tokenworks.errors import TokenworksError
 from tokenworks.factory.cli import register as register_factory
 from tokenworks.model.cli import register as register_model
+from tokenworks.router.cli import register as register_router
 from tokenworks.serve.cli import register as register_serve
 from tokenworks.train.cli import register as register_train
 
@@ -58,6 +59,7 @@ def version() -> None:
 
 register_model(app)
 register_data(app)
+register_router(app)
 register_factory(app)
 register_train(app)
 register_serve(app)

@@ -15,12 +15,13 @@ PROTECTED_PREFIXES = ("/v1/", "/tokenize", "/detokenize")
 
 
 class ApiKeyMiddleware:
-    def __init__(self, app, api_key: str) -> None:
+    def __init__(self, app, api_key: str, prefixes: tuple[str, ...] = PROTECTED_PREFIXES) -> None:
         self.app = app
         self.expected = f"Bearer {api_key}".encode()
+        self.prefixes = prefixes
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["method"] == "OPTIONS" or not scope["path"].startswith(PROTECTED_PREFIXES):
+        if scope["type"] != "http" or scope["method"] == "OPTIONS" or not scope["path"].startswith(self.prefixes):
             await self.app(scope, receive, send)
             return
         given = dict(scope.get("headers") or []).get(b"authorization")

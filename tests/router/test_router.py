@@ -1,0 +1,213 @@
+"""`tokenworks router` over two real `tokenworks serve` workers: policies, streaming, failover."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.router.conftest import RouterProcess
+from tests.serve.conftest import metric_value
+from tokenworks.router.policies import LeastLoad, PowerOfTwo, RoundRobin, RoutedRequest, Session, make_policy
+from tokenworks.router.workers import Worker, WorkerPool
+
+GREEDY = {"prompt": "def parse(text):", "max_tokens": 8, "temperature": 0}
+OPEN = "tokenworks:num_requests_open"
+
+
+def pool_of(*loads: int) -> list[Worker]:
+    return [Worker(f"http://127.0.0.1:{9000 + i}", f"w{i}", in_flight=load) for i, load in enumerate(loads)]
+
+
+def request(body: dict | None = None, **headers: str) -> RoutedRequest:
+    return RoutedRequest(body or {}, {name.replace("_", "-"): value for name, value in headers.items()})
+
+
+# ---- policies on crafted states ------------------------------------------------------------
+
+
+def test_round_robin_and_least_load_choose_exactly():
+    workers = pool_of(3, 0, 0)
+    rr = RoundRobin()
+    assert [rr.choose(request(), workers).id for _ in range(4)] == ["w0", "w1", "w2", "w0"]
+    least = LeastLoad()
+    assert [least.choose(request(), workers).id for _ in range(3)] == ["w1", "w2", "w1"]  # ties in turn
+    assert least.choose(request(), pool_of(2, 5, 1)).id == "w2"
+
+
+def test_power_of_two_picks_the_less_loaded_of_its_two():
+    workers = pool_of(4, 1, 7, 2)
+    p2c = PowerOfTwo()
+    chosen = [p2c.choose(request(), workers).id for _ in range(200)]
+    assert "w2" not in chosen  # the most loaded never wins a pair
+    assert {"w0", "w1", "w3"} <= set(chosen)
+    assert p2c.choose(request(), workers[:1]).id == "w0"
+
+
+def test_session_sticks_within_its_ttl_and_falls_back_to_least_load():
+    workers = pool_of(0, 0)
+    session = Session()
+    assert session.choose(request(x_session_id="a"), workers).id == "w0"
+    workers[0].in_flight = 9  # busier now, but the session stays
+    assert session.choose(request(x_session_id="a"), workers).id == "w0"
+    assert session.choose(request({"user": "b"}), workers).id == "w1"  # the body's user is a session too
+    assert session.choose(request({"user": "a"}), workers[1:]).id == "w1"  # its worker gone: moved, and remembered
+    assert session.choose(request(x_session_id="a"), workers).id == "w1"
+    expired = Session(ttl_s=0.0)
+    assert expired.choose(request(x_session_id="c"), workers).id == "w1"
+    time.sleep(0.01)
+    workers[1].in_flight = 20
+    assert expired.choose(request(x_session_id="c"), workers).id == "w0"
+    with pytest.raises(ValueError, match="unknown routing policy 'kv2'; choose one of round-robin, least-load"):
+        make_policy("kv2")
+
+
+def test_a_failed_worker_sits_out_its_backoff():
+    pool = WorkerPool.of(["http://127.0.0.1:9000/v1/", "http://127.0.0.1:9001"])
+    assert [w.url for w in pool.workers] == ["http://127.0.0.1:9000", "http://127.0.0.1:9001"]
+    pool.workers[0].failed("refused")
+    assert [w.id for w in pool.candidates()] == ["w1"]
+    assert [w.id for w in pool.candidates({"w1"})] == []
+    pool.workers[0].skip_until = 0.0
+    assert [w.id for w in pool.candidates()] == ["w0", "w1"]
+    with pytest.raises(ValueError, match="is a worker already"):
+        pool.add("http://127.0.0.1:9001/")
+    with pytest.raises(ValueError, match="an http:// or https:// URL"):
+        pool.add("127.0.0.1:9002")
+
+
+# ---- through real workers ------------------------------------------------------------------
+
+
+def test_requests_spread_stream_and_answer_as_a_worker_does(workers, serve_model_dir):
+    router = RouterProcess([w.url for w in workers], "--policy", "round-robin").wait_healthy()
+    try:
+        with httpx.Client(base_url=router.url, timeout=60) as http:
+            answers = [http.post("/v1/completions", json=GREEDY) for _ in range(4)]
+            assert [a.status_code for a in answers] == [200] * 4
+            assert [a.headers["x-tokenworks-worker"] for a in answers] == ["w0", "w1", "w0", "w1"]
+            direct = httpx.post(f"{workers[1].url}/v1/completions", json=GREEDY, timeout=60).json()
+            assert {a.json()["choices"][0]["text"] for a in answers} == {direct["choices"][0]["text"]}
+
+            bad = http.post("/v1/completions", json={**GREEDY, "max_tokens": -1})  # the worker's 400, as it is
+            assert bad.status_code == 400 and bad.json()["error"]["param"] == "max_tokens"
+            assert http.post("/v1/completions", content=b"{nope").status_code == 400
+
+            listed = http.get("/workers").json()
+            assert listed["policy"] == "round-robin"
+            assert [(w["id"], w["served"], w["in_flight"]) for w in listed["workers"]] == [("w0", 3, 0), ("w1", 2, 0)]
+            assert http.get("/health").json() == {"status": "ok", "workers": 2, "of": 2}
+
+        client = openai.OpenAI(base_url=f"{router.url}/v1", api_key="unused")
+        model = serve_model_dir.name  # each worker serves it under its directory's name: listed once
+        assert [card.id for card in client.models.list().data] == [model]
+        streamed = client.completions.create(model=model, stream=True, **GREEDY)
+        text = "".join(chunk.choices[0].text for chunk in streamed if chunk.choices)
+        assert text == direct["choices"][0]["text"]
+    finally:
+        router.stop()
+
+
+def test_a_dead_worker_is_routed_around_and_no_request_is_lost(workers):
+    """kill -9 of one worker: every later request is answered by the other (the first ones after
+    the kill fail over before anything was sent back); with both dead, a 503 at once."""
+    router = RouterProcess([w.url for w in workers], "--policy", "round-robin").wait_healthy()
+    try:
+        with httpx.Client(base_url=router.url, timeout=60) as http:
+            os.kill(workers[0].process.pid, signal.SIGKILL)
+            workers[0].process.wait()
+            answers = [http.post("/v1/completions", json=GREEDY) for _ in range(6)]
+            assert [a.status_code for a in answers] == [200] * 6
+            assert {a.headers["x-tokenworks-worker"] for a in answers} == {"w1"}
+            states = {w["id"]: w for w in http.get("/workers").json()["workers"]}
+            assert states["w0"]["failures"] >= 1 and not states["w0"]["healthy"] and states["w1"]["healthy"]
+
+            os.kill(workers[1].process.pid, signal.SIGKILL)
+            workers[1].process.wait()
+            started = time.monotonic()
+            answer = http.post("/v1/completions", json=GREEDY)
+            assert answer.status_code == 503 and time.monotonic() - started < 1.0
+            error = answer.json()["error"]
+            assert error["code"] == "no_worker" and error["message"].startswith("no worker could take the request")
+            assert http.get("/health").status_code == 503
+    finally:
+        router.stop()
+
+
+def test_a_stream_broken_by_its_worker_ends_with_an_error_event(workers):
+    router = RouterProcess([workers[0].url]).wait_healthy()
+    body = {"prompt": "x", "max_tokens": 1500, "temperature": 0, "ignore_eos": True, "stream": True}
+    try:
+        events = []
+        with httpx.stream("POST", f"{router.url}/v1/completions", json=body, timeout=60) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                events.append(line[len("data: ") :])
+                if len(events) == 2:  # streaming: now its worker dies
+                    os.kill(workers[0].process.pid, signal.SIGKILL)
+        assert events[-1] == "[DONE]"
+        error = json.loads(events[-2])["error"]
+        assert error["code"] == "worker_failed" and "the answer is incomplete" in error["message"]
+        assert all("choices" in json.loads(event) for event in events[:-2])
+    finally:
+        router.stop()
+
+
+def test_workers_join_and_leave_at_run_time(workers):
+    router = RouterProcess([workers[0].url], "--api-key", "k").wait_healthy()
+    auth = {"Authorization": "Bearer k"}
+    try:
+        with httpx.Client(base_url=router.url, timeout=60, headers=auth) as http:
+            assert httpx.get(f"{router.url}/workers").status_code == 401  # the pool is behind the key
+            added = http.post("/workers", json={"url": f"{workers[1].url}/v1"})
+            assert (added.status_code, added.json()["id"], added.json()["url"]) == (201, "w1", workers[1].url)
+            assert http.post("/workers", json={"url": workers[1].url}).status_code == 400
+            assert http.post("/workers", json={"address": "x"}).json()["error"]["param"] == "url"
+            assert http.delete("/workers/w0").json()["id"] == "w0"
+            assert http.delete("/workers/w0").status_code == 404
+            answer = http.post("/v1/completions", json=GREEDY)
+            assert (answer.status_code, answer.headers["x-tokenworks-worker"]) == (200, "w1")
+    finally:
+        router.stop()
+
+
+def test_the_router_imports_no_torch():
+    code = (
+        "import sys\n"
+        "from tokenworks.router import RouterConfig, create_router_app\n"
+        "create_router_app(RouterConfig(workers=['http://127.0.0.1:9']))\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_client_that_leaves_frees_the_work_on_its_worker(workers):
+    """The client closes its stream after two events: the router drops its request to the
+    worker, which aborts it (its open requests fall to 0 long before 1,500 tokens were made)."""
+    router = RouterProcess([workers[0].url]).wait_healthy()
+    body = {"prompt": "x", "max_tokens": 1500, "temperature": 0, "ignore_eos": True, "stream": True}
+    try:
+        with httpx.stream("POST", f"{router.url}/v1/completions", json=body, timeout=60) as response:
+            for index, _ in enumerate(response.iter_lines()):
+                if index == 3:
+                    break
+        deadline = time.monotonic() + 2.0
+        while (
+            open_now := metric_value(httpx.get(f"{workers[0].url}/metrics").text, OPEN)
+        ) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert open_now == 0
+        generated = metric_value(httpx.get(f"{workers[0].url}/metrics").text, "tokenworks:generation_tokens_total")
+        assert 0 < generated < 1500
+    finally:
+        router.stop()

@@ -1,0 +1,145 @@
+"""The router's FastAPI app: the generation routes forwarded, models, health, and the pool.
+
+| route | what |
+|---|---|
+| `POST /v1/completions`, `/v1/chat/completions` | forwarded to a worker the policy picks (proxy.py) |
+| `GET /v1/models` | every model the available workers serve (each once) |
+| `GET /health` | 200 while at least one worker is available, else 503 |
+| `GET /workers`, `POST /workers {"url"}`, `DELETE /workers/{id}` | the pool, and workers joining and leaving |
+
+The lifespan holds one aiohttp session to the workers and the health loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import aiohttp
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from tokenworks import __version__
+from tokenworks.router.policies import RoutedRequest, make_policy
+from tokenworks.router.proxy import forward
+from tokenworks.router.workers import WorkerPool
+from tokenworks.serve.auth import PROTECTED_PREFIXES, ApiKeyMiddleware
+from tokenworks.serve.config import DEFAULT_MAX_BODY_BYTES
+from tokenworks.serve.errors import APIError, BodySizeLimitMiddleware, error_response, install_error_handlers
+
+logger = logging.getLogger(__name__)
+
+MODELS_TIMEOUT_S = 2.0
+
+
+@dataclass(slots=True)
+class RouterConfig:
+    workers: list[str] = field(default_factory=list)
+    policy: str = "least-load"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None  # Bearer token required on /v1/* and /workers when set
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+    def validate(self) -> None:
+        make_policy(self.policy)
+        WorkerPool.of(self.workers)  # each a URL, none twice
+
+
+def create_router_app(config: RouterConfig) -> FastAPI:
+    config.validate()
+    pool, policy = WorkerPool.of(config.workers), make_policy(config.policy)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        connector = aiohttp.TCPConnector(limit=0)  # as many connections as requests in flight
+        async with aiohttp.ClientSession(connector=connector) as session:
+            app.state.session = session
+            health = asyncio.ensure_future(pool.watch_health(session))
+            logger.info("routing to %d workers by %s", len(pool.workers), policy.name)
+            try:
+                yield
+            finally:
+                health.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await health
+
+    app = FastAPI(title="tokenworks router", version=__version__, lifespan=lifespan)
+    app.state.pool, app.state.policy = pool, policy
+
+    async def generate(request: Request, path: str):
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise APIError(400, "the request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise APIError(400, "the request body must be a JSON object")
+        routed = RoutedRequest(body, {name.lower(): value for name, value in request.headers.items()})
+        return await forward(path, raw, routed, pool, policy, request.app.state.session)
+
+    @app.post("/v1/completions", summary="Forwarded to a worker (OpenAI Completions API).")
+    async def completions(request: Request):
+        return await generate(request, "/v1/completions")
+
+    @app.post("/v1/chat/completions", summary="Forwarded to a worker (OpenAI Chat Completions API).")
+    async def chat_completions(request: Request):
+        return await generate(request, "/v1/chat/completions")
+
+    @app.get("/v1/models", summary="Every model the available workers serve.")
+    async def models(request: Request):
+        session: aiohttp.ClientSession = request.app.state.session
+        timeout = aiohttp.ClientTimeout(total=MODELS_TIMEOUT_S)
+
+        async def listed(url: str) -> list[dict]:
+            try:
+                async with session.get(f"{url}/v1/models", timeout=timeout) as response:
+                    return (await response.json())["data"] if response.status == 200 else []
+            except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
+                return []
+
+        cards: dict[str, dict] = {}
+        for answer in await asyncio.gather(*(listed(worker.url) for worker in pool.candidates())):
+            for card in answer:
+                cards.setdefault(card.get("id"), card)
+        if not cards:
+            raise APIError(503, "no worker is available to list its models", code="no_worker")
+        return {"object": "list", "data": list(cards.values())}
+
+    @app.get("/health", summary="200 while at least one worker is available, else 503.")
+    async def health():
+        available = len(pool.candidates())
+        if not available:
+            return error_response(503, "no worker is available", code="no_worker")
+        return {"status": "ok", "workers": available, "of": len(pool.workers)}
+
+    @app.get("/workers", summary="The workers, their load and health.")
+    async def workers():
+        return {"policy": policy.name, "workers": [worker.describe() for worker in pool.workers]}
+
+    @app.post("/workers", status_code=201, summary='Add a worker: {"url": "http://host:port"}.')
+    async def add_worker(request: Request):
+        try:
+            url = (await request.json())["url"]
+            worker = pool.add(url)
+        except (ValueError, KeyError, TypeError) as error:
+            reason = str(error) if isinstance(error, ValueError) else 'the body must be {"url": "http://host:port"}'
+            raise APIError(400, reason, param="url") from None
+        return JSONResponse(worker.describe(), status_code=201)
+
+    @app.delete("/workers/{worker_id}", summary="Remove a worker (its requests in flight finish).")
+    async def remove_worker(worker_id: str):
+        try:
+            return pool.remove(worker_id).describe()
+        except KeyError:
+            raise APIError(404, f"no worker {worker_id!r}", code="worker_not_found") from None
+
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.max_body_bytes)
+    if config.api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=config.api_key, prefixes=(*PROTECTED_PREFIXES, "/workers"))
+    return app

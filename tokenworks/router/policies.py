@@ -1,0 +1,109 @@
+"""Which worker a request goes to: the routing policies.
+
+A policy sees the request (its body and headers, as `RoutedRequest`) and the candidate workers
+(available, not yet tried by this request) and picks one; it never waits. Load is the router's
+own count of a worker's requests in flight.
+- `round-robin`: each in turn.
+- `least-load`: the fewest requests in flight (ties in turn).
+- `p2c`: the less loaded of two picked at random (power of two choices): near least-load's
+  balance without every router herding onto the same idle worker.
+- `session`: requests of one session (`X-Session-ID` header, else the body's `user`) go where
+  that session went last, while the worker is a candidate and the session was seen within its
+  TTL; other requests, and a session's first, by least load.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from tokenworks.router.workers import Worker
+
+SESSION_HEADER = "x-session-id"
+SESSION_TTL_S = 600.0
+
+
+@dataclass(slots=True)
+class RoutedRequest:
+    body: dict
+    headers: dict[str, str]  # lower-case names
+
+    @property
+    def session(self) -> str | None:
+        key = self.headers.get(SESSION_HEADER) or self.body.get("user")
+        return key if isinstance(key, str) and key else None
+
+
+class Policy(Protocol):
+    name: str
+
+    def choose(self, request: RoutedRequest, candidates: list[Worker]) -> Worker: ...
+
+
+@dataclass
+class RoundRobin:
+    name: str = "round-robin"
+    _turn: int = 0
+
+    def choose(self, request: RoutedRequest, candidates: list[Worker]) -> Worker:
+        worker = candidates[self._turn % len(candidates)]
+        self._turn += 1
+        return worker
+
+
+@dataclass
+class LeastLoad:
+    name: str = "least-load"
+    _turn: int = 0
+
+    def choose(self, request: RoutedRequest, candidates: list[Worker]) -> Worker:
+        fewest = min(worker.in_flight for worker in candidates)
+        tied = [worker for worker in candidates if worker.in_flight == fewest]
+        worker = tied[self._turn % len(tied)]
+        self._turn += 1
+        return worker
+
+
+@dataclass
+class PowerOfTwo:
+    name: str = "p2c"
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
+
+    def choose(self, request: RoutedRequest, candidates: list[Worker]) -> Worker:
+        if len(candidates) == 1:
+            return candidates[0]
+        first, second = self.rng.sample(candidates, 2)
+        return second if second.in_flight < first.in_flight else first
+
+
+@dataclass
+class Session:
+    name: str = "session"
+    ttl_s: float = SESSION_TTL_S
+    fallback: LeastLoad = field(default_factory=LeastLoad)
+    _last: dict[str, tuple[str, float]] = field(default_factory=dict)  # session -> (worker id, seen at)
+
+    def choose(self, request: RoutedRequest, candidates: list[Worker]) -> Worker:
+        key, now = request.session, time.monotonic()
+        if key is None:
+            return self.fallback.choose(request, candidates)
+        remembered = self._last.get(key)
+        worker = None
+        if remembered is not None and now - remembered[1] <= self.ttl_s:
+            worker = next((w for w in candidates if w.id == remembered[0]), None)
+        worker = worker or self.fallback.choose(request, candidates)
+        self._last[key] = (worker.id, now)
+        if len(self._last) > 4 * 65536:  # forget the expired, now and then
+            self._last = {k: v for k, v in self._last.items() if now - v[1] <= self.ttl_s}
+        return worker
+
+
+POLICIES = {policy.name: policy for policy in (RoundRobin, LeastLoad, PowerOfTwo, Session)}
+
+
+def make_policy(name: str) -> Policy:
+    if name not in POLICIES:
+        raise ValueError(f"unknown routing policy {name!r}; choose one of {', '.join(POLICIES)}")
+    return POLICIES[name]()

@@ -1,0 +1,112 @@
+"""Forwarding one request: pick a worker, send the body as it came, pass the answer back.
+
+A worker that cannot be reached, resets the connection, or answers 502/503/504 before the
+router has passed anything on is marked failed (its breaker opens) and the request goes to
+another, up to MAX_ATTEMPTS workers; a request no worker could take is a 503 naming why. A
+worker's 4xx is the client's answer and passes through. Once a stream has started it stays with
+its worker: if the worker breaks it, the client gets an OpenAI error event and `[DONE]`, never a
+silent end. A client that leaves closes the upstream request, so the worker aborts its work.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+from starlette.responses import Response
+
+from tokenworks.router.policies import Policy, RoutedRequest
+from tokenworks.router.workers import Worker, WorkerPool
+from tokenworks.serve.errors import APIError, error_body
+from tokenworks.serve.streaming import DONE, EventStream
+
+logger = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+RETRIED_STATUSES = frozenset({502, 503, 504})
+CONNECT_TIMEOUT_S = 2.0
+WORKER_HEADER = "X-Tokenworks-Worker"  # which worker answered (for people and tests)
+FORWARDED_HEADERS = ("content-type", "accept", "x-session-id", "x-request-id")
+
+
+async def forward(
+    path: str, raw_body: bytes, routed: RoutedRequest, pool: WorkerPool, policy: Policy,
+    session: aiohttp.ClientSession,
+) -> Response:  # fmt: skip
+    """The answer to one generation request, from the first worker that takes it."""
+    headers = {name: routed.headers[name] for name in FORWARDED_HEADERS if name in routed.headers}
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S)
+    tried: set[str] = set()
+    reasons: list[str] = []
+    for _ in range(MAX_ATTEMPTS):
+        candidates = pool.candidates(tried)
+        if not candidates:
+            break
+        worker = policy.choose(routed, candidates)
+        tried.add(worker.id)
+        worker.in_flight += 1
+        try:
+            upstream = await session.post(f"{worker.url}{path}", data=raw_body, headers=headers, timeout=timeout)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            worker.in_flight -= 1
+            _fail(worker, f"{type(error).__name__}: {error}", reasons)
+            continue
+        if upstream.status in RETRIED_STATUSES:
+            text = await _read_quietly(upstream)
+            worker.in_flight -= 1
+            _fail(worker, f"answered {upstream.status} {text[:200]}", reasons)
+            continue
+        worker.succeeded()
+        if upstream.content_type == "text/event-stream":
+            stream = EventStream(_relay(upstream, worker), on_close=lambda w=worker, u=upstream: _done(w, u))
+            stream.raw_headers.append((WORKER_HEADER.lower().encode(), worker.id.encode()))
+            return stream
+        try:
+            data = await upstream.read()
+        except (aiohttp.ClientError, TimeoutError) as error:  # nothing passed on yet: another may answer
+            _done(worker, upstream)
+            _fail(worker, f"broke its answer: {type(error).__name__}", reasons)
+            continue
+        _done(worker, upstream)
+        worker.served += 1
+        return Response(data, upstream.status, {WORKER_HEADER: worker.id}, media_type=upstream.content_type)
+    why = "; ".join(reasons) if reasons else "every worker is down or was tried"
+    raise APIError(503, f"no worker could take the request ({why})", code="no_worker", headers={"Retry-After": "1"})
+
+
+async def _relay(upstream: aiohttp.ClientResponse, worker: Worker) -> AsyncIterator[str]:
+    """The worker's stream as it comes; a break becomes an error event and [DONE]."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        async for chunk in upstream.content.iter_any():
+            text = decoder.decode(chunk)
+            if text:
+                yield text
+        worker.served += 1
+    except (aiohttp.ClientError, TimeoutError) as error:
+        worker.failed(f"broke a stream: {type(error).__name__}")
+        message = f"the worker serving this stream failed ({type(error).__name__}); the answer is incomplete"
+        yield f"data: {json.dumps(error_body(502, message, code='worker_failed'))}\n\n"
+        yield DONE
+
+
+def _done(worker: Worker, upstream: aiohttp.ClientResponse) -> None:
+    worker.in_flight -= 1
+    upstream.release()
+
+
+def _fail(worker: Worker, reason: str, reasons: list[str]) -> None:
+    worker.failed(reason)
+    reasons.append(f"{worker.url}: {reason}")
+
+
+async def _read_quietly(upstream: aiohttp.ClientResponse) -> str:
+    try:
+        return (await upstream.read()).decode(errors="replace")
+    except (aiohttp.ClientError, TimeoutError):
+        return ""
+    finally:
+        upstream.release()
