@@ -32,13 +32,14 @@ def router(
     import uvicorn
 
     from tokenworks.router.app import RouterConfig, create_router_app
+    from tokenworks.serve.server import Server  # a drained SIGTERM exits 0
 
     config = RouterConfig(workers=worker, policy=policy, host=host, port=port, api_key=api_key)
     try:
         app = create_router_app(config)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, access_log=access_log, log_level="info"))
+    server = Server(uvicorn.Config(app, host=host, port=port, access_log=access_log, log_level="info"))
     server.run()
     if not server.started:
         raise typer.Exit(1)

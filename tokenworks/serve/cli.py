@@ -19,6 +19,7 @@ def register(app: typer.Typer) -> None:
 
 
 def serve(
+    ctx: typer.Context,
     model: Path = typer.Argument(..., help="A checkpoint directory (config.json, safetensors, tokenizer.json)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 exposes the server."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port to bind."),
@@ -62,6 +63,10 @@ def serve(
     enable_lora: bool = typer.Option(
         False, "--enable-lora", help="Accepted as vLLM has it; adapters need no switch here.", hidden=True
     ),
+    workers: int = typer.Option(
+        1, "--workers", min=1, help="Serve N engine processes behind `tokenworks router` on this port (threads split)."
+    ),
+    router_policy: str = typer.Option("least-load", "--router-policy", help="With --workers: the router's policy."),
     restart_engine: bool = typer.Option(
         False,
         "--restart-engine",
@@ -79,6 +84,9 @@ def serve(
     if not (model / "config.json").is_file():
         raise CheckpointError(f"{model} has no config.json: point at a checkpoint directory")
     del enable_lora  # vLLM needs it to serve adapters; here they need nothing
+    if workers > 1:
+        serve_fleet(ctx, model, workers, threads, host, port, api_key, router_policy, access_log)
+        return
     adapters = lora_modules_of(lora_modules or [])
     engine_options = dict(
         threads=threads, kv_cache_memory_gib=kv_cache_memory_gib, max_num_batched_tokens=max_num_batched_tokens,
@@ -123,3 +131,59 @@ def lora_modules_of(specs: list[str]) -> dict[str, str]:
             raise typer.BadParameter(f"the name {name!r} is given twice", param_hint="--lora-modules")
         modules[name] = path
     return modules
+
+
+# Options a worker of a fleet does not take from the command line: the router has them (the
+# address, the key) or the fleet sets them (threads), or they make no sense twice.
+_FLEET_OWN = {"model", "host", "port", "api_key", "threads", "workers", "router_policy", "access_log"}
+
+
+def serve_fleet(
+    ctx: typer.Context, model: Path, count: int, threads: int | None, host: str, port: int, api_key: str | None, policy: str,
+    access_log: bool,
+) -> None:  # fmt: skip
+    """N workers of the model as processes, and the router in front of them on host:port."""
+    import os
+
+    import uvicorn
+    from rich.console import Console
+
+    from tokenworks.router.app import RouterConfig, create_router_app
+    from tokenworks.router.fleet import Fleet
+    from tokenworks.serve.server import Server
+
+    config = RouterConfig(workers=[], policy=policy, host=host, port=port, api_key=api_key)
+    try:
+        config.validate()
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--router-policy") from None
+    fleet = Fleet(str(model), count, threads or len(os.sched_getaffinity(0)), worker_options(ctx))
+    fleet.start()
+    try:
+        Console(stderr=True).print(fleet.describe())
+        config.workers = list(fleet.urls)
+        app = create_router_app(config)
+        server = Server(uvicorn.Config(app, host=host, port=port, access_log=access_log, log_level="info"))
+        server.run()  # until SIGTERM or Ctrl-C
+    finally:
+        fleet.stop()
+    if not server.started:
+        raise typer.Exit(1)
+
+
+def worker_options(context: typer.Context) -> list[str]:
+    """The serve options given on this command line, as arguments for each worker of a fleet."""
+    arguments: list[str] = []
+    for param in context.command.params:
+        source = context.get_parameter_source(param.name)
+        if param.name in _FLEET_OWN or source is None or source.name not in ("COMMANDLINE", "ENVIRONMENT"):
+            continue
+        value, flag = context.params[param.name], param.opts[0]
+        if param.is_flag:
+            arguments += [flag] if value else []
+        elif param.multiple:
+            for item in value:
+                arguments += [flag, str(item)]
+        else:
+            arguments += [flag, str(value)]
+    return arguments

@@ -1,0 +1,48 @@
+"""`tokenworks serve MODEL --workers 2`: two engine processes behind the router on one port."""
+
+from __future__ import annotations
+
+import signal
+
+import httpx
+
+from tests.serve.conftest import ServeProcess, alive, children_of
+from tokenworks.router.fleet import Fleet
+
+GREEDY = {"prompt": "def parse(text):", "max_tokens": 8, "temperature": 0}
+
+
+def test_serve_with_workers_splits_the_threads_routes_and_stops_them_all(serve_model_dir):
+    fleet = ServeProcess(serve_model_dir, "--workers", "2", "--seed", "3").wait_healthy()
+    try:
+        workers = children_of(fleet.process.pid)
+        assert len(workers) == 2  # two `tokenworks serve` processes, each with its own engine
+        with httpx.Client(base_url=fleet.url, timeout=60) as http:
+            listed = http.get("/workers").json()
+            assert listed["policy"] == "least-load" and [w["id"] for w in listed["workers"]] == ["w0", "w1"]
+            answers = [http.post("/v1/completions", json=GREEDY) for _ in range(4)]
+            assert [a.headers["x-tokenworks-worker"] for a in answers] == ["w0", "w1", "w0", "w1"]
+            assert len({a.json()["choices"][0]["text"] for a in answers}) == 1
+        fleet.process.send_signal(signal.SIGTERM)
+        assert fleet.process.wait(60) == 0
+        assert not any(alive(pid) for pid in workers)
+        output = fleet.output()
+        assert "2 workers x 1 thread each" in output, output
+    finally:
+        fleet.stop()
+
+
+def test_a_fleet_passes_the_serve_options_given_on_to_every_worker():
+    from typer.main import get_command
+
+    from tokenworks.cli import app
+    from tokenworks.serve.cli import worker_options
+
+    command = get_command(app).commands["serve"]
+    argv = ["m", "--workers", "2", "--threads", "4", "--seed", "3", "--no-enable-prefix-caching", "--api-key", "k",
+            "--lora-modules", "a=/x", "--lora-modules", "b=/y", "--port", "9"]  # fmt: skip
+    context = command.make_context("serve", argv)
+    assert worker_options(context) == [  # in the command's own order; the fleet's options left out
+        "--no-enable-prefix-caching", "--seed", "3", "--lora-modules", "a=/x", "--lora-modules", "b=/y",
+    ]  # fmt: skip
+    assert Fleet("m", 2, 4).threads_each == 2 and Fleet("m", 3, 2).threads_each == 1

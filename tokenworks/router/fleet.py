@@ -1,0 +1,112 @@
+"""`tokenworks serve MODEL --workers N`: N servers of one model as processes, for a router in front.
+
+Each worker is `python -m tokenworks serve MODEL` on 127.0.0.1 and a free port, with its share
+of the threads (and, where the machine has enough, its own cores: two engines computing on the
+same cores slow each other more than one engine with half the threads). The fleet waits until
+every worker answers /health, and stops them all (SIGTERM: each drains, then its engine stops)
+when the router stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+
+from tokenworks.errors import TokenworksError
+
+logger = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 600.0  # loading a big checkpoint on a slow disk takes a while
+STOP_TIMEOUT_S = 40.0  # a worker's own drain (30 s by default) and its engine's stop
+
+
+@dataclass
+class Fleet:
+    model: str
+    count: int
+    threads: int  # in all; each worker gets threads // count (at least 1)
+    extra: list[str] = field(default_factory=list)  # the serve options every worker gets
+    processes: list[subprocess.Popen] = field(default_factory=list)
+    urls: list[str] = field(default_factory=list)
+    cores: list[list[int]] = field(default_factory=list)
+
+    @property
+    def threads_each(self) -> int:
+        return max(1, self.threads // self.count)
+
+    def start(self) -> None:
+        available = sorted(os.sched_getaffinity(0))
+        each = self.threads_each
+        pin = len(available) >= each * self.count
+        try:
+            for index in range(self.count):
+                port = _free_port()
+                cores = available[index * each : (index + 1) * each] if pin else []
+                command = [
+                    sys.executable, "-m", "tokenworks", "serve", self.model, "--host", "127.0.0.1", "--port", str(port),
+                    "--threads", str(each), *self.extra,
+                ]  # fmt: skip
+                setup = (lambda cores=cores: os.sched_setaffinity(0, cores)) if cores else None
+                self.processes.append(subprocess.Popen(command, stdin=subprocess.DEVNULL, preexec_fn=setup))
+                self.urls.append(f"http://127.0.0.1:{port}")
+                self.cores.append(cores)
+            self._wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        waiting = set(range(self.count))
+        while waiting:
+            for index in sorted(waiting):
+                code = self.processes[index].poll()
+                if code is not None:
+                    raise TokenworksError(f"worker {index} ({self.urls[index]}) exited while starting (code {code})")
+                if _healthy(self.urls[index]):
+                    waiting.discard(index)
+            if time.monotonic() > deadline:
+                raise TokenworksError(f"{len(waiting)} workers did not start within {START_TIMEOUT_S:.0f} s")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for process in self.processes:
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def describe(self) -> str:
+        threads = f"{self.threads_each} thread{'s' * (self.threads_each != 1)}"
+        lines = [f"{self.count} workers x {threads} each"]
+        for url, cores in zip(self.urls, self.cores, strict=True):
+            lines.append(f"  {url}" + (f" on cores {','.join(map(str, cores))}" if cores else ""))
+        return "\n".join(lines)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _healthy(url: str) -> bool:
+    with (
+        contextlib.suppress(urllib.error.URLError, OSError),
+        urllib.request.urlopen(f"{url}/health", timeout=1.0) as answer,
+    ):
+        return answer.status == 200
+    return False
