@@ -84,10 +84,10 @@ def serve(
     if not (model / "config.json").is_file():
         raise CheckpointError(f"{model} has no config.json: point at a checkpoint directory")
     del enable_lora  # vLLM needs it to serve adapters; here they need nothing
+    adapters = lora_modules_of(lora_modules or [])
     if workers > 1:
         serve_fleet(ctx, model, workers, threads, host, port, api_key, router_policy, access_log)
         return
-    adapters = lora_modules_of(lora_modules or [])
     engine_options = dict(
         threads=threads, kv_cache_memory_gib=kv_cache_memory_gib, max_num_batched_tokens=max_num_batched_tokens,
         max_num_seqs=max_num_seqs, max_model_len=max_model_len, block_size=block_size,
@@ -139,8 +139,8 @@ _FLEET_OWN = {"model", "host", "port", "api_key", "threads", "workers", "router_
 
 
 def serve_fleet(
-    ctx: typer.Context, model: Path, count: int, threads: int | None, host: str, port: int, api_key: str | None, policy: str,
-    access_log: bool,
+    ctx: typer.Context, model: Path, count: int, threads: int | None, host: str, port: int, api_key: str | None,
+    policy: str, access_log: bool,
 ) -> None:  # fmt: skip
     """N workers of the model as processes, and the router in front of them on host:port."""
     import os
