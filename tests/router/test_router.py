@@ -105,6 +105,18 @@ def test_requests_spread_stream_and_answer_as_a_worker_does(workers, serve_model
             assert [(w["id"], w["served"], w["in_flight"]) for w in listed["workers"]] == [("w0", 3, 0), ("w1", 2, 0)]
             assert http.get("/health").json() == {"status": "ok", "workers": 2, "of": 2}
 
+            scraped = http.get("/metrics").text
+            w0, w1 = workers[0].url, workers[1].url
+            counts = {
+                (url, status): metric_value(scraped, "tokenworks_router_requests_total", {"worker": url, "status": status})
+                for url in (w0, w1) for status in ("200", "400")
+            }  # fmt: skip
+            assert counts == {(w0, "200"): 2, (w0, "400"): 1, (w1, "200"): 2, (w1, "400"): 0}
+            decided = [metric_value(scraped, "tokenworks_router_decisions_total", {"worker": url}) for url in (w0, w1)]
+            assert decided == [3, 2]
+            assert metric_value(scraped, "tokenworks_router_worker_up", {"worker": w1}) == 1
+            assert metric_value(scraped, "tokenworks_router_failovers_total") == 0
+
         client = openai.OpenAI(base_url=f"{router.url}/v1", api_key="unused")
         model = serve_model_dir.name  # each worker serves it under its directory's name: listed once
         assert [card.id for card in client.models.list().data] == [model]
@@ -137,6 +149,10 @@ def test_a_dead_worker_is_routed_around_and_no_request_is_lost(workers):
             error = answer.json()["error"]
             assert error["code"] == "no_worker" and error["message"].startswith("no worker could take the request")
             assert http.get("/health").status_code == 503
+            scraped = http.get("/metrics").text
+            assert metric_value(scraped, "tokenworks_router_no_worker_total") == 1
+            served = metric_value(scraped, "tokenworks_router_requests_total", {"worker": workers[1].url})
+            assert served == 6
     finally:
         router.stop()
 

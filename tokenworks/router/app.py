@@ -5,6 +5,7 @@
 | `POST /v1/completions`, `/v1/chat/completions` | forwarded to a worker the policy picks (proxy.py) |
 | `GET /v1/models` | every model the available workers serve (each once) |
 | `GET /health` | 200 while at least one worker is available, else 503 |
+| `GET /metrics` | Prometheus metrics, `tokenworks_router_*` (metrics.py) |
 | `GET /workers`, `POST /workers {"url"}`, `DELETE /workers/{id}` | the pool, and workers joining and leaving |
 
 The lifespan holds one aiohttp session to the workers and the health loop.
@@ -21,9 +22,11 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from tokenworks import __version__
+from tokenworks.router.metrics import RouterMetrics
 from tokenworks.router.policies import RoutedRequest, make_policy
 from tokenworks.router.proxy import forward
 from tokenworks.router.workers import WorkerPool
@@ -53,6 +56,7 @@ class RouterConfig:
 def create_router_app(config: RouterConfig) -> FastAPI:
     config.validate()
     pool, policy = WorkerPool.of(config.workers), make_policy(config.policy)
+    metrics = RouterMetrics(pool)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -80,7 +84,7 @@ def create_router_app(config: RouterConfig) -> FastAPI:
         if not isinstance(body, dict):
             raise APIError(400, "the request body must be a JSON object")
         routed = RoutedRequest(body, {name.lower(): value for name, value in request.headers.items()})
-        return await forward(path, raw, routed, pool, policy, request.app.state.session)
+        return await forward(path, raw, routed, pool, policy, request.app.state.session, metrics)
 
     @app.post("/v1/completions", summary="Forwarded to a worker (OpenAI Completions API).")
     async def completions(request: Request):
@@ -116,6 +120,10 @@ def create_router_app(config: RouterConfig) -> FastAPI:
         if not available:
             return error_response(503, "no worker is available", code="no_worker")
         return {"status": "ok", "workers": available, "of": len(pool.workers)}
+
+    @app.get("/metrics", summary="Prometheus metrics (tokenworks_router_*).")
+    async def prometheus():
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/workers", summary="The workers, their load and health.")
     async def workers():

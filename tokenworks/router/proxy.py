@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from starlette.responses import Response
 
+from tokenworks.router.metrics import RouterMetrics
 from tokenworks.router.policies import Policy, RoutedRequest
 from tokenworks.router.workers import Worker, WorkerPool
 from tokenworks.serve.errors import APIError, error_body
@@ -34,7 +35,7 @@ FORWARDED_HEADERS = ("content-type", "accept", "x-session-id", "x-request-id")
 
 async def forward(
     path: str, raw_body: bytes, routed: RoutedRequest, pool: WorkerPool, policy: Policy,
-    session: aiohttp.ClientSession,
+    session: aiohttp.ClientSession, metrics: RouterMetrics,
 ) -> Response:  # fmt: skip
     """The answer to one generation request, from the first worker that takes it."""
     headers = {name: routed.headers[name] for name in FORWARDED_HEADERS if name in routed.headers}
@@ -46,6 +47,9 @@ async def forward(
         if not candidates:
             break
         worker = policy.choose(routed, candidates)
+        metrics.decisions.labels(policy.name, worker.url).inc()
+        if tried:
+            metrics.failovers.inc()
         tried.add(worker.id)
         worker.in_flight += 1
         try:
@@ -61,7 +65,8 @@ async def forward(
             continue
         worker.succeeded()
         if upstream.content_type == "text/event-stream":
-            stream = EventStream(_relay(upstream, worker), on_close=lambda w=worker, u=upstream: _done(w, u))
+            metrics.requests.labels(worker.url, str(upstream.status)).inc()
+            stream = EventStream(_relay(upstream, worker, metrics), on_close=lambda w=worker, u=upstream: _done(w, u))
             stream.raw_headers.append((WORKER_HEADER.lower().encode(), worker.id.encode()))
             return stream
         try:
@@ -72,12 +77,14 @@ async def forward(
             continue
         _done(worker, upstream)
         worker.served += 1
+        metrics.requests.labels(worker.url, str(upstream.status)).inc()
         return Response(data, upstream.status, {WORKER_HEADER: worker.id}, media_type=upstream.content_type)
     why = "; ".join(reasons) if reasons else "every worker is down or was tried"
+    metrics.no_worker.inc()
     raise APIError(503, f"no worker could take the request ({why})", code="no_worker", headers={"Retry-After": "1"})
 
 
-async def _relay(upstream: aiohttp.ClientResponse, worker: Worker) -> AsyncIterator[str]:
+async def _relay(upstream: aiohttp.ClientResponse, worker: Worker, metrics: RouterMetrics) -> AsyncIterator[str]:
     """The worker's stream as it comes; a break becomes an error event and [DONE]."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     try:
@@ -88,6 +95,7 @@ async def _relay(upstream: aiohttp.ClientResponse, worker: Worker) -> AsyncItera
         worker.served += 1
     except (aiohttp.ClientError, TimeoutError) as error:
         worker.failed(f"broke a stream: {type(error).__name__}")
+        metrics.broken_streams.labels(worker.url).inc()
         message = f"the worker serving this stream failed ({type(error).__name__}); the answer is incomplete"
         yield f"data: {json.dumps(error_body(502, message, code='worker_failed'))}\n\n"
         yield DONE
