@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 
 import httpx
 
@@ -46,3 +47,19 @@ def test_a_fleet_passes_the_serve_options_given_on_to_every_worker():
         "--no-enable-prefix-caching", "--seed", "3", "--lora-modules", "a=/x", "--lora-modules", "b=/y",
     ]  # fmt: skip
     assert Fleet("m", 2, 4).threads_each == 2 and Fleet("m", 3, 2).threads_each == 1
+
+
+def test_workers_stop_by_themselves_when_their_fleet_is_killed(serve_model_dir):
+    fleet = ServeProcess(serve_model_dir, "--workers", "2").wait_healthy()
+    try:
+        workers = children_of(fleet.process.pid)
+        engines = [pid for worker in workers for pid in children_of(worker)]
+        assert len(workers) == 2 and len(engines) == 2
+        fleet.process.send_signal(signal.SIGKILL)
+        fleet.process.wait()
+        deadline = time.monotonic() + 30
+        while any(alive(pid) for pid in workers + engines) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(alive(pid) for pid in workers + engines)
+    finally:
+        fleet.stop()

@@ -4,7 +4,7 @@ Each worker is `python -m tokenworks serve MODEL` on 127.0.0.1 and a free port, 
 of the threads (and, where the machine has enough, its own cores: two engines computing on the
 same cores slow each other more than one engine with half the threads). The fleet waits until
 every worker answers /health, and stops them all (SIGTERM: each drains, then its engine stops)
-when the router stops.
+when the router stops; a worker whose fleet was killed outright stops by itself.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import urllib.request
 from dataclasses import dataclass, field
 
 from tokenworks.errors import TokenworksError
+from tokenworks.serve.server import PARENT_PID_VARIABLE
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,9 @@ class Fleet:
                     "--threads", str(each), *self.extra,
                 ]  # fmt: skip
                 setup = (lambda cores=cores: os.sched_setaffinity(0, cores)) if cores else None
-                self.processes.append(subprocess.Popen(command, stdin=subprocess.DEVNULL, preexec_fn=setup))
+                # A worker stops when this process is gone, even killed with SIGKILL (serve/server.py).
+                env = {**os.environ, PARENT_PID_VARIABLE: str(os.getpid())}
+                self.processes.append(subprocess.Popen(command, stdin=subprocess.DEVNULL, preexec_fn=setup, env=env))
                 self.urls.append(f"http://127.0.0.1:{port}")
                 self.cores.append(cores)
             self._wait_healthy()

@@ -1,20 +1,33 @@
-"""uvicorn's server, with the two ways a tokenworks server ends.
+"""uvicorn's server, with the three ways a tokenworks server ends.
 
 - A signal (SIGTERM, or Ctrl-C): the app is marked draining (503 for new requests) before
   uvicorn's graceful shutdown lets the requests in flight finish; a drained SIGTERM exits 0.
 - The app asks: when its engine core died and is not to be restarted, the app sets
   `ServerState.exit_code`; within a tick (0.1 s) the server shuts down as on SIGTERM, and
   `exit_code` tells the caller what to exit with.
+- Its parent is gone: a worker of `tokenworks serve --workers N` (router/fleet.py) gets its
+  parent's pid in TOKENWORKS_PARENT_PID and shuts down as on SIGTERM when that process is no
+  longer its parent, so a fleet killed with SIGKILL leaves no server holding cores and a port.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 
 import uvicorn
 
+logger = logging.getLogger(__name__)
+
+PARENT_PID_VARIABLE = "TOKENWORKS_PARENT_PID"
+
 
 class Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.parent_pid = int(os.environ.get(PARENT_PID_VARIABLE) or 0) or None
+
     def _state(self):
         app_state = getattr(self.config.app, "state", None)
         return getattr(app_state, "server", None)
@@ -36,4 +49,8 @@ class Server(uvicorn.Server):
     async def on_tick(self, counter: int) -> bool:
         if self.exit_code is not None:
             return True
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            logger.warning("the process that started this server (pid %d) is gone: stopping", self.parent_pid)
+            self.parent_pid = None  # once: the shutdown below drains as on SIGTERM
+            self.handle_exit(signal.SIGTERM, None)
         return await super().on_tick(counter)
