@@ -208,22 +208,29 @@ def test_the_router_imports_no_torch():
 
 
 def test_a_client_that_leaves_frees_the_work_on_its_worker(workers):
-    """The client closes its stream after two events: the router drops its request to the
-    worker, which aborts it (its open requests fall to 0 long before 1,500 tokens were made)."""
+    """A client that closes its stream after two events, or gives up waiting for a whole answer:
+    the router drops its request to the worker, which aborts it (its open requests fall to 0 long
+    before 1,500 tokens were made), and the router's own count of it is gone too."""
     router = RouterProcess([workers[0].url]).wait_healthy()
-    body = {"prompt": "x", "max_tokens": 1500, "temperature": 0, "ignore_eos": True, "stream": True}
+    body = {"prompt": "x", "max_tokens": 1500, "temperature": 0, "ignore_eos": True}
+    metrics_url = f"{workers[0].url}/metrics"
+
+    def worker_idle() -> bool:
+        deadline = time.monotonic() + 2.0
+        while metric_value(httpx.get(metrics_url).text, OPEN) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return metric_value(httpx.get(metrics_url).text, OPEN) == 0
+
     try:
-        with httpx.stream("POST", f"{router.url}/v1/completions", json=body, timeout=60) as response:
-            for index, _ in enumerate(response.iter_lines()):
+        with httpx.stream("POST", f"{router.url}/v1/completions", json={**body, "stream": True}, timeout=60) as stream:
+            for index, _ in enumerate(stream.iter_lines()):
                 if index == 3:
                     break
-        deadline = time.monotonic() + 2.0
-        while (
-            open_now := metric_value(httpx.get(f"{workers[0].url}/metrics").text, OPEN)
-        ) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert open_now == 0
-        generated = metric_value(httpx.get(f"{workers[0].url}/metrics").text, "tokenworks:generation_tokens_total")
-        assert 0 < generated < 1500
+        assert worker_idle()
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{router.url}/v1/completions", json=body, timeout=0.3)
+        assert worker_idle()
+        assert 0 < metric_value(httpx.get(metrics_url).text, "tokenworks:generation_tokens_total") < 1500
+        assert [w["in_flight"] for w in httpx.get(f"{router.url}/workers").json()["workers"]] == [0]
     finally:
         router.stop()

@@ -14,7 +14,7 @@ once and frees its tensors when the last of its requests is done.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -48,7 +48,6 @@ class LoraAdapter:
     pieces: list[list[list[LoraPiece]]]  # [layer][projection]: what each product adds, maybe nothing
     users: int = 0  # unfinished requests that use it
     unloaded: bool = False  # no new request may use it; its tensors go with its last request
-    layers: list[int] = field(default_factory=list)  # the layers it adapts
 
     @property
     def cache_salt(self) -> str:
@@ -115,9 +114,8 @@ def read_adapter(
         pieces[layer][product].append(
             LoraPiece(a.to(dtype).to(device).contiguous(), b_t.to(device).contiguous(), offset)
         )
-    layers = sorted({layer for layer, _ in pairs})
     targets = tuple(sorted({target for _, target in pairs}))
-    return LoraAdapter(name, str(directory), key, settings.rank, targets, pieces, layers=layers)
+    return LoraAdapter(name, str(directory), key, settings.rank, targets, pieces)
 
 
 class LoraRegistry:

@@ -33,6 +33,7 @@ from tokenworks.router.workers import WorkerPool
 from tokenworks.serve.auth import PROTECTED_PREFIXES, ApiKeyMiddleware
 from tokenworks.serve.config import DEFAULT_MAX_BODY_BYTES
 from tokenworks.serve.errors import APIError, BodySizeLimitMiddleware, error_response, install_error_handlers
+from tokenworks.serve.streaming import ClientGone, run_until_disconnect
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,6 @@ def create_router_app(config: RouterConfig) -> FastAPI:
                     await health
 
     app = FastAPI(title="tokenworks router", version=__version__, lifespan=lifespan)
-    app.state.pool, app.state.policy = pool, policy
 
     async def generate(request: Request, path: str):
         raw = await request.body()
@@ -84,7 +84,12 @@ def create_router_app(config: RouterConfig) -> FastAPI:
         if not isinstance(body, dict):
             raise APIError(400, "the request body must be a JSON object")
         routed = RoutedRequest(body, {name.lower(): value for name, value in request.headers.items()})
-        return await forward(path, raw, routed, pool, policy, request.app.state.session, metrics)
+        try:  # a client that leaves before the answer cancels the forward, and so the worker's work
+            return await run_until_disconnect(
+                request, forward(path, raw, routed, pool, policy, request.app.state.session, metrics)
+            )
+        except ClientGone:
+            return Response(status_code=499)
 
     @app.post("/v1/completions", summary="Forwarded to a worker (OpenAI Completions API).")
     async def completions(request: Request):
@@ -132,11 +137,16 @@ def create_router_app(config: RouterConfig) -> FastAPI:
     @app.post("/workers", status_code=201, summary='Add a worker: {"url": "http://host:port"}.')
     async def add_worker(request: Request):
         try:
-            url = (await request.json())["url"]
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        url = body.get("url") if isinstance(body, dict) else None
+        if not isinstance(url, str):
+            raise APIError(400, 'the body must be {"url": "http://host:port"}', param="url")
+        try:
             worker = pool.add(url)
-        except (ValueError, KeyError, TypeError) as error:
-            reason = str(error) if isinstance(error, ValueError) else 'the body must be {"url": "http://host:port"}'
-            raise APIError(400, reason, param="url") from None
+        except ValueError as error:
+            raise APIError(400, str(error), param="url") from None
         return JSONResponse(worker.describe(), status_code=201)
 
     @app.delete("/workers/{worker_id}", summary="Remove a worker (its requests in flight finish).")

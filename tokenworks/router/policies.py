@@ -56,14 +56,11 @@ class RoundRobin:
 @dataclass
 class LeastLoad:
     name: str = "least-load"
-    _turn: int = 0
+    ties: RoundRobin = field(default_factory=RoundRobin)
 
     def choose(self, request: RoutedRequest, candidates: list[Worker]) -> Worker:
         fewest = min(worker.in_flight for worker in candidates)
-        tied = [worker for worker in candidates if worker.in_flight == fewest]
-        worker = tied[self._turn % len(tied)]
-        self._turn += 1
-        return worker
+        return self.ties.choose(request, [worker for worker in candidates if worker.in_flight == fewest])
 
 
 @dataclass

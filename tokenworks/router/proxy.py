@@ -37,9 +37,9 @@ async def forward(
     path: str, raw_body: bytes, routed: RoutedRequest, pool: WorkerPool, policy: Policy,
     session: aiohttp.ClientSession, metrics: RouterMetrics,
 ) -> Response:  # fmt: skip
-    """The answer to one generation request, from the first worker that takes it."""
+    """The answer to one generation request, from the first worker that takes it. Cancelling it
+    (a client gone) drops the request to the worker, which then aborts its work."""
     headers = {name: routed.headers[name] for name in FORWARDED_HEADERS if name in routed.headers}
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S)
     tried: set[str] = set()
     reasons: list[str] = []
     for _ in range(MAX_ATTEMPTS):
@@ -53,35 +53,53 @@ async def forward(
         tried.add(worker.id)
         worker.in_flight += 1
         try:
-            upstream = await session.post(f"{worker.url}{path}", data=raw_body, headers=headers, timeout=timeout)
-        except (aiohttp.ClientError, TimeoutError) as error:
+            answer = await _attempt(f"{worker.url}{path}", raw_body, headers, worker, session, metrics, reasons)
+        finally:  # a stream keeps a count of its own until it closes
             worker.in_flight -= 1
-            _fail(worker, f"{type(error).__name__}: {error}", reasons)
-            continue
-        if upstream.status in RETRIED_STATUSES:
-            text = await _read_quietly(upstream)
-            worker.in_flight -= 1
-            _fail(worker, f"answered {upstream.status} {text[:200]}", reasons)
-            continue
-        worker.succeeded()
-        if upstream.content_type == "text/event-stream":
-            metrics.requests.labels(worker.url, str(upstream.status)).inc()
-            stream = EventStream(_relay(upstream, worker, metrics), on_close=lambda w=worker, u=upstream: _done(w, u))
-            stream.raw_headers.append((WORKER_HEADER.lower().encode(), worker.id.encode()))
-            return stream
-        try:
-            data = await upstream.read()
-        except (aiohttp.ClientError, TimeoutError) as error:  # nothing passed on yet: another may answer
-            _done(worker, upstream)
-            _fail(worker, f"broke its answer: {type(error).__name__}", reasons)
-            continue
-        _done(worker, upstream)
-        worker.served += 1
-        metrics.requests.labels(worker.url, str(upstream.status)).inc()
-        return Response(data, upstream.status, {WORKER_HEADER: worker.id}, media_type=upstream.content_type)
+        if answer is not None:
+            return answer
     why = "; ".join(reasons) if reasons else "every worker is down or was tried"
     metrics.no_worker.inc()
     raise APIError(503, f"no worker could take the request ({why})", code="no_worker", headers={"Retry-After": "1"})
+
+
+async def _attempt(
+    url: str, raw_body: bytes, headers: dict[str, str], worker: Worker, session: aiohttp.ClientSession,
+    metrics: RouterMetrics, reasons: list[str],
+) -> Response | None:  # fmt: skip
+    """The worker's answer, or None when it failed before anything was passed on (marked failed,
+    its reason in `reasons`), so that another worker may take the request."""
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S)
+    try:
+        upstream = await session.post(url, data=raw_body, headers=headers, timeout=timeout)
+    except (aiohttp.ClientError, TimeoutError) as error:
+        _fail(worker, f"{type(error).__name__}: {error}", reasons)
+        return None
+    streaming = False
+    try:
+        if upstream.status in RETRIED_STATUSES:
+            text = (await upstream.read()).decode(errors="replace")
+            _fail(worker, f"answered {upstream.status} {text[:200]}", reasons)
+            return None
+        if upstream.content_type == "text/event-stream":
+            worker.succeeded()
+            metrics.requests.labels(worker.url, str(upstream.status)).inc()
+            worker.in_flight += 1
+            streaming = True
+            stream = EventStream(_relay(upstream, worker, metrics), on_close=lambda: _stream_closed(worker, upstream))
+            stream.raw_headers.append((WORKER_HEADER.lower().encode(), worker.id.encode()))
+            return stream
+        data = await upstream.read()
+    except (aiohttp.ClientError, TimeoutError) as error:  # nothing passed on yet: another may answer
+        _fail(worker, f"broke its answer: {type(error).__name__}", reasons)
+        return None
+    finally:
+        if not streaming:
+            upstream.release()
+    worker.succeeded()
+    worker.served += 1
+    metrics.requests.labels(worker.url, str(upstream.status)).inc()
+    return Response(data, upstream.status, {WORKER_HEADER: worker.id}, media_type=upstream.content_type)
 
 
 async def _relay(upstream: aiohttp.ClientResponse, worker: Worker, metrics: RouterMetrics) -> AsyncIterator[str]:
@@ -101,20 +119,11 @@ async def _relay(upstream: aiohttp.ClientResponse, worker: Worker, metrics: Rout
         yield DONE
 
 
-def _done(worker: Worker, upstream: aiohttp.ClientResponse) -> None:
+def _stream_closed(worker: Worker, upstream: aiohttp.ClientResponse) -> None:
     worker.in_flight -= 1
-    upstream.release()
+    upstream.release()  # an unfinished one closes its connection: the worker sees the client go
 
 
 def _fail(worker: Worker, reason: str, reasons: list[str]) -> None:
     worker.failed(reason)
     reasons.append(f"{worker.url}: {reason}")
-
-
-async def _read_quietly(upstream: aiohttp.ClientResponse) -> str:
-    try:
-        return (await upstream.read()).decode(errors="replace")
-    except (aiohttp.ClientError, TimeoutError):
-        return ""
-    finally:
-        upstream.release()
