@@ -20,7 +20,7 @@ def test_serve_with_workers_splits_the_threads_routes_and_stops_them_all(serve_m
         assert len(workers) == 2  # two `tokenworks serve` processes, each with its own engine
         with httpx.Client(base_url=fleet.url, timeout=60) as http:
             listed = http.get("/workers").json()
-            assert listed["policy"] == "least-load" and [w["id"] for w in listed["workers"]] == ["w0", "w1"]
+            assert listed["policy"] == "kv" and [w["id"] for w in listed["workers"]] == ["w0", "w1"]
             answers = [http.post("/v1/completions", json=GREEDY) for _ in range(4)]
             assert [a.headers["x-tokenworks-worker"] for a in answers] == ["w0", "w1", "w0", "w1"]
             assert len({a.json()["choices"][0]["text"] for a in answers}) == 1

@@ -5,6 +5,10 @@ known is "cached": registered under the hash of its tokens and of every token be
 (see `block_hash`), so a later request with the same prefix reuses it. A freed block keeps
 its hash and stays findable until it is handed out again: the free list is in LRU order
 (least recently freed first) and reviving a cached block from it is O(1).
+
+With `events` set (a list), the pool records what changes in the prefix cache as vLLM's KV
+events (`BlockStored`, `BlockRemoved`, `AllBlocksCleared`, as the dicts msgpack sends), for the
+engine to publish after each step (kv_events.py) and a router to index.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class BlockPool:
     enable_caching: bool = True
     blocks: list[KVBlock] = field(init=False)
     stats: PrefixCacheStats = field(default_factory=PrefixCacheStats)
+    events: list[dict] | None = None  # KV events since the engine last took them; None: not recorded
 
     def __post_init__(self) -> None:
         if self.num_blocks < 1:
@@ -91,6 +96,7 @@ class BlockPool:
             if block.hash is not None:  # evict: its old contents are about to be overwritten
                 if self._cached.get(block.hash) is block:
                     del self._cached[block.hash]
+                    self._record_removed(block.hash)
                 block.hash = None
                 self.stats.evictions += 1
             block.ref_count = 1
@@ -118,13 +124,33 @@ class BlockPool:
             if block.ref_count == 0:
                 self._free[block.block_id] = block
 
-    def cache(self, block: KVBlock, hash_value: bytes) -> None:
-        """Register a full block under its hash (the first block with a given hash wins)."""
-        if not self.enable_caching or block.hash is not None:
+    def cache(self, block: KVBlock, hash_value: bytes) -> bool:
+        """Register a full block under its hash (the first block with a given hash wins); True
+        when it was registered now."""
+        if not self.enable_caching or block.hash is not None or hash_value in self._cached:
+            return False
+        self._cached[hash_value] = block
+        block.hash = hash_value
+        return True
+
+    def record_stored(
+        self, hashes: list[bytes], parent: bytes | None, token_ids: list[int], block_size: int, lora_name: str | None
+    ) -> None:
+        """Record blocks just registered, one after another in a sequence (vLLM's `BlockStored`)."""
+        if self.events is not None and hashes:
+            self.events.append({
+                "type": "BlockStored", "block_hashes": hashes, "parent_block_hash": parent, "token_ids": token_ids,
+                "block_size": block_size, "lora_id": None, "medium": "CPU", "lora_name": lora_name,
+            })  # fmt: skip
+
+    def _record_removed(self, hash_value: bytes) -> None:
+        if self.events is None:
             return
-        if hash_value not in self._cached:
-            self._cached[hash_value] = block
-            block.hash = hash_value
+        last = self.events[-1] if self.events else None
+        if last is not None and last["type"] == "BlockRemoved":
+            last["block_hashes"].append(hash_value)  # one event for a run of evictions
+        else:
+            self.events.append({"type": "BlockRemoved", "block_hashes": [hash_value], "medium": "CPU"})
 
     def reset_prefix_cache(self) -> bool:
         """Forget every cached block; refused (False) while any block is in use."""
@@ -133,6 +159,8 @@ class BlockPool:
         self._cached.clear()
         for block in self.blocks:
             block.hash = None
+        if self.events is not None:
+            self.events.append({"type": "AllBlocksCleared"})
         return True
 
     def check_invariants(self) -> None:

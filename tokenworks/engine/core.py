@@ -13,6 +13,7 @@ import time
 import torch
 
 from tokenworks.engine.kv_cache_manager import KVCacheManager
+from tokenworks.engine.kv_events import KVEventPublisher
 from tokenworks.engine.lora import LoraAdapter, LoraRegistry
 from tokenworks.engine.malloc_tuning import keep_freed_memory
 from tokenworks.engine.messages import CoreOutput, StepStats
@@ -48,6 +49,7 @@ class EngineCore:
         num_blocks = self._num_blocks(device, block_size)
         self.max_model_len = min(options.max_model_len or config.max_position_embeddings, num_blocks * block_size)
         self.kv_cache = KVCacheManager(num_blocks, block_size, options.enable_prefix_caching)
+        self.kv_events = self._kv_event_publisher()
         self.scheduler = Scheduler(
             self.kv_cache, options.max_num_batched_tokens, options.max_num_seqs, options.scheduling_policy
         )
@@ -67,6 +69,26 @@ class EngineCore:
             num_blocks,
             block_size,
         )
+
+    def _kv_event_publisher(self) -> KVEventPublisher | None:
+        """Publishing KV events, when asked for (the pool then records them)."""
+        config = self.options.kv_events
+        if config is None or not config.publishing or not self.options.enable_prefix_caching:
+            return None
+        publisher = KVEventPublisher(config)
+        self.kv_cache.pool.events = []
+        logger.info("publishing KV events at %s (replay: %s)", publisher.endpoint, publisher.replay_endpoint)
+        return publisher
+
+    def _publish_kv_events(self) -> None:
+        events = self.kv_cache.pool.events
+        if events:
+            self.kv_events.publish(events)
+            self.kv_cache.pool.events = []
+
+    def close(self) -> None:
+        if self.kv_events is not None:
+            self.kv_events.close()
 
     def _num_blocks(self, device: str, block_size: int) -> int:
         o = self.options
@@ -126,6 +148,8 @@ class EngineCore:
                 self._finish(request, RequestStatus.FINISHED_ABORTED)
                 outputs.append(self._output(request, [], None))
         self.last_stats = StepStats(self.scheduler.stats())
+        if self.kv_events is not None:
+            self._publish_kv_events()
         return outputs
 
     def has_work(self) -> bool:
@@ -140,6 +164,8 @@ class EngineCore:
         self.last_stats = StepStats(
             self.scheduler.stats(), len(scheduled.chunks), scheduled.num_tokens, time.perf_counter() - start
         )
+        if self.kv_events is not None:
+            self._publish_kv_events()
         return outputs
 
     def _run(self, scheduled: SchedulerOutput) -> list[CoreOutput]:
@@ -265,4 +291,7 @@ class EngineCore:
         )
 
     def reset_prefix_cache(self) -> bool:
-        return self.kv_cache.reset_prefix_cache()
+        reset = self.kv_cache.reset_prefix_cache()
+        if self.kv_events is not None:
+            self._publish_kv_events()
+        return reset

@@ -104,13 +104,17 @@ def run(start: StartEngine, channel: Channel) -> None:
     # of the benchmark's tiny model (2 threads; 9,855-9,972 tok/s, 10,374-10,476 without them).
     calm_the_garbage_collector()
     channel.send(ready_message(core))
-    _loop(core, channel, start.parent_pid)
+    try:
+        _loop(core, channel, start.parent_pid)
+    finally:
+        core.close()
 
 
 def ready_message(core: EngineCore) -> Ready:
     return Ready(
         core.max_model_len, core.model.config.vocab_size, sorted(core.eos_token_ids),
         core.kv_cache.pool.num_blocks, core.kv_cache.block_size, str(core.model.device), core.list_loras(),
+        core.kv_events.describe() if core.kv_events is not None else None,
     )  # fmt: skip
 
 

@@ -100,9 +100,26 @@ class KVCacheManager:
         hashes = self._update_hashes(request)
         full = min(num_tokens // self.block_size, len(hashes))
         # A full block's tokens never change: register each once, not again every step.
-        for index in range(registered, full):
-            self.pool.cache(held[index], hashes[index])
+        stored = [index for index in range(registered, full) if self.pool.cache(held[index], hashes[index])]
         self._registered[request.request_id] = full
+        if stored and self.pool.events is not None:
+            self._record_stored(request, hashes, stored)
+
+    def _record_stored(self, request: Request, hashes: list[bytes], stored: list[int]) -> None:
+        """One `BlockStored` event per run of consecutive newly registered blocks."""
+        size, tokens = self.block_size, request.all_token_ids
+        adapter = request.adapter
+        lora_name = getattr(adapter, "name", None)
+        run_start = 0
+        for position in range(1, len(stored) + 1):
+            if position < len(stored) and stored[position] == stored[position - 1] + 1:
+                continue
+            first, last = stored[run_start], stored[position - 1]
+            self.pool.record_stored(
+                hashes[first : last + 1], hashes[first - 1] if first else None,
+                list(tokens[first * size : (last + 1) * size]), size, lora_name,
+            )  # fmt: skip
+            run_start = position
 
     def free(self, request: Request) -> None:
         """Release the request's blocks, last first (its shared prefix stays cached longest)."""

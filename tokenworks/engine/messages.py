@@ -70,6 +70,7 @@ class Ready:
     block_size: int
     device: str
     loras: dict[str, str] = field(default_factory=dict)  # the LoRA adapters loaded at start: name -> path
+    kv_events: dict | None = None  # where it publishes KV events, as bound (KVEventPublisher.describe)
 
 
 @dataclass(slots=True)

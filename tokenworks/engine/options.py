@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 MAX_LORA_RANK = 512  # the compiled kernels' limit (kernels/step_layers.h)
@@ -50,6 +51,9 @@ class EngineOptions:
     lora_modules: dict[str, str] | None = None
     max_loras: int = 8
     max_lora_rank: int = 64
+    # Publish the prefix cache's changes (blocks stored, removed, all cleared) over ZMQ, as vLLM's
+    # --kv-events-config does, so that a router knows which prompts this engine holds.
+    kv_events: KVEventsConfig | None = None
 
     def validate(self) -> None:
         if (
@@ -84,6 +88,50 @@ class EngineOptions:
         if self.block_size is not None:
             return self.block_size
         return 16 if device.startswith("cuda") else 128
+
+
+@dataclass(slots=True)
+class KVEventsConfig:
+    """vLLM's `--kv-events-config` (the same JSON keys): where the engine publishes its KV events.
+
+    The events go out on a ZMQ PUB socket at `endpoint` as multipart messages (topic, sequence
+    number as 8 bytes big-endian, msgpack payload); a ROUTER socket at `replay_endpoint` sends
+    a subscriber the batches it missed, from the last `buffer_steps`. An endpoint's port may
+    be `*` (any free one): the engine reports the ones it bound (`Ready.kv_events`).
+    """
+
+    enable_kv_cache_events: bool = False
+    publisher: str = "zmq"
+    endpoint: str = "tcp://*:5557"
+    replay_endpoint: str | None = None
+    buffer_steps: int = 10_000
+    hwm: int = 100_000
+    max_queue_size: int = 100_000
+    topic: str = ""
+
+    @classmethod
+    def from_json(cls, text: str) -> KVEventsConfig:
+        """Parsed from vLLM's JSON form; ValueError naming what is wrong."""
+        try:
+            values = json.loads(text)
+        except ValueError as error:
+            raise ValueError(f"the KV events config is not JSON: {error}") from None
+        if not isinstance(values, dict):
+            raise ValueError("the KV events config must be a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown KV events config keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        config = cls(**values)
+        if config.publisher not in ("zmq", "null"):
+            raise ValueError(f"the KV events publisher is 'zmq' or 'null', got {config.publisher!r}")
+        if config.buffer_steps < 1 or config.hwm < 0 or config.max_queue_size < 1:
+            raise ValueError("buffer_steps and max_queue_size must be positive, hwm at least 0")
+        return config
+
+    @property
+    def publishing(self) -> bool:
+        return self.enable_kv_cache_events and self.publisher == "zmq"
 
 
 def available_memory_bytes(device: str) -> int:

@@ -7,8 +7,10 @@
 | `GET /health` | 200 while at least one worker is available, else 503 |
 | `GET /metrics` | Prometheus metrics, `tokenworks_router_*` (metrics.py) |
 | `GET /workers`, `POST /workers {"url"}`, `DELETE /workers/{id}` | the pool, and workers joining and leaving |
+| `GET /dashboard` | the workers at a glance: load, health, learnt speeds, prefix hits |
 
-The lifespan holds one aiohttp session to the workers and the health loop.
+The lifespan holds one aiohttp session to the workers, the health loop and, under the `kv`
+policy, the KV event feeds and the search for a tokenizer (a worker's model directory).
 """
 
 from __future__ import annotations
@@ -26,8 +28,13 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from tokenworks import __version__
+from tokenworks.router.dashboard import router as dashboard_router
+from tokenworks.router.kv_events import KVEventFeeds
+from tokenworks.router.kv_policy import MAX_LOAD_RATIO, KvAware
 from tokenworks.router.metrics import RouterMetrics
-from tokenworks.router.policies import RoutedRequest, make_policy
+from tokenworks.router.policies import DEFAULT_POLICY, Policy, RoutedRequest, make_policy
+from tokenworks.router.prefix_index import PrefixIndex
+from tokenworks.router.prompts import PromptTokenizer
 from tokenworks.router.proxy import forward
 from tokenworks.router.workers import WorkerPool
 from tokenworks.serve.auth import PROTECTED_PREFIXES, ApiKeyMiddleware
@@ -38,42 +45,92 @@ from tokenworks.serve.streaming import ClientGone, run_until_disconnect
 logger = logging.getLogger(__name__)
 
 MODELS_TIMEOUT_S = 2.0
+TOKENIZER_SEARCH_S = 0.5
 
 
 @dataclass(slots=True)
 class RouterConfig:
     workers: list[str] = field(default_factory=list)
-    policy: str = "least-load"
+    policy: str = DEFAULT_POLICY
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None  # Bearer token required on /v1/* and /workers when set
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    tokenizer: str | None = None  # kv: the model directory whose tokenizer cuts prompts into blocks
+    max_load_ratio: float = MAX_LOAD_RATIO  # kv: the hot-spot guard
 
     def validate(self) -> None:
-        make_policy(self.policy)
+        if self.policy != "kv":
+            make_policy(self.policy)
+        if self.max_load_ratio < 1:
+            raise ValueError(f"the max load ratio must be at least 1, got {self.max_load_ratio}")
         WorkerPool.of(self.workers)  # each a URL, none twice
+        if self.tokenizer is not None:
+            PromptTokenizer(self.tokenizer)
+
+
+@dataclass
+class Routing:
+    """What the routes share: the pool, the policy and, under kv, the index and its feeds."""
+
+    pool: WorkerPool
+    policy: Policy
+    metrics: RouterMetrics
+    prompts: PromptTokenizer
+    feeds: KVEventFeeds | None = None
+
+
+def routing_of(config: RouterConfig) -> Routing:
+    pool = WorkerPool.of(config.workers)
+    metrics = RouterMetrics(pool)
+    prompts = PromptTokenizer(config.tokenizer)
+    if config.policy != "kv":
+        return Routing(pool, make_policy(config.policy), metrics, prompts)
+    index = PrefixIndex()
+    feeds = KVEventFeeds(pool, index)
+    metrics.index, metrics.feeds = index, feeds.stats
+    return Routing(pool, KvAware(index, config.max_load_ratio), metrics, prompts, feeds)
+
+
+async def find_tokenizer(routing: Routing, session: aiohttp.ClientSession) -> None:
+    """Until the router has a tokenizer: the model directory an available worker names, if it is here."""
+    timeout = aiohttp.ClientTimeout(total=MODELS_TIMEOUT_S)
+    while routing.prompts.tokenizer is None:
+        for worker in routing.pool.candidates():
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
+                async with session.get(f"{worker.url}/v1/models", timeout=timeout) as response:
+                    cards = (await response.json())["data"] if response.status == 200 else []
+                if any(routing.prompts.try_load(card.get("root")) for card in cards if not card.get("parent")):
+                    return
+        await asyncio.sleep(TOKENIZER_SEARCH_S)
 
 
 def create_router_app(config: RouterConfig) -> FastAPI:
     config.validate()
-    pool, policy = WorkerPool.of(config.workers), make_policy(config.policy)
-    metrics = RouterMetrics(pool)
+    routing = routing_of(config)
+    pool, policy, metrics = routing.pool, routing.policy, routing.metrics
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         connector = aiohttp.TCPConnector(limit=0)  # as many connections as requests in flight
         async with aiohttp.ClientSession(connector=connector) as session:
             app.state.session = session
-            health = asyncio.ensure_future(pool.watch_health(session))
+            tasks = [asyncio.ensure_future(pool.watch_health(session))]
+            if routing.feeds is not None:
+                tasks.append(asyncio.ensure_future(routing.feeds.run(session)))
+                tasks.append(asyncio.ensure_future(find_tokenizer(routing, session)))
             logger.info("routing to %d workers by %s", len(pool.workers), policy.name)
             try:
                 yield
             finally:
-                health.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await health
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
     app = FastAPI(title="tokenworks router", version=__version__, lifespan=lifespan)
+    app.state.routing = routing
 
     async def generate(request: Request, path: str):
         raw = await request.body()
@@ -84,6 +141,8 @@ def create_router_app(config: RouterConfig) -> FastAPI:
         if not isinstance(body, dict):
             raise APIError(400, "the request body must be a JSON object")
         routed = RoutedRequest(body, {name.lower(): value for name, value in request.headers.items()})
+        if routing.feeds is not None:
+            routed.tokens = routing.prompts.tokens(path, body)
         try:  # a client that leaves before the answer cancels the forward, and so the worker's work
             return await run_until_disconnect(
                 request, forward(path, raw, routed, pool, policy, request.app.state.session, metrics)
@@ -147,15 +206,21 @@ def create_router_app(config: RouterConfig) -> FastAPI:
             worker = pool.add(url)
         except ValueError as error:
             raise APIError(400, str(error), param="url") from None
+        if routing.feeds is not None:
+            routing.feeds.watch(worker)
         return JSONResponse(worker.describe(), status_code=201)
 
     @app.delete("/workers/{worker_id}", summary="Remove a worker (its requests in flight finish).")
     async def remove_worker(worker_id: str):
         try:
-            return pool.remove(worker_id).describe()
+            worker = pool.remove(worker_id)
         except KeyError:
             raise APIError(404, f"no worker {worker_id!r}", code="worker_not_found") from None
+        if routing.feeds is not None:
+            routing.feeds.forget(worker)
+        return worker.describe()
 
+    app.include_router(dashboard_router)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.max_body_bytes)
     if config.api_key:

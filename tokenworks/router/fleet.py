@@ -2,7 +2,8 @@
 
 Each worker is `python -m tokenworks serve MODEL` on 127.0.0.1 and a free port, with its share
 of the threads (and, where the machine has enough, its own cores: two engines computing on the
-same cores slow each other more than one engine with half the threads). The fleet waits until
+same cores slow each other more than one engine with half the threads), publishing its KV
+events for the router's `kv` policy on ports of its own. The fleet waits until
 every worker answers /health, and stops them all (SIGTERM: each drains, then its engine stops)
 when the router stops; a worker whose fleet was killed outright stops by itself.
 """
@@ -10,6 +11,7 @@ when the router stops; a worker whose fleet was killed outright stops by itself.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -27,6 +29,11 @@ logger = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 600.0  # loading a big checkpoint on a slow disk takes a while
 STOP_TIMEOUT_S = 40.0  # a worker's own drain (30 s by default) and its engine's stop
+# Every worker publishes its KV events (and keeps them for replay) on ports of its own, which the
+# router finds by asking it (GET /kv_events).
+KV_EVENTS_CONFIG = json.dumps(
+    {"enable_kv_cache_events": True, "endpoint": "tcp://127.0.0.1:*", "replay_endpoint": "tcp://127.0.0.1:*"}
+)
 
 
 @dataclass
@@ -53,7 +60,7 @@ class Fleet:
                 cores = available[index * each : (index + 1) * each] if pin else []
                 command = [
                     sys.executable, "-m", "tokenworks", "serve", self.model, "--host", "127.0.0.1", "--port", str(port),
-                    "--threads", str(each), *self.extra,
+                    "--threads", str(each), "--kv-events-config", KV_EVENTS_CONFIG, *self.extra,
                 ]  # fmt: skip
                 setup = (lambda cores=cores: os.sched_setaffinity(0, cores)) if cores else None
                 # A worker stops when this process is gone, even killed with SIGKILL (serve/server.py).

@@ -29,6 +29,15 @@ SESSION_TTL_S = 600.0
 class RoutedRequest:
     body: dict
     headers: dict[str, str]  # lower-case names
+    tokens: list[int] | None = None  # the prompt's token ids, when the router could make them out
+    reason: str = ""  # why the policy chose its worker (metrics)
+    predicted_cached_tokens: int | None = None  # the kv policy's expectation of the worker's prefix hit
+    uncached_tokens: int = 0  # the prefill the chosen worker has to do, as the policy sees it
+
+    @property
+    def max_tokens(self) -> int | None:
+        value = self.body.get("max_completion_tokens", self.body.get("max_tokens"))
+        return value if isinstance(value, int) and value >= 0 else None
 
     @property
     def session(self) -> str | None:
@@ -50,6 +59,7 @@ class RoundRobin:
     def choose(self, request: RoutedRequest, candidates: list[Worker]) -> Worker:
         worker = candidates[self._turn % len(candidates)]
         self._turn += 1
+        request.reason = "turn"
         return worker
 
 
@@ -60,7 +70,9 @@ class LeastLoad:
 
     def choose(self, request: RoutedRequest, candidates: list[Worker]) -> Worker:
         fewest = min(worker.in_flight for worker in candidates)
-        return self.ties.choose(request, [worker for worker in candidates if worker.in_flight == fewest])
+        worker = self.ties.choose(request, [worker for worker in candidates if worker.in_flight == fewest])
+        request.reason = "least-load"
+        return worker
 
 
 @dataclass
@@ -69,6 +81,7 @@ class PowerOfTwo:
     rng: random.Random = field(default_factory=lambda: random.Random(0))
 
     def choose(self, request: RoutedRequest, candidates: list[Worker]) -> Worker:
+        request.reason = "p2c"
         if len(candidates) == 1:
             return candidates[0]
         first, second = self.rng.sample(candidates, 2)
@@ -90,7 +103,11 @@ class Session:
         worker = None
         if remembered is not None and now - remembered[1] <= self.ttl_s:
             worker = next((w for w in candidates if w.id == remembered[0]), None)
-        worker = worker or self.fallback.choose(request, candidates)
+        if worker is not None:
+            request.reason = "session"
+        else:
+            worker = self.fallback.choose(request, candidates)
+            request.reason = "new-session"
         self._last[key] = (worker.id, now)
         if len(self._last) > 4 * 65536:  # forget the expired, now and then
             self._last = {k: v for k, v in self._last.items() if now - v[1] <= self.ttl_s}
@@ -98,9 +115,12 @@ class Session:
 
 
 POLICIES = {policy.name: policy for policy in (RoundRobin, LeastLoad, PowerOfTwo, Session)}
+POLICY_NAMES = (*POLICIES, "kv")
+DEFAULT_POLICY = "kv"
 
 
 def make_policy(name: str) -> Policy:
+    """A policy by name (`kv` needs the router's prefix index: see kv_policy.py)."""
     if name not in POLICIES:
-        raise ValueError(f"unknown routing policy {name!r}; choose one of {', '.join(POLICIES)}")
+        raise ValueError(f"unknown routing policy {name!r}; choose one of {', '.join(POLICY_NAMES)}")
     return POLICIES[name]()

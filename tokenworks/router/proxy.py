@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from starlette.responses import Response
 
+from tokenworks.router.flight import Flight
 from tokenworks.router.metrics import RouterMetrics
 from tokenworks.router.policies import Policy, RoutedRequest
 from tokenworks.router.workers import Worker, WorkerPool
@@ -47,15 +48,17 @@ async def forward(
         if not candidates:
             break
         worker = policy.choose(routed, candidates)
-        metrics.decisions.labels(policy.name, worker.url).inc()
+        metrics.decisions.labels(policy.name, worker.url, routed.reason).inc()
         if tried:
             metrics.failovers.inc()
         tried.add(worker.id)
-        worker.in_flight += 1
+        flight = Flight(worker, routed, metrics, getattr(policy, "output_tokens_seen", None))
+        answer = None
         try:
-            answer = await _attempt(f"{worker.url}{path}", raw_body, headers, worker, session, metrics, reasons)
-        finally:  # a stream keeps a count of its own until it closes
-            worker.in_flight -= 1
+            answer = await _attempt(f"{worker.url}{path}", raw_body, headers, flight, session, metrics, reasons)
+        finally:
+            if answer is None:  # failed, or cancelled (its client left): the stream's own close ends it otherwise
+                flight.abandoned()
         if answer is not None:
             return answer
     why = "; ".join(reasons) if reasons else "every worker is down or was tried"
@@ -64,11 +67,12 @@ async def forward(
 
 
 async def _attempt(
-    url: str, raw_body: bytes, headers: dict[str, str], worker: Worker, session: aiohttp.ClientSession,
+    url: str, raw_body: bytes, headers: dict[str, str], flight: Flight, session: aiohttp.ClientSession,
     metrics: RouterMetrics, reasons: list[str],
 ) -> Response | None:  # fmt: skip
     """The worker's answer, or None when it failed before anything was passed on (marked failed,
     its reason in `reasons`), so that another worker may take the request."""
+    worker = flight.worker
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S)
     try:
         upstream = await session.post(url, data=raw_body, headers=headers, timeout=timeout)
@@ -84,9 +88,8 @@ async def _attempt(
         if upstream.content_type == "text/event-stream":
             worker.succeeded()
             metrics.requests.labels(worker.url, str(upstream.status)).inc()
-            worker.in_flight += 1
             streaming = True
-            stream = EventStream(_relay(upstream, worker, metrics), on_close=lambda: _stream_closed(worker, upstream))
+            stream = EventStream(_relay(upstream, flight, metrics), on_close=lambda: _stream_closed(flight, upstream))
             stream.raw_headers.append((WORKER_HEADER.lower().encode(), worker.id.encode()))
             return stream
         data = await upstream.read()
@@ -99,18 +102,22 @@ async def _attempt(
     worker.succeeded()
     worker.served += 1
     metrics.requests.labels(worker.url, str(upstream.status)).inc()
+    flight.ended(data if upstream.status == 200 else None)
     return Response(data, upstream.status, {WORKER_HEADER: worker.id}, media_type=upstream.content_type)
 
 
-async def _relay(upstream: aiohttp.ClientResponse, worker: Worker, metrics: RouterMetrics) -> AsyncIterator[str]:
+async def _relay(upstream: aiohttp.ClientResponse, flight: Flight, metrics: RouterMetrics) -> AsyncIterator[str]:
     """The worker's stream as it comes; a break becomes an error event and [DONE]."""
     decoder = codecs.getincrementaldecoder("utf-8")()
+    worker = flight.worker
     try:
         async for chunk in upstream.content.iter_any():
             text = decoder.decode(chunk)
             if text:
+                flight.streamed(text)
                 yield text
         worker.served += 1
+        flight.ended()
     except (aiohttp.ClientError, TimeoutError) as error:
         worker.failed(f"broke a stream: {type(error).__name__}")
         metrics.broken_streams.labels(worker.url).inc()
@@ -119,8 +126,8 @@ async def _relay(upstream: aiohttp.ClientResponse, worker: Worker, metrics: Rout
         yield DONE
 
 
-def _stream_closed(worker: Worker, upstream: aiohttp.ClientResponse) -> None:
-    worker.in_flight -= 1
+def _stream_closed(flight: Flight, upstream: aiohttp.ClientResponse) -> None:
+    flight.abandoned()  # nothing, when it ended whole
     upstream.release()  # an unfinished one closes its connection: the worker sees the client go
 
 

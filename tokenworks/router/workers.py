@@ -6,6 +6,11 @@ backoff has passed (doubling from BACKOFF_S up to MAX_BACKOFF_S with each failur
 then tried again; a success closes the breaker. The health loop asks every worker's /health
 each HEALTH_INTERVAL_S, so a dead worker leaves the candidates within a second and a restarted
 one comes back on its own.
+
+A worker is given by its URL, optionally followed by where it publishes KV events, for a
+worker the router cannot ask (vLLM started with `--kv-events-config`):
+`http://host:8001,kv_events=tcp://host:5557,replay=tcp://host:5558,block_size=16`.
+A tokenworks worker says so itself (GET /kv_events), found when it first answers.
 """
 
 from __future__ import annotations
@@ -14,9 +19,12 @@ import asyncio
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
+
+from tokenworks.router.estimates import LinearEstimate
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +32,20 @@ HEALTH_INTERVAL_S = 0.5
 HEALTH_TIMEOUT_S = 1.0
 BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
+# Priors of what the router learns (estimates.py), until a worker has answered a few requests:
+# a turn of 10 ms plus 100 us per prefill token, and 20 ms per output token plus 1 ms for each
+# other request decoding. Every worker starts with the same, so they only break ties.
+TTFT_PRIOR = (0.010, 1e-4)
+TPOT_PRIOR = (0.020, 1e-3)
+
+
+@dataclass(slots=True)
+class KVEventSource:
+    """Where a worker publishes its KV events (ZMQ), as vLLM's --kv-events-config names them."""
+
+    endpoint: str
+    replay_endpoint: str | None = None
+    topic: str = ""
 
 
 @dataclass(eq=False)
@@ -35,12 +57,28 @@ class Worker:
     skip_until: float = 0.0  # time.monotonic() before which the breaker keeps it out
     served: int = 0  # requests it answered (for /workers and tests)
     last_error: str | None = None
+    # What the kv policy knows of it: its blocks' size, where its events come from (None: it sends
+    # none, so the router remembers what it sent there), the prefill tokens of its requests not
+    # yet started, the requests it is decoding, and what it learnt of its speed.
+    block_size: int | None = None
+    kv_events: KVEventSource | None = None
+    probed: bool = False  # its /kv_events asked (or its events given on the command line)
+    events_given: bool = False  # where its events come from was given with its URL
+    pending_prefill_tokens: int = 0
+    decoding: int = 0
+    ttft: LinearEstimate = field(default_factory=lambda: LinearEstimate(*TTFT_PRIOR))
+    tpot: LinearEstimate = field(default_factory=lambda: LinearEstimate(*TPOT_PRIOR))
+    epoch: int = 0  # caches it started afresh with (a restart, or the router lost track of it)
+
+    on_lost_cache: Callable[[Worker], None] | None = None
 
     @property
     def available(self) -> bool:
         return time.monotonic() >= self.skip_until
 
     def failed(self, reason: str) -> None:
+        if self.failures == 0 and self.on_lost_cache is not None:
+            self.on_lost_cache(self)  # down, maybe restarting: whatever it held is not to be counted on
         self.failures += 1
         self.last_error = reason
         backoff = min(MAX_BACKOFF_S, BACKOFF_S * 2 ** (self.failures - 1))
@@ -53,9 +91,15 @@ class Worker:
         self.failures, self.skip_until, self.last_error = 0, 0.0, None
 
     def describe(self) -> dict:
+        ttft_a, ttft_b = self.ttft.coefficients
+        tpot_a, tpot_b = self.tpot.coefficients
         return {
             "id": self.id, "url": self.url, "healthy": self.available, "in_flight": self.in_flight,
             "served": self.served, "failures": self.failures, "last_error": self.last_error,
+            "block_size": self.block_size, "kv_events": self.kv_events.endpoint if self.kv_events else None,
+            "epoch": self.epoch, "pending_prefill_tokens": self.pending_prefill_tokens, "decoding": self.decoding,
+            "prefill_tokens_per_s": round(1 / ttft_b) if ttft_b > 0 else None, "turn_s": round(ttft_a, 6),
+            "tpot_s": round(tpot_a + tpot_b * max(self.decoding, 1), 6),
         }  # fmt: skip
 
 
@@ -71,11 +115,15 @@ class WorkerPool:
             pool.add(url)
         return pool
 
-    def add(self, url: str) -> Worker:
-        url = normalized_url(url)
+    def add(self, spec: str) -> Worker:
+        """A worker from its URL, or its URL and KV events (see the module's docstring)."""
+        url, events, block_size = parse_worker_spec(spec)
         if any(worker.url == url for worker in self.workers):
             raise ValueError(f"{url} is a worker already")
-        worker = Worker(url, f"w{next(self._ids)}")
+        given = events is not None
+        worker = Worker(
+            url, f"w{next(self._ids)}", block_size=block_size, kv_events=events, probed=given, events_given=given
+        )
         self.workers.append(worker)
         return worker
 
@@ -111,6 +159,26 @@ class WorkerPool:
             worker.succeeded()
         else:
             worker.failed(reason)
+
+
+def parse_worker_spec(spec: str) -> tuple[str, KVEventSource | None, int | None]:
+    """`URL[,kv_events=ENDPOINT][,replay=ENDPOINT][,block_size=N]` as (url, events, block size)."""
+    url, *options = [part.strip() for part in spec.split(",")]
+    values: dict[str, str] = {}
+    for option in options:
+        name, equals, value = option.partition("=")
+        if not equals or name not in ("kv_events", "replay", "block_size"):
+            raise ValueError(f"unknown worker option {option!r}: give kv_events=, replay= or block_size=")
+        values[name] = value
+    block_size = None
+    if "block_size" in values:
+        if not values["block_size"].isdigit() or int(values["block_size"]) < 1:
+            raise ValueError(f"block_size must be a positive integer, got {values['block_size']!r}")
+        block_size = int(values["block_size"])
+    if "replay" in values and "kv_events" not in values:
+        raise ValueError("replay= needs kv_events= (the endpoint events are published at)")
+    events = KVEventSource(values["kv_events"], values.get("replay")) if "kv_events" in values else None
+    return normalized_url(url), events, block_size
 
 
 def normalized_url(url: str) -> str:

@@ -63,10 +63,16 @@ def serve(
     enable_lora: bool = typer.Option(
         False, "--enable-lora", help="Accepted as vLLM has it; adapters need no switch here.", hidden=True
     ),
+    kv_events_config: str = typer.Option(
+        None,
+        "--kv-events-config",
+        help='Publish KV cache events over ZMQ, as vLLM: \'{"enable_kv_cache_events": true, "endpoint": "tcp://*:5557", '
+        '"replay_endpoint": "tcp://*:5558"}\' (a port of * takes a free one; GET /kv_events says which).',
+    ),
     workers: int = typer.Option(
         1, "--workers", min=1, help="Serve N engine processes behind `tokenworks router` on this port (threads split)."
     ),
-    router_policy: str = typer.Option("least-load", "--router-policy", help="With --workers: the router's policy."),
+    router_policy: str = typer.Option("kv", "--router-policy", help="With --workers: the router's policy."),
     restart_engine: bool = typer.Option(
         False,
         "--restart-engine",
@@ -85,6 +91,7 @@ def serve(
         raise CheckpointError(f"{model} has no config.json: point at a checkpoint directory")
     del enable_lora  # vLLM needs it to serve adapters; here they need nothing
     adapters = lora_modules_of(lora_modules or [])
+    kv_events = kv_events_of(kv_events_config)
     if workers > 1:
         serve_fleet(ctx, model, workers, threads, host, port, api_key, router_policy, access_log)
         return
@@ -92,7 +99,7 @@ def serve(
         threads=threads, kv_cache_memory_gib=kv_cache_memory_gib, max_num_batched_tokens=max_num_batched_tokens,
         max_num_seqs=max_num_seqs, max_model_len=max_model_len, block_size=block_size,
         enable_prefix_caching=not no_prefix_caching, pack_weights=not no_pack_weights, device=device, dtype=dtype,
-        seed=seed, lora_modules=adapters, max_loras=max_loras, max_lora_rank=max_lora_rank,
+        seed=seed, lora_modules=adapters, max_loras=max_loras, max_lora_rank=max_lora_rank, kv_events=kv_events,
     )  # fmt: skip
     config = ServerConfig(
         model=model, served_model_name=served_model_name, host=host, port=port, api_key=api_key,
@@ -120,6 +127,18 @@ def serve(
         raise typer.Exit(server.exit_code)
 
 
+def kv_events_of(text: str | None):
+    """--kv-events-config as a KVEventsConfig; a bad one is a usage error naming what is wrong."""
+    from tokenworks.engine.options import KVEventsConfig
+
+    if text is None:
+        return None
+    try:
+        return KVEventsConfig.from_json(text)
+    except (ValueError, TypeError) as error:
+        raise typer.BadParameter(str(error), param_hint="--kv-events-config") from None
+
+
 def lora_modules_of(specs: list[str]) -> dict[str, str]:
     """--lora-modules NAME=PATH values as a dict; a bad one is a usage error naming it."""
     modules: dict[str, str] = {}
@@ -135,7 +154,18 @@ def lora_modules_of(specs: list[str]) -> dict[str, str]:
 
 # Options a worker of a fleet does not take from the command line: the router has them (the
 # address, the key) or the fleet sets them (threads), or they make no sense twice.
-_FLEET_OWN = {"model", "host", "port", "api_key", "threads", "workers", "router_policy", "access_log"}
+# The fleet decides these for each worker itself (a KV events endpoint each, on a free port).
+_FLEET_OWN = {
+    "model",
+    "host",
+    "port",
+    "api_key",
+    "threads",
+    "workers",
+    "router_policy",
+    "access_log",
+    "kv_events_config",
+}
 
 
 def serve_fleet(
@@ -152,7 +182,7 @@ def serve_fleet(
     from tokenworks.router.fleet import Fleet
     from tokenworks.serve.server import Server
 
-    config = RouterConfig(workers=[], policy=policy, host=host, port=port, api_key=api_key)
+    config = RouterConfig(workers=[], policy=policy, host=host, port=port, api_key=api_key, tokenizer=str(model))
     try:
         config.validate()
     except ValueError as error:

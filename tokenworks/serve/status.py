@@ -32,6 +32,14 @@ async def list_models(request: Request):
     return {"object": "list", "data": [card(base, str(state.config.model), None), *adapters]}
 
 
+@router.get("/kv_events", summary="Where the engine publishes its KV cache events (vLLM's layout), and its block size.")
+async def kv_events(request: Request):
+    state: ServerState = request.app.state.server
+    ready = state.engine.frontend.ready
+    published = ready.kv_events or {"enable_kv_cache_events": False}
+    return {**published, "block_size": ready.block_size}
+
+
 @router.get("/health", summary="200 while the engine is alive and the server accepts requests, else 503.")
 async def health(request: Request):
     error = request.app.state.server.unavailable()

@@ -1,0 +1,127 @@
+"""One request on its way through a worker: the worker's counters while it runs, and what the
+router learns from it when it ends.
+
+While a request waits for its first token its prefill (the tokens the policy expected the
+worker to compute) counts in the worker's `pending_prefill_tokens`; from its first token to its
+end it counts in `decoding`. These persist between paced requests as long as the work does, so a
+burst of turns that each finish their prefill before the next arrives still sees the load.
+
+When it ends, the worker's own report (`usage`: prompt, cached and completion tokens) and the
+times the router saw give one sample to each of the worker's estimates (estimates.py), and the
+policy's predicted prefix hit is counted against the reported one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tokenworks.router.metrics import RouterMetrics
+from tokenworks.router.policies import RoutedRequest
+from tokenworks.router.workers import Worker
+
+_USAGE_MARK = '"usage": {'
+_USAGE_MARK_COMPACT = '"usage":{'
+_TAIL_CHARS = 8192  # enough for the last chunk (usage and all)
+
+
+@dataclass(slots=True)
+class Flight:
+    worker: Worker
+    routed: RoutedRequest
+    metrics: RouterMetrics
+    learn_output: Callable[[int], None] | None = None  # the policy's mean output length, where it keeps one
+    started: float = field(default_factory=time.monotonic)
+    prefill_ahead: int = 0  # prefill tokens ahead of it on its worker when sent, its own included
+    decoding_at_first_token: int = 0
+    first_token: float | None = None
+    chunks: int = 0
+    tail: str = ""  # the stream's last characters, where its usage is
+    _prefilling: bool = True
+    _open: bool = True
+
+    def __post_init__(self) -> None:
+        worker = self.worker
+        worker.in_flight += 1
+        worker.pending_prefill_tokens += self.routed.uncached_tokens
+        self.prefill_ahead = worker.pending_prefill_tokens
+
+    def _end_prefill(self) -> None:
+        if self._prefilling:
+            self._prefilling = False
+            self.worker.pending_prefill_tokens -= self.routed.uncached_tokens
+
+    def streamed(self, text: str) -> None:
+        """A piece of the worker's stream passed on."""
+        if self.first_token is None:
+            self.first_token = time.monotonic()
+            self._end_prefill()
+            self.worker.decoding += 1
+            self.decoding_at_first_token = self.worker.decoding
+        self.chunks += text.count("\n\ndata: ") + text.startswith("data: ")
+        if _USAGE_MARK in text or _USAGE_MARK_COMPACT in text or self.tail:
+            self.tail = (self.tail + text)[-_TAIL_CHARS:]
+
+    def ended(self, body: bytes | None = None) -> None:
+        """The answer is complete (a whole body, or the end of a stream): learn from it."""
+        self._release()
+        usage = _usage_of_body(body) if body is not None else _usage_of_stream(self.tail)
+        if usage is None:
+            return
+        worker, routed = self.worker, self.routed
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+        if isinstance(prompt, int):
+            self.metrics.prompt_tokens.labels(worker.url).inc(prompt)
+        if isinstance(completion, int):
+            self.metrics.completion_tokens.labels(worker.url).inc(completion)
+            if self.learn_output is not None:
+                self.learn_output(completion)
+        if isinstance(cached, int):
+            self.metrics.reported_cached_tokens.labels(worker.url).inc(cached)
+            if routed.predicted_cached_tokens is not None:
+                self.metrics.predicted_cached_tokens.labels(worker.url).inc(routed.predicted_cached_tokens)
+        if self.first_token is None:
+            return  # a whole body: no time of its first token
+        uncached = prompt - cached if isinstance(prompt, int) and isinstance(cached, int) else routed.uncached_tokens
+        ahead = self.prefill_ahead - routed.uncached_tokens + uncached
+        worker.ttft.add(ahead, self.first_token - self.started)
+        outputs = completion if isinstance(completion, int) else self.chunks
+        if outputs >= 2:
+            worker.tpot.add(self.decoding_at_first_token, (time.monotonic() - self.first_token) / (outputs - 1))
+
+    def abandoned(self) -> None:
+        """It failed or its client left: nothing to learn."""
+        self._release()
+
+    def _release(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        self._end_prefill()
+        if self.first_token is not None:
+            self.worker.decoding -= 1
+        self.worker.in_flight -= 1
+
+
+def _usage_of_body(body: bytes) -> dict | None:
+    try:
+        usage = json.loads(body).get("usage")
+    except (ValueError, AttributeError):
+        return None
+    return usage if isinstance(usage, dict) else None
+
+
+def _usage_of_stream(tail: str) -> dict | None:
+    """The usage of the last chunk that has one (the totals, with or without continuous usage)."""
+    for line in reversed(tail.split("\n")):
+        if line.startswith("data: {") and ("usage" in line):
+            try:
+                usage = json.loads(line[len("data: ") :]).get("usage")
+            except ValueError:
+                continue
+            if isinstance(usage, dict):
+                return usage
+    return None

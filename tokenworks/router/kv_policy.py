@@ -1,0 +1,117 @@
+"""The `kv` policy: each request goes where it would be answered soonest, counting what the
+worker already holds of its prompt.
+
+For each candidate worker the cost is in seconds, from what the router learnt of that worker
+(estimates.py, flight.py), not from hand-set weights:
+
+    cost = ttft(prefill ahead + the prompt's blocks the worker lacks)
+         + expected output tokens x tpot(requests decoding there + 1)
+
+- the prefix the worker holds comes from the index (prefix_index.py): its KV events, or what
+  the router sent there itself;
+- the prefill ahead is the worker's requests still waiting for their first token, so a worker
+  that holds the prefix but has a queue loses to an idle one once the queue costs more than the
+  prefill it would save;
+- the decode guard: each request decoding on a worker slows every token there by what the
+  worker's own figures say, so decode-heavy workers cost more.
+
+And the hot-spot guard: no worker is chosen whose requests in flight would then exceed
+`max_load_ratio` times the mean (one prefix taking all the traffic cannot pile onto one worker).
+The chosen worker's blocks are then predicted in the index for a few seconds, so requests of
+the same prefix sent before its events arrive (siblings, an agent's fan-out) land together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tokenworks.router.estimates import pooled
+from tokenworks.router.policies import RoundRobin, RoutedRequest
+from tokenworks.router.prefix_index import PrefixIndex, block_keys
+from tokenworks.router.workers import Worker
+
+DEFAULT_BLOCK_SIZE = 16  # a worker's until it says (its /kv_events, or its first event)
+DEFAULT_OUTPUT_TOKENS = 128  # expected before any answer was seen, when a request sets no max_tokens
+SIBLING_TTL_S = 5.0  # a worker with events: until they confirm the blocks
+UNCONFIRMED_TTL_S = 120.0  # a worker without events: all the router knows of its cache
+MAX_LOAD_RATIO = 1.25
+OUTPUT_DECAY = 0.98
+
+
+@dataclass
+class KvAware:
+    index: PrefixIndex
+    max_load_ratio: float = MAX_LOAD_RATIO
+    name: str = "kv"
+    ties: RoundRobin = field(default_factory=RoundRobin)
+    mean_output_tokens: float | None = None  # over recent answers (all workers)
+
+    def output_tokens_seen(self, count: int) -> None:
+        mean = self.mean_output_tokens
+        self.mean_output_tokens = count if mean is None else OUTPUT_DECAY * mean + (1 - OUTPUT_DECAY) * count
+
+    def expected_output_tokens(self, request: RoutedRequest) -> float:
+        cap = request.max_tokens
+        mean = self.mean_output_tokens if self.mean_output_tokens is not None else DEFAULT_OUTPUT_TOKENS
+        return min(mean, cap) if cap is not None else mean
+
+    def guarded(self, candidates: list[Worker]) -> list[Worker]:
+        """The candidates that would stay within max_load_ratio x the mean load with one more request."""
+        limit = self.max_load_ratio * (sum(worker.in_flight for worker in candidates) + 1) / len(candidates)
+        allowed = [worker for worker in candidates if worker.in_flight + 1 <= max(limit, 1.0)]
+        return allowed or candidates
+
+    def choose(self, request: RoutedRequest, candidates: list[Worker]) -> Worker:
+        allowed = self.guarded(candidates)
+        tokens = request.tokens
+        if not tokens:
+            return self._by_load(request, allowed, "no-prompt-tokens")
+        extra = self._extra_key(request)
+        keys: dict[int, list[int]] = {}
+        matched: dict[str, int] = {}
+        for size in {worker.block_size or DEFAULT_BLOCK_SIZE for worker in candidates}:
+            keys[size] = block_keys(tokens, size, extra)
+            sized = [worker.id for worker in candidates if (worker.block_size or DEFAULT_BLOCK_SIZE) == size]
+            matched.update(self.index.matched_blocks(keys[size], sized))
+        outputs = self.expected_output_tokens(request)
+        ttft_peers, tpot_peers = pooled([w.ttft for w in candidates]), pooled([w.tpot for w in candidates])
+        best: tuple[float, int, int] | None = None
+        chosen, chosen_hit = allowed[0], 0
+        order = self.ties.choose(request, allowed)  # whose turn it is, for exact ties
+        for worker in allowed:
+            size = worker.block_size or DEFAULT_BLOCK_SIZE
+            hit = min(matched.get(worker.id, 0) * size, len(tokens) - 1)  # the engine computes one at least
+            cost = worker.ttft.predict(worker.pending_prefill_tokens + len(tokens) - hit, ttft_peers)
+            cost += outputs * worker.tpot.predict(worker.decoding + 1, tpot_peers)
+            rank = (cost, worker.in_flight, worker is not order)
+            if best is None or rank < best:
+                best, chosen, chosen_hit = rank, worker, hit
+        best_anywhere = max(
+            (min(matched.get(w.id, 0) * (w.block_size or DEFAULT_BLOCK_SIZE), len(tokens) - 1) for w in candidates),
+            default=0,
+        )  # fmt: skip
+        if best_anywhere == 0:
+            request.reason = "no-prefix-hit"
+        elif chosen_hit == best_anywhere:
+            request.reason = "prefix-hit"
+        elif max((matched.get(w.id, 0) for w in allowed), default=0) < max(matched.values(), default=0):
+            request.reason = "hot-spot-guard"
+        else:
+            request.reason = "load"  # the longest match's queue cost more than the prefill it saves
+        request.predicted_cached_tokens = chosen_hit
+        request.uncached_tokens = len(tokens) - chosen_hit
+        ttl = SIBLING_TTL_S if chosen.kv_events is not None else UNCONFIRMED_TTL_S
+        self.index.predict(chosen.id, keys[chosen.block_size or DEFAULT_BLOCK_SIZE], ttl)
+        return chosen
+
+    def _by_load(self, request: RoutedRequest, allowed: list[Worker], reason: str) -> Worker:
+        fewest = min(worker.in_flight for worker in allowed)
+        worker = self.ties.choose(request, [worker for worker in allowed if worker.in_flight == fewest])
+        request.reason = reason
+        request.predicted_cached_tokens, request.uncached_tokens = None, 0
+        return worker
+
+    def _extra_key(self, request: RoutedRequest) -> str | None:
+        """An adapter's blocks are its own (workers send their LoRA name with them)."""
+        model = request.body.get("model")
+        return model if isinstance(model, str) and model in self.index.lora_names else None
