@@ -16,7 +16,9 @@ For each candidate worker the cost is in seconds, from what the router learnt of
   worker's own figures say, so decode-heavy workers cost more.
 
 And the hot-spot guard: no worker is chosen whose requests in flight would then exceed
-`max_load_ratio` times the mean (one prefix taking all the traffic cannot pile onto one worker).
+`max_load_ratio` times the mean (one prefix taking all the traffic cannot pile onto one worker),
+nor the mean by more than a burst of BURST requests, whichever allows more: on a quiet fleet a
+burst of siblings (an agent's fan-out of 8) may still land together, where their prefix is.
 The chosen worker's blocks are then predicted in the index for a few seconds, so requests of
 the same prefix sent before its events arrive (siblings, an agent's fan-out) land together.
 """
@@ -34,7 +36,8 @@ DEFAULT_BLOCK_SIZE = 16  # a worker's until it says (its /kv_events, or its firs
 DEFAULT_OUTPUT_TOKENS = 128  # expected before any answer was seen, when a request sets no max_tokens
 SIBLING_TTL_S = 5.0  # a worker with events: until they confirm the blocks
 UNCONFIRMED_TTL_S = 120.0  # a worker without events: all the router knows of its cache
-MAX_LOAD_RATIO = 1.25
+MAX_LOAD_RATIO = 1.5
+BURST = 8
 OUTPUT_DECAY = 0.98
 
 
@@ -56,9 +59,10 @@ class KvAware:
         return min(mean, cap) if cap is not None else mean
 
     def guarded(self, candidates: list[Worker]) -> list[Worker]:
-        """The candidates that would stay within max_load_ratio x the mean load with one more request."""
-        limit = self.max_load_ratio * (sum(worker.in_flight for worker in candidates) + 1) / len(candidates)
-        allowed = [worker for worker in candidates if worker.in_flight + 1 <= max(limit, 1.0)]
+        """The candidates whose load, with one more request, stays within the hot-spot guard."""
+        mean = (sum(worker.in_flight for worker in candidates) + 1) / len(candidates)
+        limit = max(self.max_load_ratio * mean, mean + BURST)
+        allowed = [worker for worker in candidates if worker.in_flight + 1 <= limit]
         return allowed or candidates
 
     def choose(self, request: RoutedRequest, candidates: list[Worker]) -> Worker:

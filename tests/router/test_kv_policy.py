@@ -1,0 +1,205 @@
+"""The kv policy's parts on crafted states: block keys, the prefix index, the cost, the guards."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tokenworks.router.estimates import LinearEstimate, pooled
+from tokenworks.router.kv_policy import KvAware
+from tokenworks.router.policies import RoutedRequest
+from tokenworks.router.prefix_index import PrefixIndex, block_keys
+from tokenworks.router.workers import KVEventSource, Worker, parse_worker_spec
+
+SIZE = 4
+PROMPT = list(range(100, 118))  # 18 tokens: 4 full blocks of 4, and 2 over
+
+
+def workers(count: int = 2, with_events: bool = True) -> list[Worker]:
+    source = KVEventSource("tcp://127.0.0.1:1") if with_events else None
+    return [Worker(f"http://127.0.0.1:{9000 + i}", f"w{i}", block_size=SIZE, kv_events=source) for i in range(count)]
+
+
+def kv_policy(pool: list[Worker], **options) -> KvAware:
+    index = PrefixIndex()
+    for worker in pool:
+        index.add_worker(worker.id)
+    return KvAware(index, **options)
+
+
+def routed(tokens: list[int] | None, **body) -> RoutedRequest:
+    return RoutedRequest(body, {}, tokens=tokens)
+
+
+def store(index: PrefixIndex, worker: str, tokens: list[int], blocks: int, first_hash: int = 0) -> None:
+    """The worker's events for the first `blocks` blocks of `tokens`, its own hashes first_hash, first_hash + 1, ..."""
+    assert index.stored(worker, list(range(first_hash, first_hash + blocks)), None, tokens[: blocks * SIZE], SIZE)
+
+
+# ---- block keys and the index ------------------------------------------------------------------
+
+
+def test_block_keys_chain_whole_blocks_only():
+    keys = block_keys(PROMPT, SIZE)
+    assert len(keys) == 4 and len(set(keys)) == 4
+    assert block_keys(PROMPT[:8] + [1] * 10, SIZE)[:2] == keys[:2]  # the same first two blocks
+    assert block_keys(PROMPT[:8] + [1] * 10, SIZE)[2:] != keys[2:]
+    assert block_keys([0] + PROMPT[1:], SIZE)[1:] != keys[1:]  # a change early changes every later key
+    assert block_keys(PROMPT, SIZE, extra="adapter") != keys  # an adapter's blocks are its own
+    assert block_keys(PROMPT[:3], SIZE) == []
+
+
+def test_the_index_matches_leading_blocks_per_worker():
+    index = PrefixIndex()
+    for worker in ("w0", "w1", "w2"):
+        index.add_worker(worker)
+    keys = block_keys(PROMPT, SIZE)
+    store(index, "w0", PROMPT, 4)
+    store(index, "w1", PROMPT, 2, first_hash=10)
+    # w2 holds blocks 2 and 3 only through a parent it reported: not a prefix of this prompt
+    assert index.matched_blocks(keys, ["w0", "w1", "w2"]) == {"w0": 4, "w1": 2, "w2": 0}
+    assert (index.size("w0"), index.size("w1"), index.size()) == (4, 2, 6)
+
+    index.removed("w0", [2])  # its third block evicted: only two lead now
+    assert index.matched_blocks(keys, ["w0", "w1"]) == {"w0": 2, "w1": 2}
+    assert index.stored("w1", [12], 11, PROMPT[8:12], SIZE)  # w1 adds its third block under its parent
+    assert index.matched_blocks(keys, ["w0", "w1"]) == {"w0": 2, "w1": 3}
+    assert not index.stored("w1", [99], 98, PROMPT[12:16], SIZE)  # a parent never seen: events were lost
+    index.clear("w1")
+    assert index.matched_blocks(keys, ["w0", "w1"]) == {"w0": 2, "w1": 0} and index.size("w1") == 0
+    index.remove_worker("w0")
+    assert index.size() == 0
+
+
+def test_predictions_count_until_they_expire():
+    index = PrefixIndex()
+    index.add_worker("w0")
+    keys = block_keys(PROMPT, SIZE)
+    index.predict("w0", keys[:3], ttl_s=0.2)
+    assert index.matched_blocks(keys, ["w0"]) == {"w0": 3}
+    time.sleep(0.25)
+    assert index.matched_blocks(keys, ["w0"]) == {"w0": 0}
+
+
+# ---- what is learnt --------------------------------------------------------------------------------
+
+
+def test_a_linear_estimate_fits_its_samples_and_keeps_its_prior_until_it_has_some():
+    estimate = LinearEstimate(0.01, 1e-4)
+    assert estimate.predict(1000) == pytest.approx(0.11)
+    for x in (100, 400, 800, 1600, 3200):
+        estimate.add(x, 0.005 + 2e-5 * x)
+    a, b = estimate.coefficients
+    assert a == pytest.approx(0.005) and b == pytest.approx(2e-5)
+    same = LinearEstimate(0.0, 1.0)
+    for _ in range(5):
+        same.add(500, 0.05)  # every sample the same x: a line through the origin
+    assert same.coefficients == pytest.approx((0.0, 1e-4))
+    assert pooled([estimate, LinearEstimate(1.0, 1.0)]) == pytest.approx((0.005, 2e-5))
+    assert LinearEstimate(9.0, 9.0).predict(1, instead=(1.0, 2.0)) == 3.0  # a new worker is taken to be like its peers
+
+
+# ---- the policy ----------------------------------------------------------------------------------------
+
+
+def test_kv_sends_a_prompt_where_its_prefix_is():
+    pool = workers()
+    policy = kv_policy(pool)
+    store(policy.index, "w1", PROMPT, 3)
+    request = routed(PROMPT)
+    assert policy.choose(request, pool) is pool[1]
+    assert (request.reason, request.predicted_cached_tokens, request.uncached_tokens) == ("prefix-hit", 12, 6)
+
+
+def test_a_whole_prompt_cached_still_leaves_one_token_to_compute():
+    pool = workers()
+    policy = kv_policy(pool)
+    store(policy.index, "w0", PROMPT[:16], 4)
+    request = routed(PROMPT[:16])
+    assert policy.choose(request, pool) is pool[0] and request.predicted_cached_tokens == 15
+
+
+def test_a_queue_costing_more_than_the_prefill_saved_sends_it_elsewhere():
+    pool = workers()
+    for worker in pool:  # both learnt: 1 ms per prefill token
+        for x in (10, 20, 40, 80):
+            worker.ttft.add(x, 0.001 * x)
+    policy = kv_policy(pool)
+    store(policy.index, "w0", PROMPT, 4)
+    pool[0].pending_prefill_tokens = 17  # more than the 16 tokens its hit saves
+    request = routed(PROMPT, max_tokens=1)
+    assert policy.choose(request, pool) is pool[1]
+    assert (request.reason, request.predicted_cached_tokens) == ("load", 0)
+    policy.index.clear("w1")  # forget that it just went there
+    pool[0].pending_prefill_tokens = 15
+    assert policy.choose(routed(PROMPT, max_tokens=1), pool) is pool[0]
+
+
+def test_the_decode_guard_weighs_a_workers_decoding_load():
+    pool = workers()
+    for worker in pool:  # each request decoding there adds 1 ms to every output token
+        for decoding in (1, 2, 4, 8):
+            worker.tpot.add(decoding, 0.01 + 0.001 * decoding)
+    policy = kv_policy(pool)
+    store(policy.index, "w0", PROMPT, 4)
+    pool[0].decoding = 5  # 128 tokens x 5 ms more than on w1: far more than 16 prefill tokens
+    request = routed(PROMPT, max_tokens=128)
+    assert policy.choose(request, pool) is pool[1] and request.reason == "load"
+
+
+def test_the_hot_spot_guard_keeps_every_worker_near_the_mean_load():
+    pool = workers(3)
+    policy = kv_policy(pool, max_load_ratio=1.5)
+    store(policy.index, "w0", PROMPT, 4)
+    pool[0].in_flight, pool[1].in_flight, pool[2].in_flight = 24, 8, 4
+    request = routed(PROMPT)  # with one more, the mean is 37/3: w0 at 25 would be above 1.5 x that and mean + 8
+    assert policy.choose(request, pool) is not pool[0] and request.reason == "hot-spot-guard"
+    for worker in ("w1", "w2"):
+        policy.index.clear(worker)  # forget where the first went
+    pool[0].in_flight = 17  # 18 <= 30/3 + 8 (the burst it may take above the mean): allowed again
+    request = routed(PROMPT)
+    assert policy.choose(request, pool) is pool[0] and request.reason == "prefix-hit"
+
+
+def test_siblings_sent_before_any_event_land_together():
+    pool = workers(4)
+    policy = kv_policy(pool)
+    chosen = []
+    for _ in range(8):  # an agent's fan-out of 8, all in flight at once
+        chosen.append(policy.choose(routed(PROMPT), pool))
+        chosen[-1].in_flight += 1
+    assert len({worker.id for worker in chosen}) == 1
+    other = policy.choose(routed([7] * 18), pool)  # an unrelated prompt goes by load
+    assert other is not chosen[0] and other.in_flight == 0
+
+
+def test_without_events_the_router_remembers_what_it_sent():
+    pool = workers(with_events=False)
+    policy = kv_policy(pool)
+    first = policy.choose(routed(PROMPT), pool)
+    pool[0].in_flight = pool[1].in_flight = 0
+    again = routed(PROMPT[:16] + [5, 5])
+    assert policy.choose(again, pool) is first and again.predicted_cached_tokens == 16
+
+
+def test_a_prompt_the_router_cannot_read_goes_by_load():
+    pool = workers()
+    pool[0].in_flight = 2
+    policy = kv_policy(pool)
+    request = routed(None)
+    assert policy.choose(request, pool) is pool[1]
+    assert (request.reason, request.predicted_cached_tokens) == ("no-prompt-tokens", None)
+
+
+def test_worker_specs_name_their_kv_events():
+    assert parse_worker_spec("http://h:1/v1") == ("http://h:1", None, None)
+    url, events, size = parse_worker_spec("http://h:1,kv_events=tcp://h:5557,replay=tcp://h:5558,block_size=16")
+    assert (url, events, size) == ("http://h:1", KVEventSource("tcp://h:5557", "tcp://h:5558"), 16)
+    for bad, message in (
+        ("http://h:1,colour=red", "unknown worker option"),
+        ("http://h:1,block_size=0", "block_size must be a positive integer"),
+        ("http://h:1,replay=tcp://h:2", "replay= needs kv_events="),
+    ):
+        with pytest.raises(ValueError, match=message):
+            parse_worker_spec(bad)
