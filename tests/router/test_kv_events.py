@@ -4,9 +4,12 @@ order, gaps replayed, gaps that cannot be replayed resynced, restarts as new epo
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 
 import msgpack
+import pytest
 import zmq.asyncio
 
 from tokenworks.engine.kv_events import KVEventPublisher
@@ -35,7 +38,9 @@ def payload(events: list) -> bytes:
 
 def publisher(buffer_steps: int) -> KVEventPublisher:
     return KVEventPublisher(
-        KVEventsConfig(True, endpoint="tcp://127.0.0.1:*", replay_endpoint="tcp://127.0.0.1:*", buffer_steps=buffer_steps)
+        KVEventsConfig(
+            True, endpoint="tcp://127.0.0.1:*", replay_endpoint="tcp://127.0.0.1:*", buffer_steps=buffer_steps
+        )
     )
 
 
@@ -46,7 +51,7 @@ def subscriber(source: KVEventSource) -> tuple[Subscriber, PrefixIndex, Worker]:
 
 
 def matched(index: PrefixIndex) -> int:
-    return index.matched_blocks(block_keys(TOKENS, SIZE), ["w0"])["w0"]
+    return index.matched_blocks(block_keys(TOKENS, SIZE), ["w0"]).get("w0", 0)
 
 
 def test_an_engines_events_reach_the_index_in_order():
@@ -161,3 +166,34 @@ def test_an_engines_pool_records_its_prefix_cache_changes_as_vllm_events():
     manager.free(second)
     manager.pool.events = []
     assert manager.reset_prefix_cache() and manager.pool.events == [{"type": "AllBlocksCleared"}]
+
+
+def test_the_kv_events_config_reads_vllms_json_and_names_what_is_wrong(serve_model_dir):
+    config = KVEventsConfig.from_json('{"enable_kv_cache_events": true, "endpoint": "tcp://*:5557", "topic": "kv"}')
+    assert (config.publishing, config.endpoint, config.replay_endpoint, config.topic) == (
+        True,
+        "tcp://*:5557",
+        None,
+        "kv",
+    )
+    assert not KVEventsConfig.from_json('{"enable_kv_cache_events": true, "publisher": "null"}').publishing
+    for text, message in (
+        ("{", "the KV events config is not JSON"),
+        ("[1]", "must be a JSON object"),
+        ('{"enable_kv_cache_events": true, "endpont": "x"}', "unknown KV events config keys: endpont"),
+        ('{"publisher": "kafka"}', "'zmq' or 'null'"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            KVEventsConfig.from_json(text)
+    command = [
+        sys.executable,
+        "-m",
+        "tokenworks",
+        "serve",
+        str(serve_model_dir),
+        "--kv-events-config",
+        '{"endpont": 1}',
+    ]
+    answer = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert answer.returncode == 2 and "unknown KV events config keys: endpont" in answer.stderr
+    assert "Traceback" not in answer.stderr

@@ -45,7 +45,7 @@ def test_block_keys_chain_whole_blocks_only():
     assert len(keys) == 4 and len(set(keys)) == 4
     assert block_keys(PROMPT[:8] + [1] * 10, SIZE)[:2] == keys[:2]  # the same first two blocks
     assert block_keys(PROMPT[:8] + [1] * 10, SIZE)[2:] != keys[2:]
-    assert block_keys([0] + PROMPT[1:], SIZE)[1:] != keys[1:]  # a change early changes every later key
+    assert block_keys([0, *PROMPT[1:]], SIZE)[1:] != keys[1:]  # a change early changes every later key
     assert block_keys(PROMPT, SIZE, extra="adapter") != keys  # an adapter's blocks are its own
     assert block_keys(PROMPT[:3], SIZE) == []
 
@@ -58,7 +58,7 @@ def test_the_index_matches_leading_blocks_per_worker():
     store(index, "w0", PROMPT, 4)
     store(index, "w1", PROMPT, 2, first_hash=10)
     # w2 holds blocks 2 and 3 only through a parent it reported: not a prefix of this prompt
-    assert index.matched_blocks(keys, ["w0", "w1", "w2"]) == {"w0": 4, "w1": 2, "w2": 0}
+    assert index.matched_blocks(keys, ["w0", "w1", "w2"]) == {"w0": 4, "w1": 2}  # w2 holds none
     assert (index.size("w0"), index.size("w1"), index.size()) == (4, 2, 6)
 
     index.removed("w0", [2])  # its third block evicted: only two lead now
@@ -67,7 +67,7 @@ def test_the_index_matches_leading_blocks_per_worker():
     assert index.matched_blocks(keys, ["w0", "w1"]) == {"w0": 2, "w1": 3}
     assert not index.stored("w1", [99], 98, PROMPT[12:16], SIZE)  # a parent never seen: events were lost
     index.clear("w1")
-    assert index.matched_blocks(keys, ["w0", "w1"]) == {"w0": 2, "w1": 0} and index.size("w1") == 0
+    assert index.matched_blocks(keys, ["w0", "w1"]) == {"w0": 2} and index.size("w1") == 0
     index.remove_worker("w0")
     assert index.size() == 0
 
@@ -79,7 +79,7 @@ def test_predictions_count_until_they_expire():
     index.predict("w0", keys[:3], ttl_s=0.2)
     assert index.matched_blocks(keys, ["w0"]) == {"w0": 3}
     time.sleep(0.25)
-    assert index.matched_blocks(keys, ["w0"]) == {"w0": 0}
+    assert index.matched_blocks(keys, ["w0"]) == {}
 
 
 # ---- what is learnt --------------------------------------------------------------------------------
@@ -179,7 +179,7 @@ def test_without_events_the_router_remembers_what_it_sent():
     policy = kv_policy(pool)
     first = policy.choose(routed(PROMPT), pool)
     pool[0].in_flight = pool[1].in_flight = 0
-    again = routed(PROMPT[:16] + [5, 5])
+    again = routed([*PROMPT[:16], 5, 5])
     assert policy.choose(again, pool) is first and again.predicted_cached_tokens == 16
 
 

@@ -119,7 +119,9 @@ def test_prefixes_land_where_their_blocks_are_and_a_restart_empties_the_index(kv
         router.stop()
 
 
-def test_a_worker_killed_during_a_bench_run_loses_no_request_that_had_not_started(kv_workers, serve_model_dir, tmp_path):
+def test_a_worker_killed_during_a_bench_run_loses_no_request_that_had_not_started(
+    kv_workers, serve_model_dir, tmp_path
+):
     router = RouterProcess([w.url for w in kv_workers]).wait_healthy()
     out = tmp_path / "bench"
     command = [

@@ -15,7 +15,7 @@ same for every worker, so no worker is preferred for what the router has not yet
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 MIN_SAMPLES = 4
 
@@ -26,11 +26,16 @@ class LinearEstimate:
     prior_b: float
     decay: float = 0.97
     samples: int = 0
+    a: float = field(init=False)  # the fitted line, refitted at each sample (a decision only reads it)
+    b: float = field(init=False)
     _w: float = 0.0  # decayed sums: weight, x, y, x*x, x*y
     _x: float = 0.0
     _y: float = 0.0
     _xx: float = 0.0
     _xy: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.a, self.b = self.prior_a, self.prior_b
 
     def add(self, x: float, y: float) -> None:
         d = self.decay
@@ -40,6 +45,8 @@ class LinearEstimate:
         self._xx = self._xx * d + x * x
         self._xy = self._xy * d + x * y
         self.samples += 1
+        if self.learnt:
+            self.a, self.b = self._fit()
 
     @property
     def learnt(self) -> bool:
@@ -47,27 +54,29 @@ class LinearEstimate:
 
     @property
     def coefficients(self) -> tuple[float, float]:
-        """(a, b), neither negative: a line through the samples, or through the origin when
-        their x hardly varies (every request the same length), or the prior."""
-        if not self.learnt:
-            return self.prior_a, self.prior_b
+        """(a, b): the fitted line, or the prior until there are MIN_SAMPLES samples."""
+        return self.a, self.b
+
+    def _fit(self) -> tuple[float, float]:
+        """(a, b), neither negative: a line through the samples, or through the origin when their
+        x hardly varies (every request the same length)."""
         w, x, y = self._w, self._x, self._y
         spread = w * self._xx - x * x
         if spread > 1e-9 * max(1.0, w * self._xx):
             b = max(0.0, (w * self._xy - x * y) / spread)
-            a = max(0.0, (y - b * x) / w)
-            return a, b
+            return max(0.0, (y - b * x) / w), b
         return 0.0, (y / x if x > 0 else self.prior_b)
 
     def predict(self, x: float, instead: tuple[float, float] | None = None) -> float:
         """a + b * x, with `instead` as (a, b) while this estimate has too few samples."""
-        a, b = self.coefficients if self.learnt or instead is None else instead
-        return a + b * x
+        if instead is not None and self.samples < MIN_SAMPLES:
+            return instead[0] + instead[1] * x
+        return self.a + self.b * x
 
 
 def pooled(estimates: list[LinearEstimate]) -> tuple[float, float] | None:
     """The mean coefficients of the estimates that have learnt, or None if none has."""
-    learnt = [estimate.coefficients for estimate in estimates if estimate.learnt]
+    learnt = [(estimate.a, estimate.b) for estimate in estimates if estimate.samples >= MIN_SAMPLES]
     if not learnt:
         return None
     return sum(a for a, _ in learnt) / len(learnt), sum(b for _, b in learnt) / len(learnt)

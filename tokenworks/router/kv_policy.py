@@ -71,41 +71,44 @@ class KvAware:
         if not tokens:
             return self._by_load(request, allowed, "no-prompt-tokens")
         extra = self._extra_key(request)
+        sizes = {worker.id: worker.block_size or DEFAULT_BLOCK_SIZE for worker in candidates}
         keys: dict[int, list[int]] = {}
-        matched: dict[str, int] = {}
-        for size in {worker.block_size or DEFAULT_BLOCK_SIZE for worker in candidates}:
+        matched: dict[str, int] = {}  # blocks held, for the workers that hold any
+        for size in set(sizes.values()):
             keys[size] = block_keys(tokens, size, extra)
-            sized = [worker.id for worker in candidates if (worker.block_size or DEFAULT_BLOCK_SIZE) == size]
+            sized = [worker_id for worker_id, its_size in sizes.items() if its_size == size]
             matched.update(self.index.matched_blocks(keys[size], sized))
         outputs = self.expected_output_tokens(request)
         ttft_peers, tpot_peers = pooled([w.ttft for w in candidates]), pooled([w.tpot for w in candidates])
-        best: tuple[float, int, int] | None = None
-        chosen, chosen_hit = allowed[0], 0
         order = self.ties.choose(request, allowed)  # whose turn it is, for exact ties
+        longest, prompt = len(tokens) - 1, len(tokens)  # the engine computes one token at least
+        hit_of = {
+            worker_id: min(blocks * sizes[worker_id], longest) for worker_id, blocks in matched.items()
+        }  # fmt: skip
+        best: tuple[float, int, bool] | None = None
+        chosen = allowed[0]
         for worker in allowed:
-            size = worker.block_size or DEFAULT_BLOCK_SIZE
-            hit = min(matched.get(worker.id, 0) * size, len(tokens) - 1)  # the engine computes one at least
-            cost = worker.ttft.predict(worker.pending_prefill_tokens + len(tokens) - hit, ttft_peers)
-            cost += outputs * worker.tpot.predict(worker.decoding + 1, tpot_peers)
+            ahead = worker.pending_prefill_tokens + prompt - hit_of.get(worker.id, 0)
+            cost = worker.ttft.predict(ahead, ttft_peers) + outputs * worker.tpot.predict(
+                worker.decoding + 1, tpot_peers
+            )
             rank = (cost, worker.in_flight, worker is not order)
             if best is None or rank < best:
-                best, chosen, chosen_hit = rank, worker, hit
-        best_anywhere = max(
-            (min(matched.get(w.id, 0) * (w.block_size or DEFAULT_BLOCK_SIZE), len(tokens) - 1) for w in candidates),
-            default=0,
-        )  # fmt: skip
+                best, chosen = rank, worker
+        chosen_hit, best_anywhere = hit_of.get(chosen.id, 0), max(hit_of.values(), default=0)
         if best_anywhere == 0:
             request.reason = "no-prefix-hit"
         elif chosen_hit == best_anywhere:
             request.reason = "prefix-hit"
-        elif max((matched.get(w.id, 0) for w in allowed), default=0) < max(matched.values(), default=0):
+        elif max((hit_of.get(worker.id, 0) for worker in allowed), default=0) < best_anywhere:
             request.reason = "hot-spot-guard"
         else:
             request.reason = "load"  # the longest match's queue cost more than the prefill it saves
         request.predicted_cached_tokens = chosen_hit
-        request.uncached_tokens = len(tokens) - chosen_hit
+        request.uncached_tokens = prompt - chosen_hit
+        # Only the blocks it is not known to hold yet need predicting (on a hit, a few or none).
         ttl = SIBLING_TTL_S if chosen.kv_events is not None else UNCONFIRMED_TTL_S
-        self.index.predict(chosen.id, keys[chosen.block_size or DEFAULT_BLOCK_SIZE], ttl)
+        self.index.predict(chosen.id, keys[sizes[chosen.id]][matched.get(chosen.id, 0) :], ttl)
         return chosen
 
     def _by_load(self, request: RoutedRequest, allowed: list[Worker], reason: str) -> Worker:

@@ -21,6 +21,7 @@ block whatever the number of workers.
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,8 +32,9 @@ ROOT_KEY = 0  # the parent key of a prompt's first block
 def block_keys(token_ids: Sequence[int], block_size: int, extra: str | None = None) -> list[int]:
     """The chained keys of the full blocks of `token_ids` (a partial last block has none)."""
     keys, parent = [], hash((ROOT_KEY, extra)) if extra is not None else ROOT_KEY
-    for start in range(0, len(token_ids) - block_size + 1, block_size):
-        parent = hash((parent, hash(tuple(token_ids[start : start + block_size]))))
+    tokens = tuple(token_ids)
+    for start in range(0, len(tokens) - block_size + 1, block_size):
+        parent = hash((parent, tokens[start : start + block_size]))
         keys.append(parent)
     return keys
 
@@ -48,11 +50,15 @@ class _WorkerBlocks:
 class PrefixIndex:
     _workers: dict[str, _WorkerBlocks] = field(default_factory=dict)
     _holders: dict[int, int] = field(default_factory=dict)  # key -> mask of workers that confirmed it
-    _predicted: dict[int, dict[str, float]] = field(default_factory=dict)  # key -> worker -> expiry
+    # key -> (mask of workers predicted to hold it, until when): one expiry per key, the latest
+    # prediction's, which is all a hint needs (a worker's own events soon say for sure)
+    _predicted: dict[int, tuple[int, float]] = field(default_factory=dict)
+    _expiries: list[tuple[float, int, Sequence[int]]] = field(default_factory=list)  # a heap of predictions
+    _pushed: int = 0  # a tie-breaker for the heap
     lora_names: set[str] = field(default_factory=set)  # adapters whose blocks workers reported
+    _worker_of_bit: dict[int, str] = field(default_factory=dict)
     _free_bits: list[int] = field(default_factory=list)
     _next_bit: int = 0
-    _sweep_at: float = 0.0
 
     # ---- workers ---------------------------------------------------------------------------
 
@@ -60,6 +66,7 @@ class PrefixIndex:
         if worker_id not in self._workers:
             bit = self._free_bits.pop() if self._free_bits else self._take_bit()
             self._workers[worker_id] = _WorkerBlocks(bit)
+            self._worker_of_bit[bit] = worker_id
 
     def _take_bit(self) -> int:
         bit, self._next_bit = 1 << self._next_bit, self._next_bit + 1
@@ -68,7 +75,9 @@ class PrefixIndex:
     def remove_worker(self, worker_id: str) -> None:
         if worker_id in self._workers:
             self.clear(worker_id)
-            self._free_bits.append(self._workers.pop(worker_id).bit)
+            bit = self._workers.pop(worker_id).bit
+            del self._worker_of_bit[bit]
+            self._free_bits.append(bit)
 
     # ---- what the workers' events say --------------------------------------------------------
 
@@ -91,7 +100,7 @@ class PrefixIndex:
             chunk = token_ids[index * block_size : (index + 1) * block_size]
             if len(chunk) < block_size:
                 break
-            parent = hash((parent, hash(tuple(chunk))))
+            parent = hash((parent, tuple(chunk)))
             blocks.by_engine_hash[engine_hash] = parent
             blocks.confirmed.add(parent)
             self._holders[parent] = self._holders.get(parent, 0) | blocks.bit
@@ -123,57 +132,69 @@ class PrefixIndex:
                 self._holders.pop(key, None)
         blocks.confirmed.clear()
         blocks.by_engine_hash.clear()
-        for key in [key for key, workers in self._predicted.items() if worker_id in workers]:
-            workers = self._predicted[key]
-            del workers[worker_id]
-            if not workers:
-                del self._predicted[key]
+        for key, (mask, expiry) in list(self._predicted.items()):
+            if mask & blocks.bit:
+                if mask == blocks.bit:
+                    del self._predicted[key]
+                else:
+                    self._predicted[key] = (mask & ~blocks.bit, expiry)
 
     # ---- what the router did -------------------------------------------------------------------
 
     def predict(self, worker_id: str, keys: Sequence[int], ttl_s: float) -> None:
-        """The router sent a prompt with these blocks to the worker: expect them there for `ttl_s`."""
-        expiry = time.monotonic() + ttl_s
-        for key in keys:
-            workers = self._predicted.setdefault(key, {})
-            if workers.get(worker_id, 0.0) < expiry:
-                workers[worker_id] = expiry
-        self._sweep()
-
-    def _sweep(self) -> None:
+        """The router sent a prompt with these blocks to the worker: expect them there for `ttl_s`
+        (the caller leaves out the leading ones the worker is known to hold already)."""
         now = time.monotonic()
-        if now < self._sweep_at:
-            return
-        self._sweep_at = now + 1.0
-        for key in [key for key, workers in self._predicted.items() if max(workers.values()) <= now]:
-            del self._predicted[key]
+        expiry, bit, predicted = now + ttl_s, self._workers[worker_id].bit, self._predicted
+        for key in keys:
+            mask, _ = predicted.get(key, (0, 0.0))
+            predicted[key] = (mask | bit, expiry)
+        self._pushed += 1
+        heapq.heappush(self._expiries, (expiry, self._pushed, keys))
+        self._expire(now)
+
+    def _expire(self, now: float) -> None:
+        """Drop the predictions whose time is up (each decision's, in the order they expire)."""
+        expiries, predicted = self._expiries, self._predicted
+        while expiries and expiries[0][0] <= now:
+            for key in heapq.heappop(expiries)[2]:
+                entry = predicted.get(key)
+                if entry is not None and entry[1] <= now:  # not predicted again since
+                    del predicted[key]
 
     # ---- the question -------------------------------------------------------------------------
 
     def matched_blocks(self, keys: Sequence[int], worker_ids: Sequence[str]) -> dict[str, int]:
-        """For each worker, how many of the prompt's leading blocks it holds (confirmed or predicted)."""
-        bits = {worker_id: self._workers[worker_id].bit for worker_id in worker_ids if worker_id in self._workers}
+        """For each of these workers holding the prompt's first block, how many of its leading
+        blocks it holds (confirmed or predicted); the others hold none."""
         wanted = 0
-        for bit in bits.values():
-            wanted |= bit
-        depth_of_bit: dict[int, int] = {}
-        still, now = wanted, time.monotonic()
+        for worker_id in worker_ids:
+            blocks = self._workers.get(worker_id)
+            if blocks is not None:
+                wanted |= blocks.bit
+        depths: dict[str, int] = {}
+        holders, predicted, now = self._holders, self._predicted, time.monotonic()
+        still = wanted
         for depth, key in enumerate(keys):
-            mask = self._holders.get(key, 0)
-            predicted = self._predicted.get(key)
-            if predicted:
-                for worker_id, expiry in predicted.items():
-                    if expiry > now and worker_id in bits:
-                        mask |= bits[worker_id]
+            mask = holders.get(key, 0)
+            guess = predicted.get(key)
+            if guess is not None and guess[1] > now:
+                mask |= guess[0]
             dropped = still & ~mask
             if dropped:
-                for bit in bits.values():
-                    if dropped & bit:
-                        depth_of_bit[bit] = depth
+                if depth:  # those dropping at the first block hold nothing: no entry
+                    while dropped:
+                        bit = dropped & -dropped
+                        depths[self._worker_of_bit[bit]] = depth
+                        dropped ^= bit
                 still &= mask
                 if not still:
-                    break
-        return {worker_id: depth_of_bit.get(bit, len(keys)) for worker_id, bit in bits.items()}
+                    return depths
+        while still:
+            bit = still & -still
+            depths[self._worker_of_bit[bit]] = len(keys)
+            still ^= bit
+        return depths
 
     # ---- for metrics -------------------------------------------------------------------------------
 
