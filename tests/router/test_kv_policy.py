@@ -6,11 +6,14 @@ import time
 
 import pytest
 
+from tests.serve.conftest import metric_value
 from tokenworks.router.estimates import LinearEstimate, pooled
+from tokenworks.router.flight import Flight
 from tokenworks.router.kv_policy import KvAware
+from tokenworks.router.metrics import RouterMetrics
 from tokenworks.router.policies import RoutedRequest
 from tokenworks.router.prefix_index import PrefixIndex, block_keys
-from tokenworks.router.workers import KVEventSource, Worker, parse_worker_spec
+from tokenworks.router.workers import KVEventSource, Worker, WorkerPool, parse_worker_spec
 
 SIZE = 4
 PROMPT = list(range(100, 118))  # 18 tokens: 4 full blocks of 4, and 2 over
@@ -203,3 +206,24 @@ def test_worker_specs_name_their_kv_events():
     ):
         with pytest.raises(ValueError, match=message):
             parse_worker_spec(bad)
+
+
+def test_a_flight_holds_its_workers_load_and_learns_from_its_end():
+    worker = workers(1)[0]
+    metrics = RouterMetrics(WorkerPool([worker]))
+    learnt: list[int] = []
+    request = RoutedRequest({}, {}, tokens=[1] * 40, predicted_cached_tokens=16, uncached_tokens=24)
+    flight = Flight(worker, request, metrics, learnt.append)
+    assert (worker.in_flight, worker.pending_prefill_tokens, worker.decoding) == (1, 24, 0)
+    flight.streamed('data: {"choices": [{"text": "a"}]}\n\n')
+    assert (worker.in_flight, worker.pending_prefill_tokens, worker.decoding) == (1, 0, 1)
+    usage = '{"prompt_tokens": 40, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 16}}'
+    flight.streamed(f'data: {{"choices": [{{"text": "b"}}]}}\n\ndata: {{"choices": [], "usage": {usage}}}\n\n')
+    flight.streamed("data: [DONE]\n\n")
+    flight.ended()
+    flight.abandoned()  # the stream's close after its end changes nothing
+    assert (worker.in_flight, worker.pending_prefill_tokens, worker.decoding) == (0, 0, 0)
+    assert (worker.ttft.samples, worker.tpot.samples, learnt) == (1, 1, [3])
+    scraped = metrics.render().decode()
+    for name, value in (("prompt", 40), ("completion", 3), ("reported_cached", 16), ("predicted_cached", 16)):
+        assert metric_value(scraped, f"tokenworks_router_{name}_tokens_total", {"worker": worker.url}) == value

@@ -65,11 +65,11 @@ class Flight:
             self.tail = (self.tail + text)[-_TAIL_CHARS:]
 
     def ended(self, body: bytes | None = None) -> None:
-        """The answer is complete (a whole body, or the end of a stream): learn from it."""
+        """The answer is complete (a whole body, or the end of a stream): learn from it. Without
+        the worker's usage (a client that did not ask for it in a stream), from the policy's
+        own expectation and the chunks counted."""
         self._release()
-        usage = _usage_of_body(body) if body is not None else _usage_of_stream(self.tail)
-        if usage is None:
-            return
+        usage = (_usage_of_body(body) if body is not None else _usage_of_stream(self.tail)) or {}
         worker, routed = self.worker, self.routed
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
@@ -77,18 +77,18 @@ class Flight:
             self.metrics.prompt_tokens.labels(worker.url).inc(prompt)
         if isinstance(completion, int):
             self.metrics.completion_tokens.labels(worker.url).inc(completion)
-            if self.learn_output is not None:
-                self.learn_output(completion)
         if isinstance(cached, int):
             self.metrics.reported_cached_tokens.labels(worker.url).inc(cached)
             if routed.predicted_cached_tokens is not None:
                 self.metrics.predicted_cached_tokens.labels(worker.url).inc(routed.predicted_cached_tokens)
+        outputs = completion if isinstance(completion, int) else self.chunks
+        if self.learn_output is not None and outputs > 0:
+            self.learn_output(outputs)
         if self.first_token is None:
             return  # a whole body: no time of its first token
-        uncached = prompt - cached if isinstance(prompt, int) and isinstance(cached, int) else routed.uncached_tokens
-        ahead = self.prefill_ahead - routed.uncached_tokens + uncached
-        worker.ttft.add(ahead, self.first_token - self.started)
-        outputs = completion if isinstance(completion, int) else self.chunks
+        known = isinstance(prompt, int) and isinstance(cached, int)
+        uncached = prompt - cached if known else routed.uncached_tokens
+        worker.ttft.add(self.prefill_ahead - routed.uncached_tokens + uncached, self.first_token - self.started)
         if outputs >= 2:
             worker.tpot.add(self.decoding_at_first_token, (time.monotonic() - self.first_token) / (outputs - 1))
 
