@@ -88,6 +88,8 @@ def test_prefixes_land_where_their_blocks_are_and_a_restart_empties_the_index(kv
         with httpx.Client(base_url=router.url, timeout=60) as http:
             wait_until(lambda: all(row["kv_events"] for row in dashboard(http).values()))
             wait_until(lambda: http.get("/dashboard/data").json()["tokenizer"] == str(serve_model_dir))
+            page = http.get("/dashboard")
+            assert page.headers["content-type"].startswith("text/html") and "tokenworks router" in page.text
             placed = {prefix: [ask(http, prefix, q) for q in range(3)] for prefix in ("a", "b", "a", "b")}
             home = {prefix: {worker for worker, _ in answers} for prefix, answers in placed.items()}
             assert len(home["a"]) == 1 and len(home["b"]) == 1 and home["a"] != home["b"]

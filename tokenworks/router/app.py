@@ -95,6 +95,7 @@ def routing_of(config: RouterConfig) -> Routing:
 async def find_tokenizer(routing: Routing, session: aiohttp.ClientSession) -> None:
     """Until the router has a tokenizer: the model directory an available worker names, if it is here."""
     timeout = aiohttp.ClientTimeout(total=MODELS_TIMEOUT_S)
+    warned = False
     while routing.prompts.tokenizer is None:
         for worker in routing.pool.candidates():
             with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
@@ -102,6 +103,10 @@ async def find_tokenizer(routing: Routing, session: aiohttp.ClientSession) -> No
                     cards = (await response.json())["data"] if response.status == 200 else []
                 if any(routing.prompts.try_load(card.get("root")) for card in cards if not card.get("parent")):
                     return
+                if cards and not warned:
+                    logger.warning("kv: no worker names a model directory here; requests go by load until "
+                                   "one does (give --tokenizer DIR)")  # fmt: skip
+                    warned = True
         await asyncio.sleep(TOKENIZER_SEARCH_S)
 
 
