@@ -7,7 +7,7 @@ import time
 import pytest
 
 from tests.serve.conftest import metric_value
-from tokenworks.router.estimates import LinearEstimate, pooled
+from tokenworks.router.estimates import HALF_LIFE_S, SHRINK_SAMPLES, LinearEstimate, pooled
 from tokenworks.router.flight import Flight
 from tokenworks.router.kv_policy import KvAware
 from tokenworks.router.metrics import RouterMetrics
@@ -88,19 +88,30 @@ def test_predictions_count_until_they_expire():
 # ---- what is learnt --------------------------------------------------------------------------------
 
 
-def test_a_linear_estimate_fits_its_samples_and_keeps_its_prior_until_it_has_some():
+def test_a_linear_estimate_fits_its_samples_and_leans_on_its_peers_until_it_has_recent_ones():
     estimate = LinearEstimate(0.01, 1e-4)
-    assert estimate.predict(1000) == pytest.approx(0.11)
+    assert estimate.blended(None, now=0.0) == (0.01, 1e-4)  # nothing seen: the prior
+    estimate.add(50, 9.0, now=0.0)  # the first answer (an engine warming up) is not fitted
+    assert (estimate.samples, estimate.weight(0.0)) == (1, 0.0)
     for x in (100, 400, 800, 1600, 3200):
-        estimate.add(x, 0.005 + 2e-5 * x)
-    a, b = estimate.coefficients
-    assert a == pytest.approx(0.005) and b == pytest.approx(2e-5)
+        estimate.add(x, 0.005 + 2e-5 * x, now=10.0)
+    assert (estimate.a, estimate.b) == pytest.approx((0.005, 2e-5))
+    weight = estimate.weight(10.0)
+    assert weight == pytest.approx(sum(0.97**k for k in range(5)))
+    assert estimate.weight(10.0 + HALF_LIFE_S) == pytest.approx(weight / 2)  # unfed, it fades
+    trust = weight / (weight + SHRINK_SAMPLES)
+    assert estimate.blended((1.0, 1.0), 10.0) == pytest.approx((trust * 0.005 + 1 - trust, trust * 2e-5 + 1 - trust))
     same = LinearEstimate(0.0, 1.0)
-    for _ in range(5):
-        same.add(500, 0.05)  # every sample the same x: a line through the origin
-    assert same.coefficients == pytest.approx((0.0, 1e-4))
-    assert pooled([estimate, LinearEstimate(1.0, 1.0)]) == pytest.approx((0.005, 2e-5))
-    assert LinearEstimate(9.0, 9.0).predict(1, instead=(1.0, 2.0)) == 3.0  # a new worker is taken to be like its peers
+    for _ in range(6):
+        same.add(500, 0.05, now=0.0)  # every sample the same x: a line through the origin
+    assert (same.a, same.b) == pytest.approx((0.0, 1e-4))
+    assert pooled([estimate, LinearEstimate(1.0, 1.0)], now=10.0) == pytest.approx((0.005, 2e-5))  # the fed one only
+    assert pooled([LinearEstimate(1.0, 1.0)], now=0.0) is None
+
+
+def learn(worker: Worker, estimate: str, samples: list[tuple[float, float]]) -> None:
+    for x, y in samples:
+        getattr(worker, estimate).add(x, y, now=time.monotonic())
 
 
 # ---- the policy ----------------------------------------------------------------------------------------
@@ -126,8 +137,7 @@ def test_a_whole_prompt_cached_still_leaves_one_token_to_compute():
 def test_a_queue_costing_more_than_the_prefill_saved_sends_it_elsewhere():
     pool = workers()
     for worker in pool:  # both learnt: 1 ms per prefill token
-        for x in (10, 20, 40, 80):
-            worker.ttft.add(x, 0.001 * x)
+        learn(worker, "ttft", [(x, 0.001 * x) for x in (10, 10, 20, 40, 80)])
     policy = kv_policy(pool)
     store(policy.index, "w0", PROMPT, 4)
     pool[0].pending_prefill_tokens = 17  # more than the 16 tokens its hit saves
@@ -142,8 +152,7 @@ def test_a_queue_costing_more_than_the_prefill_saved_sends_it_elsewhere():
 def test_the_decode_guard_weighs_a_workers_decoding_load():
     pool = workers()
     for worker in pool:  # each request decoding there adds 1 ms to every output token
-        for decoding in (1, 2, 4, 8):
-            worker.tpot.add(decoding, 0.01 + 0.001 * decoding)
+        learn(worker, "tpot", [(decoding, 0.01 + 0.001 * decoding) for decoding in (1, 1, 2, 4, 8)])
     policy = kv_policy(pool)
     store(policy.index, "w0", PROMPT, 4)
     pool[0].decoding = 5  # 128 tokens x 5 ms more than on w1: far more than 16 prefill tokens

@@ -88,9 +88,10 @@ class Flight:
             return  # a whole body: no time of its first token
         known = isinstance(prompt, int) and isinstance(cached, int)
         uncached = prompt - cached if known else routed.uncached_tokens
-        worker.ttft.add(self.prefill_ahead - routed.uncached_tokens + uncached, self.first_token - self.started)
+        now = time.monotonic()
+        worker.ttft.add(self.prefill_ahead - routed.uncached_tokens + uncached, self.first_token - self.started, now)
         if outputs >= 2:
-            worker.tpot.add(self.decoding_at_first_token, (time.monotonic() - self.first_token) / (outputs - 1))
+            worker.tpot.add(self.decoding_at_first_token, (now - self.first_token) / (outputs - 1), now)
 
     def abandoned(self) -> None:
         """It failed or its client left: nothing to learn."""

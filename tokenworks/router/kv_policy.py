@@ -6,6 +6,8 @@ For each candidate worker the cost is in seconds, from what the router learnt of
 
     cost = ttft(prefill ahead + the prompt's blocks the worker lacks)
          + expected output tokens x tpot(requests decoding there + 1)
+         + what it costs the others: each request decoding there slowed by tpot's slope for
+           each of its tokens, while they overlap (about half an answer each)
 
 - the prefix the worker holds comes from the index (prefix_index.py): its KV events, or what
   the router sent there itself;
@@ -25,6 +27,8 @@ the same prefix sent before its events arrive (siblings, an agent's fan-out) lan
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass, field
 
 from tokenworks.router.estimates import pooled
@@ -39,6 +43,7 @@ UNCONFIRMED_TTL_S = 120.0  # a worker without events: all the router knows of it
 MAX_LOAD_RATIO = 1.5
 BURST = 8
 OUTPUT_DECAY = 0.98
+REFRESH_S = 0.25  # how often the workers' blended speeds are worked out again (not at every decision)
 
 
 @dataclass
@@ -48,6 +53,8 @@ class KvAware:
     name: str = "kv"
     ties: RoundRobin = field(default_factory=RoundRobin)
     mean_output_tokens: float | None = None  # over recent answers (all workers)
+    _speeds: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)  # id -> ttft a, b, tpot a, b
+    _speeds_at: float = -math.inf
 
     def output_tokens_seen(self, count: int) -> None:
         mean = self.mean_output_tokens
@@ -79,7 +86,7 @@ class KvAware:
             sized = [worker_id for worker_id, its_size in sizes.items() if its_size == size]
             matched.update(self.index.matched_blocks(keys[size], sized))
         outputs = self.expected_output_tokens(request)
-        ttft_peers, tpot_peers = pooled([w.ttft for w in candidates]), pooled([w.tpot for w in candidates])
+        speeds = self.speeds(candidates)
         order = self.ties.choose(request, allowed)  # whose turn it is, for exact ties
         longest, prompt = len(tokens) - 1, len(tokens)  # the engine computes one token at least
         hit_of = {
@@ -88,10 +95,10 @@ class KvAware:
         best: tuple[float, int, bool] | None = None
         chosen = allowed[0]
         for worker in allowed:
+            turn, per_token, step, per_decoding = speeds[worker.id]
             ahead = worker.pending_prefill_tokens + prompt - hit_of.get(worker.id, 0)
-            cost = worker.ttft.predict(ahead, ttft_peers) + outputs * worker.tpot.predict(
-                worker.decoding + 1, tpot_peers
-            )
+            decoding = worker.decoding
+            cost = turn + per_token * ahead + outputs * (step + per_decoding * (decoding + 1 + decoding / 2))
             rank = (cost, worker.in_flight, worker is not order)
             if best is None or rank < best:
                 best, chosen = rank, worker
@@ -110,6 +117,20 @@ class KvAware:
         ttl = SIBLING_TTL_S if chosen.kv_events is not None else UNCONFIRMED_TTL_S
         self.index.predict(chosen.id, keys[sizes[chosen.id]][matched.get(chosen.id, 0) :], ttl)
         return chosen
+
+    def speeds(self, candidates: list[Worker]) -> dict[str, tuple[float, float, float, float]]:
+        """Each worker's (turn, seconds per prefill token, step, seconds per decoding request):
+        its own fits blended with its peers', worked out again every REFRESH_S."""
+        now = time.monotonic()
+        if now - self._speeds_at > REFRESH_S or any(worker.id not in self._speeds for worker in candidates):
+            ttft_peers = pooled([worker.ttft for worker in candidates], now)
+            tpot_peers = pooled([worker.tpot for worker in candidates], now)
+            self._speeds = {
+                worker.id: (*worker.ttft.blended(ttft_peers, now), *worker.tpot.blended(tpot_peers, now))
+                for worker in candidates
+            }  # fmt: skip
+            self._speeds_at = now
+        return self._speeds
 
     def _by_load(self, request: RoutedRequest, allowed: list[Worker], reason: str) -> Worker:
         fewest = min(worker.in_flight for worker in allowed)

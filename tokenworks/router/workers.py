@@ -91,8 +91,8 @@ class Worker:
         self.failures, self.skip_until, self.last_error = 0, 0.0, None
 
     def describe(self) -> dict:
-        ttft_a, ttft_b = self.ttft.coefficients
-        tpot_a, tpot_b = self.tpot.coefficients
+        ttft_a, ttft_b = self.ttft.a, self.ttft.b  # its own fit (the prior before one)
+        tpot_a, tpot_b = self.tpot.a, self.tpot.b
         return {
             "id": self.id, "url": self.url, "healthy": self.available, "in_flight": self.in_flight,
             "served": self.served, "failures": self.failures, "last_error": self.last_error,
