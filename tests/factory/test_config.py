@@ -69,6 +69,19 @@ def test_a_missing_file_is_named(tmp_path: Path) -> None:
         FactoryConfig.load(tmp_path / "absent.toml")
 
 
+def test_the_fleet_and_the_comparison_have_defaults_and_take_a_file(tmp_path: Path) -> None:
+    default, quick = FactoryConfig(), FactoryConfig.quick()
+    assert (default.serve.workers, default.serve.router_policy) == (2, "kv")
+    assert default.bench.shared_prefix_policies == ["kv", "round-robin"]
+    sizes = ("num_prefixes", "questions_per_prefix", "prefix_tokens", "question_tokens", "shared_prefix_concurrency")
+    assert [getattr(default.bench, name) for name in sizes] == [8, 8, 512, "32", 8]
+    assert [getattr(quick.bench, name) for name in sizes] == [4, 4, 256, "16", 4]
+    text = '[serve]\nworkers = 1\n[bench]\nshared_prefix_policies = ["p2c"]\nnum_prefixes = 2\n'
+    config = FactoryConfig.load(write(tmp_path, text), quick=True)
+    assert (config.serve.workers, config.bench.shared_prefix_policies) == (1, ["p2c"])
+    assert (config.bench.num_prefixes, config.bench.questions_per_prefix) == (2, 4)  # the rest: quick's
+
+
 def test_a_changed_setting_reruns_from_the_first_stage_it_affects(tmp_path: Path) -> None:
     config = FactoryConfig.quick(workdir=tmp_path)
     state = FactoryState(tmp_path)
@@ -112,6 +125,11 @@ def test_the_example_configuration_is_valid() -> None:
         ('[bench]\noutput_tokens = "lots"\n', "[bench] output_tokens: bad length 'lots'"),
         ('[bench]\nhardware = "abacus"\n', "[bench] hardware: no hardware 'abacus'"),
         ('[bench]\nprice_book = "absent.toml"\n', "[bench] price_book: cannot read price book"),
+        ('[serve]\nrouter_policy = "fastest"\n', "[serve] router_policy: unknown router policy 'fastest'; choose"),
+        ('[bench]\nshared_prefix_policies = ["kv", "lru"]\n', "[bench] shared_prefix_policies: unknown router "),
+        ('[bench]\nshared_prefix_policies = ["kv", "kv"]\n', "[bench] shared_prefix_policies: a policy is named"),
+        ('[bench]\nquestion_tokens = "lots"\n', "[bench] question_tokens: bad length 'lots'"),
+        ("[serve]\nworkers = 0\n", "[serve] workers: input should be greater than or equal to 1, got 0"),
     ],
 )
 def test_names_the_late_stages_use_are_checked_before_any_work(tmp_path: Path, text: str, message: str) -> None:

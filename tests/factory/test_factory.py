@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import shutil
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tokenworks.factory import pipeline
+from tokenworks.factory.config import FactoryConfig
+from tokenworks.factory.shared_prefix import CHART_CAPTION as SHARED_PREFIX_CAPTION
 
 STAGES = ["ingest", "train", "serve", "bench", "report"]
 BENCH_FILES = {"run.json", "requests.jsonl", "points.csv", "frontier.csv", "report.html"}
@@ -48,6 +56,69 @@ def test_quick_line_runs_every_stage_and_reports(quick_run) -> None:
         assert expected in page
 
 
+def test_quick_line_serves_two_workers_behind_the_router(quick_run) -> None:
+    workdir, result = quick_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    stages = json.loads((workdir / "factory.json").read_text())["stages"]
+    serve = stages["serve"]["summary"]
+    assert (serve["workers"], serve["router_policy"]) == (2, "kv")
+    assert serve["dashboard"] == serve["url"] + "/dashboard"
+    assert [worker["id"] for worker in serve["fleet"]] == ["w0", "w1"]
+    assert all(worker["healthy"] and worker["url"].startswith("http://127.0.0.1:") for worker in serve["fleet"])
+    assert sum(worker["served"] for worker in serve["fleet"]) == 1  # the smoke completion
+    sweep_fleet = stages["bench"]["summary"]["sweep_fleet"]
+    assert [worker["id"] for worker in sweep_fleet] == ["w0", "w1"]
+    points = list(csv.DictReader((workdir / "bench" / "points.csv").open()))
+    warmup = json.loads((workdir / "bench" / "run.json").read_text())["load"]["warmup_requests"]
+    measured = sum(int(point["requests"]) for point in points) + warmup * len(points)
+    assert sum(worker["served"] for worker in sweep_fleet) == 1 + measured
+
+
+def test_quick_line_compares_kv_and_round_robin_on_shared_prefixes(quick_run) -> None:
+    workdir, result = quick_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    bench = json.loads((workdir / "factory.json").read_text())["stages"]["bench"]["summary"]
+    saved = json.loads((workdir / "bench" / "shared_prefix.json").read_text())
+    shared = bench["shared_prefix"]
+    assert {key: shared[key] for key in saved} == saved
+    assert shared["settings"] == {
+        "num_prefixes": 4, "questions_per_prefix": 4, "prefix_tokens": 256, "question_tokens": "16",
+        "output_tokens": "16", "concurrency": 4, "seed": 0, "workers": 2,
+    }  # fmt: skip
+    assert shared["requests"] == 16 and shared["skipped"] is None
+    assert list(shared["policies"]) == ["kv", "round-robin"]
+    records = [json.loads(line) for line in (workdir / "bench" / "shared_prefix_requests.jsonl").open()]
+    for policy, run in shared["policies"].items():
+        assert run["policy"] == policy
+        assert (run["requests"], run["completed"], run["errors"]) == (16, 16, 0)
+        assert [worker["id"] for worker in run["workers"]] == ["w0", "w1"]
+        assert sum(worker["served"] for worker in run["workers"]) == 16
+        assert sum(sum(worker["decisions"].values()) for worker in run["workers"]) == 16
+        if policy == "round-robin":
+            assert all(set(worker["decisions"]) == {"turn"} for worker in run["workers"])
+        mine = [record for record in records if record["policy"] == policy]
+        assert len(mine) == 16 and not any(record["warmup"] for record in mine)
+        # the router's prompt tokens (the workers' usage) are those the load generator was told of
+        assert run["prompt_tokens"] == sum(record["input_tokens"] for record in mine)
+        assert run["prompt_tokens"] == sum(worker["prompt_tokens"] for worker in run["workers"])
+        assert run["cached_tokens"] == sum(worker["cached_tokens"] for worker in run["workers"])
+        assert 0 <= run["hit_rate"] <= 1 and run["hit_rate"] == round(run["cached_tokens"] / run["prompt_tokens"], 4)
+        for worker in run["workers"]:
+            assert worker["hit_rate"] is None if worker["served"] == 0 else 0 <= worker["hit_rate"] <= 1
+        assert 0 < run["ttft_p50_ms"] <= run["ttft_p99_ms"] and run["tpot_p50_ms"] > 0
+        assert run["output_tokens_per_s"] > 0
+    assert Path(shared["chart"]).is_file() and bench["charts"][SHARED_PREFIX_CAPTION] == shared["chart"]
+    assert bench["artifacts"]["shared_prefix_results"] == str(workdir / "bench" / "shared_prefix.json")
+
+    page = (workdir / "report.html").read_text()
+    assert "<h2>Routing: shared prefixes</h2>" in page
+    assert page.count("<tr><td>kv</td><td>16 of 16</td>") == 1
+    assert page.count("<tr><td>round-robin</td><td>16 of 16</td>") == 1
+    assert page.count("<tr><td>kv</td><td>w") == 2 and page.count("<tr><td>round-robin</td><td>w") == 2
+    assert SHARED_PREFIX_CAPTION in page
+    assert "shared prefix, kv" in result.stdout and "shared prefix, round-robin" in result.stdout
+
+
 def test_served_sample_is_the_checkpoints_greedy_continuation(quick_run) -> None:
     workdir, result = quick_run
     assert result.returncode == 0, result.stderr[-3000:]
@@ -84,3 +155,48 @@ def test_a_failed_stage_says_which_and_why_without_a_traceback(tmp_path: Path, r
     assert "Traceback" not in result.stderr
     state = json.loads((tmp_path / "w" / "factory.json").read_text())
     assert state["stages"]["ingest"]["status"] == "failed"
+
+
+@pytest.fixture()
+def trained_copy(quick_run, tmp_path: Path) -> Path:
+    """A copy of the quick line's work directory: its ingest and train stages hold for other settings."""
+    workdir, result = quick_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    copy = tmp_path / "factory"
+    shutil.copytree(workdir, copy)
+    return copy
+
+
+def test_one_worker_is_a_plain_server_and_nothing_is_compared(trained_copy: Path, run_factory) -> None:
+    config = trained_copy.parent / "factory.toml"
+    config.write_text("[serve]\nworkers = 1\n[bench]\nconcurrency = [1]\nrequests_per_point = 4\n", encoding="utf-8")
+    result = run_factory("--quick", "--config", str(config), "--workdir", str(trained_copy), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("done earlier, kept") == 2  # ingest and train
+    stages = json.loads((trained_copy / "factory.json").read_text())["stages"]
+    serve, bench = stages["serve"]["summary"], stages["bench"]["summary"]
+    assert (serve["workers"], serve["router_policy"], serve["fleet"]) == (1, None, [])
+    assert "sweep_fleet" not in bench
+    assert bench["shared_prefix"]["policies"] == {} and "one worker" in bench["shared_prefix"]["skipped"]
+    assert not (trained_copy / "bench" / "shared_prefix.json").exists()
+    assert "workers x" not in (trained_copy / "serve" / "server.log").read_text()  # no fleet started
+    assert "not compared: one worker" in (trained_copy / "report.html").read_text()
+
+
+def test_keep_serving_gets_the_fleet_back_after_the_comparison(trained_copy: Path) -> None:
+    config = FactoryConfig.quick(workdir=trained_copy)
+    config.bench.concurrency, config.bench.requests_per_point = [1], 4
+    config.bench.num_prefixes = config.bench.questions_per_prefix = 2
+    seen = []
+
+    def keep_serving(url: str) -> None:
+        with urllib.request.urlopen(f"{url}/workers", timeout=10) as response:
+            seen.append((url, json.loads(response.read())))
+
+    run = pipeline.run_factory(config, console=Console(file=io.StringIO()), keep_serving=keep_serving)
+    assert run.ran == ["bench", "report"]  # the serve stage's settings hold; its fleet starts for the bench stage
+    [(url, fleet)] = seen
+    swept = json.loads((trained_copy / "bench" / "run.json").read_text())["endpoint"]["url"]
+    assert url == swept  # the sweep's fleet, started again on its port
+    assert fleet["policy"] == "kv" and [worker["served"] for worker in fleet["workers"]] == [0, 0]
+    assert [run["completed"] for run in run.summaries["bench"]["shared_prefix"]["policies"].values()] == [4, 4]

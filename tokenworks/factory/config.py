@@ -60,13 +60,20 @@ class TrainSection(Section):
 
 
 class ServeSection(Section):
-    threads: Positive | None = None  # None: the engine's default (every core)
+    workers: Positive = 2  # engine processes behind the router (`tokenworks serve --workers`); 1: one plain server
+    router_policy: str = "kv"  # with workers > 1: how the router picks a worker (`--router-policy`)
+    threads: Positive | None = None  # in all, split between the workers; None: every core
     kv_cache_memory_gib: float = Field(0.5, gt=0)
     max_num_seqs: Positive = 64
     max_num_batched_tokens: Positive = 2048
     port: int = Field(0, ge=0, le=65535)  # 0: any free port
     smoke_prompt: str = "The Python language"
     smoke_tokens: Positive = 32
+
+    @field_validator("router_policy")
+    @classmethod
+    def _known_policy(cls, policy: str) -> str:
+        return _known_router_policy(policy)
 
 
 class BenchSection(Section):
@@ -79,13 +86,29 @@ class BenchSection(Section):
     price_book: str | None = None  # None: the packaged price book
     hardware: str = "CPU host"  # an entry of the price book (declared after it, so its check reads the book)
     seed: int = 0
+    # The shared-prefix comparison: one workload (K system prompts x M questions each), run once per
+    # routing policy on a fresh fleet of the [serve] workers; empty (or one worker): no comparison.
+    shared_prefix_policies: list[str] = Field(default_factory=lambda: ["kv", "round-robin"])
+    num_prefixes: Positive = 8  # K
+    questions_per_prefix: Positive = 8  # M
+    prefix_tokens: Positive = 512
+    question_tokens: str = "32"
+    shared_prefix_output_tokens: str = "32"
+    shared_prefix_concurrency: Positive = 8
 
-    @field_validator("input_tokens", "output_tokens")
+    @field_validator("input_tokens", "output_tokens", "question_tokens", "shared_prefix_output_tokens")
     @classmethod
     def _a_length(cls, text: str) -> str:
         from tokenworks.bench.workloads import LengthDistribution
 
         return _checked(LengthDistribution.parse, text)
+
+    @field_validator("shared_prefix_policies")
+    @classmethod
+    def _known_policies(cls, policies: list[str]) -> list[str]:
+        if len(set(policies)) != len(policies):
+            raise ValueError(f"a policy is named twice in {policies}")
+        return [_known_router_policy(policy) for policy in policies]
 
     @field_validator("slo")
     @classmethod
@@ -123,12 +146,16 @@ class FactoryConfig(BaseModel):
     @classmethod
     def quick(cls, workdir: Path = Path("factory")) -> FactoryConfig:
         """The whole line in about three minutes on 2 cores: less of everything, same stages."""
+        bench = BenchSection(concurrency=[1, 4, 16], input_tokens="64", output_tokens="32", requests_per_point=16)
+        # the shared-prefix comparison: 16 requests of 256 + 16 prompt tokens, per policy
+        bench.num_prefixes, bench.questions_per_prefix, bench.prefix_tokens = 4, 4, 256
+        bench.question_tokens, bench.shared_prefix_output_tokens, bench.shared_prefix_concurrency = "16", "16", 4
         return cls(
             workdir=workdir,
             data=DataSection(vocab_size=2048, max_documents=300),
             train=TrainSection(time_budget_s=45.0, context=128),
             serve=ServeSection(kv_cache_memory_gib=0.25, max_num_seqs=16, smoke_tokens=16),
-            bench=BenchSection(concurrency=[1, 4, 16], input_tokens="64", output_tokens="32", requests_per_point=16),
+            bench=bench,
         )
 
     @classmethod
@@ -203,6 +230,14 @@ def _resolve(path: str, info: ValidationInfo) -> Path:
     directory = (info.context or {}).get("directory")
     expanded = Path(path).expanduser()
     return directory / expanded if directory is not None else expanded
+
+
+def _known_router_policy(policy: str) -> str:
+    from tokenworks.router.policies import POLICY_NAMES
+
+    if policy not in POLICY_NAMES:
+        raise ValueError(f"unknown router policy {policy!r}; choose one of {', '.join(POLICY_NAMES)}")
+    return policy
 
 
 def _checked(check: Callable[[str], object], text: str) -> str:

@@ -73,6 +73,8 @@ def run_factory(
         for stage in run.ran:
             if stage == "report" and context.server is not None:
                 if keep_serving is not None:
+                    if not context.server.running:  # the bench stage's comparison stopped it for its own fleets
+                        context.server.start()
                     keep_serving(context.server.url)
                 server_scope.close()
                 context.server = None

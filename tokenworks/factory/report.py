@@ -45,6 +45,10 @@ def summary_rows(summaries: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
     if serve := summaries.get("serve"):
         rows.append(("served", f"{serve['model']} at {serve['url']} (up in {serve['startup_seconds']:.1f} s)"))
         rows.append(("sample", repr(serve["smoke_prompt"] + serve["smoke_completion"])[:160]))
+        if serve.get("fleet"):
+            workers = ", ".join(f"{worker['id']} {worker['url']}" for worker in serve["fleet"])
+            rows.append(("workers", f"{len(serve['fleet'])} behind the router ({serve['router_policy']}): {workers}"))
+            rows.append(("dashboard", serve["dashboard"]))
     if bench := summaries.get("bench"):
         rows.extend(bench_rows(bench))
     return rows
@@ -73,7 +77,26 @@ def bench_rows(bench: dict[str, Any]) -> list[tuple[str, str]]:
          f"({price['hardware']} at ${price['usd_per_hour']}/h, {price['book']}; an assumption)")
     )  # fmt: skip
     rows.append(("energy", f"{best['tokens_per_joule']:,.2f} output tokens per joule at peak ({energy_note(bench)})"))
+    if fleet := bench.get("sweep_fleet"):
+        rows.append(("sweep per worker", ", ".join(f"{worker['id']} {worker['served']:,}" for worker in fleet)))
+    shared = bench.get("shared_prefix") or {}
+    for policy, run in shared.get("policies", {}).items():
+        served = ", ".join(f"{worker['id']} {worker['served']}" for worker in run["workers"])
+        rows.append(
+            (f"shared prefix, {policy}", f"hit rate {_percent(run['hit_rate'])}, TTFT p50 {_ms(run['ttft_p50_ms'])}, "
+             f"p99 {_ms(run['ttft_p99_ms'])}; requests per worker: {served}")
+        )  # fmt: skip
+    if shared.get("skipped"):
+        rows.append(("shared prefix", f"not compared: {shared['skipped']}"))
     return rows
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f} ms"
 
 
 def energy_note(bench: dict[str, Any]) -> str:
@@ -102,6 +125,7 @@ def write_report(config: FactoryConfig, summaries: dict[str, dict[str, Any]]) ->
         made=summary_rows(summaries),
         charts=_charts(summaries),
         sweep=_sweep(summaries.get("bench")),
+        routing=_routing(summaries.get("bench")),
         artifacts=_artifact_rows(summaries),
         times=[(stage, f"{s.get('seconds', 0):.1f} s") for stage, s in summaries.items()],
     )
@@ -156,3 +180,44 @@ def _sweep(bench: dict[str, Any] | None) -> dict[str, Any] | None:
         "headings": [title for title, _, _ in columns],
         "rows": rows,
     }
+
+
+def _routing(bench: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The shared-prefix comparison as two tables: one row per policy, one per policy and worker."""
+    shared = (bench or {}).get("shared_prefix") or {}
+    if not shared.get("policies"):
+        return None
+    settings = shared["settings"]
+    policies, workers = [], []
+    for policy, run in shared["policies"].items():
+        policies.append(
+            [
+                policy, f"{run['completed']} of {run['requests']}", _percent(run["hit_rate"]),
+                _ms(run["ttft_p50_ms"]), _ms(run["ttft_p99_ms"]), _ms(run["tpot_p50_ms"]),
+                "-" if run["output_tokens_per_s"] is None else f"{run['output_tokens_per_s']:,.1f}",
+                ", ".join(f"{worker['id']} {worker['served']}" for worker in run["workers"]),
+            ]
+        )  # fmt: skip
+        for worker in run["workers"]:
+            decisions = ", ".join(f"{reason} {count}" for reason, count in sorted(worker["decisions"].items())) or "-"
+            workers.append(
+                [
+                    policy, worker["id"], str(worker["served"]), f"{worker['prompt_tokens']:,}",
+                    f"{worker['cached_tokens']:,}", _percent(worker["hit_rate"]), decisions,
+                ]
+            )  # fmt: skip
+    return {
+        "workload": (
+            f"{settings['num_prefixes']} system prompts of {settings['prefix_tokens']} tokens x "
+            f"{settings['questions_per_prefix']} questions of {settings['question_tokens']} tokens each "
+            f"({shared['requests']} requests, {settings['output_tokens']} output tokens) at concurrency "
+            f"{settings['concurrency']}, on {settings['workers']} workers"
+        ),
+        "policy_headings": [
+            "policy", "requests", "prefix hit rate", "TTFT p50", "TTFT p99", "TPOT p50", "output tok/s",
+            "requests per worker",
+        ],
+        "policies": policies,
+        "worker_headings": ["policy", "worker", "requests", "prompt tokens", "cached tokens", "hit rate", "decisions"],
+        "workers": workers,
+    }  # fmt: skip

@@ -2,10 +2,13 @@
 
 The factory measures the server a user would run, so it starts the real command, waits until
 /health answers, and stops it with SIGTERM (the server's graceful drain) when the line is done.
+With `--workers N` that command is a fleet: the router on the port, N engine workers behind it
+(the router's SIGTERM stops them too). A stopped server can be started again, on the same port.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -19,7 +22,7 @@ from pathlib import Path
 from tokenworks.errors import TokenworksError
 
 STARTUP_TIMEOUT_S = 180.0
-STOP_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 60.0  # a fleet's router drains, then stops its workers (each drains: up to 40 s)
 
 
 class ServerProcess:
@@ -34,12 +37,30 @@ class ServerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def get_json(self, path: str, timeout: float = 10.0) -> dict:
+        """GET `path` (e.g. /workers) of the running server, as JSON."""
+        with urllib.request.urlopen(f"{self.url}{path}", timeout=timeout) as response:
+            return json.loads(response.read())
+
+    def get_text(self, path: str, timeout: float = 10.0) -> str:
+        with urllib.request.urlopen(f"{self.url}{path}", timeout=timeout) as response:
+            return response.read().decode("utf-8")
+
     def __enter__(self) -> ServerProcess:
+        self.start()
+        return self
+
+    def start(self) -> None:
+        """Start the command (again, after `stop`) and wait until /health answers."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "tokenworks", "serve", str(self.checkpoint), "--port", str(self.port)]
         command += ["--served-model-name", self.name, *self.args]
         start = time.perf_counter()
-        with self.log_path.open("w", encoding="utf-8") as log:
+        with self.log_path.open("a" if self.process is not None else "w", encoding="utf-8") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
         try:
             self._wait_until_healthy()
@@ -47,7 +68,6 @@ class ServerProcess:
             self.stop()
             raise
         self.startup_seconds = time.perf_counter() - start
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -2,8 +2,10 @@
 
     ingest  WORKDIR/data    curated documents -> tokenizer + token shards + manifest.json
     train   WORKDIR/train   token shards -> a Hugging Face checkpoint (train/checkpoint)
-    serve   WORKDIR/serve   `tokenworks serve` on that checkpoint, checked with one completion
-    bench   WORKDIR/bench   `tokenworks bench sweep` against the server: points, frontier, costs
+    serve   WORKDIR/serve   `tokenworks serve --workers N` on that checkpoint (the router in front
+                            of N engine workers; one plain server for N = 1), checked with one completion
+    bench   WORKDIR/bench   `tokenworks bench sweep` against the server: points, frontier, costs;
+                            then a shared-prefix workload under each routing policy (shared_prefix.py)
     report  WORKDIR/report.html and the console summary
 
 Each stage returns a small JSON summary (kept in factory.json) that the report is built from,
@@ -24,6 +26,8 @@ from rich.console import Console
 
 from tokenworks.factory.config import FactoryConfig
 from tokenworks.factory.server import ServerProcess
+from tokenworks.factory.shared_prefix import CHART_CAPTION as SHARED_PREFIX_CAPTION
+from tokenworks.factory.shared_prefix import run_shared_prefix_comparison
 
 SERVED_MODEL_NAME = "factory-model"
 
@@ -119,15 +123,20 @@ def run_train_stage(context: StageContext) -> dict[str, Any]:
     }
 
 
-def start_server(context: StageContext) -> ServerProcess:
+def start_server(context: StageContext, policy: str | None = None, log_name: str = "server.log") -> ServerProcess:
+    """`tokenworks serve` with the [serve] settings: with workers > 1, a fleet behind the router
+    (under `policy`, default the [serve] one), on any free port unless [serve] names one."""
     serve = context.config.serve
     args = ["--kv-cache-memory-gib", str(serve.kv_cache_memory_gib), "--max-num-seqs", str(serve.max_num_seqs)]
     args += ["--max-num-batched-tokens", str(serve.max_num_batched_tokens)]
     args += ["--bench-results", str(context.workdir / "bench")]
     if serve.threads is not None:
         args += ["--threads", str(serve.threads)]
-    log = context.workdir / "serve" / "server.log"
-    return ServerProcess(context.checkpoint, SERVED_MODEL_NAME, log, serve.port, args)
+    if serve.workers > 1:
+        args += ["--workers", str(serve.workers), "--router-policy", policy or serve.router_policy]
+    port = serve.port if policy is None else 0  # a policy's own fleet: the configured port may still be held
+    log = context.workdir / "serve" / log_name
+    return ServerProcess(context.checkpoint, SERVED_MODEL_NAME, log, port, args)
 
 
 def run_serve_stage(context: StageContext) -> dict[str, Any]:
@@ -141,16 +150,24 @@ def run_serve_stage(context: StageContext) -> dict[str, Any]:
     )
     with urllib.request.urlopen(request, timeout=120) as response:
         answer = json.loads(response.read())
+    fleet = server.get_json("/workers") if serve.workers > 1 else None
     return {
         "url": server.url,
-        "dashboard": f"{server.url}/dashboard",
+        "dashboard": f"{server.url}/dashboard",  # the router's (per-worker load and prefix hits) or the server's
         "model": SERVED_MODEL_NAME,
+        "workers": serve.workers,
+        "router_policy": fleet["policy"] if fleet else None,
+        "fleet": [_worker_row(worker) for worker in fleet["workers"]] if fleet else [],
         "startup_seconds": round(server.startup_seconds, 2),
         "smoke_prompt": serve.smoke_prompt,
         "smoke_completion": answer["choices"][0]["text"],
         "smoke_usage": answer["usage"],
         "artifacts": {"log": str(server.log_path)},
     }
+
+
+def _worker_row(worker: dict[str, Any]) -> dict[str, Any]:
+    return {key: worker.get(key) for key in ("id", "url", "healthy", "served", "in_flight")}
 
 
 def run_bench_stage(context: StageContext) -> dict[str, Any]:
@@ -179,7 +196,18 @@ def run_bench_stage(context: StageContext) -> dict[str, Any]:
     accounting = Accounting(hardware=bench.hardware, price_book=bench.price_book)
     result = asyncio.run(run_sweep(target, workload, load, plan, slo, accounting, context.console))
     files = write_results(out, result, workload, load, slo, accounting, command="tokenworks factory (bench stage)")
-    return files.summary()
+    summary = files.summary()
+    if context.config.serve.workers > 1:  # the sweep's load per worker, as the router saw it
+        summary["sweep_fleet"] = [_worker_row(worker) for worker in server.get_json("/workers")["workers"]]
+    summary["shared_prefix"] = run_shared_prefix_comparison(
+        context.config, context.checkpoint, SERVED_MODEL_NAME, out, server,
+        lambda policy: start_server(context, policy, log_name=f"fleet-{policy}.log"), context.console,
+    )  # fmt: skip
+    if chart := summary["shared_prefix"].get("chart"):
+        summary["charts"][SHARED_PREFIX_CAPTION] = chart
+    for name, location in summary["shared_prefix"].get("artifacts", {}).items():
+        summary["artifacts"][f"shared_prefix_{name}"] = location
+    return summary
 
 
 def run_report_stage(context: StageContext) -> dict[str, Any]:
