@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.router.conftest import RouterProcess
-from tests.serve.conftest import ServeProcess, metric_value
+from tests.serve.conftest import ServeProcess, free_port, metric_value
 from tokenworks.router.fleet import KV_EVENTS_CONFIG
 
 BLOCK = 16
@@ -28,25 +28,26 @@ PREFIXES = {
 
 
 class KVWorker(ServeProcess):
-    """A worker publishing its KV events, on a given port (so that it can come back on the same one)."""
+    """A worker publishing its KV events, on a port of its own or the one given (to come back on it)."""
 
-    def __init__(self, model_dir, port: int | None = None) -> None:
-        super().__init__(model_dir, "--block-size", str(BLOCK), "--kv-events-config", KV_EVENTS_CONFIG)
-        if port is not None:  # the parent chose a free port and started; start again on the one asked for
-            self.stop()
-            self.port, self.url = port, f"http://127.0.0.1:{port}"
-            command = [
-                sys.executable, "-m", "tokenworks", "serve", str(model_dir), "--port", str(port), "--threads", "1",
-                "--kv-cache-memory-gib", "0.05", "--block-size", str(BLOCK), "--kv-events-config", KV_EVENTS_CONFIG,
-            ]  # fmt: skip
-            self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    def __init__(self, model_dir, port: int | None = None) -> None:  # its own command, not the parent's
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [
+            sys.executable, "-m", "tokenworks", "serve", str(model_dir), "--port", str(self.port), "--threads", "1",
+            "--kv-cache-memory-gib", "0.05", "--block-size", str(BLOCK), "--kv-events-config", KV_EVENTS_CONFIG,
+        ]  # fmt: skip
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 @pytest.fixture()
 def kv_workers(serve_model_dir):
+    """Two workers; a test that replaces one in the list leaves it to be stopped here too."""
     started = [KVWorker(serve_model_dir) for _ in range(2)]
     try:
-        yield [worker.wait_healthy() for worker in started]
+        for worker in started:
+            worker.wait_healthy()
+        yield started
     finally:
         for worker in started:
             worker.stop()
