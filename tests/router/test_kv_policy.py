@@ -75,6 +75,16 @@ def test_the_index_matches_leading_blocks_per_worker():
     assert index.size() == 0
 
 
+def test_an_evicted_block_is_no_longer_predicted_either():
+    index = PrefixIndex()
+    index.add_worker("w0")
+    keys = block_keys(PROMPT, SIZE)
+    store(index, "w0", PROMPT, 4)
+    index.predict("w0", keys, ttl_s=60)  # sent there again: expected for a minute
+    index.removed("w0", [2])  # then its events say the third block was evicted
+    assert index.matched_blocks(keys, ["w0"]) == {"w0": 2}
+
+
 def test_predictions_count_until_they_expire():
     index = PrefixIndex()
     index.add_worker("w0")
@@ -140,12 +150,14 @@ def test_a_queue_costing_more_than_the_prefill_saved_sends_it_elsewhere():
         learn(worker, "ttft", [(x, 0.001 * x) for x in (10, 10, 20, 40, 80)])
     policy = kv_policy(pool)
     store(policy.index, "w0", PROMPT, 4)
-    pool[0].pending_prefill_tokens = 17  # more than the 16 tokens its hit saves
+    # The 16 tokens its hit saves count twice (this request's wait, and the compute the fleet's
+    # later requests wait behind): a queue of more than 32 costs more.
+    pool[0].pending_prefill_tokens = 33
     request = routed(PROMPT, max_tokens=1)
     assert policy.choose(request, pool) is pool[1]
     assert (request.reason, request.predicted_cached_tokens) == ("load", 0)
     policy.index.clear("w1")  # forget that it just went there
-    pool[0].pending_prefill_tokens = 15
+    pool[0].pending_prefill_tokens = 31
     assert policy.choose(routed(PROMPT, max_tokens=1), pool) is pool[0]
 
 
@@ -178,9 +190,11 @@ def test_siblings_sent_before_any_event_land_together():
     pool = workers(4)
     policy = kv_policy(pool)
     chosen = []
-    for _ in range(8):  # an agent's fan-out of 8, all in flight at once
-        chosen.append(policy.choose(routed(PROMPT), pool))
+    for _ in range(8):  # an agent's fan-out of 8, all in flight at once, the first still prefilling
+        request = routed(PROMPT)
+        chosen.append(policy.choose(request, pool))
         chosen[-1].in_flight += 1
+        chosen[-1].pending_prefill_tokens += request.uncached_tokens  # as its flight counts it
     assert len({worker.id for worker in chosen}) == 1
     other = policy.choose(routed([7] * 18), pool)  # an unrelated prompt goes by load
     assert other is not chosen[0] and other.in_flight == 0

@@ -187,6 +187,10 @@ class OpenAIClient:
             if self.enforce_output_length:
                 body["ignore_eos"] = True
                 body["min_tokens"] = spec.max_tokens
+        if (
+            spec.session is not None
+        ):  # OpenAI's end-user id: a router's session affinity keeps the conversation together
+            body["user"] = f"session-{spec.session}"
         if self.stream:
             body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
         return json.dumps(body).encode()

@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from tokenworks import __version__
+from tokenworks.gc_tuning import calm_the_garbage_collector
 from tokenworks.router.dashboard import router as dashboard_router
 from tokenworks.router.kv_events import KVEventFeeds
 from tokenworks.router.kv_policy import MAX_LOAD_RATIO, KvAware
@@ -125,6 +126,7 @@ def create_router_app(config: RouterConfig) -> FastAPI:
                 tasks.append(asyncio.ensure_future(routing.feeds.run(session)))
                 tasks.append(asyncio.ensure_future(find_tokenizer(routing, session)))
             logger.info("routing to %d workers by %s", len(pool.workers), policy.name)
+            calm_the_garbage_collector()  # as the server does: startup's objects out of every collection
             try:
                 yield
             finally:

@@ -6,6 +6,8 @@ For each candidate worker the cost is in seconds, from what the router learnt of
 
     cost = ttft(prefill ahead + the prompt's blocks the worker lacks)
          + expected output tokens x tpot(requests decoding there + 1)
+         + what it costs the requests after it: the prefill it adds, which they queue behind
+           (seconds per prefill token x the tokens the worker lacks)
          + what it costs the others: each request decoding there slowed by tpot's slope for
            each of its tokens, while they overlap (about half an answer each)
 
@@ -13,7 +15,10 @@ For each candidate worker the cost is in seconds, from what the router learnt of
   the router sent there itself;
 - the prefill ahead is the worker's requests still waiting for their first token, so a worker
   that holds the prefix but has a queue loses to an idle one once the queue costs more than the
-  prefill it would save;
+  prefill it would save (counted twice: this request waits for it, and the fleet's later
+  requests wait behind the compute it spends; without the second, a sibling arriving while its
+  leader still prefills saw an idle worker as cheap as waiting for the leader, and half of every
+  burst of 8 computed the prefix again);
 - the decode guard: each request decoding on a worker slows every token there by what the
   worker's own figures say, so decode-heavy workers cost more.
 
@@ -96,9 +101,10 @@ class KvAware:
         chosen = allowed[0]
         for worker in allowed:
             turn, per_token, step, per_decoding = speeds[worker.id]
-            ahead = worker.pending_prefill_tokens + prompt - hit_of.get(worker.id, 0)
             decoding = worker.decoding
-            cost = turn + per_token * ahead + outputs * (step + per_decoding * (decoding + 1 + decoding / 2))
+            lacks = prompt - hit_of.get(worker.id, 0)
+            ahead = worker.pending_prefill_tokens + lacks
+            cost = turn + per_token * (ahead + lacks) + outputs * (step + per_decoding * (decoding + 1 + decoding / 2))
             rank = (cost, worker.in_flight, worker is not order)
             if best is None or rank < best:
                 best, chosen = rank, worker
