@@ -8,7 +8,9 @@ the index true to it, whatever happens on the way:
   has them all, the worker is resynced: its entries are dropped and rebuilt from what comes;
 - sequence 0 again, or a number going back: the worker restarted with an empty cache (a new
   epoch), so its old blocks leave the index at once;
-- a store whose parent block the index never heard of: events were lost; resynced the same way.
+- a store whose parent block the index does not hold is skipped: a lookup from the prompt's start
+  could not reach it in the engine either (its parent was evicted while a duplicate of it, never
+  registered, lived on), and lost events show as a gap in the numbers.
 Both wire forms vLLM has used are read: events as maps tagged by `type` (vLLM 0.11 on, and
 tokenworks) and as arrays led by the tag (earlier vLLM).
 """
@@ -45,6 +47,7 @@ class EventFeedStats:
         self.replayed = 0
         self.resyncs = 0
         self.epochs = 0
+        self.unplaced = 0  # stores skipped: their parent was not in the index
         self.lag_s: dict[str, float] = {}  # worker id -> seconds between a batch's publishing and its indexing
 
 
@@ -237,7 +240,7 @@ class Subscriber:
             fields.get("lora_name"),
         )  # fmt: skip
         if not placed:
-            self.resync("a stored block's parent was never seen")
+            self.stats.unplaced += 1
 
 
 def _event_fields(event: object) -> tuple[str | None, dict]:

@@ -105,6 +105,7 @@ class _IndexCollector:
             ("kv_event_replayed", "KV event batches recovered from a worker's replay socket after a gap."),
             ("kv_event_resyncs", "Times a worker's index started afresh (events lost and not replayed)."),
             ("kv_event_epochs", "Worker restarts seen in KV events (their old blocks left the index)."),
+            ("kv_event_unplaced", "Stored blocks skipped because their parent block was not in the index."),
         ):
             value = getattr(feeds, name.removeprefix("kv_event_"))
             yield CounterMetricFamily(f"tokenworks_router_{name}", text, value=value)
