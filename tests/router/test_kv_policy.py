@@ -172,18 +172,29 @@ def test_the_decode_guard_weighs_a_workers_decoding_load():
     assert policy.choose(request, pool) is pool[1] and request.reason == "load"
 
 
-def test_the_hot_spot_guard_keeps_every_worker_near_the_mean_load():
-    pool = workers(3)
-    policy = kv_policy(pool, max_load_ratio=1.5)
-    store(policy.index, "w0", PROMPT, 4)
-    pool[0].in_flight, pool[1].in_flight, pool[2].in_flight = 24, 8, 4
-    request = routed(PROMPT)  # with one more, the mean is 37/3: w0 at 25 would be above 1.5 x that and mean + 8
-    assert policy.choose(request, pool) is not pool[0] and request.reason == "hot-spot-guard"
-    for worker in ("w1", "w2"):
-        policy.index.clear(worker)  # forget where the first went
-    pool[0].in_flight = 17  # 18 <= 30/3 + 8 (the burst it may take above the mean): allowed again
-    request = routed(PROMPT)
-    assert policy.choose(request, pool) is pool[0] and request.reason == "prefix-hit"
+def test_the_hot_spot_guard_keeps_each_busy_workers_recent_load_near_the_mean():
+    pool = workers(2)
+    policy = kv_policy(pool)  # max_load_ratio 1.2
+    store(policy.index, "w0", PROMPT, 4)  # one hot prefix, held by w0 only
+
+    def send(question: int) -> RoutedRequest:
+        request = routed([*PROMPT[:16], question, question])
+        policy.choose(request, pool).in_flight += 1  # each stays in flight, as under load
+        return request
+
+    first, second = send(1), send(2)
+    assert first.reason == "prefix-hit" and pool[0].in_flight == 1
+    # w0, busy, at 2 against a mean of 1 would be above 1.2 x the mean: the hot prefix goes to w1 too
+    assert second.reason == "hot-spot-guard" and pool[1].in_flight == 1
+    for question in range(3, 23):
+        send(question)
+    assert abs(pool[0].in_flight - pool[1].in_flight) <= 2
+    assert policy.recent_load("w0", time.monotonic()) == pytest.approx(pool[0].in_flight, abs=0.5)  # aged a little
+
+    idle = kv_policy(pool)  # an idle worker is no hot spot: one user's paced turns stay together
+    pool[0].in_flight = pool[1].in_flight = 0
+    store(idle.index, "w0", PROMPT, 4)
+    assert {idle.choose(routed([*PROMPT[:16], k, k]), pool).id for k in range(5)} == {"w0"}
 
 
 def test_siblings_sent_before_any_event_land_together():

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-SHRINK_SAMPLES = 4.0
+SHRINK_SAMPLES = 32.0
 HALF_LIFE_S = 30.0
 
 

@@ -22,10 +22,16 @@ For each candidate worker the cost is in seconds, from what the router learnt of
 - the decode guard: each request decoding on a worker slows every token there by what the
   worker's own figures say, so decode-heavy workers cost more.
 
-And the hot-spot guard: no worker is chosen whose requests in flight would then exceed
-`max_load_ratio` times the mean (one prefix taking all the traffic cannot pile onto one worker),
-nor the mean by more than a burst of BURST requests, whichever allows more: on a quiet fleet a
-burst of siblings (an agent's fan-out of 8) may still land together, where their prefix is.
+And the hot-spot guard: no worker is chosen whose recent load, with this request, would exceed
+`max_load_ratio` times the mean (one prefix taking all the traffic cannot pile onto one worker).
+The load is the requests sent there, each counting less as it ages (halved every
+LOAD_HALF_LIFE_S): a signal that persists between paced requests and over their whole answers,
+so that the guard holds the requests each worker serves within the ratio over a run (1.2 keeps
+two workers within 1.5x of each other). It binds only on a worker with requests in flight: an
+idle one is no hot spot (one user's paced turns stay together on a quiet fleet). And siblings
+pass it: requests whose prefix is on its way into a worker (predicted there, not yet confirmed
+by its events) may follow it, so that a burst (an agent's fan-out, `n` > 1) lands where its
+prefix is being computed.
 The chosen worker's blocks are then predicted in the index for a few seconds, so requests of
 the same prefix sent before its events arrive (siblings, an agent's fan-out) land together.
 """
@@ -45,8 +51,8 @@ DEFAULT_BLOCK_SIZE = 16  # a worker's until it says (its /kv_events, or its firs
 DEFAULT_OUTPUT_TOKENS = 128  # expected before any answer was seen, when a request sets no max_tokens
 SIBLING_TTL_S = 5.0  # a worker with events: until they confirm the blocks
 UNCONFIRMED_TTL_S = 120.0  # a worker without events: all the router knows of its cache
-MAX_LOAD_RATIO = 1.5
-BURST = 8
+MAX_LOAD_RATIO = 1.2
+LOAD_HALF_LIFE_S = 10.0
 OUTPUT_DECAY = 0.98
 REFRESH_S = 0.25  # how often the workers' blended speeds are worked out again (not at every decision)
 
@@ -60,6 +66,7 @@ class KvAware:
     mean_output_tokens: float | None = None  # over recent answers (all workers)
     _speeds: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)  # id -> ttft a, b, tpot a, b
     _speeds_at: float = -math.inf
+    _recent: dict[str, tuple[float, float]] = field(default_factory=dict)  # id -> (recent load, as of when)
 
     def output_tokens_seen(self, count: int) -> None:
         mean = self.mean_output_tokens
@@ -70,26 +77,44 @@ class KvAware:
         mean = self.mean_output_tokens if self.mean_output_tokens is not None else DEFAULT_OUTPUT_TOKENS
         return min(mean, cap) if cap is not None else mean
 
-    def guarded(self, candidates: list[Worker]) -> list[Worker]:
-        """The candidates whose load, with one more request, stays within the hot-spot guard."""
-        mean = (sum(worker.in_flight for worker in candidates) + 1) / len(candidates)
-        limit = max(self.max_load_ratio * mean, mean + BURST)
-        allowed = [worker for worker in candidates if worker.in_flight + 1 <= limit]
+    def recent_load(self, worker_id: str, now: float) -> float:
+        load, at = self._recent.get(worker_id, (0.0, now))
+        return load * 0.5 ** ((now - at) / LOAD_HALF_LIFE_S)
+
+    def _sent(self, worker: Worker) -> None:
+        now = time.monotonic()
+        self._recent[worker.id] = (self.recent_load(worker.id, now) + 1.0, now)
+
+    def guarded(self, candidates: list[Worker], siblings: frozenset[str] = frozenset()) -> list[Worker]:
+        """The candidates whose recent load, with one more request, stays within the hot-spot
+        guard, the idle ones, and those this request's siblings went to."""
+        now = time.monotonic()
+        loads = [self.recent_load(worker.id, now) for worker in candidates]
+        limit = max(self.max_load_ratio * (sum(loads) + 1) / len(candidates), 1.0)
+        allowed = [
+            worker for worker, load in zip(candidates, loads, strict=True)
+            if load + 1 <= limit or worker.in_flight == 0 or worker.id in siblings
+        ]  # fmt: skip
         return allowed or candidates
 
     def choose(self, request: RoutedRequest, candidates: list[Worker]) -> Worker:
-        allowed = self.guarded(candidates)
         tokens = request.tokens
         if not tokens:
-            return self._by_load(request, allowed, "no-prompt-tokens")
+            return self._by_load(request, self.guarded(candidates), "no-prompt-tokens")
         extra = self._extra_key(request)
         sizes = {worker.id: worker.block_size or DEFAULT_BLOCK_SIZE for worker in candidates}
         keys: dict[int, list[int]] = {}
         matched: dict[str, int] = {}  # blocks held, for the workers that hold any
+        siblings: set[str] = set()  # workers with events where part of the prefix is predicted only: on its way in
+        evented = {worker.id for worker in candidates if worker.kv_events is not None}
         for size in set(sizes.values()):
             keys[size] = block_keys(tokens, size, extra)
             sized = [worker_id for worker_id, its_size in sizes.items() if its_size == size]
-            matched.update(self.index.matched_blocks(keys[size], sized))
+            found = self.index.matched_blocks(keys[size], sized)
+            confirmed = self.index.matched_blocks(keys[size], list(found), confirmed=True) if found else {}
+            siblings.update(w for w, blocks in found.items() if w in evented and blocks > confirmed.get(w, 0))
+            matched.update(found)
+        allowed = self.guarded(candidates, frozenset(siblings))
         outputs = self.expected_output_tokens(request)
         speeds = self.speeds(candidates)
         order = self.ties.choose(request, allowed)  # whose turn it is, for exact ties
@@ -122,6 +147,7 @@ class KvAware:
         # Only the blocks it is not known to hold yet need predicting (on a hit, a few or none).
         ttl = SIBLING_TTL_S if chosen.kv_events is not None else UNCONFIRMED_TTL_S
         self.index.predict(chosen.id, keys[sizes[chosen.id]][matched.get(chosen.id, 0) :], ttl)
+        self._sent(chosen)
         return chosen
 
     def speeds(self, candidates: list[Worker]) -> dict[str, tuple[float, float, float, float]]:
@@ -143,6 +169,7 @@ class KvAware:
         worker = self.ties.choose(request, [worker for worker in allowed if worker.in_flight == fewest])
         request.reason = reason
         request.predicted_cached_tokens, request.uncached_tokens = None, 0
+        self._sent(worker)
         return worker
 
     def _extra_key(self, request: RoutedRequest) -> str | None:

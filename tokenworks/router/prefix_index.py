@@ -171,16 +171,18 @@ class PrefixIndex:
 
     # ---- the question -------------------------------------------------------------------------
 
-    def matched_blocks(self, keys: Sequence[int], worker_ids: Sequence[str]) -> dict[str, int]:
+    def matched_blocks(self, keys: Sequence[int], worker_ids: Sequence[str], confirmed: bool = False) -> dict[str, int]:
         """For each of these workers holding the prompt's first block, how many of its leading
-        blocks it holds (confirmed or predicted); the others hold none."""
+        blocks it holds (confirmed or predicted; with `confirmed`, confirmed only); the others
+        hold none."""
         wanted = 0
         for worker_id in worker_ids:
             blocks = self._workers.get(worker_id)
             if blocks is not None:
                 wanted |= blocks.bit
         depths: dict[str, int] = {}
-        holders, predicted, now = self._holders, self._predicted, time.monotonic()
+        holders, now = self._holders, time.monotonic()
+        predicted = {} if confirmed else self._predicted
         still = wanted
         for depth, key in enumerate(keys):
             mask = holders.get(key, 0)
