@@ -66,7 +66,8 @@ class KvAware:
     mean_output_tokens: float | None = None  # over recent answers (all workers)
     _speeds: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)  # id -> ttft a, b, tpot a, b
     _speeds_at: float = -math.inf
-    _recent: dict[str, tuple[float, float]] = field(default_factory=dict)  # id -> (recent load, as of when)
+    _scaled: dict[str, float] = field(default_factory=dict)  # id -> recent load x _growth(when it was read)
+    _origin: float = field(default_factory=time.monotonic)
 
     def output_tokens_seen(self, count: int) -> None:
         mean = self.mean_output_tokens
@@ -77,23 +78,34 @@ class KvAware:
         mean = self.mean_output_tokens if self.mean_output_tokens is not None else DEFAULT_OUTPUT_TOKENS
         return min(mean, cap) if cap is not None else mean
 
+    # Recent loads all fade at the same rate, so each is kept scaled to a common origin: the
+    # guard then compares them as they are, and only one power is taken per decision, not one
+    # per worker (64 of them were a tenth of a decision's time).
+    def _growth(self, now: float) -> float:
+        """2^((now - origin) / half-life): what 1 request sent now weighs on the common scale."""
+        growth = 2.0 ** ((now - self._origin) / LOAD_HALF_LIFE_S)
+        if growth > 2.0**40:  # rescale to a new origin before the weights grow unwieldy
+            self._scaled = {worker_id: load / growth for worker_id, load in self._scaled.items()}
+            self._origin, growth = now, 1.0
+        return growth
+
     def recent_load(self, worker_id: str, now: float) -> float:
-        load, at = self._recent.get(worker_id, (0.0, now))
-        return load * 0.5 ** ((now - at) / LOAD_HALF_LIFE_S)
+        """Requests sent to the worker, each halved for every LOAD_HALF_LIFE_S since."""
+        return self._scaled.get(worker_id, 0.0) / self._growth(now)
 
     def _sent(self, worker: Worker) -> None:
-        now = time.monotonic()
-        self._recent[worker.id] = (self.recent_load(worker.id, now) + 1.0, now)
+        self._scaled[worker.id] = self._scaled.get(worker.id, 0.0) + self._growth(time.monotonic())
 
     def guarded(self, candidates: list[Worker], siblings: frozenset[str] = frozenset()) -> list[Worker]:
         """The candidates whose recent load, with one more request, stays within the hot-spot
         guard, the idle ones, and those this request's siblings went to."""
-        now = time.monotonic()
-        loads = [self.recent_load(worker.id, now) for worker in candidates]
-        limit = max(self.max_load_ratio * (sum(loads) + 1) / len(candidates), 1.0)
+        one = self._growth(time.monotonic())
+        scaled = self._scaled
+        loads = [scaled.get(worker.id, 0.0) for worker in candidates]
+        limit = max(self.max_load_ratio * (sum(loads) + one) / len(candidates), one)
         allowed = [
             worker for worker, load in zip(candidates, loads, strict=True)
-            if load + 1 <= limit or worker.in_flight == 0 or worker.id in siblings
+            if load + one <= limit or worker.in_flight == 0 or worker.id in siblings
         ]  # fmt: skip
         return allowed or candidates
 
