@@ -91,8 +91,11 @@ def test_predictions_count_until_they_expire():
     keys = block_keys(PROMPT, SIZE)
     index.predict("w0", keys[:3], ttl_s=0.2)
     assert index.matched_blocks(keys, ["w0"]) == {"w0": 3}
+    assert index.matched_and_confirmed(keys, ["w0"]) == ({"w0": 3}, {})  # on its way in, not confirmed
+    store(index, "w0", PROMPT, 2)
+    assert index.matched_and_confirmed(keys, ["w0"]) == ({"w0": 3}, {"w0": 2})
     time.sleep(0.25)
-    assert index.matched_blocks(keys, ["w0"]) == {}
+    assert index.matched_blocks(keys, ["w0"]) == {"w0": 2}
 
 
 # ---- what is learnt --------------------------------------------------------------------------------

@@ -122,8 +122,7 @@ class KvAware:
         for size in set(sizes.values()):
             keys[size] = block_keys(tokens, size, extra)
             sized = [worker_id for worker_id, its_size in sizes.items() if its_size == size]
-            found = self.index.matched_blocks(keys[size], sized)
-            confirmed = self.index.matched_blocks(keys[size], list(found), confirmed=True) if found else {}
+            found, confirmed = self.index.matched_and_confirmed(keys[size], sized)
             siblings.update(w for w, blocks in found.items() if w in evented and blocks > confirmed.get(w, 0))
             matched.update(found)
         allowed = self.guarded(candidates, frozenset(siblings))

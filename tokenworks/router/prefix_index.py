@@ -171,39 +171,50 @@ class PrefixIndex:
 
     # ---- the question -------------------------------------------------------------------------
 
-    def matched_blocks(self, keys: Sequence[int], worker_ids: Sequence[str], confirmed: bool = False) -> dict[str, int]:
+    def matched_blocks(self, keys: Sequence[int], worker_ids: Sequence[str]) -> dict[str, int]:
         """For each of these workers holding the prompt's first block, how many of its leading
-        blocks it holds (confirmed or predicted; with `confirmed`, confirmed only); the others
-        hold none."""
+        blocks it holds (confirmed or predicted); the others hold none."""
+        return self.matched_and_confirmed(keys, worker_ids)[0]
+
+    def matched_and_confirmed(
+        self, keys: Sequence[int], worker_ids: Sequence[str]
+    ) -> tuple[dict[str, int], dict[str, int]]:
+        """`matched_blocks`, and the same counting confirmed blocks only, in one walk of the index."""
         wanted = 0
         for worker_id in worker_ids:
             blocks = self._workers.get(worker_id)
             if blocks is not None:
                 wanted |= blocks.bit
         depths: dict[str, int] = {}
-        holders, now = self._holders, time.monotonic()
-        predicted = {} if confirmed else self._predicted
-        still = wanted
+        confirmed_depths: dict[str, int] = {}
+        holders, predicted, now = self._holders, self._predicted, time.monotonic()
+        still = still_confirmed = wanted  # the workers holding every block so far (always: confirmed within all)
         for depth, key in enumerate(keys):
-            mask = holders.get(key, 0)
+            held = holders.get(key, 0)
+            mask = held
             guess = predicted.get(key)
             if guess is not None and guess[1] > now:
                 mask |= guess[0]
+            if still_confirmed & ~held:
+                self._record_drops(still_confirmed & ~held, depth, confirmed_depths)
+                still_confirmed &= held
             dropped = still & ~mask
             if dropped:
-                if depth:  # those dropping at the first block hold nothing: no entry
-                    while dropped:
-                        bit = dropped & -dropped
-                        depths[self._worker_of_bit[bit]] = depth
-                        dropped ^= bit
+                self._record_drops(dropped, depth, depths)
                 still &= mask
                 if not still:
-                    return depths
-        while still:
-            bit = still & -still
-            depths[self._worker_of_bit[bit]] = len(keys)
-            still ^= bit
-        return depths
+                    return depths, confirmed_depths
+        self._record_drops(still, len(keys), depths)
+        self._record_drops(still_confirmed, len(keys), confirmed_depths)
+        return depths, confirmed_depths
+
+    def _record_drops(self, bits: int, depth: int, depths: dict[str, int]) -> None:
+        """The workers of these bits held `depth` leading blocks (none recorded at depth 0)."""
+        if depth:
+            while bits:
+                bit = bits & -bits
+                depths[self._worker_of_bit[bit]] = depth
+                bits ^= bit
 
     # ---- for metrics -------------------------------------------------------------------------------
 
