@@ -46,16 +46,15 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_model
+from router_policies import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".peers" / "bench-router"
@@ -194,27 +193,6 @@ def decision_cost(args: argparse.Namespace) -> dict:
 # ---- (b) the TTFT it adds ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url}: the process exited with {process.returncode}; see {WORK / 'logs'}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} was not healthy within {timeout:.0f} s")
-
-
 def spawn(command: list[str], name: str, cores: list[int]) -> subprocess.Popen:
     (WORK / "logs").mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIRTUAL_ENV")}
@@ -285,7 +263,7 @@ def added_ttft(args: argparse.Namespace) -> dict:
             sys.executable, "-m", "tokenworks", "serve", str(args.model), "--port", str(port), "--threads", "1",
             "--served-model-name", args.shape, "--kv-events-config", kv_events, "--kv-cache-memory-gib", "0.5",
         ], "worker", worker_cores))  # fmt: skip
-        wait_healthy(worker_url, processes[-1])
+        wait_healthy(worker_url, processes[-1], "the worker")
         paths = {"direct": worker_url}
         for policy in ("round-robin", "kv"):
             router_port = free_port()
@@ -294,7 +272,7 @@ def added_ttft(args: argparse.Namespace) -> dict:
                 "--port", str(router_port), "--tokenizer", str(args.model),
             ], f"router-{policy}", rest))  # fmt: skip
             paths[f"router {policy}"] = f"http://127.0.0.1:{router_port}"
-            wait_healthy(paths[f"router {policy}"], processes[-1])
+            wait_healthy(paths[f"router {policy}"], processes[-1], f"the {policy} router")
         time.sleep(1.0)  # the kv router finds the worker's events
         os.sched_setaffinity(0, rest)  # the client beside the routers, off the worker's core
         ttfts = asyncio.run(ttft_rounds(paths, args))
