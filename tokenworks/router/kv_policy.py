@@ -31,9 +31,8 @@ two workers within 1.5x of each other). It binds only on a worker with requests 
 idle one is no hot spot (one user's paced turns stay together on a quiet fleet). And siblings
 pass it: requests whose prefix is on its way into a worker (predicted there, not yet confirmed
 by its events) may follow it, so that a burst (an agent's fan-out, `n` > 1) lands where its
-prefix is being computed.
-The chosen worker's blocks are then predicted in the index for a few seconds, so requests of
-the same prefix sent before its events arrive (siblings, an agent's fan-out) land together.
+prefix is being computed. (The chosen worker's new blocks are predicted in the index for
+SIBLING_TTL_S, until its events confirm them; so siblings also find their prefix there.)
 """
 
 from __future__ import annotations
