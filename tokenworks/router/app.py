@@ -67,7 +67,7 @@ class RouterConfig:
             raise ValueError(f"the max load ratio must be at least 1, got {self.max_load_ratio}")
         WorkerPool.of(self.workers)  # each a URL, none twice
         if self.tokenizer is not None:
-            PromptTokenizer(self.tokenizer)
+            PromptTokenizer.check(self.tokenizer)  # loaded once, by routing_of
 
 
 @dataclass

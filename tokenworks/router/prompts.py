@@ -24,10 +24,15 @@ class PromptTokenizer:
         if directory is not None:
             self.load(directory)
 
-    def load(self, directory: str | Path) -> None:
-        """Use the tokenizer in a checkpoint directory; ValueError when it has none."""
+    @staticmethod
+    def check(directory: str | Path) -> None:
+        """ValueError when a checkpoint directory has no tokenizer to load."""
         if not (Path(directory) / "tokenizer.json").is_file():
             raise ValueError(f"{directory} has no tokenizer.json")
+
+    def load(self, directory: str | Path) -> None:
+        """Use the tokenizer in a checkpoint directory; ValueError when it has none."""
+        self.check(directory)
         self.tokenizer = Tokenizer.load(directory)
         self.source = str(directory)
         logger.info("router: prompts tokenized with %s", directory)
