@@ -13,6 +13,14 @@ included). The pipeline mirrors `tokenworks ingest` stage for stage:
   stage 4 (tasks = workers): JsonlReader(filtered) -> MinhashDedupFilter (exclusion writer: the ids
           it removes) -> JsonlWriter(output) [-> DocumentTokenizer with the shared tokenizer.json]
 
+With `"pipeline": "warc"`, stage 1 reads a crawl instead, as FineWeb's first step does:
+  WarcReader -> Trafilatura (favour_precision, deduplicate: datatrove's defaults) -> normalise
+  -> Py3langidFilter (exclusion writer rejected/language) -> the Gopher filters and the rest as above.
+Py3langidFilter stands in for datatrove's LanguageFilter, whose fastText model (lid.176 or
+GlotLID) is downloaded from the Hugging Face hub on first use: nothing may be downloaded here.
+It uses py3langid, the offline identifier (model inside the wheel) that `tokenworks ingest`
+uses, with tokenworks' rule, so that both tools drop the same pages for the same reason.
+
 Word tokenizer (the Gopher filters and MinHash shingles split text into words with it):
 datatrove 0.10 maps English to `SpaCyTokenizer("en")`, i.e. `spacy.blank("en")`. A *blank* spaCy
 pipeline ships inside the `spacy` wheel (a rule-based tokenizer: no model download), so even that
@@ -28,7 +36,7 @@ For MinHash the choice hardly matters: datatrove first lower-cases the text and 
 into spaces (`simplify_text`), and either tokenizer then splits on whitespace, giving the same
 5-word shingles as tokenworks' lower-cased \\w+ words (up to datatrove's digits-to-0 rule).
 
-Output folders under WORKDIR: rejected/{quality,repetition,near_dedup}/ (one JSON line per
+Output folders under WORKDIR: rejected/{language,quality,repetition,near_dedup}/ (one JSON line per
 dropped document, with its id), filtered/, output/ (kept documents), tokens/ and logs/.
 """
 
@@ -39,8 +47,11 @@ import re
 import string
 import sys
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar
 
+from datatrove.data import Document
 from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.dedup.minhash import (
     MinhashConfig,
@@ -50,6 +61,7 @@ from datatrove.pipeline.dedup.minhash import (
     MinhashDedupSignature,
 )
 from datatrove.pipeline.filters import GopherQualityFilter, GopherRepetitionFilter
+from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.formatters.base import BaseFormatter
 from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
@@ -105,6 +117,53 @@ class Normalise(BaseFormatter):
         return _BLANK_LINES.sub("\n\n", text).strip()
 
 
+class Py3langidFilter(BaseFilter):
+    """datatrove's LanguageFilter with py3langid, the identifier tokenworks uses, in place of fastText.
+
+    Stock LanguageFilter downloads fastText's lid.176 model from the Hugging Face hub on first
+    use, and this benchmark runs offline; py3langid ships its model inside the wheel. Like
+    LanguageFilter it records `language` and `language_score` in the metadata. The rule is
+    tokenworks': classify the first `sample_characters` of the normalised text, keep the
+    document when the most likely language is wanted (no score threshold)."""
+
+    name = "🌍 Language ID (py3langid)"
+    _requires_dependencies: ClassVar[list] = ["py3langid"]
+
+    def __init__(self, languages: list[str], sample_characters: int, exclusion_writer: JsonlWriter) -> None:
+        super().__init__(exclusion_writer)
+        self.languages, self.sample_characters = set(languages), sample_characters
+        self._identifier = None
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        if self._identifier is None:  # loaded in the task's process, not pickled to it
+            from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+            self._identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+        language, score = self._identifier.classify(doc.text[: self.sample_characters])
+        doc.metadata["language"], doc.metadata["language_score"] = language, round(float(score), 4)
+        return language in self.languages or (False, "language")
+
+
+def warc_steps(config: dict, writer: Callable[[str], JsonlWriter]) -> tuple[list, list]:
+    """(before normalise, after it): WarcReader -> Trafilatura, then Py3langidFilter."""
+    from datatrove.pipeline.extractors import Trafilatura
+    from datatrove.pipeline.readers import WarcReader
+
+    settings = config["trafilatura"]
+    extract = [
+        WarcReader(config["corpus"], glob_pattern="*.warc.gz"),
+        # datatrove's defaults, as FineWeb runs it (include_comments=False is fixed inside);
+        # a timeout above the default 1 s, so that a busy machine does not drop pages
+        Trafilatura(
+            favour_precision=settings["favor_precision"],
+            deduplicate=settings["deduplicate"],
+            timeout=config["extract_timeout"],
+        ),
+    ]
+    language = Py3langidFilter(config["languages"], config["language_sample_characters"], writer("rejected/language"))
+    return extract, [language]
+
+
 def build(config: dict) -> list[LocalPipelineExecutor]:
     work = Path(config["workdir"])
     workers = int(config["workers"])
@@ -154,11 +213,15 @@ def build(config: dict) -> list[LocalPipelineExecutor]:
         exclusion_writer=writer("rejected/repetition"),
         language=language,
     )
+    read, identify = [JsonlReader(config["corpus"], glob_pattern="*.jsonl", **reader_args)], []
+    if config.get("pipeline") == "warc":
+        read, identify = warc_steps(config, writer)
     logs = work / "logs"
     stage1 = LocalPipelineExecutor(
         pipeline=[
-            JsonlReader(config["corpus"], glob_pattern="*.jsonl", **reader_args),
+            *read,
             Normalise(),
+            *identify,
             quality,
             repetition,
             writer("filtered"),

@@ -1,6 +1,7 @@
 """Document ingestion: `tokenworks ingest` against Hugging Face datatrove, on one generated corpus.
 
     .venv/bin/python benchmarks/ingest_vs_datatrove.py [--documents 100000] [--repeats 3] [--workers 2]
+    .venv/bin/python benchmarks/ingest_vs_datatrove.py --pipeline warc [--documents 20000] [--languages en,de]
 
 Both tools read the same JSONL shards, apply the same Gopher-style quality filters and MinHash
 near-dedup (5-word shingles, 20 bands x 5 rows, Jaccard 0.8) and write the kept documents as
@@ -11,7 +12,8 @@ catch, planted near-misses below the threshold, and junk documents the filters m
 dedup recall and precision are measured against known ground truth.
 
 Goals it reports against (it asserts none): tokenworks >= 1.0x datatrove's documents/s on 2
-cores, dedup recall >= 0.95 and precision >= 0.99.
+cores, dedup recall >= 0.95 and precision >= 0.99; with --pipeline warc also extracted text
+agreeing with trafilatura's own on >= 95% of pages.
 
 Same work on both sides: the corpus is written as --workers JSONL files (datatrove's readers
 split work by file, so one file would leave a task idle); tokenworks runs with --no-pii and
@@ -23,19 +25,38 @@ tokenworks confirms each on the exact Jaccard of its shingles; with 20 bands x 5
 banding's S-curve is centred near Jaccard (1/20)^(1/5) = 0.55, so the planted near-misses
 (Jaccard 0.5-0.78) are what tells the two apart. Run with --near-misses 0 to leave them out.
 
+--pipeline warc: a generated crawl instead (warc_corpus.py: gzipped WARC files of HTML pages in
+four site layouts with menus, headers, footers, cookie banners and comments around the main
+text; English-like, German and French pages; the same planted near-duplicates, near-misses and
+junk as main text, the copies syndicated on other sites; pages with nothing to extract; robots.txt
+and images). Both tools extract each page's main text, identify its language and keep
+--languages, then run the stages above. "Documents" are the HTML pages. datatrove runs
+WarcReader -> Trafilatura (its defaults, as FineWeb) -> normalise -> Py3langidFilter -> ...:
+its stock LanguageFilter downloads a fastText model from the Hugging Face hub, which this
+benchmark may not, so datatrove_pipeline.py gives it a filter on py3langid, the offline
+identifier tokenworks uses, with tokenworks' rule (first 3,000 characters, top language wanted).
+tokenworks extracts with whatever `tokenworks ingest` uses. After the timed runs trafilatura's own
+`extract` of every page (warc_reference.py, datatrove's settings) is the reference that each
+tool's text is compared with (warc_results.py says how); the report also counts language-filter
+errors against the generator's truth, and the planted pairs that extraction left below the
+Jaccard threshold (which no dedup can find).
+
 Timings are wall clock on whatever else the machine is doing: the tools alternate run by run,
 and each run line shows the 1-minute load average before it, so a busy machine is visible.
 
 datatrove runs in its own virtualenv, `.peers/datatrove`, which `ensure_datatrove()` creates and
 fills from PyPI on first use (datatrove plus orjson, xxhash, regex, tokenizers and spaCy: the
-few extras its JSONL reader/writer, MinHash, word tokenizer and DocumentTokenizer import; no
-model or data download is needed, see benchmarks/datatrove_pipeline.py). When it cannot be set
-up, the benchmark says why and measures tokenworks alone.
+few extras its JSONL reader/writer, MinHash, word tokenizer and DocumentTokenizer import; and for
+the WARC pipeline warcio, faust-cchardet, python-magic, trafilatura and py3langid; no model or
+data download is needed, see benchmarks/datatrove_pipeline.py). The WARC crawl is generated and
+trafilatura's reference run in that virtualenv too (it has warcio and trafilatura). When it
+cannot be set up, the benchmark says why and measures tokenworks alone (JSONL only).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import platform
@@ -51,7 +72,8 @@ from pathlib import Path
 
 import numpy as np
 from machine import cpu_model
-from synthetic_text import JUNK_KINDS, make_copy, make_document, make_junk, make_vocabulary, render
+from synthetic_text import JUNK_KINDS, jaccard, make_copy, make_document, make_junk, make_vocabulary, render, shingles
+from warc_results import SIMILARITY, PageFates, agreement, datatrove_fates, fidelity, read_reference, tokenworks_fates
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = Path(__file__).resolve().parent
@@ -65,14 +87,36 @@ DATATROVE_SCRIPT = BENCHMARKS / "datatrove_pipeline.py"
 # The `io` and `processing` extras would add pyarrow, datasets, nltk, fasttext, trafilatura...
 # xxhash < 4 as datatrove's `processing` extra pins it: xxhash 4's xxh64_intdigest refuses str,
 # and MinhashDedupSignature passes str ("TypeError: Strings must be encoded before hashing").
-DATATROVE_REQUIREMENTS = ["datatrove>=0.10,<0.11", "orjson", "xxhash<4", "regex", "tokenizers", "spacy"]
+# The WARC pipeline adds: warcio, faust-cchardet and python-magic (what WarcReader imports; magic
+# needs the system's libmagic), trafilatura with lxml_html_clean (its jusText fallback imports
+# lxml.html.clean, a separate package since lxml 5.2), and py3langid at tokenworks' version (the
+# language filter, see datatrove_pipeline.py).
+try:
+    from importlib.metadata import PackageNotFoundError, version
+
+    PY3LANGID = f"py3langid=={version('py3langid')}"
+except PackageNotFoundError:  # tokenworks without language identification: take the newest
+    PY3LANGID = "py3langid"
+DATATROVE_REQUIREMENTS = [
+    *("datatrove>=0.10,<0.11", "orjson", "xxhash<4", "regex", "tokenizers", "spacy"),
+    *("warcio", "faust-cchardet", "python-magic", "trafilatura", "lxml_html_clean", PY3LANGID),
+]
 DATATROVE_PROBE = (
     "import datatrove, orjson, xxhash, regex, tokenizers, spacy; xxhash.xxh64_intdigest('probe'); "
-    "from importlib.metadata import version; print(version('datatrove'))"
+    "import warcio, cchardet, magic, trafilatura, py3langid; "
+    "from importlib.metadata import version; "
+    f"assert '{PY3LANGID}'.endswith(('py3langid', '==' + version('py3langid'))), 'py3langid ' + version('py3langid'); "
+    "print(version('datatrove'))"
 )
 TOKENWORKS = ROOT / ".venv" / "bin" / "tokenworks"
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
-GOALS = {"ratio": 1.0, "recall": 0.95, "precision": 0.99}
+GOALS = {"ratio": 1.0, "recall": 0.95, "precision": 0.99, "agreement": 0.95}
+# The WARC pipeline: datatrove's Trafilatura step passes these to trafilatura.extract (its
+# defaults, as FineWeb runs it), and the agreement check's reference passes the same.
+TRAFILATURA = {"favor_precision": True, "include_comments": False, "deduplicate": True}
+LANGUAGE_SAMPLE_CHARACTERS = 3000  # tokenworks.data.language classifies a document's first 3,000 characters
+WARC_GENERATOR = BENCHMARKS / "warc_corpus.py"
+WARC_REFERENCE = BENCHMARKS / "warc_reference.py"
 
 
 # ---------------------------------------------------------------------------------------
@@ -289,6 +333,90 @@ def train_tokenizer(texts: list[str], vocab_size: int, directory: Path) -> tuple
 
 
 # ---------------------------------------------------------------------------------------
+# the WARC crawl: generated by warc_corpus.py in datatrove's virtualenv (it has warcio)
+
+
+def generate_warc(args: argparse.Namespace, work: Path, shards: int, python: Path) -> tuple[Corpus, dict]:
+    """(the crawl as a Corpus keyed by page URL, the generator's ground truth)."""
+    config = {
+        "directory": str(work / "corpus"),
+        "pages": args.documents,
+        "shards": shards,
+        "seed": args.seed,
+        "shingle_words": args.shingle_words,
+        "jaccard": args.jaccard,
+        "duplicates": args.duplicates,
+        "near_misses": args.near_misses,
+        "junk": args.junk,
+    }
+    path = work / "warc_config.json"
+    path.write_text(json.dumps(config, indent=2))
+    generated = subprocess.run([str(python), str(WARC_GENERATOR), str(path)], capture_output=True, text=True)
+    if generated.returncode != 0:
+        raise SystemExit(f"the WARC generator failed:\n{generated.stderr[-3000:]}")
+    truth = json.loads((work / "ground_truth.json").read_text())
+    texts_sample = json.loads((work / "tokenizer_sample.json").read_text())
+    pages = truth["pages"]
+    corpus = Corpus(Path(config["directory"]), [page["url"] for page in pages], texts_sample)
+    corpus.dropped_pairs = truth["dropped_pairs"]
+    for page in pages:
+        if page["kind"] in ("dup", "miss"):
+            (corpus.planted if page["kind"] == "dup" else corpus.near_misses)[page["url"]] = page["original"]
+            corpus.pair_jaccard[page["url"]] = page["jaccard"]
+        elif page["kind"].startswith("junk:"):
+            corpus.junk[page["url"]] = page["kind"].removeprefix("junk:")
+    return corpus, truth
+
+
+def warc_reference(work: Path, corpus: Corpus, python: Path, workers: int) -> dict[str, str | None]:
+    """trafilatura's own extract of every page, with TRAFILATURA's settings (not timed)."""
+    settings, out = work / "trafilatura_settings.json", work / "reference.jsonl"
+    settings.write_text(json.dumps(TRAFILATURA))
+    command = [str(python), str(WARC_REFERENCE), str(corpus.directory), str(out), str(settings), str(workers)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"trafilatura's reference extraction failed:\n{done.stderr[-3000:]}")
+    return read_reference(out)
+
+
+def warc_scores(
+    fates: PageFates, corpus: Corpus, truth: dict, languages: set[str], shingle_words: int, threshold: float
+) -> dict[str, object]:
+    """What the language filter and the Gopher rules did, against the generator's truth; and how
+    many planted pairs extraction left below the threshold (furniture kept on one side of a pair
+    lowers its Jaccard: dedup cannot find those, whatever it does)."""
+    pages = truth["pages"]
+    language_of = {page["url"]: page["language"] for page in pages}
+    extracted = [url for url in language_of if url not in fates.no_text]
+    wanted = [url for url in extracted if language_of[url] in languages]
+    unwanted = [url for url in extracted if language_of[url] not in languages]
+    survived_language = [url for url in extracted if url not in fates.language]
+    junk = [url for url in survived_language if url in corpus.junk]
+    clean = [url for url in survived_language if url not in corpus.junk]
+    empty = {page["url"] for page in pages if page["kind"] == "empty"}
+    pairs = [
+        (copy, original) for copy, original in corpus.planted.items() if copy in fates.texts and original in fates.texts
+    ]
+    below = sum(
+        jaccard(shingles(fates.texts[copy], shingle_words), shingles(fates.texts[original], shingle_words)) < threshold
+        for copy, original in pairs
+        if copy not in fates.before_dedup and original not in fates.before_dedup
+    )
+    return {
+        "planted_pairs_below_threshold_after_extraction": below,
+        "no_text": len(fates.no_text),
+        "no_text_of_empty_pages": len(fates.no_text & empty),
+        "language_wanted_dropped": sum(url in fates.language for url in wanted),
+        "language_unwanted_kept": sum(url not in fates.language for url in unwanted),
+        "language_errors": sum(url in fates.language for url in wanted)
+        + sum(url not in fates.language for url in unwanted),
+        "junk_removed_by_quality": sum(url in fates.quality for url in junk),
+        "junk_reaching_quality": len(junk),
+        "clean_removed_by_quality": sum(url in fates.quality for url in clean),
+    }
+
+
+# ---------------------------------------------------------------------------------------
 # running the tools
 
 
@@ -393,6 +521,8 @@ class ToolResult:
     loads: list[float] = field(default_factory=list)  # 1-minute load average before each run
     outcome: Outcome | None = None
     error: str | None = None
+    pages: PageFates | None = None  # the WARC pipeline: what happened to each page
+    warc: dict[str, object] = field(default_factory=dict)  # the WARC pipeline: extraction and language figures
 
     @property
     def median(self) -> float:
@@ -430,7 +560,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--documents", type=int, default=100_000, help="documents in the corpus (default 100000)")
+    parser.add_argument(
+        "--pipeline",
+        choices=("jsonl", "warc"),
+        default="jsonl",
+        help="jsonl: text documents (default); warc: a generated crawl of HTML pages, through\n"
+        "extraction and a language filter first",
+    )
+    parser.add_argument("--documents", type=int, help="documents (jsonl) or HTML pages (warc) (default 100000 / 20000)")
+    parser.add_argument(
+        "--languages",
+        default="en,de",
+        help="warc: the languages both tools keep (default en,de; the crawl has en, de, fr)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="runs of each tool; the median is reported (default 3)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes/tasks for each tool (default 2)")
     parser.add_argument(
@@ -439,7 +581,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="thread limit per process for both tools: OpenMP/MKL/OpenBLAS/NumExpr and the Rust thread\n"
         "pool of Hugging Face tokenizers (default: --workers)",
     )
-    parser.add_argument("--shards", type=int, help="JSONL files the corpus is split into (default: --workers)")
+    parser.add_argument("--shards", type=int, help="JSONL or WARC files the corpus is split into (default: --workers)")
     parser.add_argument("--duplicates", type=float, default=0.10, help="fraction planted near-duplicates (0.10)")
     parser.add_argument("--near-misses", type=float, default=0.02, help="fraction planted near-misses (0.02)")
     parser.add_argument("--junk", type=float, default=0.05, help="fraction of documents the filters must drop (0.05)")
@@ -470,6 +612,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.documents = args.documents or (20_000 if args.pipeline == "warc" else 100_000)
     shards = args.shards or args.workers
     args.threads = args.threads or args.workers
     work: Path = args.workdir.resolve()
@@ -494,22 +637,34 @@ def main(argv: list[str] | None = None) -> int:
 
     # corpus and tokenizer (not timed)
     started = time.perf_counter()
-    corpus = generate_corpus(
-        work / "corpus",
-        args.documents,
-        args.duplicates,
-        args.near_misses,
-        args.junk,
-        shards,
-        args.seed,
-        args.shingle_words,
-        args.jaccard,
-    )
-    say(f"corpus: {len(corpus.ids):,} documents in {shards} JSONL files ({time.perf_counter() - started:.1f}s)")
+    warc_truth: dict = {}
+    if args.pipeline == "warc":
+        generator = datatrove_python or ensure_datatrove()[0]
+        if generator is None:
+            raise SystemExit("the WARC crawl is generated in datatrove's virtualenv (it has warcio), which is missing")
+        corpus, warc_truth = generate_warc(args, work, shards, generator)
+        say(
+            f"crawl: {len(corpus.ids):,} HTML pages and {warc_truth['non_html']:,} other responses in {shards} "
+            f"WARC files ({time.perf_counter() - started:.1f}s)"
+        )
+    else:
+        corpus = generate_corpus(
+            work / "corpus",
+            args.documents,
+            args.duplicates,
+            args.near_misses,
+            args.junk,
+            shards,
+            args.seed,
+            args.shingle_words,
+            args.jaccard,
+        )
+        say(f"corpus: {len(corpus.ids):,} documents in {shards} JSONL files ({time.perf_counter() - started:.1f}s)")
+        truth = {k: getattr(corpus, k) for k in ("planted", "near_misses", "junk", "pair_jaccard", "pair_edits")}
+        (work / "ground_truth.json").write_text(json.dumps(truth, indent=1) + "\n")  # beside the corpus, not in it
     tokenizer_json, eos = train_tokenizer(corpus.texts_sample, args.vocab_size, work / "tokenizer")
     corpus.texts_sample = []  # no longer needed: free the memory
-    truth = {name: getattr(corpus, name) for name in ("planted", "near_misses", "junk", "pair_jaccard", "pair_edits")}
-    (work / "ground_truth.json").write_text(json.dumps(truth, indent=1) + "\n")  # beside the corpus, not in it
+    languages = [code.strip() for code in args.languages.split(",") if code.strip()]
 
     env = dict(os.environ)
     for name in THREAD_VARIABLES:
@@ -546,6 +701,7 @@ def main(argv: list[str] | None = None) -> int:
             str(args.jaccard),
             "--seed",
             str(args.seed),
+            *(["--languages", ",".join(languages)] if args.pipeline == "warc" else []),
         ]
 
     def datatrove_command(out: Path) -> list[str]:
@@ -563,6 +719,14 @@ def main(argv: list[str] | None = None) -> int:
             "tokenizer": str(tokenizer_json),
             "eos_token": eos,
         }
+        if args.pipeline == "warc":
+            config |= {
+                "pipeline": "warc",
+                "trafilatura": TRAFILATURA,
+                "extract_timeout": 10.0,
+                "languages": languages,
+                "language_sample_characters": LANGUAGE_SAMPLE_CHARACTERS,
+            }
         path = out.parent / f"{out.name}.config.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(config, indent=2))
@@ -570,6 +734,8 @@ def main(argv: list[str] | None = None) -> int:
 
     commands = {"tokenworks": tokenworks_command, "datatrove": datatrove_command}
     outcomes = {"tokenworks": lambda out: tokenworks_outcome(out, len(corpus.ids)), "datatrove": datatrove_outcome}
+    html_pages = set(corpus.ids)
+    read_pages = {"tokenworks": tokenworks_fates, "datatrove": datatrove_fates}
 
     # the runs: alternate the tools, so that neither always runs on a warmer machine
     for repeat in range(1, args.repeats + 1):
@@ -596,24 +762,66 @@ def main(argv: list[str] | None = None) -> int:
             )
             if repeat == args.repeats:  # the outputs of one run are enough: every run does the same
                 try:
-                    tool.outcome = outcomes[name](out)
+                    if args.pipeline == "warc":
+                        tool.pages = read_pages[name](out, html_pages)
+                        tool.outcome = Outcome(
+                            tool.pages.before_dedup, tool.pages.flagged, tool.pages.kept, tool.pages.by_stage
+                        )
+                    else:
+                        tool.outcome = outcomes[name](out)
                 except (OSError, ValueError, KeyError) as error:
                     tool.error = f"could not read its output: {error!r}"
 
-    report(args, corpus, shards, tools, thread_settings)
+    if args.pipeline == "warc" and any(tool.pages for tool in tools.values()):
+        started = time.perf_counter()
+        reference = warc_reference(work, corpus, DATATROVE_PYTHON, args.workers)
+        say(
+            f"trafilatura's own extraction of every page, for the agreement check ({time.perf_counter() - started:.0f}s)"
+        )
+        main_texts = {page["url"]: page["main_text"] for page in warc_truth["pages"] if page["kind"] != "empty"}
+        for tool in tools.values():
+            if tool.pages is not None:
+                tool.warc = {
+                    "agreement_with_trafilatura": agreement(reference, tool.pages.texts, corpus.ids),
+                    "equals_generated_main_text": fidelity(tool.pages.texts, main_texts),
+                    **warc_scores(tool.pages, corpus, warc_truth, set(languages), args.shingle_words, args.jaccard),
+                }
+        reference_fidelity = fidelity({url: text or "" for url, text in reference.items()}, main_texts)
+        say(f"  trafilatura's own text equals the generated main text on {reference_fidelity:.2%} of pages")
+
+    crawl: dict[str, object] = {}
+    if args.pipeline == "warc":
+        pages = warc_truth["pages"]
+        crawl = {
+            "non_html_responses": warc_truth["non_html"],
+            "page_languages": dict(collections.Counter(page["language"] for page in pages)),
+            "languages_kept": languages,
+            "pages_without_main_content": sum(page["kind"] == "empty" for page in pages),
+            "windows_1252_pages": sum(page["encoding"] != "utf-8" for page in pages),
+            "trafilatura": TRAFILATURA,
+        }
+    report(args, corpus, shards, tools, thread_settings, crawl)
     return 0 if all(tool.error is None for tool in tools.values()) else 1
 
 
 def report(
-    args: argparse.Namespace, corpus: Corpus, shards: int, tools: dict[str, ToolResult], threads: dict[str, str]
+    args: argparse.Namespace,
+    corpus: Corpus,
+    shards: int,
+    tools: dict[str, ToolResult],
+    threads: dict[str, str],
+    crawl: dict[str, object],
 ) -> None:
+    """`crawl`: the WARC pipeline's parameters (empty for JSONL)."""
     total = len(corpus.ids)
     planted_scores = list(corpus.pair_jaccard[i] for i in corpus.planted)
     miss_scores = list(corpus.pair_jaccard[i] for i in corpus.near_misses)
-    edits = list(corpus.pair_edits[i] for i in corpus.planted)
+    edits = [corpus.pair_edits[i] for i in corpus.planted if i in corpus.pair_edits]
     results: dict[str, object] = {
         "parameters": {
+            "pipeline": args.pipeline,
             "documents": total,
+            **crawl,
             "planted_near_duplicates": len(corpus.planted),
             "planted_jaccard_min_median_max": _spread(planted_scores),
             "planted_edit_fraction_min_median_max": _spread(edits),
@@ -659,6 +867,10 @@ def report(
         if tool.outcome is not None:
             entry["dedup"] = scores(tool.outcome, corpus)
             entry["rejected_by_stage"] = tool.outcome.by_stage
+        if tool.warc:  # what reached the Gopher rules differs from the JSONL corpus: the WARC figures count it
+            for key in ("junk_removed_by_quality", "clean_removed_by_quality"):
+                entry["dedup"].pop(key, None)
+            entry["warc"] = tool.warc
         results["tools"][name] = entry
         rows.append((name, entry))
 
@@ -669,6 +881,8 @@ def report(
         results["quality_filter_agreement"] = agreement
         say(f"  quality filters, documents dropped: {agreement}")
     for name, entry in rows:
+        if "warc" in entry:
+            say(f"  {name} extraction and language: {entry['warc']}")
         if "dedup" in entry:
             say(f"  {name} dedup detail: {entry['dedup']}")
             say(f"  {name} rejected by stage: {entry['rejected_by_stage']}")
@@ -695,14 +909,27 @@ def report(
         "kept documents",
         "vs datatrove",
     )
+    if crawl:
+        headers = (*headers[:3], "agrees with trafilatura", "exact", "language errors", *headers[3:])
     table_rows = []
     for name, entry in rows:
         dedup = entry.get("dedup", {})
+        warc = entry.get("warc", {})
+        agreed = warc.get("agreement_with_trafilatura", {})
         table_rows.append(
             (
                 f"{name} {entry['version']}",
                 f"{entry['documents_per_second']:,.0f}" if "documents_per_second" in entry else "-",
                 f"{entry['median_seconds']:.1f}" if "median_seconds" in entry else "-",
+                *(
+                    (
+                        f"{agreed['agree']:.2%}" if agreed else "-",
+                        f"{agreed['exact']:.2%}" if agreed else "-",
+                        str(warc.get("language_errors", "-")),
+                    )
+                    if crawl
+                    else ()
+                ),
                 _fmt(dedup.get("recall")),
                 _fmt(dedup.get("precision")),
                 f"{dedup['false_positive_near_misses']}/{len(corpus.near_misses)}" if dedup else "-",
@@ -711,9 +938,15 @@ def report(
             )
         )
     caption = (
-        f"{total:,} documents, {args.workers} workers, {args.threads} thread(s) each, median of {args.repeats}; "
-        f"goals: tokenworks >= {GOALS['ratio']:.1f}x datatrove, recall >= {GOALS['recall']}, precision >= {GOALS['precision']}"
+        f"{total:,} {'HTML pages' if crawl else 'documents'}, {args.workers} workers, {args.threads} thread(s) each, "
+        f"median of {args.repeats}; goals: tokenworks >= {GOALS['ratio']:.1f}x datatrove, recall >= {GOALS['recall']}, "
+        f"precision >= {GOALS['precision']}"
     )
+    if crawl:
+        caption += (
+            f", agreement >= {GOALS['agreement']:.0%} (a page agrees when its words' similarity to trafilatura's "
+            f"own text is >= {SIMILARITY})"
+        )
     say()
     if console is not None:
         table = Table(title="document ingestion: tokenworks vs datatrove", caption=caption)
