@@ -513,6 +513,21 @@ def datatrove_outcome(out: Path) -> Outcome:
     return Outcome(quality | repetition, flagged, kept, by_stage)
 
 
+def stage_seconds(name: str, out: Path) -> dict[str, float]:
+    """Where a tool's time went, as it reports it: tokenworks' stats.json (wall seconds per stage);
+    datatrove's logs/*/stats.json (seconds per step, summed over its tasks; a step that wraps its
+    whole input, like MinHash's signatures, includes the steps before it)."""
+    if name == "tokenworks":
+        stages = json.loads((out / "stats.json").read_text())["stages"]
+        return {stage["stage"]: stage["seconds"] for stage in stages}
+    seconds: dict[str, float] = {}
+    for path in sorted((out / "logs").glob("*/stats.json")):
+        for step in json.loads(path.read_text()):
+            label = " ".join(re.sub(r"[^\w .:-]", "", step["name"]).split())
+            seconds[f"{path.parent.name} {label}"] = round(step.get("time_stats", {}).get("total", 0.0), 3)
+    return seconds
+
+
 @dataclass
 class ToolResult:
     name: str
@@ -521,6 +536,7 @@ class ToolResult:
     loads: list[float] = field(default_factory=list)  # 1-minute load average before each run
     outcome: Outcome | None = None
     error: str | None = None
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # of the last run
     pages: PageFates | None = None  # the WARC pipeline: what happened to each page
     warc: dict[str, object] = field(default_factory=dict)  # the WARC pipeline: extraction and language figures
 
@@ -769,6 +785,7 @@ def main(argv: list[str] | None = None) -> int:
                         )
                     else:
                         tool.outcome = outcomes[name](out)
+                    tool.stage_seconds = stage_seconds(name, out)
                 except (OSError, ValueError, KeyError) as error:
                     tool.error = f"could not read its output: {error!r}"
 
@@ -867,6 +884,8 @@ def report(
         if tool.outcome is not None:
             entry["dedup"] = scores(tool.outcome, corpus)
             entry["rejected_by_stage"] = tool.outcome.by_stage
+        if tool.stage_seconds:
+            entry["stage_seconds"] = tool.stage_seconds
         if tool.warc:  # what reached the Gopher rules differs from the JSONL corpus: the WARC figures count it
             for key in ("junk_removed_by_quality", "clean_removed_by_quality"):
                 entry["dedup"].pop(key, None)
@@ -886,6 +905,8 @@ def report(
         if "dedup" in entry:
             say(f"  {name} dedup detail: {entry['dedup']}")
             say(f"  {name} rejected by stage: {entry['rejected_by_stage']}")
+        if "stage_seconds" in entry:
+            say(f"  {name} seconds by stage (last run): {entry['stage_seconds']}")
         if entry.get("seconds"):
             say(
                 f"  {name} seconds per run: {entry['seconds']} (1-minute load before each: {entry['load_before_runs']})"
