@@ -159,7 +159,7 @@ class Truth:
 # HTML
 
 
-def _links(rng: np.random.Generator, host: str, labels: list[str]) -> str:
+def _links(host: str, labels: list[str]) -> str:
     return "".join(f'<li><a href="https://{host}/{_slug(label)}">{html.escape(label)}</a></li>' for label in labels)
 
 
@@ -188,14 +188,14 @@ def render_page(rng: np.random.Generator, page: Page, host: str, layout: str, vo
     related = [" ".join(vocabulary.sample(rng, int(rng.integers(4, 9)))).capitalize() for _ in range(5)]
     day = datetime(2026, 1, 1) + timedelta(days=int(rng.integers(0, 330)))
     site = host.split(".")[0].capitalize()
-    nav = f'<ul class="menu">{_links(rng, host, menu)}</ul>'
+    nav = f'<ul class="menu">{_links(host, menu)}</ul>'
     cookie = (
         f'<div id="cookie-banner" class="cookie-consent" role="dialog"><p>{html.escape(cookie_text)}</p>'
         + "".join(f'<button class="btn">{html.escape(b)}</button>' for b in buttons)
         + "</div>"
     )
-    foot = f'<ul class="footer-links">{_links(rng, host, footer)}</ul><p class="copyright">© {day.year} {site}</p>'
-    aside = f'<h3>{html.escape(sidebar_title)}</h3><ul class="related">{_links(rng, host, related)}</ul>'
+    foot = f'<ul class="footer-links">{_links(host, footer)}</ul><p class="copyright">© {day.year} {site}</p>'
+    aside = f'<h3>{html.escape(sidebar_title)}</h3><ul class="related">{_links(host, related)}</ul>'
     meta = f'<meta charset="{page.encoding}">' if page.encoding != "utf-8" or rng.random() < 0.5 else ""
     head = (
         f'<!DOCTYPE html>\n<html lang="{page.language}"><head>{meta}<title>{headline} | {site}</title>'
@@ -246,11 +246,10 @@ def render_page(rng: np.random.Generator, page: Page, host: str, layout: str, vo
 def render_empty(host: str, language: str) -> str:
     """A page with furniture and nothing else: a login wall."""
     menu, footer, *_ = FURNITURE[language]
-    rng = np.random.default_rng(0)
     return (
         f'<!DOCTYPE html>\n<html lang="{language}"><head><title>Login</title></head><body>'
-        f'<nav><ul>{_links(rng, host, menu)}</ul></nav><form class="login"><input name="user"><input name="password" '
-        f'type="password"><button>Login</button></form><footer><ul>{_links(rng, host, footer)}</ul></footer></body></html>\n'
+        f'<nav><ul>{_links(host, menu)}</ul></nav><form class="login"><input name="user"><input name="password" '
+        f'type="password"><button>Login</button></form><footer><ul>{_links(host, footer)}</ul></footer></body></html>\n'
     )
 
 
