@@ -40,20 +40,20 @@ def test_every_document_has_a_recorded_fate(ingested) -> None:
     read = _rejected(out, "read")
     assert {key: row["reason"] for key, row in read.items()} == {
         str(docs / "binary.txt"): "binary file (NUL bytes)",
-        str(docs / "latin1.txt"): "not valid UTF-8 (byte 3)",
-        str(docs / "notes.pdf"): "unsupported file type '.pdf'",
+        str(docs / "notes.pdf"): "not a readable PDF: Stream has ended unexpectedly",
         "j2": "line 2: no string field 'text'",
         f"{docs / 'docs.jsonl'}:3": "line 3: not valid JSON (Expecting property name enclosed in double quotes)",
     }
-    assert list(_rejected(out, "quality")) == [str(docs / "short.txt")]
+    # latin1.txt is read (four bytes are too few to tell Latin-1 from others), then too short
+    assert list(_rejected(out, "quality")) == [str(docs / "latin1.txt"), str(docs / "short.txt")]
     assert _rejected(out, "exact_dedup")[fates["exact"]]["duplicate_of"] == str(docs / "a.txt")
     assert _rejected(out, "near_dedup")[fates["near"]]["duplicate_of"] == str(docs / "b.md")
     counts = {s.stage: (s.documents_in, s.documents_out) for s in result.stages}
-    # 12 files: 7 readable text files + 2 good JSONL lines + 2 parquet rows = 11 documents read;
-    # short.txt fails quality; exact_copy and near_copy are duplicates; 8 documents remain.
+    # 12 files: 8 readable text files + 2 good JSONL lines + 2 parquet rows = 12 documents read;
+    # short.txt and latin1.txt fail quality; exact_copy and near_copy are duplicates; 8 documents remain.
     assert counts == {
-        "read": (12, 11),
-        "clean": (11, 10),
+        "read": (12, 12),
+        "clean": (12, 10),
         "dedup": (10, 8),
         "split": (8, 8),
         "tokenizer": (8, 8),
@@ -159,4 +159,4 @@ def test_the_ray_executor_gives_the_same_output_as_the_local_one(ingested, tmp_p
         assert (tmp_path / "ray" / "rejected" / f"{stage}.jsonl").read_bytes() == (
             out / "rejected" / f"{stage}.jsonl"
         ).read_bytes()
-    assert [s.documents_out for s in on_ray.stages] == [11, 10, 8, 8, 8, 8]
+    assert [s.documents_out for s in on_ray.stages] == [12, 10, 8, 8, 8, 8]

@@ -1,4 +1,4 @@
-"""Normalisation, PII redaction and HTML text extraction on crafted inputs."""
+"""Normalisation, PII redaction and HTML main-content extraction on crafted inputs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from tokenworks.data.normalize import normalize_text
 from tokenworks.data.pii import redact_pii
-from tokenworks.data.readers import html_to_text
+from tokenworks.data.readers.web import html_to_text
 
 
 def test_normalisation_composes_strips_controls_and_collapses_whitespace() -> None:
@@ -48,10 +48,11 @@ def test_ordinary_numbers_and_code_are_left_alone(text: str) -> None:
     assert redact_pii(text).text == text
 
 
-def test_html_keeps_visible_text_only() -> None:
+def test_html_keeps_the_main_content_only() -> None:
     html = (
         "<html><head><title>T</title><style>p{color:red}</style></head>"
-        "<body><h1>Header</h1><script>var x = 1;</script><p>One &amp; two</p>"
-        "<noscript>enable js</noscript><ul><li>item</li></ul></body></html>"
+        "<body><nav><a href='/'>Home</a> <a href='/news'>News</a></nav><h1>Header</h1>"
+        "<script>var x = 1;</script><p>One &amp; two, and a sentence long enough to be content.</p>"
+        "<noscript>enable js</noscript><footer>Copyright 2024</footer></body></html>"
     )
-    assert normalize_text(html_to_text(html)) == "Header\n\nOne & two\n\nitem"
+    assert normalize_text(html_to_text(html)) == "Header\n\nOne & two, and a sentence long enough to be content."

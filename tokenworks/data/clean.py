@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from tokenworks.data.normalize import normalize_text
 from tokenworks.data.pii import redact_pii
 from tokenworks.data.quality import QualityThresholds, quality_issue
-from tokenworks.data.readers import Record, rejection
+from tokenworks.data.records import Record, rejection
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ import numpy as np
 
 from tokenworks.data.executor import Executor, ProgressCallback
 from tokenworks.data.minhash import MinHashParameters, duplicate_clusters, signatures
-from tokenworks.data.readers import Record, rejection
+from tokenworks.data.records import Record, rejection
 
 
 def exact_duplicates(records: list[Record]) -> list[Record]:

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tokenworks.data.python_docs import SOURCE as PYTHON_DOCS
-from tokenworks.data.readers import Record, file_sha256
+from tokenworks.data.readers import file_sha256
+from tokenworks.data.records import Record
 from tokenworks.data.shards import SHARDS_DIR, ShardInfo
 from tokenworks.data.stats import StageStats
 

@@ -34,7 +34,8 @@ from tokenworks.data.manifest import TOKENIZER_DIR, build_manifest, input_files,
 from tokenworks.data.minhash import MinHashParameters
 from tokenworks.data.python_docs import SOURCE as PYTHON_DOCS
 from tokenworks.data.quality import PYTHON_DOCS_RELAXED, QualityThresholds
-from tokenworks.data.readers import Record, discover_files, python_docs_records, read_files
+from tokenworks.data.readers import discover_files, python_docs_records, read_files
+from tokenworks.data.records import Record
 from tokenworks.data.shards import MANIFEST_NAME, SHARDS_DIR, ShardWriter, token_dtype
 from tokenworks.data.stats import StageStats, characters
 from tokenworks.data.workspace import Workspace

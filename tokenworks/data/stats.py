@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tokenworks.data.readers import Record
+from tokenworks.data.records import Record
 
 
 @dataclass(slots=True)

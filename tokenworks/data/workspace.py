@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tokenworks.data.readers import Record
+from tokenworks.data.records import Record
 
 _COLUMNS = ("id", "text", "source", "metadata")
 
