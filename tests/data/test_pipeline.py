@@ -155,7 +155,7 @@ def test_the_ray_executor_gives_the_same_output_as_the_local_one(ingested, tmp_p
     root, _, out, _ = ingested
     on_ray = run_ingest(_options(root / "docs", tmp_path / "ray", executor="ray", workers=2))
     assert (tmp_path / "ray" / "manifest.json").read_bytes() == (out / "manifest.json").read_bytes()
-    for stage in ("read", "quality", "exact_dedup", "near_dedup"):
+    for stage in ("read", "language", "quality", "exact_dedup", "near_dedup"):
         assert (tmp_path / "ray" / "rejected" / f"{stage}.jsonl").read_bytes() == (
             out / "rejected" / f"{stage}.jsonl"
         ).read_bytes()

@@ -32,6 +32,9 @@ def ingest(
     ),
     no_quality: bool = typer.Option(False, "--no-quality", help="Skip the quality filters."),
     no_pii: bool = typer.Option(False, "--no-pii", help="Keep e-mail addresses, phone numbers and IPs."),
+    languages: str = typer.Option(
+        None, "--languages", help="Keep only documents in these languages (ISO 639 codes), e.g. en,de."
+    ),
     no_exact_dedup: bool = typer.Option(False, "--no-exact-dedup", help="Skip exact deduplication."),
     no_near_dedup: bool = typer.Option(False, "--no-near-dedup", help="Skip MinHash near-deduplication."),
     shingle_words: int = typer.Option(5, "--shingle-words", min=1, help="Words per MinHash shingle."),
@@ -58,6 +61,7 @@ def ingest(
         quality=not no_quality,
         quality_overrides=dict(_assignment(item, "--quality") for item in quality),
         redact_pii=not no_pii,
+        languages=[code.strip() for code in languages.split(",") if code.strip()] if languages is not None else None,
         exact_dedup=not no_exact_dedup,
         near_dedup=not no_near_dedup,
         minhash=MinHashParameters(shingle_words=shingle_words, bands=bands, rows=rows, jaccard_threshold=jaccard),
@@ -80,6 +84,9 @@ def ingest(
     with ingest_bars(console) as bars:
         result = run_ingest(options, RichIngestProgress(bars))
     console.print(_summary(result))
+    kept = next((s.languages for s in result.stages if s.languages), None)
+    if kept:
+        console.print("Languages kept: " + ", ".join(f"{name} {count:,}" for name, count in kept.items()))
     console.print(f"Output in [bold]{result.out}[/]: shards/, tokenizer/, rejected/, stats.json, manifest.json")
 
 

@@ -70,6 +70,7 @@ def build_manifest(
         "parameters": parameters,  # what determines the output (IngestOptions.parameters())
         "stages": [
             {"stage": s.stage, "documents_in": s.documents_in, "documents_out": s.documents_out, "dropped": s.dropped}
+            | ({"languages": s.languages} if s.languages else {})
             for s in stages
         ],
         "tokenizer": {

@@ -37,7 +37,7 @@ from tokenworks.data.quality import PYTHON_DOCS_RELAXED, QualityThresholds
 from tokenworks.data.readers import discover_files, python_docs_records, read_files
 from tokenworks.data.records import Record
 from tokenworks.data.shards import MANIFEST_NAME, SHARDS_DIR, ShardWriter, token_dtype
-from tokenworks.data.stats import StageStats, characters
+from tokenworks.data.stats import StageStats, characters, languages_of
 from tokenworks.data.workspace import Workspace
 from tokenworks.errors import ConfigError, TokenworksError
 
@@ -64,6 +64,7 @@ class IngestOptions:
     # Per source (as named on the command line), applied over the global thresholds.
     source_quality: dict[str, dict[str, Any]] = field(default_factory=lambda: {PYTHON_DOCS: PYTHON_DOCS_RELAXED})
     redact_pii: bool = True
+    languages: list[str] | None = None  # keep only documents in these languages (ISO 639 codes); None: all
     exact_dedup: bool = True
     near_dedup: bool = True
     minhash: MinHashParameters = field(default_factory=MinHashParameters)
@@ -87,13 +88,16 @@ class IngestOptions:
         if min(self.minhash.bands, self.minhash.rows, self.minhash.shingle_words) < 1:
             raise ConfigError("bands, rows and shingle words must be at least 1")
         self.clean_settings()  # unknown or malformed thresholds fail here, before any work
+        if self.languages is not None:
+            _check_languages(self.languages)
 
     def clean_settings(self) -> CleanSettings:
+        languages = tuple(self.languages) if self.languages is not None else None
         if not self.quality:
-            return CleanSettings(thresholds=None, redact=self.redact_pii)
+            return CleanSettings(thresholds=None, redact=self.redact_pii, languages=languages)
         base = QualityThresholds().with_overrides(self.quality_overrides)
         by_source = {source: base.with_overrides(overrides) for source, overrides in self.source_quality.items()}
-        return CleanSettings(thresholds=base, by_source=by_source, redact=self.redact_pii)
+        return CleanSettings(thresholds=base, by_source=by_source, redact=self.redact_pii, languages=languages)
 
     def parameters(self) -> dict[str, Any]:
         """What determines the output (not where it goes, nor how many workers make it)."""
@@ -227,9 +231,11 @@ class _Ingest:
         with self.progress.stage("clean", len(documents)) as advance:
             settings = self.options.clean_settings()
             cleaned = self.executor.map_batches(partial(clean_documents, settings=settings), documents, advance)
-        kept, dropped = self._file_rejections(cleaned, ("normalize", "quality"))
+        kept, dropped = self._file_rejections(cleaned, ("normalize", "language", "quality"))
         self._require_documents(kept, "clean")
-        return kept, StageStats.of("clean", documents, kept, dropped)
+        stats = StageStats.of("clean", documents, kept, dropped)
+        stats.languages = languages_of(kept)
+        return kept, stats
 
     def _dedup(self, documents: list[Record], *_: Any) -> tuple[list[Record], StageStats]:
         kept, dropped = documents, {}
@@ -325,6 +331,17 @@ def split_of(document_id: str, validation_fraction: float, seed: int) -> str:
     """'train' or 'validation', from a hash of the id: stable across runs, orders and machines."""
     digest = hashlib.sha256(f"{seed}:{document_id}".encode()).digest()
     return "validation" if int.from_bytes(digest[:8], "big") / 2**64 < validation_fraction else "train"
+
+
+def _check_languages(languages: list[str]) -> None:
+    from tokenworks.data.language import known_languages
+
+    if not languages:
+        raise ConfigError("--languages needs at least one language code, such as en or en,de")
+    known = known_languages()
+    unknown = [language for language in languages if language not in known]
+    if unknown:
+        raise ConfigError(f"unknown language code {', '.join(unknown)}; known: {', '.join(known)}")
 
 
 def _hash(value: Any) -> str:

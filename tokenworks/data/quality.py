@@ -13,7 +13,9 @@ Every rule is on by default; a threshold of None turns its rule off. Defaults:
 | top n-gram | characters covered by the most frequent word 2-, 3-, 4-gram / all word characters <= 0.20, 0.18, 0.16 |
 | ellipsis lines | fraction of lines ending in `...` or `…` <= 0.3 |
 
-Rules run cheapest first and the first failure is the recorded reason.
+Rules run cheapest first and the first failure is the recorded reason. Source code (documents
+of kind "code") gets The Stack's rules instead (see code_quality.py); their thresholds live here
+too, so `--quality` and `--source-quality` change them the same way.
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ class QualityThresholds:
     max_top_3gram_fraction: float | None = 0.18
     max_top_4gram_fraction: float | None = 0.16
     max_ellipsis_line_fraction: float | None = 0.3
+    # Code only, in place of the rules above (The Stack, Kocetkov et al., 2022).
+    max_line_length: int | None = 1000
+    max_mean_line_length: float | None = 100.0
+    min_alphanumeric_fraction: float | None = 0.25
+    generated_marker_lines: int | None = 5  # first lines searched for "auto-generated" and the like
 
     def with_overrides(self, overrides: dict[str, Any]) -> QualityThresholds:
         """A copy with some thresholds changed; values may be numbers, numeric strings or 'none'."""
@@ -79,7 +86,7 @@ def _parse_threshold(name: str, value: Any) -> float | int | None:
         number = float(value)
     except (TypeError, ValueError):
         raise ConfigError(f"quality threshold {name} must be a number or 'none', got {value!r}") from None
-    return int(number) if name.endswith("_words") else number
+    return int(number) if name.endswith(("_words", "_lines")) or name == "max_line_length" else number
 
 
 def quality_issue(text: str, thresholds: QualityThresholds) -> str | None:
