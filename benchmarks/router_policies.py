@@ -51,7 +51,8 @@ Scenarios (goals printed with the measured ratio, PASS/MISS; never asserted):
    repeat (--vllm-repeats: each vLLM start takes about a minute here). --skip vllm leaves it out.
 
 Other processes on the host are not stopped: the "other" column is the CPU (in cores) that
-processes outside this benchmark used during each run, so contention is visible. The router
+processes outside this benchmark used during each run, so contention is visible; the "router"
+column is the CPU the router process itself used (it shares the workers' cores). The router
 code measured (HEAD and a digest of uncommitted changes under tokenworks/router, the diff
 itself in .peers/bench-router/router.diff) is printed first.
 
@@ -501,13 +502,17 @@ def run_one(scenario: int, policy: int, repeat: int, args: argparse.Namespace) -
             result = asyncio.run(sibling_bursts(url, args, args.seed + repeat))
         else:
             raise ValueError(scenario)
-        result["other_cpu_cores"] = other_cpu(before, cpu_by_session(), ours) / (time.monotonic() - t0)
+        after, elapsed = cpu_by_session(), time.monotonic() - t0
+        result["other_cpu_cores"] = other_cpu(before, after, ours) / elapsed
+        router_pid = deployment.router.pid if deployment.router is not None else None
+        if router_pid in before and router_pid in after:
+            result["router_cpu_cores"] = (after[router_pid][1] - before[router_pid][1]) / elapsed
         result.update(router_figures(url))
     return result
 
 
 MEASURES = ("hit_rate", "ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "output_tok_s", "load_ratio",
-            "follower_hit_rate", "mean_largest_group", "other_cpu_cores")  # fmt: skip
+            "follower_hit_rate", "mean_largest_group", "router_cpu_cores", "other_cpu_cores")  # fmt: skip
 
 
 def median_of(runs: list[dict]) -> dict:
@@ -545,7 +550,7 @@ def print_table(scenario: int, summaries: dict[str, dict]) -> None:
         header = f"{'policy':<12} {'follower hit':>12} {'same-worker/8':>13} {'hit (all)':>9} {'served':>16}  decisions by reason"
     else:
         header = (f"{'policy':<12} {'hit rate':>8} {'TTFT p50':>9} {'TTFT p99':>9} {'TPOT p50':>9} {'out tok/s':>9} "
-                  f"{'max/min':>7} {'other':>5} {'served':>16}  decisions by reason")  # fmt: skip
+                  f"{'max/min':>7} {'router':>6} {'other':>5} {'served':>16}  decisions by reason")  # fmt: skip
     print(header + "\n" + "-" * len(header))
     for policy, s in summaries.items():
         served = " ".join("/".join(str(x) for x in run) for run in s["served"])
@@ -558,7 +563,8 @@ def print_table(scenario: int, summaries: dict[str, dict]) -> None:
                 f"{policy:<12} {fmt(s.get('hit_rate'), '.3f'):>8} {fmt(s.get('ttft_p50_ms'), '.1f'):>9} "
                 f"{fmt(s.get('ttft_p99_ms'), '.1f'):>9} {fmt(s.get('tpot_p50_ms'), '.2f'):>9} "
                 f"{fmt(s.get('output_tok_s'), '.1f'):>9} {fmt(s.get('load_ratio'), '.2f'):>7} "
-                f"{fmt(s.get('other_cpu_cores'), '.2f'):>5} {served:>16}  {reasons}"
+                f"{fmt(s.get('router_cpu_cores'), '.2f'):>6} {fmt(s.get('other_cpu_cores'), '.2f'):>5} "
+                f"{served:>16}  {reasons}"
             )
         if s["errors"]:
             print(f"{'':<12} (!) {s['errors']} failed requests")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 
 import pytest
@@ -73,6 +74,54 @@ def test_the_index_matches_leading_blocks_per_worker():
     assert index.matched_blocks(keys, ["w0", "w1"]) == {"w0": 2} and index.size("w1") == 0
     index.remove_worker("w0")
     assert index.size() == 0
+
+
+def leading_blocks(keys: list[int], held: set[int]) -> int:
+    return next((depth for depth, key in enumerate(keys) if key not in held), len(keys))
+
+
+def test_the_index_agrees_with_a_plain_model_of_every_workers_blocks():
+    """Random events, predictions and evictions on 6 workers; each worker's match is checked
+    against sets of the keys each holds and is predicted to hold, prefix by prefix."""
+    rng = random.Random(7)
+    for trial in range(200):
+        index, held, predicted, own_hash = PrefixIndex(), {}, {}, {}
+        ids = [f"w{i}" for i in range(6)]
+        for worker in ids:
+            index.add_worker(worker)
+            held[worker], predicted[worker] = set(), set()
+        base, next_hash = [rng.randrange(4) for _ in range(40)], 0
+        for _ in range(rng.randrange(1, 16)):
+            worker, blocks = rng.choice(ids), rng.randrange(1, 11)
+            tokens = base[: blocks * SIZE] if rng.random() < 0.7 else [rng.randrange(4) for _ in range(blocks * SIZE)]
+            hashes = list(range(next_hash, next_hash + blocks))
+            next_hash += blocks
+            keys = block_keys(tokens, SIZE)
+            assert index.stored(worker, hashes, None, tokens, SIZE)
+            held[worker].update(keys)
+            own_hash.update(zip(hashes, ((worker, key) for key in keys), strict=True))
+            if rng.random() < 0.4:
+                start = rng.randrange(len(keys) + 1)
+                index.predict(worker, keys[start:], ttl_s=60)
+                predicted[worker].update(keys[start:])
+            if rng.random() < 0.3:
+                evicted = rng.sample(hashes, rng.randrange(len(hashes) + 1))
+                index.removed(worker, evicted)
+                for engine_hash in evicted:
+                    held[worker].discard(own_hash[engine_hash][1])
+                    predicted[worker].discard(own_hash[engine_hash][1])
+        if rng.random() < 0.3:
+            cleared = rng.choice(ids)
+            index.clear(cleared)
+            held[cleared].clear()
+            predicted[cleared].clear()
+        query = block_keys(base[: rng.randrange(41)] + [rng.randrange(4) for _ in range(rng.randrange(8))], SIZE)
+
+        expected = {worker: leading_blocks(query, held[worker] | predicted[worker]) for worker in ids}
+        confirmed = {worker: leading_blocks(query, held[worker]) for worker in ids}
+        found, sure = index.matched_and_confirmed(query)
+        assert found == {worker: depth for worker, depth in expected.items() if depth}, trial
+        assert sure == {worker: depth for worker, depth in confirmed.items() if depth and worker in found}, trial
 
 
 def test_an_evicted_block_is_no_longer_predicted_either():

@@ -40,10 +40,11 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from itertools import repeat
 
 from tokenworks.router.estimates import pooled
 from tokenworks.router.policies import RoundRobin, RoutedRequest
-from tokenworks.router.prefix_index import PrefixIndex, block_keys
+from tokenworks.router.prefix_index import Match, PrefixIndex, block_keys
 from tokenworks.router.workers import Worker
 
 DEFAULT_BLOCK_SIZE = 16  # a worker's until it says (its /kv_events, or its first event)
@@ -63,8 +64,13 @@ class KvAware:
     name: str = "kv"
     ties: RoundRobin = field(default_factory=RoundRobin)
     mean_output_tokens: float | None = None  # over recent answers (all workers)
-    _speeds: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)  # id -> ttft a, b, tpot a, b
-    _speeds_at: float = -math.inf
+    _roster: list[tuple[Worker, str, float, float, float, float]] = field(default_factory=list)  # see _roster_of
+    _roster_at: float = -math.inf
+    _roster_ids: list[str] = field(default_factory=list)  # the candidates of _roster
+    _worker_of: dict[str, Worker] = field(default_factory=dict)  # id -> candidate, with _roster
+    _block_sizes: dict[str, int] = field(default_factory=dict)  # id -> block size, with _roster
+    _one_block_size: int | None = None  # when every candidate has the same
+    _turn: int = 0  # where the next decision's pass starts, for ties
     _scaled: dict[str, float] = field(default_factory=dict)  # id -> recent load x _growth(when it was read)
     _origin: float = field(default_factory=time.monotonic)
 
@@ -95,84 +101,135 @@ class KvAware:
     def _sent(self, worker: Worker) -> None:
         self._scaled[worker.id] = self._scaled.get(worker.id, 0.0) + self._growth(time.monotonic())
 
-    def guarded(self, candidates: list[Worker], siblings: frozenset[str] = frozenset()) -> list[Worker]:
+    def guarded(self, candidates: list[Worker]) -> list[Worker]:
         """The candidates whose recent load, with one more request, stays within the hot-spot
-        guard, the idle ones, and those this request's siblings went to."""
-        one = self._growth(time.monotonic())
-        scaled = self._scaled
-        loads = [scaled.get(worker.id, 0.0) for worker in candidates]
-        limit = max(self.max_load_ratio * (sum(loads) + one) / len(candidates), one)
-        allowed = [
-            worker for worker, load in zip(candidates, loads, strict=True)
-            if load + one <= limit or worker.in_flight == 0 or worker.id in siblings
-        ]  # fmt: skip
+        guard, and the idle ones (all of them when none is)."""
+        scaled, limit = self._scaled, self._load_limit([worker.id for worker in candidates])
+        allowed = [worker for worker in candidates if scaled.get(worker.id, 0.0) <= limit or worker.in_flight == 0]
         return allowed or candidates
+
+    def _load_limit(self, worker_ids: list[str]) -> float:
+        """The most recent load (on the common scale) a worker may carry before one more request:
+        within `max_load_ratio` of the mean with it, and never below nothing."""
+        one = self._growth(time.monotonic())
+        total = sum(map(self._scaled.get, worker_ids, repeat(0.0, len(worker_ids))))
+        return max(self.max_load_ratio * (total + one) / len(worker_ids), one) - one
 
     def choose(self, request: RoutedRequest, candidates: list[Worker]) -> Worker:
         tokens = request.tokens
         if not tokens:
             return self._by_load(request, self.guarded(candidates), "no-prompt-tokens")
-        extra = self._extra_key(request)
-        sizes = {worker.id: worker.block_size or DEFAULT_BLOCK_SIZE for worker in candidates}
-        keys: dict[int, list[int]] = {}
-        matched: dict[str, int] = {}  # blocks held, for the workers that hold any
-        siblings: set[str] = set()  # workers with events where part of the prefix is predicted only: on its way in
-        evented = {worker.id for worker in candidates if worker.kv_events is not None}
-        for size in set(sizes.values()):
-            keys[size] = block_keys(tokens, size, extra)
-            sized = [worker_id for worker_id, its_size in sizes.items() if its_size == size]
-            found, confirmed = self.index.matched_and_confirmed(keys[size], sized)
-            siblings.update(w for w, blocks in found.items() if w in evented and blocks > confirmed.get(w, 0))
-            matched.update(found)
-        allowed = self.guarded(candidates, frozenset(siblings))
+        ids = [worker.id for worker in candidates]
+        roster = self._roster_of(candidates, ids)
+        prompt = len(tokens)
+        matches = self._match(tokens, candidates, self._extra_key(request))
+        hit_of = self._hits(matches, prompt - 1)  # the engine computes one token at least
         outputs = self.expected_output_tokens(request)
-        speeds = self.speeds(candidates)
-        order = self.ties.choose(request, allowed)  # whose turn it is, for exact ties
-        longest, prompt = len(tokens) - 1, len(tokens)  # the engine computes one token at least
-        hit_of = {
-            worker_id: min(blocks * sizes[worker_id], longest) for worker_id, blocks in matched.items()
-        }  # fmt: skip
-        best: tuple[float, int, bool] | None = None
-        chosen = allowed[0]
-        for worker in allowed:
-            turn, per_token, step, per_decoding = speeds[worker.id]
-            decoding = worker.decoding
-            lacks = prompt - hit_of.get(worker.id, 0)
-            ahead = worker.pending_prefill_tokens + lacks
-            cost = turn + per_token * (ahead + lacks) + outputs * (step + per_decoding * (decoding + 1 + decoding / 2))
-            rank = (cost, worker.in_flight, worker is not order)
-            if best is None or rank < best:
-                best, chosen = rank, worker
+        scaled, limit = self._scaled, self._load_limit(ids)
+
+        # One pass prices every worker (the most of a decision with 64 of them) and keeps the
+        # cheapest the hot-spot guard allows, and the cheapest of all for when it allows none.
+        # Exact ties go to the fewest in flight, then in turn: each pass starts one worker on.
+        start = self._turn % len(roster)
+        self._turn += 1
+        best = best_of_all = None
+        best_cost = best_cost_of_all = math.inf
+        best_in_flight = best_in_flight_of_all = 0
+        for worker, worker_id, turn, per_token, step, per_decoding in roster[start:] + roster[:start]:
+            in_flight = worker.in_flight
+            # (what the module's docstring says: the prefill ahead and lacking, the lacking again,
+            # and the decode; `step` and `per_decoding` are the roster's, see _roster_of)
+            cost = (
+                turn + per_token * (worker.pending_prefill_tokens + 2 * (prompt - hit_of.get(worker_id, 0)))
+                + outputs * (step + per_decoding * worker.decoding)
+            )  # fmt: skip
+            if cost < best_cost_of_all or (cost == best_cost_of_all and in_flight < best_in_flight_of_all):
+                best_of_all, best_cost_of_all, best_in_flight_of_all = worker, cost, in_flight
+            if (cost < best_cost or (cost == best_cost and in_flight < best_in_flight)) and (
+                scaled.get(worker_id, 0.0) <= limit or in_flight == 0 or self._sibling(worker, matches)
+            ):
+                best, best_cost, best_in_flight = worker, cost, in_flight
+        chosen = best if best is not None else best_of_all
+        assert chosen is not None
         chosen_hit, best_anywhere = hit_of.get(chosen.id, 0), max(hit_of.values(), default=0)
         if best_anywhere == 0:
             request.reason = "no-prefix-hit"
         elif chosen_hit == best_anywhere:
             request.reason = "prefix-hit"
-        elif max((hit_of.get(worker.id, 0) for worker in allowed), default=0) < best_anywhere:
-            request.reason = "hot-spot-guard"
+        elif best is not None and not any(
+            scaled.get(worker_id, 0.0) <= limit or worker.in_flight == 0 or self._sibling(worker, matches)
+            for worker_id, worker in self._holding(hit_of, best_anywhere)
+        ):
+            request.reason = "hot-spot-guard"  # every worker with the longest match was over it
         else:
             request.reason = "load"  # the longest match's queue cost more than the prefill it saves
         request.predicted_cached_tokens = chosen_hit
         request.uncached_tokens = prompt - chosen_hit
         # Only the blocks it is not known to hold yet need predicting (on a hit, a few or none).
         ttl = SIBLING_TTL_S if chosen.kv_events is not None else UNCONFIRMED_TTL_S
-        self.index.predict(chosen.id, keys[sizes[chosen.id]][matched.get(chosen.id, 0) :], ttl)
+        match = matches[self._block_sizes[chosen.id]]
+        self.index.predict(chosen.id, match.keys[match.blocks(self.index.bit(chosen.id)) :], ttl)
         self._sent(chosen)
         return chosen
 
-    def speeds(self, candidates: list[Worker]) -> dict[str, tuple[float, float, float, float]]:
-        """Each worker's (turn, seconds per prefill token, step, seconds per decoding request):
-        its own fits blended with its peers', worked out again every REFRESH_S."""
+    def _match(self, tokens: list[int], candidates: list[Worker], extra: str | None) -> dict[int, Match]:
+        """Where the prompt's leading blocks are, per block size among the candidates (nearly
+        always one)."""
+        if self._one_block_size is not None:
+            size = self._one_block_size
+            return {size: self.index.match(block_keys(tokens, size, extra))}
+        sizes = self._block_sizes
+        return {
+            size: self.index.match(block_keys(tokens, size, extra), [w.id for w in candidates if sizes[w.id] == size])
+            for size in set(sizes.values())
+        }  # fmt: skip
+
+    def _hits(self, matches: dict[int, Match], longest: int) -> dict[str, int]:
+        """Worker id -> the prompt tokens it holds (for the workers holding any)."""
+        hit_of: dict[str, int] = {}
+        for size, match in matches.items():
+            for blocks, mask in match.groups:
+                hit_of.update(zip(self.index.workers_of(mask), repeat(min(blocks * size, longest))))
+        return hit_of
+
+    def _sibling(self, worker: Worker, matches: dict[int, Match]) -> bool:
+        """Part of this prompt is on its way into the worker: the last block it holds of it is
+        predicted there (the router sent it), not yet confirmed by the worker's events. (A
+        worker without events confirms nothing, and is no such case.)"""
+        if worker.kv_events is None:
+            return False
+        match = matches[self._block_sizes[worker.id]]
+        blocks = match.blocks(self.index.bit(worker.id))
+        return blocks > 0 and not self.index.confirms(worker.id, match.keys[blocks - 1])
+
+    def _holding(self, hit_of: dict[str, int], hit: int) -> list[tuple[str, Worker]]:
+        """The candidates with this prefix hit."""
+        return [(worker_id, self._worker_of[worker_id]) for worker_id, its_hit in hit_of.items() if its_hit == hit]
+
+    def _roster_of(
+        self, candidates: list[Worker], ids: list[str]
+    ) -> list[tuple[Worker, str, float, float, float, float]]:
+        """Each candidate with (turn, seconds per prefill token, step, per decoding): its own fits
+        blended with its peers', worked out again every REFRESH_S or when the candidates change
+        (with their block sizes). `step` is the time per output token with this request alone
+        added, `per_decoding` what each request decoding there adds to the decode cost."""
         now = time.monotonic()
-        if now - self._speeds_at > REFRESH_S or any(worker.id not in self._speeds for worker in candidates):
+        if now - self._roster_at > REFRESH_S or ids != self._roster_ids:
             ttft_peers = pooled([worker.ttft for worker in candidates], now)
             tpot_peers = pooled([worker.tpot for worker in candidates], now)
-            self._speeds = {
-                worker.id: (*worker.ttft.blended(ttft_peers, now), *worker.tpot.blended(tpot_peers, now))
-                for worker in candidates
-            }  # fmt: skip
-            self._speeds_at = now
-        return self._speeds
+            self._roster = []
+            for worker in candidates:
+                turn, per_token = worker.ttft.blended(ttft_peers, now)
+                step, per_decoding = worker.tpot.blended(tpot_peers, now)
+                # each request decoding there slows each of the new one's tokens, and the new one
+                # slows each of theirs while they overlap (about half an answer each)
+                self._roster.append((worker, worker.id, turn, per_token, step + per_decoding, 1.5 * per_decoding))
+            self._worker_of = {worker.id: worker for worker in candidates}
+            self._block_sizes = {worker.id: worker.block_size or DEFAULT_BLOCK_SIZE for worker in candidates}
+            sizes = set(self._block_sizes.values())
+            self._one_block_size = sizes.pop() if len(sizes) == 1 else None
+            self._roster_at, self._roster_ids = now, ids
+        return self._roster
 
     def _by_load(self, request: RoutedRequest, allowed: list[Worker], reason: str) -> Worker:
         fewest = min(worker.in_flight for worker in allowed)

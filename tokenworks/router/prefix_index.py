@@ -23,20 +23,38 @@ from __future__ import annotations
 
 import heapq
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 
 ROOT_KEY = 0  # the parent key of a prompt's first block
+MASKS_REMEMBERED = 4096  # sets of holders whose worker ids are kept at hand
 
 
 def block_keys(token_ids: Sequence[int], block_size: int, extra: str | None = None) -> list[int]:
     """The chained keys of the full blocks of `token_ids` (a partial last block has none)."""
-    keys, parent = [], hash((ROOT_KEY, extra)) if extra is not None else ROOT_KEY
-    tokens = tuple(token_ids)
-    for start in range(0, len(tokens) - block_size + 1, block_size):
-        parent = hash((parent, tokens[start : start + block_size]))
-        keys.append(parent)
+    keys: list[int] = []
+    append, parent = keys.append, hash((ROOT_KEY, extra)) if extra is not None else ROOT_KEY
+    for block in zip(*[iter(token_ids)] * block_size, strict=False):  # whole blocks, as tuples, cut in C
+        parent = hash((parent, block))
+        append(parent)
     return keys
+
+
+@dataclass(slots=True)
+class Match:
+    """Where a prompt's leading blocks are, confirmed or predicted: (blocks, mask of the workers
+    holding exactly that many) in increasing blocks. A worker in no group holds none."""
+
+    keys: Sequence[int]
+    groups: list[tuple[int, int]]
+
+    def blocks(self, bit: int) -> int:
+        for depth, mask in self.groups:
+            if mask & bit:
+                return depth
+        return 0
 
 
 @dataclass
@@ -52,13 +70,16 @@ class _WorkerBlocks:
 class PrefixIndex:
     _workers: dict[str, _WorkerBlocks] = field(default_factory=dict)
     _holders: dict[int, int] = field(default_factory=dict)  # key -> mask of workers that confirmed it
-    # key -> (mask of workers predicted to hold it, until when): one expiry per key, the latest
-    # prediction's, which is all a hint needs (a worker's own events soon say for sure)
-    _predicted: dict[int, tuple[int, float]] = field(default_factory=dict)
-    _expiries: list[tuple[float, int, Sequence[int]]] = field(default_factory=list)  # a heap of predictions
+    # key -> mask of workers predicted to hold it. Each prediction (a worker's bit on a prompt's
+    # keys) leaves when its time is up, before every question, so what is here holds. (A key
+    # predicted twice for one worker leaves with the first: a hint, soon confirmed by the
+    # worker's own events or sent again.)
+    _predicted: dict[int, int] = field(default_factory=dict)
+    _expiries: list[tuple[float, int, int, Sequence[int]]] = field(default_factory=list)  # a heap of predictions
     _pushed: int = 0  # a tie-breaker for the heap
     lora_names: set[str] = field(default_factory=set)  # adapters whose blocks workers reported
     _worker_of_bit: dict[int, str] = field(default_factory=dict)
+    _ids_of_mask: dict[int, tuple[str, ...]] = field(default_factory=dict)  # see workers_of
     _free_bits: list[int] = field(default_factory=list)
     _next_bit: int = 0
 
@@ -69,6 +90,7 @@ class PrefixIndex:
             bit = self._free_bits.pop() if self._free_bits else self._take_bit()
             self._workers[worker_id] = _WorkerBlocks(bit)
             self._worker_of_bit[bit] = worker_id
+            self._ids_of_mask.clear()
 
     def _take_bit(self) -> int:
         bit, self._next_bit = 1 << self._next_bit, self._next_bit + 1
@@ -80,6 +102,7 @@ class PrefixIndex:
             bit = self._workers.pop(worker_id).bit
             del self._worker_of_bit[bit]
             self._free_bits.append(bit)
+            self._ids_of_mask.clear()
 
     # ---- what the workers' events say --------------------------------------------------------
 
@@ -135,16 +158,16 @@ class PrefixIndex:
                 self._holders.pop(key, None)
         blocks.confirmed.clear()
         blocks.by_engine_hash.clear()
-        for key in [key for key, (mask, _) in self._predicted.items() if mask & blocks.bit]:
+        for key in [key for key, mask in self._predicted.items() if mask & blocks.bit]:
             self._forget_prediction(key, blocks.bit)
 
     def _forget_prediction(self, key: int, bit: int) -> None:
-        guess = self._predicted.get(key)
-        if guess is not None and guess[0] & bit:
-            if guess[0] == bit:
+        mask = self._predicted.get(key, 0)
+        if mask & bit:
+            if mask == bit:
                 del self._predicted[key]
             else:
-                self._predicted[key] = (guess[0] & ~bit, guess[1])
+                self._predicted[key] = mask & ~bit
 
     # ---- what the router did -------------------------------------------------------------------
 
@@ -152,69 +175,105 @@ class PrefixIndex:
         """The router sent a prompt with these blocks to the worker: expect them there for `ttl_s`
         (the caller leaves out the leading ones the worker is known to hold already)."""
         now = time.monotonic()
-        expiry, bit, predicted = now + ttl_s, self._workers[worker_id].bit, self._predicted
-        for key in keys:
-            mask, _ = predicted.get(key, (0, 0.0))
-            predicted[key] = (mask | bit, expiry)
+        bit, predicted = self._workers[worker_id].bit, self._predicted
+        if predicted.keys().isdisjoint(keys):  # a new prompt's blocks (the common case): stored in C
+            predicted.update(zip(keys, repeat(bit)))
+        else:
+            for key in keys:
+                predicted[key] = predicted.get(key, 0) | bit
         self._pushed += 1
-        heapq.heappush(self._expiries, (expiry, self._pushed, keys))
+        heapq.heappush(self._expiries, (now + ttl_s, self._pushed, bit, keys))
         self._expire(now)
 
     def _expire(self, now: float) -> None:
-        """Drop the predictions whose time is up (each decision's, in the order they expire)."""
+        """Drop the predictions whose time is up, in the order they expire."""
         expiries, predicted = self._expiries, self._predicted
         while expiries and expiries[0][0] <= now:
-            for key in heapq.heappop(expiries)[2]:
-                entry = predicted.get(key)
-                if entry is not None and entry[1] <= now:  # not predicted again since
-                    del predicted[key]
+            _, _, bit, keys = heapq.heappop(expiries)
+            if list(map(predicted.get, keys)).count(bit) == len(keys):  # predicted there only: dropped in C
+                deque(map(predicted.pop, keys), maxlen=0)
+            else:
+                for key in keys:
+                    self._forget_prediction(key, bit)
 
     # ---- the question -------------------------------------------------------------------------
 
-    def matched_blocks(self, keys: Sequence[int], worker_ids: Sequence[str]) -> dict[str, int]:
-        """For each of these workers holding the prompt's first block, how many of its leading
-        blocks it holds (confirmed or predicted); the others hold none."""
+    def match(self, keys: Sequence[int], worker_ids: Sequence[str] | None = None) -> Match:
+        """How many of the prompt's leading blocks each of these workers (or every worker) holds,
+        counting the predicted ones. One walk of the index, which records only where the holders
+        change (a few times): a popular prefix is held by most workers, and recording each of
+        them at every walk took half a decision."""
+        if worker_ids is None:
+            wanted = (1 << self._next_bit) - 1  # every bit ever taken (a free one holds nothing)
+        else:
+            wanted = 0
+            for worker_id in worker_ids:
+                blocks = self._workers.get(worker_id)
+                if blocks is not None:
+                    wanted |= blocks.bit
+        self._expire(time.monotonic())  # what remains predicted holds
+        groups: list[tuple[int, int]] = []
+        holders, predicted = self._holders, self._predicted
+        still = wanted  # the workers holding every block so far
+        for depth, key in enumerate(keys):
+            dropped = still & ~(holders.get(key, 0) | predicted.get(key, 0))
+            if dropped:
+                if depth:
+                    groups.append((depth, dropped))
+                still &= ~dropped
+                if not still:
+                    return Match(keys, groups)
+        if still and keys:
+            groups.append((len(keys), still))
+        return Match(keys, groups)
+
+    def confirms(self, worker_id: str, key: int) -> bool:
+        """Whether the worker's own events say it holds this block."""
+        return bool(self._holders.get(key, 0) & self.bit(worker_id))
+
+    def confirmed_blocks(self, keys: Sequence[int], worker_id: str) -> int:
+        """How many of these leading blocks the worker's own events confirmed it holds."""
+        depth = 0
+        while depth < len(keys) and self.confirms(worker_id, keys[depth]):
+            depth += 1
+        return depth
+
+    def matched_blocks(self, keys: Sequence[int], worker_ids: Sequence[str] | None = None) -> dict[str, int]:
+        """For each of these workers (or all) holding the prompt's first block, how many of its
+        leading blocks it holds (confirmed or predicted); the others hold none."""
         return self.matched_and_confirmed(keys, worker_ids)[0]
 
     def matched_and_confirmed(
-        self, keys: Sequence[int], worker_ids: Sequence[str]
+        self, keys: Sequence[int], worker_ids: Sequence[str] | None = None
     ) -> tuple[dict[str, int], dict[str, int]]:
-        """`matched_blocks`, and the same counting confirmed blocks only, in one walk of the index."""
-        wanted = 0
-        for worker_id in worker_ids:
-            blocks = self._workers.get(worker_id)
-            if blocks is not None:
-                wanted |= blocks.bit
-        depths: dict[str, int] = {}
-        confirmed_depths: dict[str, int] = {}
-        holders, predicted, now = self._holders, self._predicted, time.monotonic()
-        still = still_confirmed = wanted  # the workers holding every block so far (always: confirmed within all)
-        for depth, key in enumerate(keys):
-            held = holders.get(key, 0)
-            mask = held
-            guess = predicted.get(key)
-            if guess is not None and guess[1] > now:
-                mask |= guess[0]
-            if still_confirmed & ~held:
-                self._record_drops(still_confirmed & ~held, depth, confirmed_depths)
-                still_confirmed &= held
-            dropped = still & ~mask
-            if dropped:
-                self._record_drops(dropped, depth, depths)
-                still &= mask
-                if not still:
-                    return depths, confirmed_depths
-        self._record_drops(still, len(keys), depths)
-        self._record_drops(still_confirmed, len(keys), confirmed_depths)
-        return depths, confirmed_depths
+        """`matched_blocks`, and the same counting confirmed blocks only."""
+        matched = self.depths_of(self.match(keys, worker_ids).groups)
+        confirmed = {worker_id: self.confirmed_blocks(keys, worker_id) for worker_id in matched}
+        return matched, {worker_id: blocks for worker_id, blocks in confirmed.items() if blocks}
 
-    def _record_drops(self, bits: int, depth: int, depths: dict[str, int]) -> None:
-        """The workers of these bits held `depth` leading blocks (none recorded at depth 0)."""
-        if depth:
+    def depths_of(self, groups: list[tuple[int, int]]) -> dict[str, int]:
+        """Worker id -> leading blocks held, from a Match's (blocks, workers) groups."""
+        return {worker_id: depth for depth, mask in groups for worker_id in self.workers_of(mask)}
+
+    def workers_of(self, mask: int) -> tuple[str, ...]:
+        """The ids of a mask's workers. The holders of a popular prefix come up again and again:
+        their ids are remembered (until the workers change)."""
+        ids = self._ids_of_mask.get(mask)
+        if ids is None:
+            if len(self._ids_of_mask) >= MASKS_REMEMBERED:
+                self._ids_of_mask.clear()
+            found, bits = [], mask
             while bits:
                 bit = bits & -bits
-                depths[self._worker_of_bit[bit]] = depth
+                found.append(self._worker_of_bit[bit])
                 bits ^= bit
+            ids = self._ids_of_mask[mask] = tuple(found)
+        return ids
+
+    def bit(self, worker_id: str) -> int:
+        """The worker's bit in a Match's masks (0 for a worker the index does not know)."""
+        blocks = self._workers.get(worker_id)
+        return blocks.bit if blocks is not None else 0
 
     # ---- for metrics -------------------------------------------------------------------------------
 
