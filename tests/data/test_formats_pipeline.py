@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tokenworks.data.pipeline import IngestOptions, run_ingest
+from tokenworks.data.pipeline import IngestOptions, read_batch_size, run_ingest
 
 from .formats import (
     C_SOURCE,
@@ -99,3 +99,8 @@ def test_two_workers_and_ray_give_the_same_manifest(mixed, tmp_path) -> None:
         assert (tmp_path / "ray" / "rejected" / f"{stage}.jsonl").read_bytes() == (
             root / "out" / "rejected" / f"{stage}.jsonl"
         ).read_bytes()
+
+
+@pytest.mark.parametrize(("files", "workers", "size"), [(8, 2, 1), (100, 2, 12), (4568, 2, 256), (3, 4, 1)])
+def test_read_batches_spread_a_few_large_files_over_the_workers(files: int, workers: int, size: int) -> None:
+    assert read_batch_size(files, workers) == size

@@ -27,9 +27,14 @@ class Executor(Protocol):
     name: str
 
     def map_batches(
-        self, function: BatchFunction, records: Sequence[Record], progress: ProgressCallback | None = None
+        self,
+        function: BatchFunction,
+        records: Sequence[Record],
+        progress: ProgressCallback | None = None,
+        batch_size: int | None = None,
     ) -> list[Record]:
-        """`function` over consecutive batches of `records`; outputs concatenated in input order."""
+        """`function` over consecutive batches of `records` (of `batch_size`, else the executor's);
+        outputs concatenated in input order."""
         ...
 
     def close(self) -> None: ...
@@ -53,17 +58,22 @@ class LocalExecutor:
         self._pool: ProcessPoolExecutor | None = None
 
     def map_batches(
-        self, function: BatchFunction, records: Sequence[Record], progress: ProgressCallback | None = None
+        self,
+        function: BatchFunction,
+        records: Sequence[Record],
+        progress: ProgressCallback | None = None,
+        batch_size: int | None = None,
     ) -> list[Record]:
         results: list[Record] = []
+        size = batch_size or self.batch_size
         if self.workers == 1:
-            for batch in batches(records, self.batch_size):
+            for batch in batches(records, size):
                 results.extend(function(batch))
                 if progress:
                     progress(len(batch))
             return results
         pool = self._ensure_pool()
-        pending = list(batches(records, self.batch_size))
+        pending = list(batches(records, size))
         # map keeps input order while workers run ahead. A worker that dies (or cannot unpickle
         # the function) raises BrokenProcessPool here, where multiprocessing.Pool would hang.
         for batch, output in zip(pending, pool.map(function, pending), strict=True):

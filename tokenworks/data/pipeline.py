@@ -218,6 +218,7 @@ class _Ingest:
                 partial(read_files, text_field=self.options.text_field, id_field=self.options.id_field),
                 files,
                 advance,
+                batch_size=read_batch_size(len(files), self.options.workers),
             )
         kept, dropped = self._file_rejections(records, ("read",))
         if self.options.limit is not None:
@@ -325,6 +326,13 @@ class _Ingest:
             f"no documents left after the {stage} stage; the reasons are in {where}. "
             "Check the sources, or relax the quality thresholds with --quality NAME=VALUE."
         )
+
+
+def read_batch_size(files: int, workers: int) -> int:
+    """Files per read batch: at least 4 batches a worker, so that a few large files (WARC
+    shards, archives) spread over the workers instead of landing in one batch; at most 256,
+    as every other stage, so that many small files do not pay a task each."""
+    return max(1, min(256, files // (4 * workers)))
 
 
 def split_of(document_id: str, validation_fraction: float, seed: int) -> str:

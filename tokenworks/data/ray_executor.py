@@ -72,7 +72,11 @@ class RayExecutor:
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
     def map_batches(
-        self, function: BatchFunction, records: Sequence[Record], progress: ProgressCallback | None = None
+        self,
+        function: BatchFunction,
+        records: Sequence[Record],
+        progress: ProgressCallback | None = None,
+        batch_size: int | None = None,
     ) -> list[Record]:
         if not records:
             return []
@@ -83,7 +87,7 @@ class RayExecutor:
         # `batches` as LocalExecutor), whatever Ray Data's own block sizes are.
         rows = [
             {"index": index, "batch": pickle.dumps(batch, pickle.HIGHEST_PROTOCOL)}
-            for index, batch in enumerate(batches(records, self.batch_size))
+            for index, batch in enumerate(batches(records, batch_size or self.batch_size))
         ]
         dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
         # Our caller draws the progress bar (from `progress`); Ray Data's own would duplicate it.
