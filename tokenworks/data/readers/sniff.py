@@ -15,7 +15,6 @@ from tokenworks.data.readers.source_code import language_from_name, language_fro
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst")
 HTML_SUFFIXES = (".html", ".htm", ".xhtml")
-WARC_SUFFIXES = (".warc", ".wet", ".arc")
 
 # Binary formats worth naming in a rejection: (signature, offset, what it is).
 _BINARY_SIGNATURES = (
@@ -47,7 +46,7 @@ class Format:
 def identify(name: str, head: bytes) -> Format:
     """The format of an (already decompressed) input named `name` that starts with `head`."""
     suffix = PurePosixPath(name).suffix.lower()
-    if head.startswith((b"WARC/", b"filedesc://")):
+    if head.startswith(b"WARC/"):  # WARC and WET alike, whatever the suffix
         return Format("warc")
     if head.startswith(b"%PDF-"):
         return Format("pdf")
