@@ -210,6 +210,18 @@ def ensure_datatrove() -> tuple[Path | None, str]:
     return DATATROVE_PYTHON, found.stdout.strip()
 
 
+def tokenworks_commit() -> str:
+    """The checkout's commit, with "+changes" when tokenworks/data (what ingest runs) has uncommitted
+    edits ("?" outside git)."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    if head.returncode != 0:
+        return "?"
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "tokenworks/data"], capture_output=True, text=True, cwd=ROOT
+    )
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
 def tokenworks_available() -> tuple[bool, str]:
     """Whether `tokenworks ingest` exists, and the tokenworks version (or why not)."""
     if not TOKENWORKS.exists():
@@ -859,6 +871,7 @@ def report(
             "cores": os.cpu_count(),
             "python": platform.python_version(),
             "versions": {name: tool.version for name, tool in tools.items()},
+            "tokenworks_commit": tokenworks_commit(),
             "seed": args.seed,
         },
         "tools": {},
