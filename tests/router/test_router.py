@@ -196,6 +196,30 @@ def test_workers_join_and_leave_at_run_time(workers):
         router.stop()
 
 
+def test_the_generation_routes_answer_bad_requests_with_openai_errors(workers):
+    """They skip FastAPI's routing (app.GenerationFastPath); the key, the size limit and the
+    error objects still hold."""
+    router = RouterProcess([workers[0].url], "--api-key", "k").wait_healthy()
+    auth = {"Authorization": "Bearer k"}
+    try:
+        with httpx.Client(base_url=router.url, timeout=60) as http:
+            refused = http.post("/v1/completions", json=GREEDY)
+            assert (refused.status_code, refused.json()["error"]["code"]) == (401, "invalid_api_key")
+            not_json = http.post("/v1/chat/completions", content=b"{not json", headers=auth)
+            assert (not_json.status_code, not_json.json()["error"]["message"]) == (
+                400, "the request body is not valid JSON",
+            )  # fmt: skip
+            listed = http.post("/v1/completions", json=[GREEDY], headers=auth)
+            assert listed.json()["error"]["message"] == "the request body must be a JSON object"
+            huge = http.post("/v1/completions", content=b"x" * (16 * 2**20 + 1), headers=auth)
+            assert (huge.status_code, huge.json()["error"]["code"]) == (413, "request_too_large")
+            answer = http.post("/v1/completions", json=GREEDY, headers=auth)
+            assert (answer.status_code, answer.json()["usage"]["completion_tokens"]) == (200, 8)
+            assert http.get("/v1/completions", headers=auth).status_code == 405  # FastAPI's own answer
+    finally:
+        router.stop()
+
+
 def test_the_router_imports_no_torch():
     code = (
         "import sys\n"

@@ -19,13 +19,15 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import aiohttp
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tokenworks import __version__
 from tokenworks.gc_tuning import calm_the_garbage_collector
@@ -40,11 +42,18 @@ from tokenworks.router.proxy import forward
 from tokenworks.router.workers import WorkerPool
 from tokenworks.serve.auth import PROTECTED_PREFIXES, ApiKeyMiddleware
 from tokenworks.serve.config import DEFAULT_MAX_BODY_BYTES
-from tokenworks.serve.errors import APIError, BodySizeLimitMiddleware, error_response, install_error_handlers
+from tokenworks.serve.errors import (
+    APIError,
+    BodySizeLimitMiddleware,
+    api_error_of,
+    error_response,
+    install_error_handlers,
+)
 from tokenworks.serve.streaming import ClientGone, run_until_disconnect
 
 logger = logging.getLogger(__name__)
 
+GENERATION_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
 MODELS_TIMEOUT_S = 2.0
 TOKENIZER_SEARCH_S = 0.5
 
@@ -111,6 +120,30 @@ async def find_tokenizer(routing: Routing, session: aiohttp.ClientSession) -> No
         await asyncio.sleep(TOKENIZER_SEARCH_S)
 
 
+class GenerationFastPath:
+    """POSTs to the generation routes go straight to their handler, past FastAPI's routing,
+    dependency solving and exception middleware: a third of a millisecond of the TTFT the router
+    adds at concurrency 1 (the routes stay declared, for the OpenAPI schema). Errors become
+    OpenAI's error object as the app's handlers make them; a body over the limit is left to the
+    size middleware outside."""
+
+    def __init__(self, app: ASGIApp, generate: Callable[[Request, str], Awaitable[Response]]) -> None:
+        self.app, self.generate = app, generate
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in GENERATION_PATHS:
+            await self.app(scope, receive, send)
+            return
+        try:
+            response = await self.generate(Request(scope, receive), scope["path"])
+        except HTTPException:
+            raise
+        except Exception as error:  # as the app's catch-all handler: an error object, logged
+            api = api_error_of(error)
+            response = error_response(api.status, api.message, api.param, api.code, api.headers)
+        await response(scope, receive, send)
+
+
 def create_router_app(config: RouterConfig) -> FastAPI:
     config.validate()
     routing = routing_of(config)
@@ -139,7 +172,7 @@ def create_router_app(config: RouterConfig) -> FastAPI:
     app = FastAPI(title="tokenworks router", version=__version__, lifespan=lifespan)
     app.state.routing = routing
 
-    async def generate(request: Request, path: str):
+    async def generate(request: Request, path: str) -> Response:
         raw = await request.body()
         try:
             body = json.loads(raw)
@@ -152,7 +185,7 @@ def create_router_app(config: RouterConfig) -> FastAPI:
             routed.tokens = routing.prompts.tokens(path, body)
         try:  # a client that leaves before the answer cancels the forward, and so the worker's work
             return await run_until_disconnect(
-                request, forward(path, raw, routed, pool, policy, request.app.state.session, metrics)
+                request, forward(path, raw, routed, pool, policy, app.state.session, metrics)
             )
         except ClientGone:
             return Response(status_code=499)
@@ -229,6 +262,7 @@ def create_router_app(config: RouterConfig) -> FastAPI:
 
     app.include_router(dashboard_router)
     install_error_handlers(app)
+    app.add_middleware(GenerationFastPath, generate=generate)  # inside the two below: both still apply
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.max_body_bytes)
     if config.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=config.api_key, prefixes=(*PROTECTED_PREFIXES, "/workers"))
