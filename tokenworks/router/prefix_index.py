@@ -15,8 +15,8 @@ Two kinds of entries:
   requests sent together land together); for a worker without events it is all the router
   knows, and it expires after a TTL.
 
-Workers are bits of an int mask, so matching a prompt costs one dict lookup and one `&` per
-block whatever the number of workers.
+Workers are bits of an int mask, so matching a prompt costs two dict lookups (confirmed and
+predicted) and a few `&`s per block whatever the number of workers.
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ class PrefixIndex:
         while expiries and expiries[0][0] <= now:
             _, _, bit, keys = heapq.heappop(expiries)
             if list(map(predicted.get, keys)).count(bit) == len(keys):  # predicted there only: dropped in C
-                deque(map(predicted.pop, keys), maxlen=0)
+                deque(map(predicted.pop, keys, repeat(None)), maxlen=0)
             else:
                 for key in keys:
                     self._forget_prediction(key, bit)
