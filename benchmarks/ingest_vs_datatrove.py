@@ -35,11 +35,13 @@ WarcReader -> Trafilatura (its defaults, as FineWeb) -> normalise -> Py3langidFi
 its stock LanguageFilter downloads a fastText model from the Hugging Face hub, which this
 benchmark may not, so datatrove_pipeline.py gives it a filter on py3langid, the offline
 identifier tokenworks uses, with tokenworks' rule (first 3,000 characters, top language wanted).
-tokenworks extracts with whatever `tokenworks ingest` uses. After the timed runs trafilatura's own
-`extract` of every page (warc_reference.py, datatrove's settings) is the reference that each
-tool's text is compared with (warc_results.py says how); the report also counts language-filter
-errors against the generator's truth, and the planted pairs that extraction left below the
-Jaccard threshold (which no dedup can find).
+tokenworks extracts with its default extractor (or --html-extractor). After the timed runs
+trafilatura's own `extract` of every page (warc_reference.py, datatrove's settings) is the
+reference that each tool's text is compared with (warc_results.py says how); the report also
+counts language-filter errors against the generator's truth, and the planted pairs that
+extraction left below the Jaccard threshold (which no dedup can find). `tokenworks` runs the
+checkout as it is at each run: the report names its commit, and warns when tokenworks/data changed
+during the runs.
 
 Timings are wall clock on whatever else the machine is doing: the tools alternate run by run,
 and each run line shows the 1-minute load average before it, so a busy machine is visible.
@@ -609,6 +611,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="thread limit per process for both tools: OpenMP/MKL/OpenBLAS/NumExpr and the Rust thread\n"
         "pool of Hugging Face tokenizers (default: --workers)",
     )
+    parser.add_argument(
+        "--html-extractor",
+        help="warc: passed to `tokenworks ingest --html-extractor` (trafilatura or resiliparse);\n"
+        "default: tokenworks' own default. datatrove always runs trafilatura.",
+    )
     parser.add_argument("--shards", type=int, help="JSONL or WARC files the corpus is split into (default: --workers)")
     parser.add_argument("--duplicates", type=float, default=0.10, help="fraction planted near-duplicates (0.10)")
     parser.add_argument("--near-misses", type=float, default=0.02, help="fraction planted near-misses (0.02)")
@@ -730,6 +737,7 @@ def main(argv: list[str] | None = None) -> int:
             "--seed",
             str(args.seed),
             *(["--languages", ",".join(languages)] if args.pipeline == "warc" else []),
+            *(["--html-extractor", args.html_extractor] if args.html_extractor else []),
         ]
 
     def datatrove_command(out: Path) -> list[str]:
@@ -764,6 +772,9 @@ def main(argv: list[str] | None = None) -> int:
     outcomes = {"tokenworks": lambda out: tokenworks_outcome(out, len(corpus.ids)), "datatrove": datatrove_outcome}
     html_pages = set(corpus.ids)
     read_pages = {"tokenworks": tokenworks_fates, "datatrove": datatrove_fates}
+
+    # `tokenworks` runs the checkout as it is at each run: note it, and whether it changed under the runs
+    commit_at_start = tokenworks_commit()
 
     # the runs: alternate the tools, so that neither always runs on a warmer machine
     for repeat in range(1, args.repeats + 1):
@@ -818,6 +829,10 @@ def main(argv: list[str] | None = None) -> int:
         reference_fidelity = fidelity({url: text or "" for url, text in reference.items()}, main_texts)
         say(f"  trafilatura's own text equals the generated main text on {reference_fidelity:.2%} of pages")
 
+    if (commit_at_end := tokenworks_commit()) != commit_at_start:
+        say(
+            f"[yellow]tokenworks changed during the runs:[/] {commit_at_start} at the start, {commit_at_end} at the end"
+        )
     crawl: dict[str, object] = {}
     if args.pipeline == "warc":
         pages = warc_truth["pages"]
@@ -825,11 +840,13 @@ def main(argv: list[str] | None = None) -> int:
             "non_html_responses": warc_truth["non_html"],
             "page_languages": dict(collections.Counter(page["language"] for page in pages)),
             "languages_kept": languages,
+            "tokenworks_html_extractor": args.html_extractor or "tokenworks' default",
             "pages_without_main_content": sum(page["kind"] == "empty" for page in pages),
             "windows_1252_pages": sum(page["encoding"] != "utf-8" for page in pages),
             "trafilatura": TRAFILATURA,
         }
-    report(args, corpus, shards, tools, thread_settings, crawl)
+    provenance = {"tokenworks_commit": commit_at_start, "tokenworks_commit_after_runs": commit_at_end}
+    report(args, corpus, shards, tools, thread_settings, provenance, crawl)
     return 0 if all(tool.error is None for tool in tools.values()) else 1
 
 
@@ -839,6 +856,7 @@ def report(
     shards: int,
     tools: dict[str, ToolResult],
     threads: dict[str, str],
+    provenance: dict[str, str],
     crawl: dict[str, object],
 ) -> None:
     """`crawl`: the WARC pipeline's parameters (empty for JSONL)."""
@@ -871,7 +889,7 @@ def report(
             "cores": os.cpu_count(),
             "python": platform.python_version(),
             "versions": {name: tool.version for name, tool in tools.items()},
-            "tokenworks_commit": tokenworks_commit(),
+            **provenance,
             "seed": args.seed,
         },
         "tools": {},
