@@ -4,11 +4,13 @@ language, and the same manifest from one worker, two workers and Ray."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from tokenworks.data.pipeline import IngestOptions, read_batch_size, run_ingest
+from tokenworks.data.workspace import Workspace
 
 from .formats import (
     C_SOURCE,
@@ -99,6 +101,20 @@ def test_two_workers_and_ray_give_the_same_manifest(mixed, tmp_path) -> None:
         assert (tmp_path / "ray" / "rejected" / f"{stage}.jsonl").read_bytes() == (
             root / "out" / "rejected" / f"{stage}.jsonl"
         ).read_bytes()
+
+
+def test_the_html_extractor_reruns_every_stage_and_is_recorded(mixed, tmp_path) -> None:
+    root, first = mixed
+    out = tmp_path / "out"
+    shutil.copytree(root / "out", out)
+    again = run_ingest(_options(root / "docs", out, html_extractor="resiliparse"))
+    assert not any(stage.resumed for stage in again.stages)
+    extractors = [result.manifest["parameters"]["html_extractor"] for result in (first, again)]
+    assert extractors == ["trafilatura", "resiliparse"]
+    texts = [{d["id"]: d["text"] for d in Workspace(where).load_documents("read")} for where in (root / "out", out)]
+    assert [text["<urn:uuid:1>"] for text in texts] == [f"Hours\n{ENGLISH}", f"Hours\n\n{ENGLISH}"]
+    run_ingest(_options(root / "docs", tmp_path / "two", workers=2, html_extractor="resiliparse"))
+    assert (tmp_path / "two" / "manifest.json").read_bytes() == (out / "manifest.json").read_bytes()
 
 
 @pytest.mark.parametrize(("files", "workers", "size"), [(8, 2, 1), (100, 2, 12), (4568, 2, 256), (3, 4, 1)])

@@ -6,7 +6,7 @@ import pytest
 
 from tokenworks.data.normalize import normalize_text
 from tokenworks.data.pii import redact_pii
-from tokenworks.data.readers.web import html_to_text
+from tokenworks.data.readers.main_content import html_to_text
 
 
 def test_normalisation_composes_strips_controls_and_collapses_whitespace() -> None:
@@ -48,11 +48,16 @@ def test_ordinary_numbers_and_code_are_left_alone(text: str) -> None:
     assert redact_pii(text).text == text
 
 
-def test_html_keeps_the_main_content_only() -> None:
+@pytest.mark.parametrize(
+    ("extractor", "text"),
+    [("trafilatura", "One & two, and a sentence long enough to be content."),  # favor_precision drops the lone h1
+     ("resiliparse", "Header\n\nOne & two, and a sentence long enough to be content.")],
+)  # fmt: skip
+def test_html_keeps_the_main_content_only(extractor: str, text: str) -> None:
     html = (
         "<html><head><title>T</title><style>p{color:red}</style></head>"
         "<body><nav><a href='/'>Home</a> <a href='/news'>News</a></nav><h1>Header</h1>"
         "<script>var x = 1;</script><p>One &amp; two, and a sentence long enough to be content.</p>"
         "<noscript>enable js</noscript><footer>Copyright 2024</footer></body></html>"
     )
-    assert normalize_text(html_to_text(html)) == "Header\n\nOne & two, and a sentence long enough to be content."
+    assert normalize_text(html_to_text(html, extractor=extractor)) == text

@@ -25,6 +25,9 @@ def ingest(
     executor: str = typer.Option("local", "--executor", help="local (processes on this machine) or ray (Ray Data)."),
     text_field: str = typer.Option("text", "--text-field", help="Text field of JSONL objects and parquet rows."),
     id_field: str = typer.Option("id", "--id-field", help="Id field of JSONL objects and parquet rows."),
+    html_extractor: str = typer.Option(
+        "trafilatura", "--html-extractor", help="Main content of HTML pages: trafilatura or resiliparse (faster)."
+    ),
     limit: int = typer.Option(None, "--limit", min=1, help="Keep only the first N documents read."),
     quality: list[str] = typer.Option([], "--quality", help="Threshold for every source: NAME=VALUE (or NAME=none)."),
     source_quality: list[str] = typer.Option(
@@ -57,6 +60,7 @@ def ingest(
         executor=executor,
         text_field=text_field,
         id_field=id_field,
+        html_extractor=html_extractor,
         limit=limit,
         quality=not no_quality,
         quality_overrides=dict(_assignment(item, "--quality") for item in quality),

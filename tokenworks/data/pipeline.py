@@ -35,6 +35,7 @@ from tokenworks.data.minhash import MinHashParameters
 from tokenworks.data.python_docs import SOURCE as PYTHON_DOCS
 from tokenworks.data.quality import PYTHON_DOCS_RELAXED, QualityThresholds
 from tokenworks.data.readers import discover_files, python_docs_records, read_files
+from tokenworks.data.readers.main_content import check_html_extractor
 from tokenworks.data.records import Record
 from tokenworks.data.shards import MANIFEST_NAME, SHARDS_DIR, ShardWriter, token_dtype
 from tokenworks.data.stats import StageStats, characters, languages_of
@@ -58,6 +59,7 @@ class IngestOptions:
     executor: str = "local"
     text_field: str = "text"
     id_field: str = "id"
+    html_extractor: str = "trafilatura"  # main content of HTML pages: trafilatura (FineWeb's) or resiliparse
     limit: int | None = None  # keep only the first N documents read (a quick look at a big corpus)
     quality: bool = True
     quality_overrides: dict[str, Any] = field(default_factory=dict)  # for every source
@@ -77,6 +79,7 @@ class IngestOptions:
     def validate(self) -> None:
         if not self.sources:
             raise ConfigError("give at least one source")
+        check_html_extractor(self.html_extractor)
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ConfigError(f"validation fraction must be in [0, 1), got {self.validation_fraction}")
         if self.limit is not None and self.limit < 1:
@@ -191,6 +194,8 @@ class _Ingest:
 
     def _stage_parameters(self, stage: str) -> Any:
         o = self.options
+        if stage == "read":
+            return {"html_extractor": o.html_extractor}
         if stage == "clean":
             return {"clean": repr(o.clean_settings())}
         if stage == "dedup":
@@ -212,10 +217,11 @@ class _Ingest:
     # ---- the stages: (documents in, ...) -> (documents out, stats) ------------------------
 
     def _read(self, _: None, files: list[Record], builtin: list[list[Record]]) -> tuple[list[Record], StageStats]:
+        o = self.options
         records = [record for group in builtin for record in group]
         with self.progress.stage("read", len(files)) as advance:
             records += self.executor.map_batches(
-                partial(read_files, text_field=self.options.text_field, id_field=self.options.id_field),
+                partial(read_files, text_field=o.text_field, id_field=o.id_field, html_extractor=o.html_extractor),
                 files,
                 advance,
                 batch_size=read_batch_size(len(files), self.options.workers),

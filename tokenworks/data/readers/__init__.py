@@ -4,8 +4,9 @@
 through any compression (`compression.py`) and archive (`archives.py`) around it, identifies
 its format by content and suffix (`sniff.py`), and hands it to the reader of that format:
 `text.py` (plain text, any encoding), `source_code.py` (code, by language), `web.py` (HTML,
-WARC and WET), `documents.py` (PDF, DOCX), `structured.py` (JSONL, parquet). `inputs.py` is
-what they share: one input as a stream, with the id and metadata of where it came from.
+WARC and WET, each page's main content from `main_content.py`), `documents.py` (PDF, DOCX),
+`structured.py` (JSONL, parquet). `inputs.py` is what they share: one input as a stream, with
+the id and metadata of where it came from.
 """
 
 from tokenworks.data.readers.dispatch import read_files

@@ -18,6 +18,7 @@ from tokenworks.data.readers.archives import Member, office_format, tar_members,
 from tokenworks.data.readers.compression import DECOMPRESSION_ERRORS, compression_of, decompressed, inner_name
 from tokenworks.data.readers.documents import read_docx, read_pdf
 from tokenworks.data.readers.inputs import Input, Unreadable, peek, seekable
+from tokenworks.data.readers.main_content import PageExtractor
 from tokenworks.data.readers.sniff import identify
 from tokenworks.data.readers.structured import read_jsonl, read_parquet
 from tokenworks.data.readers.text import decode
@@ -31,18 +32,26 @@ MAX_DEPTH = 4
 
 
 @dataclass(frozen=True, slots=True)
-class Fields:
-    text: str = "text"  # of JSONL objects and parquet rows
-    id: str = "id"
+class Reading:
+    """How one file is read: the fields of its JSONL objects and parquet rows, and the extractor
+    of its HTML pages (one a file, see PageExtractor)."""
+
+    text_field: str
+    id_field: str
+    pages: PageExtractor
 
 
-def read_files(files: list[Record], text_field: str = "text", id_field: str = "id") -> list[Record]:
+def read_files(
+    files: list[Record], text_field: str = "text", id_field: str = "id", html_extractor: str = "trafilatura"
+) -> list[Record]:
     """Batch function: file records ({"path", "source"}) in, document (or rejection) records out."""
-    fields = Fields(text_field, id_field)
-    return [record for file in files for record in read_file(file, fields)]
+    records: list[Record] = []
+    for file in files:
+        records += read_file(file, Reading(text_field, id_field, PageExtractor(html_extractor)))
+    return records
 
 
-def read_file(file: Record, fields: Fields) -> Iterator[Record]:
+def read_file(file: Record, reading: Reading) -> Iterator[Record]:
     path, source = file["path"], file["source"]
     try:
         handle = open(path, "rb")  # noqa: SIM115 - the with below closes it; a failed open is a rejection
@@ -52,13 +61,13 @@ def read_file(file: Record, fields: Fields) -> Iterator[Record]:
         return
     with handle:
         head, stream = peek(handle)
-        yield from _read(Input(source, path, path, stream, head, disk_path=path, metadata={"path": path}), fields)
+        yield from _read(Input(source, path, path, stream, head, disk_path=path, metadata={"path": path}), reading)
 
 
-def _read(item: Input, fields: Fields) -> Iterator[Record]:
+def _read(item: Input, reading: Reading) -> Iterator[Record]:
     """The input's records; what goes wrong ends this input (with a rejection saying why), not the corpus."""
     try:
-        yield from _read_format(item, fields)
+        yield from _read_format(item, reading)
     except Unreadable as error:
         yield item.rejection(str(error))
     except DECOMPRESSION_ERRORS as error:
@@ -70,31 +79,31 @@ def _read(item: Input, fields: Fields) -> Iterator[Record]:
         )
 
 
-def _read_format(item: Input, fields: Fields) -> Iterator[Record]:
+def _read_format(item: Input, reading: Reading) -> Iterator[Record]:
     compression = compression_of(item.head)
     if compression:
-        yield from _read_compressed(item, compression, fields)
+        yield from _read_compressed(item, compression, reading)
         return
     form = identify(item.name, item.head)
     kind = form.kind
     if kind in ("text", "code", "html"):
         text, encoding = decode(item.stream.read())
         if kind == "html":
-            yield read_html(item, text, encoding)
+            yield read_html(item, text, encoding, reading.pages)
         elif kind == "code":
             yield item.document(text, kind="code", programming_language=form.detail, encoding=encoding)
         else:
             yield item.document(text, encoding=encoding)
     elif kind == "jsonl":
-        yield from read_jsonl(item, fields.text, fields.id)
+        yield from read_jsonl(item, reading.text_field, reading.id_field)
     elif kind == "parquet":
-        yield from read_parquet(item, fields.text, fields.id)
+        yield from read_parquet(item, reading.text_field, reading.id_field)
     elif kind == "warc":
         if item.disk_path:
-            yield from read_warc(item, item.disk_path)
+            yield from read_warc(item, item.disk_path, reading.pages)
         else:  # FastWARC seeks in the streams it is given (and panics where it cannot)
             with seekable(item) as handle:
-                yield from read_warc(item, handle)
+                yield from read_warc(item, handle, reading.pages)
     elif kind == "pdf":
         with seekable(item) as handle:
             yield read_pdf(item, handle)
@@ -102,26 +111,26 @@ def _read_format(item: Input, fields: Fields) -> Iterator[Record]:
         with seekable(item) as handle:
             yield read_docx(item, handle)
     elif kind == "tar":
-        yield from _read_members(item, tar_members(item.stream), fields)
+        yield from _read_members(item, tar_members(item.stream), reading)
     elif kind == "zip":
-        yield from _read_zip(item, fields)
+        yield from _read_zip(item, reading)
     else:
         yield item.rejection(f"binary file ({form.detail or 'of no known type'})")
 
 
-def _read_compressed(item: Input, compression: str, fields: Fields) -> Iterator[Record]:
+def _read_compressed(item: Input, compression: str, reading: Reading) -> Iterator[Record]:
     if item.depth >= MAX_DEPTH:
         raise Unreadable(f"more than {MAX_DEPTH} layers of compression and archives")
     stream = decompressed(item.stream, compression)
     inner = item.nested(inner_name(item.name), item.doc_id, stream, compression=compression)
     if item.disk_path and compression in ("gzip", "zstd") and identify(inner.name, inner.head).kind == "warc":
         # FastWARC decompresses a .warc.gz or .warc.zst on disk itself, faster than a Python stream
-        yield from read_warc(inner, item.disk_path)
+        yield from read_warc(inner, item.disk_path, reading.pages)
         return
-    yield from _read(inner, fields)
+    yield from _read(inner, reading)
 
 
-def _read_zip(item: Input, fields: Fields) -> Iterator[Record]:
+def _read_zip(item: Input, reading: Reading) -> Iterator[Record]:
     with seekable(item) as handle:
         try:
             archive = zipfile.ZipFile(handle)
@@ -135,10 +144,10 @@ def _read_zip(item: Input, fields: Fields) -> Iterator[Record]:
             elif office:  # its members are XML parts of one document, not files to read
                 yield item.rejection(f"{office} (not read; save it as DOCX, PDF or text)")
             else:
-                yield from _read_members(item, zip_members(archive), fields)
+                yield from _read_members(item, zip_members(archive), reading)
 
 
-def _read_members(item: Input, members: Iterator[Member], fields: Fields) -> Iterator[Record]:
+def _read_members(item: Input, members: Iterator[Member], reading: Reading) -> Iterator[Record]:
     if item.depth >= MAX_DEPTH:
         raise Unreadable(f"more than {MAX_DEPTH} layers of compression and archives")
     outer = item.metadata.get("member")
@@ -148,4 +157,4 @@ def _read_members(item: Input, members: Iterator[Member], fields: Fields) -> Ite
         if member.stream is None:
             yield item.rejection(member.skipped or "not a file", doc_id, member=path)
             continue
-        yield from _read(item.nested(member.name, doc_id, member.stream, member=path), fields)
+        yield from _read(item.nested(member.name, doc_id, member.stream, member=path), reading)

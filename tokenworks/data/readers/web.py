@@ -1,9 +1,8 @@
 """The web: HTML pages, and web archives (WARC responses, WET text) as FineWeb reads them.
 
-HTML becomes its main content, without navigation, headers, footers and other boilerplate,
-through Resiliparse, as DCLM extracts Common Crawl (FineWeb uses trafilatura, which keeps
-similar text but is written in Python and many times slower). The same extractor serves `.html` files and the pages
-inside WARC files, which FastWARC (Resiliparse's sibling) streams record by record.
+An HTML file and each HTML response inside a WARC file become their main content and title,
+through the extractor of `--html-extractor` (main_content.py: trafilatura by default, as
+FineWeb, or Resiliparse). FastWARC (Resiliparse's sibling) streams WARC files record by record.
 """
 
 from __future__ import annotations
@@ -12,27 +11,10 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from tokenworks.data.readers.inputs import Input
+from tokenworks.data.readers.main_content import PageExtractor
 from tokenworks.data.records import Record
 
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
-
-
-def html_to_text(html: str | bytes, encoding: str = "utf-8") -> str:
-    """The main content of a page as plain text: paragraphs kept, boilerplate and markup gone."""
-    return extract_page(html, encoding)[0]
-
-
-def extract_page(html: str | bytes, encoding: str = "utf-8") -> tuple[str, str | None]:
-    """(main content, title) of a page; bytes are decoded as `encoding` (undecodable bytes replaced)."""
-    from resiliparse.extract.html2text import extract_plain_text
-    from resiliparse.parse.html import HTMLTree
-
-    if isinstance(html, bytes):
-        tree = HTMLTree.parse_from_bytes(html, encoding, errors="replace")
-    else:
-        tree = HTMLTree.parse(html)
-    text = extract_plain_text(tree, main_content=True, alt_texts=False, list_bullets=False)
-    return text, (tree.title or "").strip() or None
 
 
 def html_encoding(data: bytes, declared: str | None) -> str:
@@ -53,15 +35,15 @@ def html_encoding(data: bytes, declared: str | None) -> str:
     return detect_encoding(data)
 
 
-def read_html(item: Input, html: str, encoding: str) -> Record:
+def read_html(item: Input, html: str, encoding: str, pages: PageExtractor) -> Record:
     """An HTML file, already decoded (see text.py), as its main content and title."""
-    text, title = extract_page(html)
+    text, title = pages(html)
     if not text.strip():
         return item.rejection("no main content in the HTML", encoding=encoding)
     return item.document(text, encoding=encoding, **({"title": title} if title else {}))
 
 
-def read_warc(item: Input, stream: IO[bytes] | str) -> Iterator[Record]:
+def read_warc(item: Input, stream: IO[bytes] | str, pages: PageExtractor) -> Iterator[Record]:
     """Each HTML response (or WET conversion record) as a document: its main content, URL and date.
 
     `stream` is the decompressed input, seekable, or the path of the file for FastWARC to open
@@ -79,10 +61,10 @@ def read_warc(item: Input, stream: IO[bytes] | str) -> Iterator[Record]:
             text = record.reader.read().decode("utf-8", errors="replace")
             yield item.document(text, doc_id, **metadata)
             continue
-        yield _response_document(item, record, doc_id, metadata)
+        yield _response_document(item, record, doc_id, metadata, pages)
 
 
-def _response_document(item: Input, record: Any, doc_id: str, metadata: dict[str, Any]) -> Record:
+def _response_document(item: Input, record: Any, doc_id: str, metadata: dict[str, Any], pages: PageExtractor) -> Record:
     if record.is_http:
         status = record.http_headers.status_code
         if status is not None and not 200 <= status < 300:
@@ -94,7 +76,7 @@ def _response_document(item: Input, record: Any, doc_id: str, metadata: dict[str
         return item.rejection(f"not HTML ({content_type or 'no content type'})", doc_id, **metadata)
     data = record.reader.read()
     encoding = html_encoding(data, record.http_charset if record.is_http else None)
-    text, title = extract_page(data, encoding)
+    text, title = pages(data, encoding)
     if not text.strip():
         return item.rejection("no main content in the HTML", doc_id, **metadata)
     if title:
