@@ -159,11 +159,13 @@ class Tokenizer:
         return token_id
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of the text; special-token strings in it become their special ids."""
-        return self.backend.encode(text, add_special_tokens=False).ids
+        """Token ids of the text; special-token strings in it become their special ids. (The
+        batch call without offsets: a fifth less time than `encode`, which works out the
+        character offsets of every token, which we never read.)"""
+        return self.backend.encode_batch_fast([text], add_special_tokens=False)[0].ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [encoding.ids for encoding in self.backend.encode_batch(list(texts), add_special_tokens=False)]
+        return [encoding.ids for encoding in self.backend.encode_batch_fast(list(texts), add_special_tokens=False)]
 
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         return self.backend.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
