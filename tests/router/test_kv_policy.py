@@ -263,6 +263,17 @@ def test_siblings_sent_before_any_event_land_together():
     assert other is not chosen[0] and other.in_flight == 0
 
 
+def test_on_an_idle_fleet_each_burst_goes_where_the_last_one_did_not():
+    pool = workers(2)
+    policy = kv_policy(pool)
+    chosen = [
+        policy.choose(routed([burst * 100 + k for k in range(18)] + [sibling]), pool).id
+        for burst in range(4)
+        for sibling in range(3)
+    ]  # fmt: skip
+    assert chosen == ["w0"] * 3 + ["w1"] * 3 + ["w0"] * 3 + ["w1"] * 3  # ties in turn, after the last chosen
+
+
 def test_without_events_the_router_remembers_what_it_sent():
     pool = workers(with_events=False)
     policy = kv_policy(pool)

@@ -68,9 +68,10 @@ class KvAware:
     _roster_at: float = -math.inf
     _roster_ids: list[str] = field(default_factory=list)  # the candidates of _roster
     _worker_of: dict[str, Worker] = field(default_factory=dict)  # id -> candidate, with _roster
+    _position: dict[str, int] = field(default_factory=dict)  # id -> its place in _roster
     _block_sizes: dict[str, int] = field(default_factory=dict)  # id -> block size, with _roster
     _one_block_size: int | None = None  # when every candidate has the same
-    _turn: int = 0  # where the next decision's pass starts, for ties
+    _turn: int = 0  # where the next decision's pass starts (after the last chosen), for ties
     _scaled: dict[str, float] = field(default_factory=dict)  # id -> recent load x _growth(when it was read)
     _origin: float = field(default_factory=time.monotonic)
 
@@ -129,9 +130,9 @@ class KvAware:
 
         # One pass prices every worker (the most of a decision with 64 of them) and keeps the
         # cheapest the hot-spot guard allows, and the cheapest of all for when it allows none.
-        # Exact ties go to the fewest in flight, then in turn: each pass starts one worker on.
+        # Exact ties go to the fewest in flight, then in turn: each pass starts at the worker
+        # after the last one chosen.
         start = self._turn % len(roster)
-        self._turn += 1
         best = best_of_all = None
         best_cost = best_cost_of_all = math.inf
         best_in_flight = best_in_flight_of_all = 0
@@ -151,6 +152,7 @@ class KvAware:
                 best, best_cost, best_in_flight = worker, cost, in_flight
         chosen = best if best is not None else best_of_all
         assert chosen is not None
+        self._turn = self._position[chosen.id] + 1
         chosen_hit, best_anywhere = hit_of.get(chosen.id, 0), max(hit_of.values(), default=0)
         if best_anywhere == 0:
             request.reason = "no-prefix-hit"
@@ -225,6 +227,7 @@ class KvAware:
                 # slows each of theirs while they overlap (about half an answer each)
                 self._roster.append((worker, worker.id, turn, per_token, step + per_decoding, 1.5 * per_decoding))
             self._worker_of = {worker.id: worker for worker in candidates}
+            self._position = {worker.id: position for position, worker in enumerate(candidates)}
             self._block_sizes = {worker.id: worker.block_size or DEFAULT_BLOCK_SIZE for worker in candidates}
             sizes = set(self._block_sizes.values())
             self._one_block_size = sizes.pop() if len(sizes) == 1 else None
