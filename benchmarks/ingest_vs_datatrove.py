@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import platform
@@ -439,23 +440,66 @@ class Run:
     seconds: float
     returncode: int
     log: Path
+    cpu_seconds: float  # user + system of the whole process tree (nan where /proc is missing)
+
+
+class TreeCpu:
+    """CPU seconds a process and all its descendants used, sampled from /proc: on a shared machine
+    wall time follows the other jobs' load, CPU time much less. A process's CPU time after its last
+    sample (at most one interval) is missed; descendants that live shorter than one may be too."""
+
+    TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self.last: dict[int, float] = {}  # pid -> CPU seconds at its last sample
+        self.available = Path("/proc/self/stat").exists()
+
+    def sample(self) -> None:
+        if not self.available:
+            return
+        children: dict[int, list[int]] = {}
+        used: dict[int, float] = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:  # after the command's ")": state, ppid, ..., utime and stime at 11 and 12
+                fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            pid = int(entry.name)
+            children.setdefault(int(fields[1]), []).append(pid)
+            used[pid] = (int(fields[11]) + int(fields[12])) / self.TICKS
+        tree = [self.root]
+        for pid in tree:
+            tree.extend(children.get(pid, ()))
+        self.last.update((pid, used[pid]) for pid in tree if pid in used)
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.last.values()) if self.available else float("nan")
 
 
 def run_timed(command: list[str], env: dict[str, str], log: Path, label: str) -> Run:
-    """Run `command` to completion (output to `log`), showing elapsed time; wall-clock seconds."""
+    """Run `command` to completion (output to `log`), showing elapsed time: its wall-clock seconds and
+    the CPU seconds of its process tree."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         start = time.perf_counter()
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        if console is not None:
-            with console.status(f"{label} ...") as status:
-                while process.poll() is None:
-                    time.sleep(0.05)
+        cpu = TreeCpu(process.pid)
+        status = console.status(f"{label} ...") if console is not None else contextlib.nullcontext()
+        with status:
+            polls = 0
+            while process.poll() is None:
+                if polls % 4 == 0:
+                    cpu.sample()
+                polls += 1
+                time.sleep(0.05)
+                if console is not None:
                     status.update(f"{label} ... {time.perf_counter() - start:.0f}s")
-        else:
-            process.wait()
         seconds = time.perf_counter() - start
-    return Run(seconds, process.returncode, log)
+    return Run(seconds, process.returncode, log, cpu.seconds)
 
 
 def tail(path: Path, lines: int = 15) -> str:
@@ -548,6 +592,7 @@ class ToolResult:
     version: str
     seconds: list[float] = field(default_factory=list)
     loads: list[float] = field(default_factory=list)  # 1-minute load average before each run
+    cpu_seconds: list[float] = field(default_factory=list)  # CPU seconds of each run's process tree
     outcome: Outcome | None = None
     error: str | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)  # of the last run
@@ -794,10 +839,12 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             tool.seconds.append(run.seconds)
             tool.loads.append(round(load, 2))
+            tool.cpu_seconds.append(round(run.cpu_seconds, 1))
             busy = " [yellow](the machine was busy before this run)[/]" if load > 0.5 * (os.cpu_count() or 1) else ""
             say(
                 f"{name} run {repeat}/{args.repeats}: {run.seconds:.1f}s "
-                f"({len(corpus.ids) / run.seconds:,.0f} documents/s; 1-minute load before it {load:.2f}){busy}"
+                f"({len(corpus.ids) / run.seconds:,.0f} documents/s; {run.cpu_seconds:.0f} CPU seconds; "
+                f"1-minute load before it {load:.2f}){busy}"
             )
             if repeat == args.repeats:  # the outputs of one run are enough: every run does the same
                 try:
@@ -906,12 +953,16 @@ def report(
             "version": tool.version,
             "seconds": [round(s, 3) for s in tool.seconds],
             "load_before_runs": tool.loads,
+            "cpu_seconds": tool.cpu_seconds,
         }
         if tool.error:
             entry["error"] = tool.error
         if tool.seconds:
             entry["median_seconds"] = round(tool.median, 3)
             entry["documents_per_second"] = round(total / tool.median, 1)
+            if tool.cpu_seconds and tool.cpu_seconds[0] == tool.cpu_seconds[0]:  # not nan
+                entry["median_cpu_seconds"] = statistics.median(tool.cpu_seconds)
+                entry["documents_per_cpu_second"] = round(total / entry["median_cpu_seconds"], 1)
         if tool.outcome is not None:
             entry["dedup"] = scores(tool.outcome, corpus)
             entry["rejected_by_stage"] = tool.outcome.by_stage
@@ -940,12 +991,21 @@ def report(
             say(f"  {name} seconds by stage (last run): {entry['stage_seconds']}")
         if entry.get("seconds"):
             say(
-                f"  {name} seconds per run: {entry['seconds']} (1-minute load before each: {entry['load_before_runs']})"
+                f"  {name} seconds per run: {entry['seconds']} (1-minute load before each: {entry['load_before_runs']}; "
+                f"CPU seconds: {entry['cpu_seconds']})"
             )
 
     speed = {name: entry.get("documents_per_second") for name, entry in rows}
     ratio = speed["tokenworks"] / speed["datatrove"] if speed.get("tokenworks") and speed.get("datatrove") else None
     results["ratio_tokenworks_over_datatrove"] = round(ratio, 3) if ratio else None
+    per_cpu = {name: entry.get("documents_per_cpu_second") for name, entry in rows}
+    if per_cpu.get("tokenworks") and per_cpu.get("datatrove"):
+        cpu_ratio = per_cpu["tokenworks"] / per_cpu["datatrove"]
+        results["cpu_ratio_tokenworks_over_datatrove"] = round(cpu_ratio, 3)
+        say(
+            f"  documents per CPU second: tokenworks {per_cpu['tokenworks']:,.1f}, datatrove {per_cpu['datatrove']:,.1f} "
+            f"({cpu_ratio:.2f}x; less sensitive than wall time to other jobs on the machine)"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")
@@ -955,6 +1015,7 @@ def report(
         "tool",
         "documents/s (median)",
         "seconds (median)",
+        "CPU seconds (median)",
         "recall",
         "precision",
         "near-misses flagged",
@@ -962,7 +1023,7 @@ def report(
         "vs datatrove",
     )
     if crawl:
-        headers = (*headers[:3], "agrees with trafilatura", "exact", "language errors", *headers[3:])
+        headers = (*headers[:4], "agrees with trafilatura", "exact", "language errors", *headers[4:])
     table_rows = []
     for name, entry in rows:
         dedup = entry.get("dedup", {})
@@ -973,6 +1034,7 @@ def report(
                 f"{name} {entry['version']}",
                 f"{entry['documents_per_second']:,.0f}" if "documents_per_second" in entry else "-",
                 f"{entry['median_seconds']:.1f}" if "median_seconds" in entry else "-",
+                f"{entry['median_cpu_seconds']:.0f}" if "median_cpu_seconds" in entry else "-",
                 *(
                     (
                         f"{agreed['agree']:.2%}" if agreed else "-",
