@@ -40,8 +40,8 @@ trafilatura's own `extract` of every page (warc_reference.py, datatrove's settin
 reference that each tool's text is compared with (warc_results.py says how); the report also
 counts language-filter errors against the generator's truth, and the planted pairs that
 extraction left below the Jaccard threshold (which no dedup can find). `tokenworks` runs the
-checkout as it is at each run: the report names its commit, and warns when tokenworks/data changed
-during the runs.
+checkout as it is at each run: the report names the last commit of tokenworks/data, and warns
+when tokenworks/data changed during the runs.
 
 Timings are wall clock on whatever else the machine is doing: the tools alternate run by run,
 and each run line shows the 1-minute load average before it, so a busy machine is visible.
@@ -214,15 +214,17 @@ def ensure_datatrove() -> tuple[Path | None, str]:
 
 
 def tokenworks_commit() -> str:
-    """The checkout's commit, with "+changes" when tokenworks/data (what ingest runs) has uncommitted
-    edits ("?" outside git)."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    if head.returncode != 0:
+    """The last commit of tokenworks/data (what ingest runs), with "+changes" when it has uncommitted
+    edits ("?" outside git). Other parts of a shared checkout may move without changing it."""
+    last = subprocess.run(
+        ["git", "log", "-1", "--format=%h", "--", "tokenworks/data"], capture_output=True, text=True, cwd=ROOT
+    )
+    if last.returncode != 0 or not last.stdout.strip():
         return "?"
     dirty = subprocess.run(
         ["git", "status", "--porcelain", "--", "tokenworks/data"], capture_output=True, text=True, cwd=ROOT
     )
-    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+    return last.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
 def tokenworks_available() -> tuple[bool, str]:
@@ -892,7 +894,7 @@ def main(argv: list[str] | None = None) -> int:
             "windows_1252_pages": sum(page["encoding"] != "utf-8" for page in pages),
             "trafilatura": TRAFILATURA,
         }
-    provenance = {"tokenworks_commit": commit_at_start, "tokenworks_commit_after_runs": commit_at_end}
+    provenance = {"tokenworks_data_commit": commit_at_start, "tokenworks_data_commit_after_runs": commit_at_end}
     report(args, corpus, shards, tools, thread_settings, provenance, crawl)
     return 0 if all(tool.error is None for tool in tools.values()) else 1
 
