@@ -274,6 +274,17 @@ def test_on_an_idle_fleet_each_burst_goes_where_the_last_one_did_not():
     assert chosen == ["w0"] * 3 + ["w1"] * 3 + ["w0"] * 3 + ["w1"] * 3  # ties in turn, after the last chosen
 
 
+def test_a_worker_already_tried_is_no_prefix_hit_for_the_retry():
+    pool = workers(3)
+    policy = kv_policy(pool)
+    store(policy.index, "w0", PROMPT, 4)
+    first = routed(PROMPT)
+    assert policy.choose(first, pool) is pool[0] and first.reason == "prefix-hit"
+    retry = routed(PROMPT)  # w0 failed before answering: the proxy offers the others
+    assert policy.choose(retry, pool[1:]) in pool[1:]
+    assert (retry.reason, retry.predicted_cached_tokens) == ("no-prefix-hit", 0)
+
+
 def test_without_events_the_router_remembers_what_it_sent():
     pool = workers(with_events=False)
     policy = kv_policy(pool)

@@ -69,6 +69,7 @@ class KvAware:
     _roster_ids: list[str] = field(default_factory=list)  # the candidates of _roster
     _worker_of: dict[str, Worker] = field(default_factory=dict)  # id -> candidate, with _roster
     _position: dict[str, int] = field(default_factory=dict)  # id -> its place in _roster
+    _candidates_mask: int = 0  # the index's mask of the _roster's workers
     _block_sizes: dict[str, int] = field(default_factory=dict)  # id -> block size, with _roster
     _one_block_size: int | None = None  # when every candidate has the same
     _turn: int = 0  # where the next decision's pass starts (after the last chosen), for ties
@@ -179,10 +180,10 @@ class KvAware:
         always one)."""
         if self._one_block_size is not None:
             size = self._one_block_size
-            return {size: self.index.match(block_keys(tokens, size, extra))}
-        sizes = self._block_sizes
+            return {size: self.index.match(block_keys(tokens, size, extra), self._candidates_mask)}
+        sizes, index = self._block_sizes, self.index
         return {
-            size: self.index.match(block_keys(tokens, size, extra), [w.id for w in candidates if sizes[w.id] == size])
+            size: index.match(block_keys(tokens, size, extra), index.mask_of(w.id for w in candidates if sizes[w.id] == size))
             for size in set(sizes.values())
         }  # fmt: skip
 
@@ -227,6 +228,7 @@ class KvAware:
                 # slows each of theirs while they overlap (about half an answer each)
                 self._roster.append((worker, worker.id, turn, per_token, step + per_decoding, 1.5 * per_decoding))
             self._worker_of = {worker.id: worker for worker in candidates}
+            self._candidates_mask = self.index.mask_of(ids)  # a worker tried already holds nothing for this request
             self._position = {worker.id: position for position, worker in enumerate(candidates)}
             self._block_sizes = {worker.id: worker.block_size or DEFAULT_BLOCK_SIZE for worker in candidates}
             sizes = set(self._block_sizes.values())

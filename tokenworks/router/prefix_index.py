@@ -24,7 +24,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 
@@ -198,19 +198,13 @@ class PrefixIndex:
 
     # ---- the question -------------------------------------------------------------------------
 
-    def match(self, keys: Sequence[int], worker_ids: Sequence[str] | None = None) -> Match:
-        """How many of the prompt's leading blocks each of these workers (or every worker) holds,
-        counting the predicted ones. One walk of the index, which records only where the holders
-        change (a few times): a popular prefix is held by most workers, and recording each of
-        them at every walk took half a decision."""
-        if worker_ids is None:
+    def match(self, keys: Sequence[int], wanted: int | None = None) -> Match:
+        """How many of the prompt's leading blocks each of the `wanted` workers (a mask, see
+        mask_of; every worker by default) holds, counting the predicted ones. One walk of the
+        index, which records only where the holders change (a few times): a popular prefix is
+        held by most workers, and recording each of them at every walk took half a decision."""
+        if wanted is None:
             wanted = (1 << self._next_bit) - 1  # every bit ever taken (a free one holds nothing)
-        else:
-            wanted = 0
-            for worker_id in worker_ids:
-                blocks = self._workers.get(worker_id)
-                if blocks is not None:
-                    wanted |= blocks.bit
         self._expire(time.monotonic())  # what remains predicted holds
         groups: list[tuple[int, int]] = []
         holders, predicted = self._holders, self._predicted
@@ -226,6 +220,13 @@ class PrefixIndex:
         if still and keys:
             groups.append((len(keys), still))
         return Match(keys, groups)
+
+    def mask_of(self, worker_ids: Iterable[str]) -> int:
+        """The mask of these workers (those the index knows)."""
+        mask = 0
+        for worker_id in worker_ids:
+            mask |= self.bit(worker_id)
+        return mask
 
     def confirms(self, worker_id: str, key: int) -> bool:
         """Whether the worker's own events say it holds this block."""
@@ -247,7 +248,8 @@ class PrefixIndex:
         self, keys: Sequence[int], worker_ids: Sequence[str] | None = None
     ) -> tuple[dict[str, int], dict[str, int]]:
         """`matched_blocks`, and the same counting confirmed blocks only."""
-        matched = self.depths_of(self.match(keys, worker_ids).groups)
+        wanted = self.mask_of(worker_ids) if worker_ids is not None else None
+        matched = self.depths_of(self.match(keys, wanted).groups)
         confirmed = {worker_id: self.confirmed_blocks(keys, worker_id) for worker_id in matched}
         return matched, {worker_id: blocks for worker_id, blocks in confirmed.items() if blocks}
 
