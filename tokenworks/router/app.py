@@ -122,8 +122,8 @@ async def find_tokenizer(routing: Routing, session: aiohttp.ClientSession) -> No
 
 class GenerationFastPath:
     """POSTs to the generation routes go straight to their handler, past FastAPI's routing,
-    dependency solving and exception middleware: a third of a millisecond of the TTFT the router
-    adds at concurrency 1 (the routes stay declared, for the OpenAPI schema). Errors become
+    dependency solving and exception middleware, which took 0.2 of the 0.3 ms between a request
+    reaching the app and its handler (the routes stay declared, for the OpenAPI schema). Errors become
     OpenAI's error object as the app's handlers make them; a body over the limit is left to the
     size middleware outside."""
 
