@@ -54,6 +54,7 @@ def zip_members(archive: zipfile.ZipFile) -> Iterator[Member]:
             continue
         try:
             member = archive.open(info)
+        # zipfile raises NotImplementedError for a compression method it lacks (deflate64, ...)
         except (NotImplementedError, zipfile.BadZipFile) as error:
             yield Member(info.filename, None, f"an unreadable member of the zip: {error}")
             continue
