@@ -20,6 +20,7 @@ from tokenworks.bench.cli import register as register_bench
 from tokenworks.data.cli import register as register_data
 from tokenworks.errors import TokenworksError
 from tokenworks.factory.cli import register as register_factory
+from tokenworks.flywheel.models_cli import register as register_models
 from tokenworks.model.cli import register as register_model
 from tokenworks.router.cli import register as register_router
 from tokenworks.serve.cli import register as register_serve
@@ -64,6 +65,7 @@ register_factory(app)
 register_train(app)
 register_serve(app)
 register_bench(app)
+register_models(app)
 
 
 def main() -> None:
