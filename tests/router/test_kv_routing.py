@@ -18,6 +18,7 @@ import pytest
 
 from tests.router.conftest import RouterProcess
 from tests.serve.conftest import ServeProcess, free_port, metric_value
+from tokenworks.model import Tokenizer
 from tokenworks.router.fleet import KV_EVENTS_CONFIG
 
 BLOCK = 16
@@ -89,6 +90,9 @@ def test_prefixes_land_where_their_blocks_are_and_a_restart_empties_the_index(kv
         with httpx.Client(base_url=router.url, timeout=60) as http:
             wait_until(lambda: all(row["kv_events"] for row in dashboard(http).values()))
             wait_until(lambda: http.get("/dashboard/data").json()["tokenizer"] == str(serve_model_dir))
+            # the workers tokenize with the router's tokenizer: they are handed its token ids
+            fingerprint = Tokenizer.load(serve_model_dir).fingerprint
+            assert [row["tokenizer"] for row in dashboard(http).values()] == [fingerprint, fingerprint]
             page = http.get("/dashboard")
             assert page.headers["content-type"].startswith("text/html") and "tokenworks router" in page.text
             placed = {prefix: [ask(http, prefix, q) for q in range(3)] for prefix in ("a", "b", "a", "b")}

@@ -174,6 +174,12 @@ class Tokenizer:
         """A content hash of the tokenizer, to record which one made a set of token ids."""
         return hashlib.sha256(self.backend.to_str().encode()).hexdigest()
 
+    @cached_property
+    def fingerprint(self) -> str:
+        """The start of `sha256`, worked out once: two processes with the same fingerprint make
+        the same token ids of the same text (serve/pretokenized.py)."""
+        return self.sha256()[:16]
+
     # ---- chat and streaming -----------------------------------------------------------
 
     @property

@@ -182,7 +182,10 @@ def create_router_app(config: RouterConfig) -> FastAPI:
             raise APIError(400, "the request body must be a JSON object")
         routed = RoutedRequest(body, {name.lower(): value for name, value in request.headers.items()})
         if routing.feeds is not None:
-            routed.tokens = routing.prompts.tokens(path, body)
+            prompt = routing.prompts.prompt(path, body)
+            if prompt is not None:
+                routed.tokens = prompt.token_ids
+                routed.tokens_header = routing.prompts.header(prompt)
         try:  # a client that leaves before the answer cancels the forward, and so the worker's work
             return await run_until_disconnect(
                 request, forward(path, raw, routed, pool, policy, app.state.session, metrics)

@@ -101,10 +101,13 @@ class KVEventFeeds:
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return  # asked again next round
         worker.probed = True
+        worker.tokenizer = None
         if not isinstance(answer, dict):  # not a tokenworks worker: the router remembers what it sent
             return
         if isinstance(answer.get("block_size"), int):
             worker.block_size = answer["block_size"]
+        if isinstance(answer.get("tokenizer"), str):
+            worker.tokenizer = answer["tokenizer"]
         if answer.get("enable_kv_cache_events") and isinstance(answer.get("endpoint"), str):
             host = urlparse(worker.url).hostname or "127.0.0.1"
             replay = answer.get("replay_endpoint")

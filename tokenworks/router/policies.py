@@ -30,6 +30,8 @@ class RoutedRequest:
     body: dict
     headers: dict[str, str]  # lower-case names
     tokens: list[int] | None = None  # the prompt's token ids, when the router could make them out
+    # (tokenizer fingerprint, header) that hands those ids to a worker with that tokenizer
+    tokens_header: tuple[str, str] | None = None
     reason: str = ""  # why the policy chose its worker (metrics)
     predicted_cached_tokens: int | None = None  # the kv policy's expectation of the worker's prefix hit
     uncached_tokens: int = 0  # the prefill the chosen worker has to do, as the policy sees it

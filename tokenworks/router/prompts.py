@@ -2,17 +2,20 @@
 
 The router tokenizes with the served model's own tokenizer and chat template (the checkpoint
 directory: `--tokenizer`, or the `root` a worker's /v1/models names when it is a directory
-here), so its blocks are the workers' blocks. A prompt it cannot make out (no tokenizer yet, a
-malformed body) has no tokens: the policy then routes by load alone, and the worker answers
-the request as it would.
+here), so its blocks are the workers' blocks; the ids are handed to the worker with the request
+(serve/pretokenized.py), so a prompt is tokenized once, here. A prompt it cannot make out (no
+tokenizer yet, a malformed body) has no tokens: the policy then routes by load alone, and the
+worker answers the request as it would.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from tokenworks.model.tokenizer import Tokenizer
+from tokenworks.serve.pretokenized import header_value
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +52,11 @@ class PromptTokenizer:
 
     def tokens(self, path: str, body: dict) -> list[int] | None:
         """The prompt's token ids (the first prompt of a batch), or None."""
+        prompt = self.prompt(path, body)
+        return prompt.token_ids if prompt is not None else None
+
+    def prompt(self, path: str, body: dict) -> TokenizedPrompt | None:
+        """The prompt's text and token ids (the first prompt of a batch), or None."""
         if self.tokenizer is None:
             return None
         try:
@@ -58,19 +66,33 @@ class PromptTokenizer:
         except Exception:  # a prompt the router cannot read is the worker's 400, not the router's
             return None
 
-    def _completion(self, prompt: object) -> list[int] | None:
+    def header(self, prompt: TokenizedPrompt) -> tuple[str, str] | None:
+        """(this tokenizer's fingerprint, the header that hands the prompt's ids to a worker with
+        the same tokenizer), when the prompt was text."""
+        if prompt.text is None or self.tokenizer is None:
+            return None
+        fingerprint = self.tokenizer.fingerprint
+        return fingerprint, header_value(fingerprint, prompt.text, prompt.token_ids)
+
+    def _completion(self, prompt: object) -> TokenizedPrompt | None:
         if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
             prompt = prompt[0]  # a batch: routed by its first prompt
         if isinstance(prompt, str):
-            return self.tokenizer.encode(prompt)
+            return TokenizedPrompt(prompt, self.tokenizer.encode(prompt))
         if isinstance(prompt, list) and all(isinstance(token, int) for token in prompt):
-            return prompt
+            return TokenizedPrompt(None, prompt)
         return None
 
-    def _chat(self, body: dict) -> list[int] | None:
+    def _chat(self, body: dict) -> TokenizedPrompt | None:
         messages = body.get("messages")
         if not isinstance(messages, list):
             return None
         tools = body.get("tools") if self.tokenizer.renders_tools else None
         text = self.tokenizer.apply_chat_template(messages, body.get("add_generation_prompt", True), tools)
-        return self.tokenizer.encode(text)
+        return TokenizedPrompt(text, self.tokenizer.encode(text))
+
+
+@dataclass(slots=True)
+class TokenizedPrompt:
+    text: str | None  # None: the request gave token ids
+    token_ids: list[int]

@@ -23,6 +23,7 @@ from tokenworks.router.metrics import RouterMetrics
 from tokenworks.router.policies import Policy, RoutedRequest
 from tokenworks.router.workers import Worker, WorkerPool
 from tokenworks.serve.errors import APIError, error_body
+from tokenworks.serve.pretokenized import HEADER as PROMPT_TOKENS_HEADER
 from tokenworks.serve.streaming import DONE, EventStream
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,8 @@ async def forward(
         flight = Flight(worker, routed, metrics, getattr(policy, "output_tokens_seen", None))
         answer = None
         try:
-            answer = await _attempt(f"{worker.url}{path}", raw_body, headers, flight, session, metrics, reasons)
+            sent_headers = _with_tokens(headers, routed, worker)
+            answer = await _attempt(f"{worker.url}{path}", raw_body, sent_headers, flight, session, metrics, reasons)
         finally:
             if answer is None:  # failed, or cancelled (its client left): the stream's own close ends it otherwise
                 flight.abandoned()
@@ -129,6 +131,14 @@ async def _relay(upstream: aiohttp.ClientResponse, flight: Flight, metrics: Rout
 def _stream_closed(flight: Flight, upstream: aiohttp.ClientResponse) -> None:
     flight.abandoned()  # nothing, when it ended whole
     upstream.release()  # an unfinished one closes its connection: the worker sees the client go
+
+
+def _with_tokens(headers: dict[str, str], routed: RoutedRequest, worker: Worker) -> dict[str, str]:
+    """The headers for this worker: with the prompt's token ids when it has the router's tokenizer
+    (so it need not tokenize the prompt again: serve/pretokenized.py)."""
+    if routed.tokens_header is None or worker.tokenizer != routed.tokens_header[0]:
+        return headers
+    return {**headers, PROMPT_TOKENS_HEADER: routed.tokens_header[1]}
 
 
 def _fail(worker: Worker, reason: str, reasons: list[str]) -> None:

@@ -64,6 +64,7 @@ class Worker:
     kv_events: KVEventSource | None = None
     probed: bool = False  # its /kv_events asked (or its events given on the command line)
     events_given: bool = False  # where its events come from was given with its URL
+    tokenizer: str | None = None  # its tokenizer's fingerprint (its /kv_events), see serve/pretokenized.py
     pending_prefill_tokens: int = 0
     decoding: int = 0
     ttft: LinearEstimate = field(default_factory=lambda: LinearEstimate(*TTFT_PRIOR))
@@ -97,6 +98,7 @@ class Worker:
             "id": self.id, "url": self.url, "healthy": self.available, "in_flight": self.in_flight,
             "served": self.served, "failures": self.failures, "last_error": self.last_error,
             "block_size": self.block_size, "kv_events": self.kv_events.endpoint if self.kv_events else None,
+            "tokenizer": self.tokenizer,
             "epoch": self.epoch, "pending_prefill_tokens": self.pending_prefill_tokens, "decoding": self.decoding,
             "prefill_tokens_per_s": round(1 / ttft_b) if ttft_b > 0 else None, "turn_s": round(ttft_a, 6),
             "tpot_s": round(tpot_a + tpot_b * max(self.decoding, 1), 6),

@@ -12,6 +12,7 @@ from tokenworks.engine import RequestOutput
 from tokenworks.serve.errors import APIError, bad_request, json_error_event
 from tokenworks.serve.fanout import collect_finals, generate_choices
 from tokenworks.serve.logprobs import chat_logprobs, prompt_logprobs
+from tokenworks.serve.pretokenized import prompt_of
 from tokenworks.serve.protocol import (
     ERROR_RESPONSES,
     ChatCompletionRequest,
@@ -60,7 +61,8 @@ async def create_chat_completion(body: ChatCompletionRequest, raw_request: Reque
     k = (body.top_logprobs or 0) if body.logprobs else None
     with bad_request():
         params = sampling_params(body, max_tokens, k, body.prompt_logprobs, tools.forced)
-        prompt_ids = [state.engine.prepare(prompt, params, lora)]
+        tokens = prompt_of(raw_request.headers, state.engine.tokenizer, prompt)  # the router's ids, if it sent them
+        prompt_ids = [state.engine.prepare(tokens, params, lora)]
     ticket = state.admission.admit(body.n)
     request_id, created = new_id("chatcmpl"), int(time.time())
     choices = generate_choices(state, request_id, prompt_ids, params, body.n, lora)

@@ -15,6 +15,7 @@ from tokenworks.model.tokenizer import Tokenizer
 from tokenworks.serve.errors import APIError, bad_request, json_error_event
 from tokenworks.serve.fanout import collect_finals, generate_choices
 from tokenworks.serve.logprobs import completion_logprobs, join_logprobs, legacy_logprobs, prompt_logprobs
+from tokenworks.serve.pretokenized import prompt_of
 from tokenworks.serve.protocol import ERROR_RESPONSES, CompletionRequest, CompletionResponse, new_id
 from tokenworks.serve.sampling import sampling_params
 from tokenworks.serve.state import ServerState
@@ -65,10 +66,11 @@ async def create_completion(body: CompletionRequest, raw_request: Request):
     prompts = prompts_of(body)
     with bad_request():
         params = sampling_params(body, 1 if echo_only else body.max_tokens, body.logprobs, scored_prompt)
-        prompt_ids = [state.engine.prepare(prompt, params, lora) for prompt in prompts]
+        tokenizer = state.engine.tokenizer
+        # (the router's token ids of a prompt, if it sent them, spare tokenizing it again)
+        prompt_ids = [state.engine.prepare(prompt_of(raw_request.headers, tokenizer, p), params, lora) for p in prompts]
     prompt_texts = [p if isinstance(p, str) else "" for p in prompts]
     if body.echo:
-        tokenizer = state.engine.tokenizer
         prompt_texts = [
             p if isinstance(p, str) else (tokenizer.decode(ids) if tokenizer is not None else "")
             for p, ids in zip(prompts, prompt_ids, strict=True)

@@ -37,7 +37,8 @@ async def kv_events(request: Request):
     state: ServerState = request.app.state.server
     ready = state.engine.frontend.ready
     published = ready.kv_events or {"enable_kv_cache_events": False}
-    return {**published, "block_size": ready.block_size}
+    tokenizer = state.engine.tokenizer  # its fingerprint: a router with the same hands over token ids (pretokenized.py)
+    return {**published, "block_size": ready.block_size, "tokenizer": tokenizer.fingerprint if tokenizer else None}
 
 
 @router.get("/health", summary="200 while the engine is alive and the server accepts requests, else 503.")
