@@ -27,3 +27,8 @@ class TrainError(TokenworksError):
 
 class BenchError(TokenworksError):
     """A benchmark cannot run as asked: an unreachable endpoint, a bad workload or SLO specification."""
+
+
+class PlanError(TokenworksError):
+    """A plan cannot be made as asked: an unknown GPU, a missing or corrupt profile, a profile of
+    another model."""

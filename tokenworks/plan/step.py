@@ -7,7 +7,7 @@ to a profile of this machine, or from a GPU's datasheet) answer from the shape a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -20,10 +20,21 @@ class StepShape:
     decode is (1, context); a prefill chunk (its length, the tokens already computed or cached)."""
 
     chunks: tuple[tuple[int, int], ...]
+    # How many chunks reach the end of their request's tokens and so sample (their last row goes
+    # through the LM head): every decode, and a prefill chunk that ends its prompt. None when not
+    # known: every chunk is taken to sample. Not part of equality, so a shape written by hand
+    # equals the scheduler's.
+    samples: int | None = field(default=None, compare=False)
 
     @classmethod
     def of(cls, output: SchedulerOutput) -> StepShape:
-        return cls(tuple((chunk.num_tokens, chunk.start) for chunk in output.chunks))
+        chunks = output.chunks
+        return cls(tuple((chunk.num_tokens, chunk.start) for chunk in chunks), sum(chunk.samples for chunk in chunks))
+
+    @property
+    def num_samples(self) -> int:
+        """Rows that go through the LM head this step."""
+        return len(self.chunks) if self.samples is None else self.samples
 
     @property
     def num_tokens(self) -> int:
