@@ -20,6 +20,7 @@ from tokenworks.bench.cli import register as register_bench
 from tokenworks.data.cli import register as register_data
 from tokenworks.errors import TokenworksError
 from tokenworks.factory.cli import register as register_factory
+from tokenworks.flywheel.cli import register as register_flywheel
 from tokenworks.flywheel.models_cli import register as register_models
 from tokenworks.model.cli import register as register_model
 from tokenworks.router.cli import register as register_router
@@ -65,6 +66,7 @@ register_factory(app)
 register_train(app)
 register_serve(app)
 register_bench(app)
+register_flywheel(app)
 register_models(app)
 
 

@@ -56,7 +56,7 @@ class EngineCore:
         self.runner = ModelRunner(self.model, num_blocks, block_size, options.kernels, options.pack_weights)
         kernels = self.runner.kernels
         argmax = kernels.greedy_tokens if kernels is not None else None  # torch's argmax elsewhere
-        self.sampler = Sampler(options.seed, device=device, argmax=argmax)
+        self.sampler = Sampler(options.seed, device=device, argmax=argmax, score_sampled=options.score_sampled_tokens)
         self.grammars: GrammarMatchers | None = None  # built on the first structured-output request
         self.loras = LoraRegistry(config, options.max_loras, options.max_lora_rank, self.model.dtype, self.model.device)
         for name, path in (options.lora_modules or {}).items():
@@ -187,6 +187,8 @@ class EngineCore:
                 request.matcher.consume_token(token.token_id)
             if token.logprobs is not None:
                 request.logprobs.append(token.logprobs)
+            if token.logprob is not None:
+                request.score(token.logprob)
             times = request.times
             times.tokens.append(now)
             if times.first_token is None:
@@ -284,6 +286,8 @@ class EngineCore:
             prompt_ranks=request.prompt_ranks if with_prompt else None,
             num_prompt_tokens=request.num_prompt_tokens,
             num_cached_tokens=request.num_cached_tokens,
+            cumulative_logprob=request.cumulative_logprob,
+            min_logprob=request.min_logprob,
             arrival_time=request.times.arrival,
             first_scheduled_time=request.times.first_scheduled,
             first_token_time=request.times.first_token,

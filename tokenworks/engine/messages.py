@@ -105,6 +105,9 @@ class CoreOutput:
     prompt_ranks: list[int | None] | None = None
     num_prompt_tokens: int = 0
     num_cached_tokens: int = 0
+    # So far, over every output token, when the engine scores sampled tokens (score_sampled_tokens).
+    cumulative_logprob: float | None = None
+    min_logprob: float | None = None
     arrival_time: float = 0.0
     first_scheduled_time: float | None = None
     first_token_time: float | None = None

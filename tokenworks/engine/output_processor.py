@@ -43,6 +43,7 @@ class RequestState:
         if core.prompt_logprobs is not None:
             output.prompt_logprobs, output.prompt_ranks = core.prompt_logprobs, core.prompt_ranks
         output.num_cached_tokens = core.num_cached_tokens
+        output.cumulative_logprob, output.min_logprob = core.cumulative_logprob, core.min_logprob
         output.metrics = RequestMetrics(
             core.arrival_time, core.first_scheduled_time, core.first_token_time, core.finished_time
         )

@@ -66,6 +66,9 @@ class Request:
         self.num_preemptions = 0
         self.times = RequestTimes(arrival=arrival_time if arrival_time is not None else time.monotonic())
         self.logprobs: list[dict[int, float]] = []  # per output token, when params.logprobs is set
+        # Sum and minimum of the output tokens' logprobs, when the engine scores every sampled token.
+        self.cumulative_logprob: float | None = None
+        self.min_logprob: float | None = None
         # Per prompt token, when params.prompt_logprobs is set: the first has none (nothing
         # predicts it); each other its logprob and the top k, and its rank in the vocabulary.
         self.matcher: object | None = None  # llguidance's, following the output, with a structured_output
@@ -75,6 +78,10 @@ class Request:
         if params.prompt_logprobs is not None:
             self.prompt_logprobs.append(None)
             self.prompt_ranks.append(None)
+
+    def score(self, logprob: float) -> None:
+        self.cumulative_logprob = (self.cumulative_logprob or 0.0) + logprob
+        self.min_logprob = logprob if self.min_logprob is None else min(self.min_logprob, logprob)
 
     def append_output_token(self, token_id: int) -> None:
         self.output_token_ids.append(token_id)

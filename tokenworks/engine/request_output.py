@@ -39,6 +39,10 @@ class RequestOutput:
     prompt_logprobs: list[dict[int, float] | None] | None = None
     prompt_ranks: list[int | None] | None = None
     num_cached_tokens: int = 0
+    # With EngineOptions.score_sampled_tokens: the sum and minimum of every generated token's
+    # logprob under the raw distribution (vLLM's cumulative_logprob, and its floor).
+    cumulative_logprob: float | None = None
+    min_logprob: float | None = None
     metrics: RequestMetrics = field(default_factory=RequestMetrics)
 
     @property

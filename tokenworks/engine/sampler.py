@@ -24,6 +24,7 @@ from tokenworks.engine.request import Request
 class SampledToken:
     token_id: int
     logprobs: dict[int, float] | None  # the sampled token's and the top k, when asked for
+    logprob: float | None = None  # the sampled token's alone, when the sampler scores every token
 
 
 class Sampler:
@@ -32,9 +33,12 @@ class Sampler:
         seed: int = 0,
         device: torch.device | str = "cpu",
         argmax: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        score_sampled: bool = False,
     ) -> None:
         """`argmax`: (R, V) logits -> (R,) the index of each row's first largest value, as
-        torch.argmax(dim=-1) (the default) gives it; the engine passes a compiled one on CPU."""
+        torch.argmax(dim=-1) (the default) gives it; the engine passes a compiled one on CPU.
+        `score_sampled`: give every sampled token its logprob (SampledToken.logprob)."""
+        self.score_sampled = score_sampled
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self._request_generators: dict[str, torch.Generator] = {}
         self.device = device
@@ -47,7 +51,11 @@ class Sampler:
         """(R, V) float32 logits, one row per request, -> one sampled token per request."""
         # Plain greedy rows (every step of the offline benchmark): the raw logits' argmax, nothing else.
         if all(_plain_greedy(request) for request in requests):
-            return [SampledToken(token_id, None) for token_id in self.argmax(logits).tolist()]
+            chosen = self.argmax(logits)
+            scores = self._scores(logits, chosen)
+            return [
+                SampledToken(token_id, None, score) for token_id, score in zip(chosen.tolist(), scores, strict=True)
+            ]
         raw = logits
         if any(_constrained(request) for request in requests):  # else the raw logits serve as they are
             logits = self._apply_constraints(logits.clone(), requests)
@@ -67,7 +75,18 @@ class Sampler:
             log_softmax = torch.log_softmax(raw[logprob_rows], dim=-1)
             for row, values in zip(logprob_rows, log_softmax, strict=True):
                 logprobs[row] = logprob_entry(values, chosen[row], requests[row].params.logprobs)
-        return [SampledToken(token_id, logprobs.get(row)) for row, token_id in enumerate(chosen)]
+        scores = self._scores(raw, torch.tensor(chosen, device=raw.device))
+        return [
+            SampledToken(token_id, logprobs.get(row), score)
+            for row, (token_id, score) in enumerate(zip(chosen, scores, strict=True))
+        ]
+
+    def _scores(self, raw: torch.Tensor, chosen: torch.Tensor) -> list[float | None]:
+        """Each row's chosen token's logprob under the raw logits (its logit less the row's
+        logsumexp: no (R, V) log-softmax is made), or Nones when the sampler does not score."""
+        if not self.score_sampled:
+            return [None] * raw.shape[0]
+        return (raw.gather(1, chosen[:, None])[:, 0] - torch.logsumexp(raw, dim=-1)).tolist()
 
     def _apply_constraints(self, logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
         for row, request in enumerate(requests):

@@ -8,6 +8,7 @@ later is the supervisor's business (supervisor.py).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 
@@ -16,8 +17,9 @@ from fastapi import FastAPI
 from tokenworks import __version__
 from tokenworks.engine import AsyncLLM
 from tokenworks.errors import TokenworksError
+from tokenworks.flywheel.writer import LogWriter
 from tokenworks.gc_tuning import calm_the_garbage_collector
-from tokenworks.serve import chat, completions, dashboard, lora, status, tokenization
+from tokenworks.serve import chat, completions, dashboard, feedback, lora, status, tokenization
 from tokenworks.serve.admission import Admission
 from tokenworks.serve.auth import ApiKeyMiddleware
 from tokenworks.serve.config import ServerConfig
@@ -36,12 +38,19 @@ def create_app(config: ServerConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         try:
-            engine = await AsyncLLM.start(config.model, **config.engine_options)
+            engine = await AsyncLLM.start(config.model, **config.engine_start_options)
         except TokenworksError as error:  # a bad checkpoint, a core that died loading it
             app.state.startup_error = error
             raise
         admission = Admission(engine.options.max_num_seqs + config.max_queued_requests)
-        state = ServerState(config, engine, metrics, admission)
+        # The writer's thread opens the file and applies the retention: nothing here waits on disk.
+        request_log = None
+        if config.log_db is not None:
+            request_log = LogWriter(
+                config.log_db, config.log_flush_interval, retention_days=config.log_retention_days,
+                redact_pii=config.log_redact_pii,
+            )  # fmt: skip
+        state = ServerState(config, engine, metrics, admission, request_log)
         supervisor = EngineSupervisor(state)
         engine.on_death(supervisor.engine_died)
         app.state.server = state
@@ -53,6 +62,8 @@ def create_app(config: ServerConfig) -> FastAPI:
             state.draining = True
             await supervisor.stop()
             await engine.shutdown()
+            if request_log is not None:  # after the last request: its row is committed too
+                await asyncio.to_thread(request_log.close)
 
     app = FastAPI(
         title="tokenworks", version=__version__, lifespan=lifespan,
@@ -60,6 +71,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     )  # fmt: skip
     app.include_router(completions.router)
     app.include_router(chat.router)
+    app.include_router(feedback.router)
     app.include_router(tokenization.router)
     app.include_router(lora.router)
     app.include_router(status.router)

@@ -20,6 +20,7 @@ from tokenworks.serve.protocol import (
     ChatMessage,
     new_id,
 )  # fmt: skip
+from tokenworks.serve.request_logging import RequestTrace, Untraced, trace_request
 from tokenworks.serve.sampling import sampling_params
 from tokenworks.serve.state import ServerState
 from tokenworks.serve.streaming import DONE, ClientGone, EventStream, run_until_disconnect, sse
@@ -48,6 +49,7 @@ def render_messages(
 )  # fmt: skip
 async def create_chat_completion(body: ChatCompletionRequest, raw_request: Request):
     state: ServerState = raw_request.app.state.server
+    trace = trace_request(raw_request, body, "chat.completions")
     state.check_open()
     lora = state.check_model(body.model)
     served = lora or state.config.model_name
@@ -65,9 +67,9 @@ async def create_chat_completion(body: ChatCompletionRequest, raw_request: Reque
         prompt_ids = [state.engine.prepare(tokens, params, lora)]
     ticket = state.admission.admit(body.n)
     request_id, created = new_id("chatcmpl"), int(time.time())
-    choices = generate_choices(state, request_id, prompt_ids, params, body.n, lora)
+    choices = trace.watch(request_id, generate_choices(state, request_id, prompt_ids, params, body.n, lora))
     if body.stream:
-        events = _events(state, body, served, request_id, created, choices, prompt_ids, tools.parse)
+        events = _events(state, body, served, request_id, created, choices, prompt_ids, tools.parse, trace)
         return EventStream(events, on_close=ticket.release)
     try:
         finals = await run_until_disconnect(raw_request, collect_finals(choices))
@@ -75,12 +77,23 @@ async def create_chat_completion(body: ChatCompletionRequest, raw_request: Reque
         return Response(status_code=499)
     finally:
         ticket.release()
+    answer = _answer(state, body, served, request_id, created, finals, prompt_ids, tools.parse)
+    trace.answered(answer)
+    return JSONResponse(answer)
+
+
+def _answer(
+    state: ServerState, body: ChatCompletionRequest, served: str, request_id: str, created: int,
+    finals: dict[int, RequestOutput], prompt_ids: list[list[int]], parse_tools: bool,
+) -> dict:  # fmt: skip
+    """The whole answer from each choice's final output (also what the request log keeps of a stream)."""
+    k = (body.top_logprobs or 0) if body.logprobs else None
     result = []
     for index in sorted(finals):
         output = finals[index]
         message: dict = {"role": "assistant", "content": output.text}
         finish_reason = output.finish_reason
-        if tools.parse:
+        if parse_tools:
             message["content"], calls = parse_tool_calls(output.text)
             if calls:
                 message["tool_calls"] = calls
@@ -96,12 +109,13 @@ async def create_chat_completion(body: ChatCompletionRequest, raw_request: Reque
     }  # fmt: skip
     if body.prompt_logprobs is not None and finals:  # one prompt: every choice scored it the same
         answer["prompt_logprobs"] = prompt_logprobs(state.engine.tokenizer, finals[min(finals)])
-    return JSONResponse(answer)
+    return answer
 
 
 async def _events(
     state: ServerState, body: ChatCompletionRequest, served: str, request_id: str, created: int,
     choices: AsyncIterator[tuple[int, RequestOutput]], prompt_ids: list[list[int]], parse_tools: bool,
+    trace: RequestTrace | Untraced,
 ) -> AsyncIterator[str]:  # fmt: skip
     stream_usage = StreamUsage(prompt_ids, body.n, body.stream_options)
     tool_streams: dict[int, ToolCallStream] = {}
@@ -137,6 +151,9 @@ async def _events(
                 "finish_reason": finish_reason, "stop_reason": output.stop_reason,
             }  # fmt: skip
             yield sse(stream_usage.chunk(base, choice, index, output))
+        trace.answered(
+            lambda: _answer(state, body, served, request_id, created, stream_usage.finals, prompt_ids, parse_tools)
+        )
         last = stream_usage.last_chunk(base)
         if last is not None:
             yield sse(last)

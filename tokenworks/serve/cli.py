@@ -78,6 +78,22 @@ def serve(
         "--restart-engine",
         help="If the engine process dies, start a new one (503 meanwhile) instead of exiting 1.",
     ),
+    log_db: Path = typer.Option(
+        None,
+        "--log-db",
+        dir_okay=False,
+        help="Log every completion and chat request (payloads, tokens, times, logprobs) to this SQLite file; "
+        "POST /v1/feedback rates them. Off by default.",
+    ),
+    log_flush_interval: float = typer.Option(
+        1.0, "--log-flush-interval", min=0.01, help="Seconds between the log's commits: at most what a kill -9 loses."
+    ),
+    log_retention_days: float = typer.Option(
+        None, "--log-retention-days", min=0.0001, help="Delete logged requests older than this (at start, then hourly)."
+    ),
+    log_redact_pii: bool = typer.Option(
+        False, "--log-redact-pii", help="Redact e-mail addresses, phone numbers and IPs in the log (ingest's redactor)."
+    ),
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API (completions, chat, streaming, metrics)."""
     import uvicorn
@@ -105,6 +121,8 @@ def serve(
         model=model, served_model_name=served_model_name, host=host, port=port, api_key=api_key,
         max_queued_requests=max_queued_requests, max_body_bytes=max_body_bytes, shutdown_timeout=shutdown_timeout,
         engine_options=engine_options, bench_results=bench_results, restart_engine=restart_engine,
+        log_db=log_db, log_flush_interval=log_flush_interval, log_retention_days=log_retention_days,
+        log_redact_pii=log_redact_pii,
     )  # fmt: skip
     if config.model_name in adapters:
         raise typer.BadParameter(f"{config.model_name!r} is the base model's name", param_hint="--lora-modules")

@@ -17,6 +17,7 @@ from tokenworks.serve.fanout import collect_finals, generate_choices
 from tokenworks.serve.logprobs import completion_logprobs, join_logprobs, legacy_logprobs, prompt_logprobs
 from tokenworks.serve.pretokenized import prompt_of
 from tokenworks.serve.protocol import ERROR_RESPONSES, CompletionRequest, CompletionResponse, new_id
+from tokenworks.serve.request_logging import RequestTrace, Untraced, trace_request
 from tokenworks.serve.sampling import sampling_params
 from tokenworks.serve.state import ServerState
 from tokenworks.serve.streaming import DONE, ClientGone, EventStream, run_until_disconnect, sse
@@ -42,6 +43,7 @@ def prompts_of(body: CompletionRequest) -> list[str | list[int]]:
 )  # fmt: skip
 async def create_completion(body: CompletionRequest, raw_request: Request):
     state: ServerState = raw_request.app.state.server
+    trace = trace_request(raw_request, body, "completions")
     state.check_open()
     lora = state.check_model(body.model)
     served = lora or state.config.model_name
@@ -77,11 +79,11 @@ async def create_completion(body: CompletionRequest, raw_request: Request):
         ]
     ticket = state.admission.admit(len(prompt_ids) * body.n)
     request_id, created = new_id("cmpl"), int(time.time())
-    choices = generate_choices(state, request_id, prompt_ids, params, body.n, lora)
+    choices = trace.watch(request_id, generate_choices(state, request_id, prompt_ids, params, body.n, lora))
     if echo_only:
         choices = _prompt_only(choices)
     if body.stream:
-        events = _events(state, body, served, request_id, created, choices, prompt_ids, prompt_texts)
+        events = _events(state, body, served, request_id, created, choices, prompt_ids, prompt_texts, trace)
         return EventStream(events, on_close=ticket.release)
     try:
         finals = await run_until_disconnect(raw_request, collect_finals(choices))
@@ -89,6 +91,16 @@ async def create_completion(body: CompletionRequest, raw_request: Request):
         return Response(status_code=499)
     finally:
         ticket.release()
+    answer = _answer(state, body, served, request_id, created, finals, prompt_ids, prompt_texts)
+    trace.answered(answer)
+    return JSONResponse(answer)
+
+
+def _answer(
+    state: ServerState, body: CompletionRequest, served: str, request_id: str, created: int,
+    finals: dict[int, RequestOutput], prompt_ids: list[list[int]], prompt_texts: list[str],
+) -> dict:  # fmt: skip
+    """The whole answer from each choice's final output (also what the request log keeps of a stream)."""
     tokenizer = state.engine.tokenizer
     result = []
     for index in sorted(finals):
@@ -106,10 +118,10 @@ async def create_completion(body: CompletionRequest, raw_request: Request):
         if body.prompt_logprobs is not None:
             choice["prompt_logprobs"] = prompt_logprobs(tokenizer, output)
         result.append(choice)
-    return JSONResponse({
+    return {
         "id": request_id, "object": "text_completion", "created": created, "model": served,
         "choices": result, "usage": usage(prompt_ids, finals, body.n), "system_fingerprint": None,
-    })  # fmt: skip
+    }  # fmt: skip
 
 
 async def _prompt_only(
@@ -134,6 +146,7 @@ def _with_echo(tokenizer: Tokenizer | None, output: RequestOutput, start: int, o
 async def _events(
     state: ServerState, body: CompletionRequest, served: str, request_id: str, created: int,
     choices: AsyncIterator[tuple[int, RequestOutput]], prompt_ids: list[list[int]], prompt_texts: list[str],
+    trace: RequestTrace | Untraced,
 ) -> AsyncIterator[str]:  # fmt: skip
     stream_usage = StreamUsage(prompt_ids, body.n, body.stream_options)
     offsets: dict[int, int] = {}  # of each choice's next token text, counted as the logprobs count it
@@ -166,6 +179,9 @@ async def _events(
                 "finish_reason": output.finish_reason, "stop_reason": output.stop_reason,
             }  # fmt: skip
             yield sse(stream_usage.chunk(base, choice, index, output))
+        trace.answered(
+            lambda: _answer(state, body, served, request_id, created, stream_usage.finals, prompt_ids, prompt_texts)
+        )
         last = stream_usage.last_chunk(base)
         if last is not None:
             yield sse(last)

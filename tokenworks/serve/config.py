@@ -22,6 +22,16 @@ class ServerConfig:
     engine_options: dict[str, Any] = field(default_factory=dict)  # AsyncLLM(model, **engine_options)
     bench_results: Path | None = None  # a `tokenworks bench` output directory: /dashboard shows its frontier.csv
     restart_engine: bool = False  # a dead engine core: False stops the server (exit 1), True starts a new core
+    # The request log (tokenworks.flywheel): a SQLite file of every generation request, off when None.
+    log_db: Path | None = None
+    log_flush_interval: float = 1.0  # seconds between the log's commits: what a kill -9 can lose
+    log_retention_days: float | None = None  # None: keep every row
+    log_redact_pii: bool = False  # redact e-mail addresses, phone numbers and IPs before writing
+
+    @property
+    def engine_start_options(self) -> dict[str, Any]:
+        """AsyncLLM's options: engine_options, plus scoring every sampled token when the log needs it."""
+        return {**self.engine_options, "score_sampled_tokens": True} if self.log_db else self.engine_options
 
     @property
     def model_name(self) -> str:
@@ -34,3 +44,7 @@ class ServerConfig:
             raise ValueError(f"max_body_bytes must be at least 1024, got {self.max_body_bytes}")
         if self.shutdown_timeout < 0:
             raise ValueError(f"shutdown_timeout must be at least 0, got {self.shutdown_timeout}")
+        if self.log_flush_interval <= 0:
+            raise ValueError(f"log_flush_interval must be positive, got {self.log_flush_interval}")
+        if self.log_retention_days is not None and self.log_retention_days <= 0:
+            raise ValueError(f"log_retention_days must be positive, got {self.log_retention_days}")

@@ -93,9 +93,17 @@ def _validation_message(error: RequestValidationError) -> tuple[str, str | None]
     return message, param
 
 
+def _report_to_trace(request: Request, status: int, message: str) -> None:
+    """A generation request traced for the request log (request_logging.py) is logged as failed."""
+    trace = request.scope.get("tokenworks.request_trace")
+    if trace is not None:
+        trace.failed(status, message)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, error: APIError) -> JSONResponse:
+        _report_to_trace(request, error.status, error.message)
         return error_response(error.status, error.message, error.param, error.code, error.headers)
 
     @app.exception_handler(RequestValidationError)
@@ -117,11 +125,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(EngineDeadError)
     async def _engine_dead(request: Request, error: EngineDeadError) -> JSONResponse:
         api = api_error_of(error)
+        _report_to_trace(request, api.status, api.message)
         return error_response(api.status, api.message, code=api.code)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:
         api = api_error_of(error)
+        _report_to_trace(request, api.status, api.message)
         return error_response(api.status, api.message, code=api.code)
 
 

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from tokenworks.engine import AsyncLLM
+from tokenworks.flywheel.writer import LogWriter
 from tokenworks.serve.admission import Admission
 from tokenworks.serve.config import ServerConfig
 from tokenworks.serve.errors import APIError
@@ -18,6 +19,7 @@ class ServerState:
     engine: AsyncLLM
     metrics: ServerMetrics
     admission: Admission
+    request_log: LogWriter | None = None  # --log-db: every generation request goes to it
     created: int = field(default_factory=lambda: int(time.time()))
     draining: bool = False  # shutting down: no new requests
     restarting: bool = False  # the engine died and a new one is starting (--restart-engine)
