@@ -7,6 +7,7 @@
 | `GET /health` | 200 while at least one worker is available, else 503 |
 | `GET /metrics` | Prometheus metrics, `tokenworks_router_*` (metrics.py) |
 | `GET /workers`, `POST /workers {"url"}`, `DELETE /workers/{id}` | the pool, and workers joining and leaving |
+| `POST /v1/load_lora_adapter`, `/v1/unload_lora_adapter` | vLLM's adapter API, on every worker (adapters.py) |
 | `GET /dashboard` | the workers at a glance: load, health, learnt speeds, prefix hits |
 
 The lifespan holds one aiohttp session to the workers, the health loop and, under the `kv`
@@ -31,6 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tokenworks import __version__
 from tokenworks.gc_tuning import calm_the_garbage_collector
+from tokenworks.router.adapters import AdapterTable
 from tokenworks.router.dashboard import router as dashboard_router
 from tokenworks.router.kv_events import KVEventFeeds
 from tokenworks.router.kv_policy import MAX_LOAD_RATIO, KvAware
@@ -49,6 +51,7 @@ from tokenworks.serve.errors import (
     error_response,
     install_error_handlers,
 )
+from tokenworks.serve.protocol import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
 from tokenworks.serve.streaming import ClientGone, run_until_disconnect
 
 logger = logging.getLogger(__name__)
@@ -88,6 +91,7 @@ class Routing:
     metrics: RouterMetrics
     prompts: PromptTokenizer
     feeds: KVEventFeeds | None = None
+    adapters: AdapterTable = field(default_factory=AdapterTable)
 
 
 def routing_of(config: RouterConfig) -> Routing:
@@ -154,7 +158,10 @@ def create_router_app(config: RouterConfig) -> FastAPI:
         connector = aiohttp.TCPConnector(limit=0)  # as many connections as requests in flight
         async with aiohttp.ClientSession(connector=connector) as session:
             app.state.session = session
-            tasks = [asyncio.ensure_future(pool.watch_health(session))]
+            tasks = [
+                asyncio.ensure_future(pool.watch_health(session)),
+                asyncio.ensure_future(routing.adapters.keep_in_sync(session, pool)),
+            ]
             if routing.feeds is not None:
                 tasks.append(asyncio.ensure_future(routing.feeds.run(session)))
                 tasks.append(asyncio.ensure_future(find_tokenizer(routing, session)))
@@ -188,7 +195,7 @@ def create_router_app(config: RouterConfig) -> FastAPI:
                 routed.tokens_header = routing.prompts.header(prompt)
         try:  # a client that leaves before the answer cancels the forward, and so the worker's work
             return await run_until_disconnect(
-                request, forward(path, raw, routed, pool, policy, app.state.session, metrics)
+                request, forward(path, raw, routed, pool, policy, app.state.session, metrics, routing.adapters)
             )
         except ClientGone:
             return Response(status_code=499)
@@ -220,6 +227,17 @@ def create_router_app(config: RouterConfig) -> FastAPI:
         if not cards:
             raise APIError(503, "no worker is available to list its models", code="no_worker")
         return {"object": "list", "data": list(cards.values())}
+
+    @app.post(
+        "/v1/load_lora_adapter", summary="Load a LoRA adapter on every worker (vLLM's API; load_inplace swaps it)."
+    )
+    async def load_lora_adapter(body: LoadLoRAAdapterRequest, request: Request):
+        session: aiohttp.ClientSession = request.app.state.session
+        return await routing.adapters.load(session, pool, body.lora_name, body.lora_path, body.load_inplace)
+
+    @app.post("/v1/unload_lora_adapter", summary="Unload a LoRA adapter from every worker (vLLM's API).")
+    async def unload_lora_adapter(body: UnloadLoRAAdapterRequest, request: Request):
+        return await routing.adapters.unload(request.app.state.session, pool, body.lora_name)
 
     @app.get("/health", summary="200 while at least one worker is available, else 503.")
     async def health():

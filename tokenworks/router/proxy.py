@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from starlette.responses import Response
 
+from tokenworks.router.adapters import AdapterTable
 from tokenworks.router.flight import Flight
 from tokenworks.router.metrics import RouterMetrics
 from tokenworks.router.policies import Policy, RoutedRequest
@@ -37,7 +38,7 @@ FORWARDED_HEADERS = ("content-type", "accept", "x-session-id", "x-request-id")
 
 async def forward(
     path: str, raw_body: bytes, routed: RoutedRequest, pool: WorkerPool, policy: Policy,
-    session: aiohttp.ClientSession, metrics: RouterMetrics,
+    session: aiohttp.ClientSession, metrics: RouterMetrics, adapters: AdapterTable,
 ) -> Response:  # fmt: skip
     """The answer to one generation request, from the first worker that takes it. Cancelling it
     (a client gone) drops the request to the worker, which then aborts its work."""
@@ -45,7 +46,7 @@ async def forward(
     tried: set[str] = set()
     reasons: list[str] = []
     for _ in range(MAX_ATTEMPTS):
-        candidates = pool.candidates(tried)
+        candidates = adapters.eligible(routed.body.get("model"), pool.candidates(tried))
         if not candidates:
             break
         worker = policy.choose(routed, candidates)

@@ -70,6 +70,7 @@ class Worker:
     ttft: LinearEstimate = field(default_factory=lambda: LinearEstimate(*TTFT_PRIOR))
     tpot: LinearEstimate = field(default_factory=lambda: LinearEstimate(*TPOT_PRIOR))
     epoch: int = 0  # caches it started afresh with (a restart, or the router lost track of it)
+    adapters: dict[str, str] = field(default_factory=dict)  # LoRA name -> path, as the router loaded them (adapters.py)
 
     on_lost_cache: Callable[[Worker], None] | None = None
 
@@ -78,8 +79,10 @@ class Worker:
         return time.monotonic() >= self.skip_until
 
     def failed(self, reason: str) -> None:
-        if self.failures == 0 and self.on_lost_cache is not None:
-            self.on_lost_cache(self)  # down, maybe restarting: whatever it held is not to be counted on
+        if self.failures == 0:  # down, maybe restarting: whatever it held is not to be counted on
+            self.adapters.clear()
+            if self.on_lost_cache is not None:
+                self.on_lost_cache(self)
         self.failures += 1
         self.last_error = reason
         backoff = min(MAX_BACKOFF_S, BACKOFF_S * 2 ** (self.failures - 1))
