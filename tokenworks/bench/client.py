@@ -337,6 +337,7 @@ class OpenAIClient:
         if usage and usage.get("completion_tokens") is not None:
             record.output_tokens = usage["completion_tokens"]
             record.input_tokens = usage.get("prompt_tokens", spec.input_tokens_hint)
+            record.cached_tokens = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
             record.token_source = "usage"
         elif tokenizer is not None:
             record.output_tokens = record.tokenizer_output_tokens

@@ -33,6 +33,7 @@ class RequestRecord:
     http_status: int | None = None
     session: int | None = None  # multi-turn workloads: the conversation this turn belongs to
     turn: int | None = None
+    cached_tokens: int | None = None  # of n_in, found in the prefix cache (usage.prompt_tokens_details)
 
     @property
     def ok(self) -> bool:

@@ -114,7 +114,10 @@ def write_results(
     accounting: Accounting,
     command: str,
     extra: dict[str, Any] | None = None,
+    title: str | None = None,
 ) -> ResultFiles:
+    """`title` heads report.html (default: tokenworks bench and the model; `tokenworks plan
+    simulate` says its figures are simulated)."""
     out.mkdir(parents=True, exist_ok=True)
     rows = [
         {"workload": pair_label(str(p.workload.input_tokens), str(p.workload.output_tokens))} | p.row()
@@ -157,7 +160,7 @@ def write_results(
     } | (extra or {})
     (out / "run.json").write_text(json.dumps(run, indent=2, default=str) + "\n", encoding="utf-8")
     files = ResultFiles(out, rows, fronts, charts, run)
-    (out / "report.html").write_text(render_html(files, result), encoding="utf-8")
+    (out / "report.html").write_text(render_html(files, result, title), encoding="utf-8")
     return files
 
 
@@ -231,7 +234,7 @@ def html_page(package: str, template: str, **values: Any) -> str:
     return environment.get_template(template).render(**values)
 
 
-def render_html(files: ResultFiles, result: SweepResult) -> str:
+def render_html(files: ResultFiles, result: SweepResult, title: str | None = None) -> str:
     """report.html from templates/report.html.j2: the settings, the points, the validity flags, the charts."""
     run = files.run
     settings = [
@@ -262,7 +265,7 @@ def render_html(files: ResultFiles, result: SweepResult) -> str:
     return html_page(
         "tokenworks.bench",
         "report.html.j2",
-        title=f"tokenworks bench: {run['endpoint']['model']}",
+        title=title or f"tokenworks bench: {run['endpoint']['model']}",
         settings=settings,
         energy=files.rows[0]["energy_label"] if files.rows else "estimated",
         headings=[title for title, _, _ in columns],

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tokenworks.engine.kv_cache_manager import KVCacheManager
@@ -50,6 +51,7 @@ class Scheduler:
         max_num_batched_tokens: int,
         max_num_seqs: int,
         policy: str = "fcfs",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if policy not in ("fcfs", "priority"):
             raise ValueError(f"scheduling policy must be 'fcfs' or 'priority', got {policy!r}")
@@ -57,6 +59,9 @@ class Scheduler:
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_num_seqs = max_num_seqs
         self.policy = policy
+        # What stamps first_scheduled and finished: the machine's clock live, a simulated one in
+        # `tokenworks plan` (plan/clock.py), which runs this same scheduler at its own pace.
+        self.clock = clock
         self.waiting: list[Request] = []  # in scheduling order
         self.running: list[Request] = []  # in admission order: the last is the newest
         self.requests: dict[str, Request] = {}
@@ -114,7 +119,7 @@ class Scheduler:
             request.status = RequestStatus.RUNNING
             request.num_computed_tokens = num_cached
             if request.times.first_scheduled is None:
-                request.times.first_scheduled = time.monotonic()
+                request.times.first_scheduled = self.clock()
                 request.num_cached_tokens = num_cached
                 if self.kv_cache.enable_prefix_caching:
                     self.kv_cache.record_lookup(request.num_tokens, num_cached)
@@ -149,7 +154,7 @@ class Scheduler:
         if request.finished:
             return
         request.status = status
-        request.times.finished = time.monotonic()
+        request.times.finished = self.clock()
         if request in self.running:
             self.running.remove(request)
         elif request in self.waiting:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from tokenworks.router.metrics import RouterMetrics
 from tokenworks.router.policies import RoutedRequest
@@ -33,7 +33,7 @@ class Flight:
     routed: RoutedRequest
     metrics: RouterMetrics
     learn_output: Callable[[int], None] | None = None  # the policy's mean output length, where it keeps one
-    started: float = field(default_factory=time.monotonic)
+    started: float | None = None  # when it was sent (None: now)
     prefill_ahead: int = 0  # prefill tokens ahead of it on its worker when sent, its own included
     decoding_at_first_token: int = 0
     first_token: float | None = None
@@ -41,8 +41,11 @@ class Flight:
     tail: str = ""  # the stream's last characters, where its usage is
     _prefilling: bool = True
     _open: bool = True
+    clock: Callable[[], float] = time.monotonic  # a simulated one in `tokenworks plan`
 
     def __post_init__(self) -> None:
+        if self.started is None:
+            self.started = self.clock()
         worker = self.worker
         worker.in_flight += 1
         worker.pending_prefill_tokens += self.routed.uncached_tokens
@@ -56,7 +59,7 @@ class Flight:
     def streamed(self, text: str) -> None:
         """A piece of the worker's stream passed on."""
         if self.first_token is None:
-            self.first_token = time.monotonic()
+            self.first_token = self.clock()
             self._end_prefill()
             self.worker.decoding += 1
             self.decoding_at_first_token = self.worker.decoding
@@ -88,7 +91,7 @@ class Flight:
             return  # a whole body: no time of its first token
         known = isinstance(prompt, int) and isinstance(cached, int)
         uncached = prompt - cached if known else routed.uncached_tokens
-        now = time.monotonic()
+        now = self.clock()
         worker.ttft.add(self.prefill_ahead - routed.uncached_tokens + uncached, self.first_token - self.started, now)
         if outputs >= 2:
             worker.tpot.add(self.decoding_at_first_token, (now - self.first_token) / (outputs - 1), now)

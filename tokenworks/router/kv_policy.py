@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import repeat
 
@@ -74,7 +75,14 @@ class KvAware:
     _one_block_size: int | None = None  # when every candidate has the same
     _turn: int = 0  # where the next decision's pass starts (after the last chosen), for ties
     _scaled: dict[str, float] = field(default_factory=dict)  # id -> recent load x _growth(when it was read)
-    _origin: float = field(default_factory=time.monotonic)
+    # Every time the policy reads (the loads' decay, the roster's refresh): the machine's, or the
+    # simulated clock of `tokenworks plan`, which runs this same policy over simulated replicas.
+    clock: Callable[[], float] = time.monotonic
+    _origin: float | None = None  # the loads' common origin (see _growth): the clock's time at the start
+
+    def __post_init__(self) -> None:
+        if self._origin is None:
+            self._origin = self.clock()
 
     def output_tokens_seen(self, count: int) -> None:
         mean = self.mean_output_tokens
@@ -101,7 +109,7 @@ class KvAware:
         return self._scaled.get(worker_id, 0.0) / self._growth(now)
 
     def _sent(self, worker: Worker) -> None:
-        self._scaled[worker.id] = self._scaled.get(worker.id, 0.0) + self._growth(time.monotonic())
+        self._scaled[worker.id] = self._scaled.get(worker.id, 0.0) + self._growth(self.clock())
 
     def guarded(self, candidates: list[Worker]) -> list[Worker]:
         """The candidates whose recent load, with one more request, stays within the hot-spot
@@ -113,7 +121,7 @@ class KvAware:
     def _load_limit(self, worker_ids: list[str]) -> float:
         """The most recent load (on the common scale) a worker may carry before one more request:
         within `max_load_ratio` of the mean with it, and never below nothing."""
-        one = self._growth(time.monotonic())
+        one = self._growth(self.clock())
         total = sum(map(self._scaled.get, worker_ids, repeat(0.0, len(worker_ids))))
         return max(self.max_load_ratio * (total + one) / len(worker_ids), one) - one
 
@@ -216,7 +224,7 @@ class KvAware:
         blended with its peers', worked out again every REFRESH_S or when the candidates change
         (with their block sizes). `step` is the time per output token with this request alone
         added, `per_decoding` what each request decoding there adds to the decode cost."""
-        now = time.monotonic()
+        now = self.clock()
         if now - self._roster_at > REFRESH_S or ids != self._roster_ids:
             ttft_peers = pooled([worker.ttft for worker in candidates], now)
             tpot_peers = pooled([worker.tpot for worker in candidates], now)

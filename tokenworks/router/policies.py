@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -95,10 +96,11 @@ class Session:
     name: str = "session"
     ttl_s: float = SESSION_TTL_S
     fallback: LeastLoad = field(default_factory=LeastLoad)
+    clock: Callable[[], float] = time.monotonic  # a simulated one in `tokenworks plan`
     _last: dict[str, tuple[str, float]] = field(default_factory=dict)  # session -> (worker id, seen at)
 
     def choose(self, request: RoutedRequest, candidates: list[Worker]) -> Worker:
-        key, now = request.session, time.monotonic()
+        key, now = request.session, self.clock()
         if key is None:
             return self.fallback.choose(request, candidates)
         remembered = self._last.get(key)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 
@@ -82,6 +82,7 @@ class PrefixIndex:
     _ids_of_mask: dict[int, tuple[str, ...]] = field(default_factory=dict)  # see workers_of
     _free_bits: list[int] = field(default_factory=list)
     _next_bit: int = 0
+    clock: Callable[[], float] = time.monotonic  # what predictions expire by (simulated in `tokenworks plan`)
 
     # ---- workers ---------------------------------------------------------------------------
 
@@ -174,7 +175,7 @@ class PrefixIndex:
     def predict(self, worker_id: str, keys: Sequence[int], ttl_s: float) -> None:
         """The router sent a prompt with these blocks to the worker: expect them there for `ttl_s`
         (the caller leaves out the leading ones the worker is known to hold already)."""
-        now = time.monotonic()
+        now = self.clock()
         bit, predicted = self._workers[worker_id].bit, self._predicted
         if predicted.keys().isdisjoint(keys):  # a new prompt's blocks (the common case): stored in C
             predicted.update(zip(keys, repeat(bit)))
@@ -205,7 +206,7 @@ class PrefixIndex:
         held by most workers, and recording each of them at every walk took half a decision."""
         if wanted is None:
             wanted = (1 << self._next_bit) - 1  # every bit ever taken (a free one holds nothing)
-        self._expire(time.monotonic())  # what remains predicted holds
+        self._expire(self.clock())  # what remains predicted holds
         groups: list[tuple[int, int]] = []
         holders, predicted = self._holders, self._predicted
         still = wanted  # the workers holding every block so far
