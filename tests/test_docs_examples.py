@@ -4,8 +4,9 @@ A fenced block whose info string has the word `runnable` (```` ```python runnabl
 ```` ```bash runnable ````) is run from the directory where `make demo` would have left
 `./factory` (here: the session's `tokenworks factory --quick`), Python blocks by this
 interpreter, shell blocks by bash with this environment's `tokenworks` on PATH. A block marked
-`runnable server` runs while `tokenworks serve factory/train/checkpoint` listens, on a free port
-written into the block where it says `8000`. A README that drifts from the code fails here.
+`runnable server` runs while `tokenworks serve factory/train/checkpoint --log-db requests.db`
+listens, on a free port written into the block where it says `8000`. A README that drifts from
+the code fails here.
 """
 
 from __future__ import annotations
@@ -71,10 +72,11 @@ def demo_dir(quick_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def served(demo_dir):
-    """`tokenworks serve factory/train/checkpoint` on a free port, for the examples that talk to a server."""
+    """`tokenworks serve factory/train/checkpoint --log-db requests.db` on a free port, for the examples
+    that talk to a server (the request log's examples read ./requests.db)."""
     from .serve.conftest import ServeProcess
 
-    server = ServeProcess(demo_dir / "factory" / "train" / "checkpoint")
+    server = ServeProcess(demo_dir / "factory" / "train" / "checkpoint", "--log-db", str(demo_dir / "requests.db"))
     try:
         yield server.wait_healthy()
     finally:

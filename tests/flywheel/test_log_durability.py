@@ -1,10 +1,13 @@
 """`kill -9` of a logging server under load: every request answered more than one flush interval
-before the kill is in the log, by id; and a clean shutdown (SIGTERM) loses none."""
+before the kill is in the log, by id; a clean shutdown (SIGTERM) loses none; and a log it cannot
+write stops the server before it starts."""
 
 from __future__ import annotations
 
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 
@@ -93,3 +96,15 @@ def _wait_gone(pid: int | None) -> None:
     deadline = time.monotonic() + 15
     while pid is not None and alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
+
+
+def test_a_log_it_cannot_write_stops_the_server_before_it_starts(serve_model_dir, tmp_path) -> None:  # noqa: F811
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    result = subprocess.run(
+        [sys.executable, "-m", "tokenworks", "serve", str(serve_model_dir), "--log-db", str(not_a_directory / "log.db")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert f"cannot write the request log at {not_a_directory / 'log.db'}" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -85,6 +85,14 @@ def connect(path: str | Path, check_same_thread: bool = True) -> sqlite3.Connect
     return connection
 
 
+def check_writable(path: str | Path) -> None:
+    """Open (or create) the log at `path` once: a server refuses to start with a log it cannot write."""
+    try:
+        connect(path).close()
+    except (sqlite3.Error, OSError) as error:
+        raise RequestLogError(f"cannot write the request log at {path}: {error}") from None
+
+
 def connect_existing(path: str | Path) -> sqlite3.Connection:
     """An existing log (the readers' way in: a mistyped path is an error, not a new empty log)."""
     if not Path(path).is_file():

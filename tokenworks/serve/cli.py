@@ -106,6 +106,10 @@ def serve(
     if not (model / "config.json").is_file():
         raise CheckpointError(f"{model} has no config.json: point at a checkpoint directory")
     del enable_lora  # vLLM needs it to serve adapters; here they need nothing
+    if log_db is not None:  # here, before the server starts: its event loop never waits on the disk
+        from tokenworks.flywheel.store import check_writable
+
+        check_writable(log_db)
     adapters = lora_modules_of(lora_modules or [])
     kv_events = kv_events_of(kv_events_config)
     if workers > 1:
