@@ -23,6 +23,7 @@ from tokenworks.factory.cli import register as register_factory
 from tokenworks.flywheel.cli import register as register_flywheel
 from tokenworks.flywheel.models_cli import register as register_models
 from tokenworks.model.cli import register as register_model
+from tokenworks.plan.cli import register as register_plan
 from tokenworks.router.cli import register as register_router
 from tokenworks.serve.cli import register as register_serve
 from tokenworks.train.cli import register as register_train
@@ -68,6 +69,7 @@ register_serve(app)
 register_bench(app)
 register_flywheel(app)
 register_models(app)
+register_plan(app)
 
 
 def main() -> None:
