@@ -16,10 +16,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from tokenworks.plan.simulate_cli import add_simulate
+
 plan_app = typer.Typer(
     help="Predict cost per token and latency for a fleet: profile this machine, simulate, validate.",
     no_args_is_help=True,
 )
+add_simulate(plan_app)  # `plan simulate` (simulate_cli.py)
 
 
 def register(app: typer.Typer) -> None:

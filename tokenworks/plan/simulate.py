@@ -1,0 +1,139 @@
+"""`plan simulate` as a library: a workload at each load level through simulated replicas.
+
+The serving side is given as the engine's own settings (`ReplicaConfig`, defaulting as the live
+server does on this host: the profile's block size, a quarter of available memory for the KV
+cache) and, with several replicas, the router's policy. Each point runs on a fresh fleet (empty
+caches, a router that has learnt nothing), as each `tokenworks bench` point meets a server that
+has served only the points before it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from tokenworks.bench.loadgen import LoadOptions
+from tokenworks.bench.pareto import pair_label
+from tokenworks.bench.sweep import point_label
+from tokenworks.bench.workloads import WorkloadOptions, build_workload
+from tokenworks.engine.options import available_memory_bytes
+from tokenworks.errors import PlanError
+from tokenworks.model.config import ModelConfig
+from tokenworks.plan.clock import SimClock
+from tokenworks.plan.load import ReplayLoad, WorkloadLoad
+from tokenworks.plan.prompts import SimPrompts
+from tokenworks.plan.replica import Replica, ReplicaConfig
+from tokenworks.plan.routing import SimRouter, policy_on_clock
+from tokenworks.plan.simulator import Simulation, SimulationStats
+from tokenworks.plan.step import StepLatency
+from tokenworks.router.kv_policy import MAX_LOAD_RATIO
+
+CPU_BLOCK_SIZE = 128  # the engine's default on CPU (options.py)
+KV_CACHE_FRACTION = 0.25  # of available memory, the engine's default
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def replica_config(
+    model: ModelConfig, block_size: int = CPU_BLOCK_SIZE, num_kv_blocks: int | None = None,
+    kv_cache_memory_gib: float | None = None, max_num_batched_tokens: int = 2048, max_num_seqs: int = 256,
+    max_model_len: int | None = None, enable_prefix_caching: bool = True,
+) -> ReplicaConfig:  # fmt: skip
+    """The scheduling settings EngineCore would take from these options on this host."""
+    if num_kv_blocks is None:
+        element = _DTYPE_BYTES.get(model.dtype, 4)
+        per_block = 2 * model.num_hidden_layers * block_size * model.num_key_value_heads * model.head_dim * element
+        memory = (
+            int(kv_cache_memory_gib * 2**30)
+            if kv_cache_memory_gib is not None
+            else int(available_memory_bytes("cpu") * KV_CACHE_FRACTION)
+        )
+        num_kv_blocks = max(1, memory // per_block)
+    length = min(max_model_len or model.max_position_embeddings, num_kv_blocks * block_size)
+    return ReplicaConfig(
+        num_kv_blocks=num_kv_blocks, block_size=block_size, max_model_len=length,
+        max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
+        enable_prefix_caching=enable_prefix_caching,
+    )  # fmt: skip
+
+
+def check_fleet(replicas: int, router_policy: str) -> None:
+    """PlanError for a fleet that cannot be built (before anything is loaded)."""
+    if replicas < 1:
+        raise PlanError(f"--replicas must be at least 1, got {replicas}")
+    try:
+        policy_on_clock(router_policy, SimClock())
+    except ValueError as error:
+        raise PlanError(str(error)) from None
+
+
+@dataclass(slots=True)
+class Fleet:
+    """What serves: identical replicas and, when there are several, the router's policy."""
+
+    replica: ReplicaConfig
+    latency: StepLatency
+    replicas: int = 1
+    router_policy: str = "kv"
+    max_load_ratio: float = MAX_LOAD_RATIO
+
+    def validate(self) -> None:
+        check_fleet(self.replicas, self.router_policy)
+
+    def build(self) -> Simulation:
+        clock = SimClock()
+        router = None
+        if self.replicas > 1:
+            policy = policy_on_clock(self.router_policy, clock, self.max_load_ratio)
+            sizes = [self.replica.block_size] * self.replicas
+            router = SimRouter(policy, sizes, clock, self.replica.enable_prefix_caching)
+        events = router is not None and router.records_kv_events
+        replicas = [Replica(self.replica, self.latency, clock, kv_events=events) for _ in range(self.replicas)]
+        return Simulation(replicas, clock, router)
+
+
+@dataclass(slots=True)
+class SimulatedRun:
+    label: str
+    load: LoadOptions
+    records: list
+    stats: SimulationStats
+
+
+def levels(concurrencies: list[int], rates: list[float] | None) -> list[tuple[int | None, float | None]]:
+    """Load levels as `tokenworks bench sweep` takes them (rates: open loop, one concurrency caps them)."""
+    if rates:
+        cap = concurrencies[0] if len(concurrencies) == 1 else None
+        return [(cap, rate) for rate in sorted(rates)]
+    return [(concurrency, None) for concurrency in sorted(set(concurrencies))]
+
+
+def simulate_levels(
+    fleet: Fleet, prompts: SimPrompts, workload: WorkloadOptions, base: LoadOptions,
+    points: list[tuple[int | None, float | None]], seed: int = 0,
+    on_point: Callable[[SimulatedRun], None] | None = None,
+) -> list[SimulatedRun]:  # fmt: skip
+    fleet.validate()
+    workload.validate()
+    if workload.output_tokens is None:
+        raise PlanError("the simulator needs each request's output length: give --output-tokens")
+    pair = pair_label(str(workload.input_tokens), str(workload.output_tokens))
+    runs = []
+    for concurrency, rate in points:
+        load = replace(base, concurrency=concurrency, request_rate=rate)
+        simulation = fleet.build()
+        driver = WorkloadLoad(build_workload(workload, seed, prompts.counter), load, prompts)
+        run = SimulatedRun(point_label(pair, concurrency, rate), load, driver.records, simulation.run(driver))
+        runs.append(run)
+        if on_point is not None:
+            on_point(run)
+    return runs
+
+
+def simulate_replay(fleet: Fleet, prompts: SimPrompts, log: Path, point: str | None, base: LoadOptions) -> SimulatedRun:
+    """A recorded run's requests, sent again at their recorded times."""
+    fleet.validate()
+    simulation = fleet.build()
+    driver = ReplayLoad(log, prompts, point)
+    stats = simulation.run(driver)
+    return SimulatedRun(f"replay of {point or log.name}", base, driver.records, stats)
