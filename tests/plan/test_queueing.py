@@ -60,3 +60,17 @@ def test_closed_loop_by_hand(sim_prompts) -> None:
     assert metrics.ttft.p50 == 0.25 and metrics.ttft.max == 0.75 and metrics.ttft.mean == 2.5 / 6
     assert metrics.tpot.p50 == 0.25 and metrics.itl.max == 0.25
     assert stats.steps == 6 and stats.end == 1.5
+
+
+def test_delays_outside_the_engine_by_hand(sim_prompts) -> None:
+    """One request at a time, 2 tokens each, steps of 0.25 s, 0.125 s from a send to the engine and
+    0.0625 s from a step's end to the client: sent 0, in the engine at .125, its tokens at .375 and
+    .625 read at .4375 and .6875, when the next is sent."""
+    load = LoadOptions(concurrency=1, num_requests=2)
+    workload = WorkloadOptions(kind="synthetic", api="completions", input_tokens="8", output_tokens="2")
+    clock = SimClock()
+    simulation = Simulation(replicas(1, ConstantLatency(0.25), clock), clock, None, 0.125, 0.0625)
+    sent = WorkloadLoad(build_workload(workload, 0, sim_prompts.counter), load, sim_prompts)
+    simulation.run(sent)
+    assert [(r.sent, r.chunk_times) for r in sent.records] == [(0.0, [0.4375, 0.6875]), (0.6875, [1.125, 1.375])]
+    assert summarize(sent.records).ttft.p50 == 0.4375

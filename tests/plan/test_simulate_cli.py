@@ -37,13 +37,14 @@ def test_simulate_writes_the_bench_results_labelled_simulated(nano_model_dir, pr
         "plan", "simulate", str(nano_model_dir), "--profile", str(profile), "--workload", "shared-prefix",
         "--num-prefixes", "2", "--questions-per-prefix", "4", "--prefix-tokens", "64", "--input-tokens", "16",
         "--output-tokens", "4", "--concurrency", "1,4", "--num-requests", "8", "--replicas", "2",
-        "--router-policy", "kv", "--out", str(out),
+        "--router-policy", "kv", "--arrival-delay-ms", "1.5", "--out", str(out),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "simulated" in result.stdout
     run = json.loads((out / "run.json").read_text())
     assert run["simulated"] is True and run["tool"].startswith("tokenworks plan simulate")
     assert run["simulation"]["replicas"] == 2 and run["simulation"]["router_policy"] == "kv"
+    assert (run["simulation"]["arrival_delay_s"], run["simulation"]["delivery_delay_s"]) == (0.0015, 0.0)
     assert [point["label"] for point in run["points"]] == ["in=16,out=4 c=1", "in=16,out=4 c=4"]
     assert "<title>tokenworks plan (simulated): " in (out / "report.html").read_text()
     lines = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()]
@@ -156,3 +157,14 @@ def test_a_request_longer_than_the_context_fails_as_the_server_refuses_it(sim_pr
         "the prompt (60 tokens) plus max_tokens (8) is 68 tokens, more than this model's context of 64 tokens"
     )
     assert summarize(run.records).errors == 3
+
+
+def test_a_sweep_gives_each_point_what_it_would_get_alone(sim_prompts) -> None:
+    """The points of a sweep share the prompts built once; each runs on a fresh fleet."""
+    workload = WorkloadOptions(kind="shared-prefix", num_prefixes=2, questions_per_prefix=3, prefix_tokens=40,
+                               input_tokens="8:24", output_tokens="2:5")  # fmt: skip
+    load = LoadOptions(num_requests=10, warmup_requests=2)
+    together = simulate_levels(fleet(replicas=2), sim_prompts, workload, load, [(1, None), (4, None)])
+    (alone,) = simulate_levels(fleet(replicas=2), sim_prompts, workload, load, [(4, None)])
+    assert [r.to_json() for r in together[1].records] == [r.to_json() for r in alone.records]
+    assert together[0].records[0].input_tokens == together[1].records[0].input_tokens

@@ -67,19 +67,32 @@ class _Budget:
         return True
 
 
+class Prepared:
+    """A workload's first requests and their prompt ids, built and encoded once: every point of a
+    sweep sends the same ones (the same seed), as many as its count."""
+
+    def __init__(self, workload: Workload, prompts: SimPrompts, count: int) -> None:
+        self.specs = workload.take(count)
+        self.ids = prompts.prompt_ids_of(self.specs)
+
+
 class WorkloadLoad:
     """A workload sent as `LoadOptions` say, as loadgen.py sends it live."""
 
-    def __init__(self, workload: Workload, options: LoadOptions, prompts: SimPrompts) -> None:
+    def __init__(
+        self, workload: Workload, options: LoadOptions, prompts: SimPrompts, prepared: Prepared | None = None
+    ) -> None:
         options.validate()
         self.workload, self.options, self.prompts = workload, options, prompts
         total = options.warmup_requests + options.num_requests if options.num_requests is not None else None
         self.specs: Iterator[RequestSpec] = iter(workload)
         self._ids: dict[int, list[int]] = {}  # id(spec) -> its prompt ids, encoded ahead
         if total is not None:  # every prompt built and encoded before the run, as loadgen builds them
-            specs = workload.take(total)
+            if prepared is None or len(prepared.specs) < total:
+                prepared = Prepared(workload, prompts, total)
+            specs = prepared.specs[:total]
             self.specs = iter(specs)
-            self._ids = {id(spec): ids for spec, ids in zip(specs, prompts.prompt_ids_of(specs), strict=True)}
+            self._ids = {id(spec): ids for spec, ids in zip(specs, prepared.ids, strict=False)}
         self.records: list[RequestRecord] = []
         self.measured_start = 0.0
         self.sender: Sender | None = None

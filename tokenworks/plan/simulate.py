@@ -21,7 +21,7 @@ from tokenworks.engine.options import available_memory_bytes
 from tokenworks.errors import PlanError
 from tokenworks.model.config import ModelConfig
 from tokenworks.plan.clock import SimClock
-from tokenworks.plan.load import ReplayLoad, WorkloadLoad
+from tokenworks.plan.load import Prepared, ReplayLoad, WorkloadLoad
 from tokenworks.plan.prompts import SimPrompts
 from tokenworks.plan.replica import Replica, ReplicaConfig
 from tokenworks.plan.routing import SimRouter, policy_on_clock
@@ -57,10 +57,12 @@ def replica_config(
     )  # fmt: skip
 
 
-def check_fleet(replicas: int, router_policy: str) -> None:
+def check_fleet(replicas: int, router_policy: str, *delays: float) -> None:
     """PlanError for a fleet that cannot be built (before anything is loaded)."""
     if replicas < 1:
         raise PlanError(f"--replicas must be at least 1, got {replicas}")
+    if min(delays, default=0.0) < 0:
+        raise PlanError("--arrival-delay-ms and --delivery-delay-ms cannot be negative")
     try:
         policy_on_clock(router_policy, SimClock())
     except ValueError as error:
@@ -76,9 +78,11 @@ class Fleet:
     replicas: int = 1
     router_policy: str = "kv"
     max_load_ratio: float = MAX_LOAD_RATIO
+    arrival_delay: float = 0.0  # seconds from a send to the engine (Simulation's docstring)
+    delivery_delay: float = 0.0  # seconds from a step's end to the client reading its tokens
 
     def validate(self) -> None:
-        check_fleet(self.replicas, self.router_policy)
+        check_fleet(self.replicas, self.router_policy, self.arrival_delay, self.delivery_delay)
 
     def build(self) -> Simulation:
         clock = SimClock()
@@ -89,7 +93,7 @@ class Fleet:
             router = SimRouter(policy, sizes, clock, self.replica.enable_prefix_caching)
         events = router is not None and router.records_kv_events
         replicas = [Replica(self.replica, self.latency, clock, kv_events=events) for _ in range(self.replicas)]
-        return Simulation(replicas, clock, router)
+        return Simulation(replicas, clock, router, self.arrival_delay, self.delivery_delay)
 
 
 @dataclass(slots=True)
@@ -118,11 +122,15 @@ def simulate_levels(
     if workload.output_tokens is None:
         raise PlanError("the simulator needs each request's output length: give --output-tokens")
     pair = pair_label(str(workload.input_tokens), str(workload.output_tokens))
+    requests = build_workload(workload, seed, prompts.counter)  # one for every point: it keeps no state
+    prepared = None
+    if base.num_requests is not None:  # the most any point sends, built and encoded once
+        prepared = Prepared(requests, prompts, base.warmup_requests + base.num_requests)
     runs = []
     for concurrency, rate in points:
         load = replace(base, concurrency=concurrency, request_rate=rate)
         simulation = fleet.build()
-        driver = WorkloadLoad(build_workload(workload, seed, prompts.counter), load, prompts)
+        driver = WorkloadLoad(requests, load, prompts, prepared)
         run = SimulatedRun(point_label(pair, concurrency, rate), load, driver.records, simulation.run(driver))
         runs.append(run)
         if on_point is not None:

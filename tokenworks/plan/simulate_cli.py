@@ -48,6 +48,10 @@ def simulate(
     max_num_seqs: int = typer.Option(256, "--max-num-seqs", help="Requests running at once per replica."),
     max_model_len: int = typer.Option(None, "--max-model-len", help="Context length (default: the model's)."),
     no_prefix_caching: bool = typer.Option(False, "--no-prefix-caching", help="Replicas without prefix caching."),
+    arrival_delay_ms: float = typer.Option(0.0, "--arrival-delay-ms", help="From a send to the engine having the "
+                                           "request (HTTP, tokenization, the engine client); not in step times."),
+    delivery_delay_ms: float = typer.Option(0.0, "--delivery-delay-ms", help="From a step's end to the client "
+                                            "reading its tokens (detokenization, the stream)."),
     replay: Path = typer.Option(None, "--replay", help="A `tokenworks bench` requests.jsonl to send again at its "
                                 "recorded times and token counts, instead of the workload."),
     replay_point: str = typer.Option(None, "--replay-point", help="Which point of that log (when it has several)."),
@@ -71,7 +75,7 @@ def simulate(
         input_file=input_file, temperature=temperature,
     )  # fmt: skip
     options.validate()
-    check_fleet(replicas, router_policy)
+    check_fleet(replicas, router_policy, arrival_delay_ms, delivery_delay_ms)
     concurrencies = bench._numbers(concurrency, int, "--concurrency") if concurrency else []
     rates = bench._numbers(request_rate, float, "--request-rate") if request_rate else None
     if not concurrencies and not rates:
@@ -98,7 +102,8 @@ def simulate(
         config, block_size or int(measured.engine.get("block_size", 128)), num_kv_blocks, kv_cache_memory_gib,
         max_num_batched_tokens, max_num_seqs, max_model_len, not no_prefix_caching,
     )  # fmt: skip
-    fleet = Fleet(engine, latency, replicas, router_policy)
+    fleet = Fleet(engine, latency, replicas, router_policy, arrival_delay=arrival_delay_ms / 1e3,
+                  delivery_delay=delivery_delay_ms / 1e3)  # fmt: skip
     prompts = SimPrompts.load(model_dir, seed)
     console = Console()
     if replay is not None:
@@ -117,6 +122,7 @@ def simulate(
     simulation = {
         "model_dir": str(model_dir), "profile": str(profile), "latency": type(latency).__name__,
         "replicas": replicas, "router_policy": router_policy if replicas > 1 else None,
+        "arrival_delay_s": fleet.arrival_delay, "delivery_delay_s": fleet.delivery_delay,
         "engine": _fields(engine), "replay": str(replay) if replay is not None else None,
     }  # fmt: skip
     command = "tokenworks plan simulate"

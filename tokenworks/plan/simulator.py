@@ -50,7 +50,7 @@ class SimulationStats:
     steps: int = 0
     busy_seconds: list[float] = field(default_factory=list)  # per replica
     preemptions: int = 0
-    prompt_tokens: int = 0  # of answered requests
+    prompt_tokens: int = 0  # of answered requests, warmup left out (as from every figure)
     cached_tokens: int = 0
     route_reasons: dict[str, int] = field(default_factory=dict)
     end: float = 0.0  # the simulated time of the last event
@@ -62,10 +62,21 @@ class SimulationStats:
 
 
 class Simulation:
-    def __init__(self, replicas: list[Replica], clock: SimClock, router: SimRouter | None = None) -> None:
+    """`arrival_delay` is the time from a request's send to its engine having it (HTTP, the
+    server's tokenization, the engine client), `delivery_delay` from a token's step end to the
+    client reading it (detokenization, the stream): what the step times leave out of a live
+    request's latency, 0 unless given."""
+
+    def __init__(
+        self, replicas: list[Replica], clock: SimClock, router: SimRouter | None = None,
+        arrival_delay: float = 0.0, delivery_delay: float = 0.0,
+    ) -> None:  # fmt: skip
         if len(replicas) > 1 and router is None:
             raise ValueError("several replicas need a router to choose between them")
+        if arrival_delay < 0 or delivery_delay < 0:
+            raise ValueError("delays cannot be negative")
         self.replicas, self.clock, self.router = replicas, clock, router
+        self.arrival_delay, self.delivery_delay = arrival_delay, delivery_delay
         self._events: list[tuple[float, int, int, object]] = []
         self._order = itertools.count()
         self._requests: dict[str, _InFlight] = {}
@@ -82,10 +93,17 @@ class Simulation:
         heapq.heappush(self._events, (moment, _TIMED, next(self._order), action))
 
     def submit(self, send: Send) -> None:
+        """The request leaves the client now; it reaches the engine after the arrival delay."""
+        send.record.sent = self.clock.now
+        if self.arrival_delay:
+            self.call_at(self.clock.now + self.arrival_delay, lambda: self._arrive(send))
+        else:
+            self._arrive(send)
+
+    def _arrive(self, send: Send) -> None:
         """The request reaches the server now: routed, then queued in its replica's scheduler."""
         now = self.clock.now
         record = send.record
-        record.sent = now
         flight, replica = None, 0
         if self.router is not None:
             session = send.spec.session if send.spec is not None else None
@@ -95,11 +113,10 @@ class Simulation:
             self.replicas[replica].add(request_id, send.prompt_ids, send.output_ids, now)
         except ValueError as error:  # the server's 400: the record fails at once, as the client records it
             record.status, record.error, record.http_status = "error", str(error), 400
-            record.last_token = now
+            record.last_token = now + self.delivery_delay
             if flight is not None:
                 flight.abandoned()
-            if send.then is not None:
-                send.then(send)
+            self._deliver(send)
             return
         send.replica = replica
         self._requests[request_id] = _InFlight(send, replica, flight)
@@ -148,7 +165,6 @@ class Simulation:
         router = self.router
         for request in first:
             entry = self._requests[request.request_id]
-            entry.send.record.first_token = request.times.first_token
             if entry.flight is not None:
                 router.first_token(entry.flight)
         if router is not None and router.records_kv_events:
@@ -159,21 +175,29 @@ class Simulation:
             self._answered(self._requests.pop(request.request_id), request)
 
     def _answered(self, entry: _InFlight, request: Request) -> None:
-        record, times = entry.send.record, request.times
-        record.first_token = times.first_token
-        record.last_token = times.tokens[-1]
-        record.chunk_times = times.tokens  # one streamed chunk per token, as the server streams
+        record, times, delay = entry.send.record, request.times, self.delivery_delay
+        # One streamed chunk per token, as the server streams, each read `delay` after its step.
+        record.chunk_times = [moment + delay for moment in times.tokens] if delay else times.tokens
+        record.first_token, record.last_token = record.chunk_times[0], record.chunk_times[-1]
         record.chunk_tokens = [1] * len(times.tokens)
         record.input_tokens = request.num_prompt_tokens
         record.output_tokens = len(request.output_token_ids)
         record.cached_tokens = request.num_cached_tokens
         record.token_source = "usage"
         record.http_status = 200
-        self.stats.prompt_tokens += request.num_prompt_tokens
-        self.stats.cached_tokens += request.num_cached_tokens
+        if not record.warmup:
+            self.stats.prompt_tokens += request.num_prompt_tokens
+            self.stats.cached_tokens += request.num_cached_tokens
         if entry.flight is not None:
             self.router.finished(entry.flight, request.num_prompt_tokens, request.num_cached_tokens,
                                  len(request.output_token_ids))  # fmt: skip
-        send = entry.send
-        if send.then is not None:
+        self._deliver(entry.send)
+
+    def _deliver(self, send: Send) -> None:
+        """The client has the whole answer (after the delivery delay): what follows it may go."""
+        if send.then is None:
+            return
+        if self.delivery_delay:
+            self.call_at(self.clock.now + self.delivery_delay, lambda: send.then(send))
+        else:
             send.then(send)
