@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 
 import pytest
 
@@ -77,3 +79,13 @@ def test_round_robin_finds_a_prefix_only_where_it_happens_to_go() -> None:
 def test_an_unknown_policy_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown routing policy 'fastest'"):
         policy_on_clock("fastest", SimClock())
+
+
+def test_the_simulator_imports_no_torch() -> None:
+    """It runs the engine's scheduler and KV cache, which need no torch, and nothing that does."""
+    code = (
+        "import sys, tokenworks.plan.simulate, tokenworks.plan.results, tokenworks.plan.simulate_cli; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
