@@ -106,9 +106,14 @@ def _normalized(text: str) -> str:
 
 
 def evaluate_served(
-    served: ServedModel, items: Sequence[Record], chat: bool = True, batch: int = DEFAULT_BATCH
+    served: ServedModel,
+    items: Sequence[Record],
+    chat: bool = True,
+    batch: int = DEFAULT_BATCH,
+    answer_slack: int = ANSWER_SLACK,
 ) -> ServedEvaluation:
-    """Reference loss and exact match of the served model on (prompt, label) items."""
+    """Reference loss and exact match of the served model on (prompt, label) items; a greedy answer
+    may run `answer_slack` tokens past its reference's length (where it shows as not exact)."""
     if not items:
         raise EvaluationError("there are no items to evaluate on")
     scores: list[ItemScore] = []
@@ -123,7 +128,7 @@ def evaluate_served(
         )
         # One call per answer: each item's own length limit, so an answer is judged on its own tokens.
         answers = [
-            served.completions([p], max_tokens=len(r) + ANSWER_SLACK)[0]
+            served.completions([p], max_tokens=len(r) + answer_slack)[0]
             for p, r in zip(prompts, references, strict=True)
         ]
         for item, prompt, reference, score, answer in zip(chunk, prompts, references, scored, answers, strict=True):
