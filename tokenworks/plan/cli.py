@@ -53,10 +53,10 @@ def profile(
         TimeElapsedColumn(),
     )  # fmt: skip
     with Progress(*columns, console=console) as bar:
-        task = bar.add_task("loading the model", total=None)
+        task = bar.add_task("loading the model, measuring matmul and bandwidth", total=None)
 
         def on_start(points: int):
-            bar.update(task, total=points, description="matmul and bandwidth")
+            bar.update(task, total=points, description="warming up")
             return advance
 
         def advance(name: str, added: int = 0) -> None:

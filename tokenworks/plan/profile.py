@@ -27,6 +27,7 @@ from tokenworks.engine.options import EngineOptions
 from tokenworks.engine.sampling_params import SamplingParams
 from tokenworks.model.config import ModelConfig
 from tokenworks.plan.profiles import Profile, Sample, config_hash
+from tokenworks.plan.roofline import step_cost
 from tokenworks.plan.step import StepShape
 
 DECODE_TOKENS = 200  # each decode request's max_tokens: more than every step its batch runs
@@ -47,14 +48,15 @@ class Grid:
     token_cap: int  # a decode context's whole batch holds at most this many tokens
     matmul_seconds: float
     bandwidth_mib: int
+    budget_seconds: float  # the steps' estimated time, retakes included: the largest points go first
 
     @classmethod
     def for_run(cls, quick: bool) -> Grid:
         if quick:
-            return cls((8, 2, 1), (64, 256), (32, 128, 512), (0, 128), ((2, 128),), 3, 2048, 0.15, 64)
+            return cls((8, 2, 1), (64, 256), (32, 128, 512), (0, 128), ((2, 128),), 3, 2048, 0.15, 64, 15.0)
         return cls(
             (32, 16, 8, 4, 2, 1), (64, 256, 1024), (32, 128, 512, 2048), (0, 256, 1024),
-            ((4, 128), (16, 512)), 5, 8192, 0.5, 256,
+            ((4, 128), (16, 512)), 5, 8192, 0.5, 256, 180.0,
         )  # fmt: skip
 
 
@@ -69,12 +71,11 @@ def run_profile(
     options = EngineOptions(model=str(model_dir), threads=threads)
     options.num_kv_blocks = _kv_blocks(grid, options.resolved_block_size(options.resolved_device()))
     core = EngineCore(options)
-    limits = _Limits.of(core)
-    points = list(_plan(grid, limits))
-    advance = on_start(len(points) + 1) if on_start is not None else (lambda _: None)
     matmul = measure_matmul(config, grid.matmul_seconds)
     bandwidth = measure_bandwidth(grid.bandwidth_mib, grid.matmul_seconds)
-    advance("matmul and bandwidth")
+    estimate = _Estimate(config, matmul["float32"], grid.repeats)
+    points = _affordable(list(_plan(grid, _Limits.of(core))), estimate, grid.budget_seconds)
+    advance = on_start(len(points)) if on_start is not None else (lambda *_: None)
     samples = _StepTimer(core, grid.repeats).run(points, advance)
     return Profile(
         machine=machine_info(torch.get_num_threads()),
@@ -215,10 +216,51 @@ def _plan(grid: Grid, limits: _Limits) -> Iterator[_Point]:
                         yield _Point("mixed", f"prefill {tokens} + decode {batch}x{context}", tokens, context, batch)
 
 
+@dataclass(frozen=True, slots=True)
+class _Estimate:
+    """A rough forecast of a point's seconds, before measuring: its FLOPs at half the
+    matmul peak (small products and attention run below it), plus a few milliseconds a step."""
+
+    config: ModelConfig
+    peak_flops: float
+    repeats: int
+
+    def step(self, chunks: tuple[tuple[int, int], ...]) -> float:
+        return step_cost(self.config, StepShape(chunks)).flops / (0.5 * self.peak_flops) + 0.005
+
+    def point(self, point: _Point, fills: bool) -> float:
+        """With `fills`, the point is its context's first and pays for prefilling the batch."""
+        steps = self.repeats + 1
+        if point.kind == "prefill":
+            return steps * self.step(((point.tokens, point.context),)) + self.step(((point.context + 1, 0),))
+        decodes = ((1, point.context),) * point.batch
+        work = steps * self.step(decodes + (((point.tokens, 0),) if point.kind == "mixed" else ()))
+        return work + (self.step(((point.context, 0),) * point.batch) if fills else 0.0)
+
+
+def _affordable(points: list[_Point], estimate: _Estimate, budget: float) -> list[_Point]:
+    """The points whose estimated time, taken twice (every point may be retaken), fits the budget:
+    the costliest go first (a large model's 2,048-token chunks, its largest decode batches)."""
+    points = list(points)
+    while points:
+        seen: set[int] = set()
+        costs = []
+        for point in points:  # a context's first decode or mixed point prefills its batch
+            batched = point.kind != "prefill"
+            costs.append(estimate.point(point, fills=batched and point.context not in seen))
+            if batched:
+                seen.add(point.context)
+        if 2 * sum(costs) <= budget:
+            break
+        points.pop(costs.index(max(costs)))
+    return points
+
+
 def _kv_blocks(grid: Grid, block_size: int) -> int:
-    """Enough blocks for the largest decode batch plus the prefills beside it, and no more: the
-    cache is zeroed at start, and the machine is shared."""
-    tokens = 2 * grid.token_cap + max(grid.batches) * DECODE_TOKENS + 2 * max(grid.chunks) + max(grid.cached)
+    """Enough blocks for the largest decode batch (its prompts and the tokens it may generate) and a
+    prefill beside it, and no more: the cache is zeroed at start, and the machine is shared. The
+    prefix cache's blocks of earlier points are evicted as new ones are needed."""
+    tokens = grid.token_cap + max(grid.batches) * DECODE_TOKENS + max(grid.chunks) + max(grid.cached)
     return tokens // block_size + 2 * max(grid.batches) + 8
 
 
