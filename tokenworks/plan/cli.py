@@ -42,6 +42,7 @@ def profile(
     from tokenworks.model.config import ModelConfig
 
     ModelConfig.load(model_dir)  # a clear error for a wrong directory, before torch loads
+    out.parent.mkdir(parents=True, exist_ok=True)  # now, not after minutes of measuring
     # Set before OpenMP starts (torch's import): the engine's threads wait as they do when serving.
     os.environ.setdefault("GOMP_SPINCOUNT", str(SERVING_OMP_SPIN_COUNT))
     from tokenworks.plan.latency import FittedLatency
