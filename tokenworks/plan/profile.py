@@ -71,14 +71,16 @@ def run_profile(
     options = EngineOptions(model=str(model_dir), threads=threads)
     options.num_kv_blocks = _kv_blocks(grid, options.resolved_block_size(options.resolved_device()))
     core = EngineCore(options)
-    matmul = measure_matmul(config, grid.matmul_seconds)
-    bandwidth = measure_bandwidth(grid.bandwidth_mib, grid.matmul_seconds)
-    estimate = _Estimate(config, matmul["float32"], grid.repeats)
+    device = core.model.device  # measured where the engine runs
+    matmul = measure_matmul(config, grid.matmul_seconds, device)
+    bandwidth = measure_bandwidth(grid.bandwidth_mib, grid.matmul_seconds, device)
+    peak = matmul[_dtype_key(core.model.dtype)] or matmul["float32"]
+    estimate = _Estimate(config, peak, grid.repeats)
     points = _affordable(list(_plan(grid, _Limits.of(core))), estimate, grid.budget_seconds)
     advance = on_start(len(points)) if on_start is not None else (lambda *_: None)
     samples = _StepTimer(core, grid.repeats).run(points, advance)
     return Profile(
-        machine=machine_info(torch.get_num_threads()),
+        machine=machine_info(torch.get_num_threads(), device),
         model=config,
         model_hash=config_hash(config),
         engine={
@@ -92,7 +94,7 @@ def run_profile(
             "omp_spin_count": os.environ.get("GOMP_SPINCOUNT"),
         },
         matmul_flops=matmul,
-        peak_flops=matmul[_dtype_key(core.model.dtype)] or matmul["float32"],
+        peak_flops=peak,
         bandwidth=bandwidth,
         peak_bandwidth=bandwidth["read"],
         samples=samples,
@@ -105,10 +107,11 @@ def run_profile(
 # ---- the machine -------------------------------------------------------------------------
 
 
-def machine_info(threads: int) -> dict:
+def machine_info(threads: int, device: torch.device) -> dict:
     return {
         "cpu": cpu_model(), "cores": os.cpu_count(), "threads": threads, "torch": torch.__version__,
         "bf16_matmul_in_hardware": "avx512_bf16" in _cpu_flags() or "amx_bf16" in _cpu_flags(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "tokenworks": __version__,
     }  # fmt: skip
 
@@ -134,38 +137,46 @@ def _cpuinfo() -> str:
         return ""
 
 
-def measure_matmul(config: ModelConfig, seconds: float) -> dict[str, float | None]:
+def measure_matmul(config: ModelConfig, seconds: float, device: torch.device) -> dict[str, float | None]:
     """Best FLOP/s of (512, hidden) x (hidden, intermediate) products, a prefill chunk's MLP, in
-    float32 and bfloat16 (None where torch has no bfloat16 product on this CPU)."""
+    float32 and bfloat16 (None where torch has no bfloat16 product on this device)."""
     rows, h, inter = 512, config.hidden_size, config.intermediate_size
     result: dict[str, float | None] = {}
     for dtype in (torch.float32, torch.bfloat16):
         try:
-            a, b = torch.randn(rows, h, dtype=dtype), torch.randn(h, inter, dtype=dtype)
-            best = _best(lambda a=a, b=b: torch.mm(a, b), seconds)
+            a = torch.randn(rows, h, dtype=dtype, device=device)
+            b = torch.randn(h, inter, dtype=dtype, device=device)
+            best = _best(lambda a=a, b=b: torch.mm(a, b), seconds, device)
             result[_dtype_key(dtype)] = 2 * rows * h * inter / best
         except RuntimeError:
             result[_dtype_key(dtype)] = None
     return result
 
 
-def measure_bandwidth(mib: int, seconds: float) -> dict[str, float]:
+def measure_bandwidth(mib: int, seconds: float, device: torch.device) -> dict[str, float]:
     """Bytes/s of a large float32 copy (a read and a write per byte copied) and of a sum (reads only)."""
-    source = torch.ones(mib * 2**20 // 4)
+    source = torch.ones(mib * 2**20 // 4, device=device)
     target = torch.empty_like(source)
-    copy = _best(lambda: target.copy_(source), seconds)
-    read = _best(lambda: source.sum(), seconds)
+    copy = _best(lambda: target.copy_(source), seconds, device)
+    read = _best(lambda: source.sum(), seconds, device)
     return {"copy": 2 * source.nbytes / copy, "read": source.nbytes / read}
 
 
-def _best(run: Callable[[], object], seconds: float) -> float:
-    """The fastest of repeated runs over about `seconds` (after a warm-up run)."""
-    run()
-    best, deadline = float("inf"), time.perf_counter() + seconds
-    while True:
+def _best(run: Callable[[], object], seconds: float, device: torch.device) -> float:
+    """The fastest of repeated runs over about `seconds` (after a warm-up run); on a GPU each run
+    is waited for, as its kernels return before they finish."""
+
+    def timed() -> float:
         start = time.perf_counter()
         run()
-        best = min(best, time.perf_counter() - start)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    timed()
+    best, deadline = float("inf"), time.perf_counter() + seconds
+    while True:
+        best = min(best, timed())
         if time.perf_counter() > deadline:
             return best
 
