@@ -9,9 +9,11 @@ order alternating between repeats so both meet the host in the same minutes; aga
 runs `tokenworks bench run` over HTTP (/v1/completions, streamed, the synthetic workload with
 exact token counts, greedy, closed loop at --concurrency, --concurrency warmup requests first),
 then stops the server with SIGTERM (the log's last rows commit) and, for the logged run, checks
-that the log holds one row per request sent. Figures: output tokens/s and TTFT p50 from bench's
-run.json, each the median over the repeats, and on / off. Goal (printed, not asserted): both
-within 3%. Model: by default the serve tests' model (the `nano` preset with a 512-token
+that the log holds one row per request bench sent. Figures: output tokens/s and TTFT p50 from
+bench's run.json, and the CPU seconds the HTTP process and the engine process used during the
+load (/proc/PID/stat: what logging costs, much less moved by other work on the host than the
+rates are), each the median over the repeats, and on / off; each run's line ends with the host's
+1-minute load average. Goal (printed, not asserted): tokens/s and TTFT p50 within 3%. Model: by default the serve tests' model (the `nano` preset with a 512-token
 tokenizer trained on 40 of Python's documents, seed 0), built under .peers/flywheel-log/ once.
 """
 
@@ -135,7 +137,8 @@ def measure(logged: bool, repeat: int, model: Path, args: argparse.Namespace) ->
             result["rows"] = connection.execute("SELECT count(*) FROM requests").fetchone()[0]
     print(f"  {name:6} {result['tok_s']:8.1f} tok/s  TTFT p50 {result['ttft_p50'] * 1000:6.1f} ms  "
           f"CPU s: HTTP {result['http_cpu']:5.2f} engine {result['engine_cpu']:5.2f}  errors {result['errors']}  "
-          f"requests {sent}" + (f", logged {result['rows']}" if logged else ""), flush=True)  # fmt: skip
+          f"requests {sent}" + (f", logged {result['rows']}" if logged else "") +
+          f"  load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
     return result
 
 

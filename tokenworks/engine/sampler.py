@@ -82,11 +82,13 @@ class Sampler:
         ]
 
     def _scores(self, raw: torch.Tensor, chosen: torch.Tensor) -> list[float | None]:
-        """Each row's chosen token's logprob under the raw logits (its logit less the row's
-        logsumexp: no (R, V) log-softmax is made), or Nones when the sampler does not score."""
+        """Each row's chosen token's logprob under the raw logits, or Nones when the sampler does
+        not score. One fused log-softmax and a gather: in the engine's step, right after the
+        model, each op's dispatch runs cold, and this took 57 us a step at 32 rows of a 512-token
+        vocabulary where logit - logsumexp (six ops) took 110 us."""
         if not self.score_sampled:
             return [None] * raw.shape[0]
-        return (raw.gather(1, chosen[:, None])[:, 0] - torch.logsumexp(raw, dim=-1)).tolist()
+        return torch.log_softmax(raw, dim=-1).gather(1, chosen[:, None]).view(-1).tolist()
 
     def _apply_constraints(self, logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
         for row, request in enumerate(requests):
