@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from tokenworks.plan.fleet_cli import add_fleet
 from tokenworks.plan.simulate_cli import add_simulate
 
 plan_app = typer.Typer(
@@ -23,6 +24,7 @@ plan_app = typer.Typer(
     no_args_is_help=True,
 )
 add_simulate(plan_app)  # `plan simulate` (simulate_cli.py)
+add_fleet(plan_app)  # `plan fleet` (fleet_cli.py)
 
 
 def register(app: typer.Typer) -> None:

@@ -56,13 +56,17 @@ def simulate(
                                 "recorded times and token counts, instead of the workload."),
     replay_point: str = typer.Option(None, "--replay-point", help="Which point of that log (when it has several)."),
     out: Path = typer.Option(Path("plan-results"), "--out", "-o", help="The results directory."),
+    mode: str = typer.Option("exact", "--mode", help="exact: the engine's own scheduler, request by request; fast: "
+                             "batch totals and closed-form decode runs (fast.py), one replica."),
 ) -> None:  # fmt: skip
     """Simulate a workload at one or more load levels; the bench's results directory, labelled simulated."""
     from tokenworks.bench.loadgen import LoadOptions
     from tokenworks.bench.runner import Accounting
     from tokenworks.bench.slo import SLO
     from tokenworks.bench.workloads import WorkloadOptions
+    from tokenworks.errors import PlanError
     from tokenworks.model.config import ModelConfig
+    from tokenworks.plan.fast_cli import check_fast, simulate_fast
     from tokenworks.plan.latency import FittedLatency
     from tokenworks.plan.profiles import Profile
     from tokenworks.plan.prompts import SimPrompts
@@ -106,7 +110,12 @@ def simulate(
                   delivery_delay=delivery_delay_ms / 1e3)  # fmt: skip
     prompts = SimPrompts.load(model_dir, seed)
     console = Console()
-    if replay is not None:
+    if mode not in ("exact", "fast"):
+        raise PlanError(f"--mode is exact or fast, got {mode!r}")
+    if mode == "fast":
+        check_fast(replicas, replay, base)
+        runs = simulate_fast(fleet, prompts, options, base, points, seed)
+    elif replay is not None:
         runs = [simulate_replay(fleet, prompts, replay, replay_point, base)]
     else:
         runs = simulate_levels(
@@ -123,7 +132,7 @@ def simulate(
         "model_dir": str(model_dir), "profile": str(profile), "latency": type(latency).__name__,
         "replicas": replicas, "router_policy": router_policy if replicas > 1 else None,
         "arrival_delay_s": fleet.arrival_delay, "delivery_delay_s": fleet.delivery_delay,
-        "engine": _fields(engine), "replay": str(replay) if replay is not None else None,
+        "engine": _fields(engine), "replay": str(replay) if replay is not None else None, "mode": mode,
     }  # fmt: skip
     command = "tokenworks plan simulate"
     files = write_simulated(out, simulated, model_dir.name, options, base, objective, accounting, command, simulation,
