@@ -18,6 +18,7 @@ from rich.table import Table
 
 from tokenworks.plan.fleet_cli import add_fleet
 from tokenworks.plan.simulate_cli import add_simulate
+from tokenworks.plan.validate_cli import add_validate
 
 plan_app = typer.Typer(
     help="Predict cost per token and latency for a fleet: profile this machine, simulate, validate.",
@@ -25,6 +26,7 @@ plan_app = typer.Typer(
 )
 add_simulate(plan_app)  # `plan simulate` (simulate_cli.py)
 add_fleet(plan_app)  # `plan fleet` (fleet_cli.py)
+add_validate(plan_app)  # `plan validate` (validate_cli.py)
 
 
 def register(app: typer.Typer) -> None:

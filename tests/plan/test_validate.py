@@ -1,0 +1,186 @@
+"""`tokenworks plan validate` on a live server: the errors are exact arithmetic on the two result files."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+
+import pytest
+
+from tests.plan.conftest import write_profile
+from tests.serve.conftest import ServeProcess
+from tokenworks.cli import main
+from tokenworks.model import CausalLM, preset_config, save_model
+from tokenworks.model.config import ModelConfig
+from tokenworks.plan.validation import METRICS
+
+KEYS = [metric.key for metric in METRICS]
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """The command's own entry point, in this process (a subprocess each took seconds)."""
+    monkeypatch.setattr(sys, "argv", ["tokenworks", "plan", "validate", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exited:
+        code = exited.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def fast_profile(model_dir, path) -> None:
+    """write_profile's stand-in with every step 20x faster than it says (about 50 us plus 1 us a
+    token): a live step of the nano model takes longer, so calibration has a gap to measure."""
+    write_profile(model_dir, path)
+    data = json.loads(path.read_text())
+    for sample in data["samples"]:
+        sample["seconds"] /= 20
+    path.write_text(json.dumps(data))
+
+
+def hit_rate(lines: list[dict], label: str) -> float | None:
+    answered = [r for r in lines if r["point"] == label and not r["warmup"] and r["status"] == "ok"]
+    if all(r["cached_tokens"] is None for r in answered):
+        return None
+    return sum(r["cached_tokens"] or 0 for r in answered) / sum(r["input_tokens"] for r in answered)
+
+
+def figures(directory) -> dict[str, dict[str, float | None]]:
+    """Each point's compared figures, read straight from a results directory."""
+    run = json.loads((directory / "run.json").read_text())
+    lines = [json.loads(line) for line in (directory / "requests.jsonl").read_text().splitlines()]
+    return {row["label"]: {key: row.get(key) for key in KEYS[:-1]} | {KEYS[-1]: hit_rate(lines, row["label"])}
+            for row in run["points"]}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def validated(nano_model_dir, tmp_path_factory):
+    """A 2-point sweep of a live server (shared-prefix chat, concurrency 1 and 3), measured by
+    `plan validate --url`, which then calibrates on c=1 and simulates it."""
+    work = tmp_path_factory.mktemp("validate")
+    profile = work / "profile.json"
+    fast_profile(nano_model_dir, profile)
+    # Its own process, as served (a server thread in this process would share the client's GIL),
+    # with the profile's block size, so a 40-token prefix fills blocks that can be shared.
+    server = ServeProcess(nano_model_dir, "--block-size", "16", "--max-model-len", "256").wait_healthy()
+    try:
+        patch = pytest.MonkeyPatch()
+        args = [
+            "plan", "validate", str(nano_model_dir), "--profile", str(profile), "--url", server.url,
+            "--workload", "shared-prefix", "--num-prefixes", "2", "--questions-per-prefix", "3", "--prefix-tokens",
+            "40", "--input-tokens", "8", "--output-tokens", "6", "--concurrency", "1,3", "--requests-per-point", "6",
+            "--kv-cache-memory-gib", "0.05", "--out", str(work / "out"),
+        ]  # fmt: skip
+        patch.setattr(sys, "argv", ["tokenworks", *args])
+        with pytest.raises(SystemExit) as exited:
+            main()
+        patch.undo()
+        assert exited.value.code == 0
+    finally:
+        server.stop()
+    return work, profile
+
+
+def test_the_table_and_json_hold_every_metric_and_point_computed_exactly(validated) -> None:
+    work, _ = validated
+    out = work / "out"
+    measured, simulated = figures(out / "measured"), figures(out / "simulated")
+    assert list(measured) == list(simulated) == ["in=8,out=6 c=1", "in=8,out=6 c=3"]
+    report = json.loads((out / "validation.json").read_text())
+    assert [point["label"] for point in report["points"]] == list(measured)
+    errors = {key: [] for key in KEYS}
+    for point in report["points"]:
+        label = point["label"]
+        assert list(point["cells"]) == KEYS
+        for metric in METRICS:
+            cell, m, s = point["cells"][metric.key], measured[label][metric.key], simulated[label][metric.key]
+            assert (cell["measured"], cell["simulated"]) == (m, s)
+            expected = (s - m) * 100 if metric.points else (s - m) / m
+            assert cell["error"] == expected
+            errors[metric.key].append(abs(expected))
+    for key in KEYS:
+        assert report["metrics"][key]["median_abs_error"] == statistics.median(errors[key])
+    # The shared prefix is found cached live and in the simulation (the third question on a prefix).
+    assert measured["in=8,out=6 c=3"]["prefix_hit_rate"] > 0
+    assert report["calibration_points"] == ["in=8,out=6 c=1", "in=8,out=6 c=3"]
+    assert (work / "out" / "validation.png").stat().st_size > 0
+
+
+def test_calibration_is_written_into_the_profile_and_closes_the_gap_at_concurrency_1(validated) -> None:
+    """The calibration point's TTFT and TPOT p50 come out as measured (the step's gap per sampled
+    token, then the arrival delay for what TTFT still lacks), and the profile keeps both."""
+    work, profile = validated
+    serving = json.loads(profile.read_text())["serving"]
+    simulation = json.loads((work / "out" / "validation.json").read_text())["simulation"]
+    assert serving["step_overhead"] + serving["token_overhead"] > 0 and serving["arrival_delay"] > 0
+    assert serving["points"] == ["in=8,out=6 c=1", "in=8,out=6 c=3"]
+    for key in ("arrival_delay", "step_overhead", "token_overhead"):
+        assert simulation[f"{key}_s"] == serving[key]
+    first = json.loads((work / "out" / "validation.json").read_text())["points"][0]["cells"]
+    assert first["ttft_p50_s"]["error"] == pytest.approx(0, abs=1e-9)
+    assert first["tpot_p50_s"]["error"] == pytest.approx(0, abs=1e-9)
+
+
+def test_measured_dir_gives_the_same_errors(validated, nano_model_dir, monkeypatch, capsys) -> None:
+    """--measured reads what --url wrote; the profile's calibration (now in it) is used as is."""
+    work, profile = validated
+    first = json.loads((work / "out" / "validation.json").read_text())
+    code, out, err = run_cli(monkeypatch, capsys, str(nano_model_dir), "--profile", str(profile), "--measured",
+                             str(work / "out" / "measured"), "--kv-cache-memory-gib", "0.05", "--out",
+                             str(work / "again"))  # fmt: skip
+    assert code == 0, err
+    again = json.loads((work / "again" / "validation.json").read_text())
+    assert again["points"] == first["points"]
+    for metric in METRICS:  # a row a point and metric, with the figures as validation.json has them
+        for point in again["points"]:
+            cell = point["cells"][metric.key]
+            assert (
+                f"{cell['measured'] * metric.scale:,.2f}" in out and f"{cell['simulated'] * metric.scale:,.2f}" in out
+            )
+        assert out.count(metric.name) == len(again["points"]) + 1  # and its median |error|
+    assert "median |error|" in out
+    assert "the profile's calibration" in out
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("no-run", "has no run.json"),
+        ("no-settings", "does not record the sweep's settings (workload, load missing)"),
+        ("other-model", "measured another model"),
+        ("neither", "give one of --measured DIR"),
+        ("simulated", "holds simulated results"),
+    ],
+)
+def test_bad_input_is_one_clear_line(validated, nano_model_dir, tmp_path, monkeypatch, capsys, case, message) -> None:
+    work, profile = validated
+    measured = tmp_path / "measured"
+    measured.mkdir()
+    args = [str(nano_model_dir), "--profile", str(profile), "--measured", str(measured), "--out", str(tmp_path / "o")]
+    if case == "no-settings":
+        (measured / "run.json").write_text(json.dumps({"tool": "tokenworks bench", "points": [{"label": "x"}]}))
+    elif case == "other-model":
+        other = tmp_path / "micro"
+        config = ModelConfig.load(nano_model_dir)
+        save_model(CausalLM(preset_config("micro", config.vocab_size)).init_weights(), other)
+        write_profile(other, tmp_path / "micro.json")
+        args[2] = str(tmp_path / "micro.json")
+    elif case == "neither":
+        args = args[:3] + args[5:]
+    elif case == "simulated":
+        args[4] = str(work / "out" / "simulated")
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 1
+    assert err.startswith("error: ") and message in err.replace("\n", " ") and "Traceback" not in err
+
+
+def test_validate_imports_no_torch() -> None:
+    """Everything `plan validate` loads, its command's function-level imports included."""
+    import subprocess
+
+    modules = "validate_cli, validate, validation, validation_plot, calibrate, latency, prompts, results, simulate"
+    code = f"import sys; from tokenworks.plan import {modules}; assert 'torch' not in sys.modules, 'torch imported'"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

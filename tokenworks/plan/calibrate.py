@@ -1,0 +1,99 @@
+"""What a live server spends outside `EngineCore.step()`, measured from a closed-loop sweep.
+
+A profile times `EngineCore.step()` alone. A live request also spends time on its way in (HTTP,
+the chat template and tokenization, the engine client) and its tokens on their way out, and the
+serving loop spends time around every step: the core process takes its inputs and sends the
+step's outputs, and the API server detokenizes and streams every sampled token, on the same core
+when the server is pinned to one (and a busy host takes its share of that core too). Three
+figures stand for that, read from two points of a closed-loop sweep where the steps are all
+alike: concurrency 1 (one request: every step decodes it, nothing queues) and the sweep's
+highest concurrency C (C requests decoding together in most steps):
+
+    gap(c)          = measured TPOT p50 - simulated TPOT p50 (no overheads), at c = 1 and C
+    token overhead  = (gap(C) - gap(1)) / (k - 1), k the simulated mean of sampled tokens a
+                      step at C: the part of a step's extra time that grows with its outputs
+    step overhead   = gap(1) - token overhead: the part that does not
+    arrival delay   = measured TTFT p50 - simulated TTFT p50 at c = 1 (with both overheads)
+
+Only the sum of the way in and the way out shows in a client's timestamps (both add to TTFT and
+E2E alike), so all of it is put on the way in (the delivery delay stays 0). Each is clamped at 0
+(a negative token overhead gives the whole gap to the step). Without a second level the whole
+gap is a step's. They are written into profile.json (its "serving" section) so later
+simulations of this machine start from them; `plan validate` marks the points they came from.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tokenworks.errors import PlanError
+from tokenworks.plan.step import StepLatency, StepShape
+
+
+@dataclass(frozen=True, slots=True)
+class Serving:
+    """A live server's time outside the engine step (seconds)."""
+
+    arrival_delay: float = 0.0  # a request's way in (and out: see the module's docstring)
+    delivery_delay: float = 0.0  # a token's way out
+    step_overhead: float = 0.0  # serving-loop time per step, on the engine's core
+    token_overhead: float = 0.0  # serving-loop time per sampled token, on the engine's core
+    source: str = ""  # where it was measured: the results directory
+    points: tuple[str, ...] = ()  # the points it was measured on
+    created: str = ""
+
+    def describe(self) -> str:
+        return (
+            f"arrival delay {self.arrival_delay * 1e3:.2f} ms, delivery delay {self.delivery_delay * 1e3:.2f} ms, "
+            f"+{self.step_overhead * 1e3:.3f} ms a step, +{self.token_overhead * 1e3:.3f} ms a sampled token"
+        )
+
+
+class ServingLatency:
+    """A step-latency model plus the serving loop's time per step and per sampled token."""
+
+    def __init__(self, engine: StepLatency, step_overhead: float = 0.0, token_overhead: float = 0.0) -> None:
+        self.engine, self.step_overhead, self.token_overhead = engine, step_overhead, token_overhead
+
+    def step_seconds(self, step: StepShape) -> float:
+        seconds = self.engine.step_seconds(step)
+        return seconds + self.step_overhead + self.token_overhead * step.num_samples if seconds else seconds
+
+
+def overheads(gap_one: float, gap_many: float | None = None, samples_many: float | None = None) -> tuple[float, float]:
+    """(step, token) overheads from the TPOT gaps at concurrency 1 and at a higher level whose
+    steps sample `samples_many` tokens on average (the module's docstring)."""
+    if gap_many is None or samples_many is None or samples_many <= 1:
+        return max(0.0, gap_one), 0.0
+    token = max(0.0, (gap_many - gap_one) / (samples_many - 1))
+    step = gap_one - token
+    if step < 0:  # the gap at 1 is all tokens' (one a step)
+        return 0.0, max(0.0, gap_one)
+    return step, token
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def read_serving(profile: str | Path) -> Serving | None:
+    """The profile's calibration, or None when it has none."""
+    data = json.loads(Path(profile).read_text(encoding="utf-8"))
+    section = data.get("serving")
+    if not section:
+        return None
+    try:
+        return Serving(**section | {"points": tuple(section.get("points", ()))})
+    except TypeError as error:
+        raise PlanError(f"the profile {profile} has a serving section this tokenworks cannot read ({error})") from None
+
+
+def write_serving(profile: str | Path, serving: Serving) -> None:
+    """Added to profile.json as its "serving" section; every other field is kept as it is."""
+    path = Path(profile)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["serving"] = asdict(serving)
+    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")

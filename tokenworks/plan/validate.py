@@ -1,0 +1,102 @@
+"""`plan validate` as a library: simulate the points of a measured sweep, with what it recorded.
+
+Each measured point is simulated with its own workload (length pair), level, seed, warmup and
+request count, so the simulated client sends the same requests in the same order as the bench
+did. The points run one after another on one fleet, as a sweep's points meet one live server:
+its prefix cache still holds the blocks of the points before (every point of a sweep sends the
+same first prompts, one seed), and a router keeps what it learnt. The simulated points are the
+bench's own `PointResult`s (results.py), so both sides of the comparison are read from result
+directories written by the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from tokenworks.bench.runner import Accounting
+from tokenworks.bench.workloads import build_workload
+from tokenworks.errors import PlanError
+from tokenworks.plan.calibrate import Serving, ServingLatency, now, overheads
+from tokenworks.plan.load import WorkloadLoad
+from tokenworks.plan.prompts import SimPrompts
+from tokenworks.plan.results import SimulatedPoint, simulated_point
+from tokenworks.plan.simulate import Fleet
+from tokenworks.plan.simulator import SimulationStats
+from tokenworks.plan.validation import ResultsDir, SweepPoint
+
+
+def simulate_points(
+    fleet: Fleet, prompts: SimPrompts, measured: ResultsDir, points: list[SweepPoint] | None = None,
+    on_point: Callable[[SimulatedPoint], None] | None = None,
+) -> list[SimulatedPoint]:  # fmt: skip
+    """Every point of `measured` (or those given), in order, on one fleet."""
+    fleet.validate()
+    accounting = Accounting()
+    book = accounting.book()
+    simulation = fleet.build()
+    simulated = []
+    for point in points if points is not None else measured.points:
+        workload, load = measured.point_workload(point), measured.point_load(point)
+        if workload.output_tokens is None:
+            raise PlanError(f"{measured.directory} let the server choose output lengths; the simulator needs them")
+        driver = WorkloadLoad(build_workload(workload, load.seed, prompts.counter), load, prompts)
+        before = replace(simulation.stats, busy_seconds=list(simulation.stats.busy_seconds))
+        stats = _difference(simulation.run(driver), before)
+        entry = simulated_point(driver.records, stats, workload, load, None, accounting, book, point.label)
+        simulated.append(entry)
+        if on_point is not None:
+            on_point(entry)
+    return simulated
+
+
+def _difference(now: SimulationStats, before: SimulationStats) -> SimulationStats:
+    """This point's share of the simulation's counters, which run on over the points."""
+    busy = [a - b for a, b in zip(now.busy_seconds, before.busy_seconds or [0.0] * len(now.busy_seconds), strict=True)]
+    reasons = {key: count - before.route_reasons.get(key, 0) for key, count in now.route_reasons.items()}
+    return SimulationStats(
+        steps=now.steps - before.steps, busy_seconds=busy, preemptions=now.preemptions - before.preemptions,
+        prompt_tokens=now.prompt_tokens - before.prompt_tokens, cached_tokens=now.cached_tokens - before.cached_tokens,
+        route_reasons=reasons, end=now.end - before.end, wall_seconds=now.wall_seconds,
+    )  # fmt: skip
+
+
+def calibration_points(measured: ResultsDir) -> list[SweepPoint]:
+    """The closed-loop points calibrate.py reads: concurrency 1 and the sweep's highest (if above 1)."""
+    closed = [p for p in measured.points if p.request_rate is None and p.concurrency]
+    one = [p for p in closed if p.concurrency == 1]
+    if not one:
+        raise PlanError(
+            f"{measured.directory} has no closed-loop point at concurrency 1 to calibrate the server's time outside "
+            "the engine from: measure one (--concurrency 1,...), or give --arrival-delay-ms and --token-overhead-ms"
+        )
+    top = max(closed, key=lambda p: p.concurrency)
+    return one[:1] + ([top] if top.concurrency > 1 else [])
+
+
+def calibrate(fleet: Fleet, prompts: SimPrompts, measured: ResultsDir) -> Serving:
+    """calibrate.py's figures from the sweep's calibration points, each simulated as it ran (after
+    the points before it, on one fleet)."""
+    chosen = calibration_points(measured)
+    upto = measured.points[: max(measured.points.index(p) for p in chosen) + 1]
+    bare = replace(fleet, arrival_delay=0.0, delivery_delay=0.0)
+    runs = {entry.point.label: entry for entry in simulate_points(bare, prompts, measured, upto)}
+    gaps, samples = [], None
+    for point in chosen:
+        entry, tpot = runs[point.label], point.figures.get("tpot_p50_s")
+        if tpot is None or entry.point.metrics.tpot.p50 is None:
+            raise PlanError(f"the point {point.label} of {measured.directory} has no TPOT to calibrate from")
+        gaps.append(tpot - entry.point.metrics.tpot.p50)
+        samples = sum(r.output_tokens or 0 for r in entry.point.records) / max(entry.stats.steps, 1)
+    step, token = overheads(gaps[0], *((gaps[1], samples) if len(gaps) > 1 else ()))
+    one = chosen[0]
+    loaded = replace(bare, latency=ServingLatency(fleet.latency, step, token))
+    upto_one = measured.points[: measured.points.index(one) + 1]
+    ttft = simulate_points(loaded, prompts, measured, upto_one)[-1].point.metrics.ttft.p50
+    measured_ttft = one.figures.get("ttft_p50_s")
+    if measured_ttft is None or ttft is None:
+        raise PlanError(f"the point {one.label} of {measured.directory} has no TTFT to calibrate from")
+    return Serving(
+        arrival_delay=max(0.0, measured_ttft - ttft), step_overhead=step, token_overhead=token,
+        source=str(measured.directory), points=tuple(p.label for p in chosen), created=now(),
+    )  # fmt: skip
