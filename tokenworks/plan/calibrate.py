@@ -10,8 +10,9 @@ alike: concurrency 1 (one request: every step decodes it, nothing queues) and th
 highest concurrency C (C requests decoding together in most steps):
 
     gap(c)          = measured TPOT p50 - simulated TPOT p50 (no overheads), at c = 1 and C
-    token overhead  = (gap(C) - gap(1)) / (k - 1), k the simulated mean of sampled tokens a
-                      step at C: the part of a step's extra time that grows with its outputs
+    token overhead  = (gap(C) - gap(1)) / (k - 1): the part of a step's extra time that grows
+                      with its outputs; k is the batch a sampled token shares its step with at C
+                      in the simulation, averaged over tokens (sum s^2 / sum s over steps of s)
     step overhead   = gap(1) - token overhead: the part that does not
     arrival delay   = measured TTFT p50 - simulated TTFT p50 at c = 1 (with both overheads)
 

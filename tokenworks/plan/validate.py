@@ -23,6 +23,7 @@ from tokenworks.plan.prompts import SimPrompts
 from tokenworks.plan.results import SimulatedPoint, simulated_point
 from tokenworks.plan.simulate import Fleet
 from tokenworks.plan.simulator import SimulationStats
+from tokenworks.plan.step import StepLatency, StepShape
 from tokenworks.plan.validation import ResultsDir, SweepPoint
 
 
@@ -79,15 +80,19 @@ def calibrate(fleet: Fleet, prompts: SimPrompts, measured: ResultsDir) -> Servin
     the points before it, on one fleet)."""
     chosen = calibration_points(measured)
     upto = measured.points[: max(measured.points.index(p) for p in chosen) + 1]
-    bare = replace(fleet, arrival_delay=0.0, delivery_delay=0.0)
-    runs = {entry.point.label: entry for entry in simulate_points(bare, prompts, measured, upto)}
-    gaps, samples = [], None
+    recorder = _SampleRecorder(fleet.latency)
+    bare = replace(fleet, latency=recorder, arrival_delay=0.0, delivery_delay=0.0)
+    runs = {entry.point.label: entry for entry in simulate_points(bare, prompts, measured, upto, recorder.point_ends)}
+    gaps = []
     for point in chosen:
         entry, tpot = runs[point.label], point.figures.get("tpot_p50_s")
         if tpot is None or entry.point.metrics.tpot.p50 is None:
             raise PlanError(f"the point {point.label} of {measured.directory} has no TPOT to calibrate from")
         gaps.append(tpot - entry.point.metrics.tpot.p50)
-        samples = sum(r.output_tokens or 0 for r in entry.point.records) / max(entry.stats.steps, 1)
+    # The batch a sampled token shares its step with, on average over tokens (sum s^2 / sum s):
+    # what TPOT sees, where a mean over steps would count the ramp's and the tail's small steps.
+    per_step = recorder.points[chosen[-1].label]
+    samples = sum(s * s for s in per_step) / max(sum(per_step), 1)
     step, token = overheads(gaps[0], *((gaps[1], samples) if len(gaps) > 1 else ()))
     one = chosen[0]
     loaded = replace(bare, latency=ServingLatency(fleet.latency, step, token))
@@ -100,3 +105,19 @@ def calibrate(fleet: Fleet, prompts: SimPrompts, measured: ResultsDir) -> Servin
         arrival_delay=max(0.0, measured_ttft - ttft), step_overhead=step, token_overhead=token,
         source=str(measured.directory), points=tuple(p.label for p in chosen), created=now(),
     )  # fmt: skip
+
+
+class _SampleRecorder:
+    """A step-latency model passing steps through, keeping each point's sampled tokens a step."""
+
+    def __init__(self, latency: StepLatency) -> None:
+        self.latency = latency
+        self.points: dict[str, list[int]] = {}
+        self._current: list[int] = []
+
+    def step_seconds(self, step: StepShape) -> float:
+        self._current.append(step.num_samples)
+        return self.latency.step_seconds(step)
+
+    def point_ends(self, entry: SimulatedPoint) -> None:
+        self.points[entry.point.label], self._current = self._current, []
