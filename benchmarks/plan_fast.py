@@ -69,19 +69,28 @@ def agreement(num_requests: int) -> None:
 
     model = build_tiny(CACHE / "tiny")
     profile = Profile.load(ensure_profile(model, CACHE / "profile.json"))
-    fleet = Fleet(replica_config(ModelConfig.load(model), int(profile.engine.get("block_size", 128))),
-                  FittedLatency.from_profile(profile))  # fmt: skip
+    config, latency = ModelConfig.load(model), FittedLatency.from_profile(profile)
     prompts = SimPrompts.load(model)
     base = LoadOptions(num_requests=num_requests, warmup_requests=2)
-    print(f"\nexact vs fast, tiny shape, fitted latency ({fleet.latency.describe()}), {num_requests} requests a point")
-    print(f"{'workload':<22} {'point':<28} {'metric':<18} {'exact':>11} {'fast':>11} {'error':>8}")
-    for inputs, outputs in (("128", "128"), ("64:512", "16:256")):
+    print(f"\nexact vs fast, tiny shape, fitted latency ({latency.describe()}), {num_requests} requests a point")
+    print(f"{'workload, KV cache':<34} {'point':<28} {'metric':<18} {'exact':>11} {'fast':>11} {'error':>8}")
+    block = int(profile.engine.get("block_size", 128))
+    cases = [
+        ("128", "128", replica_config(config, block), "engine default"),
+        ("64:512", "16:256", replica_config(config, block), "engine default"),
+        ("64:512", "16:256", replica_config(config, 16, num_kv_blocks=150), "150 x 16 tokens"),
+    ]  # fmt: skip
+    for inputs, outputs, engine, cache in cases:
         workload = WorkloadOptions(api="chat", input_tokens=inputs, output_tokens=outputs)
         points = [(c, None) for c in (1, 2, 4, 8, 16, 32)] + [(None, r) for r in (5.0, 10.0, 15.0, 20.0)]
-        for row in compare(fleet, prompts, workload, base, points):
+        within = 0
+        rows = compare(Fleet(engine, latency), prompts, workload, base, points)
+        for row in rows:
             verdict = "" if abs(row.error) <= 0.05 else "  > 5%"
-            print(f"{inputs + ' / ' + outputs:<22} {row.point:<28} {row.metric:<18} {row.exact:>11.4f} "
+            within += not verdict
+            print(f"{f'{inputs} / {outputs}, {cache}':<34} {row.point:<28} {row.metric:<18} {row.exact:>11.4f} "
                   f"{row.fast:>11.4f} {row.error:>+8.2%}{verdict}")  # fmt: skip
+        print(f"{within} of {len(rows)} cells within 5%")
 
 
 def main() -> None:

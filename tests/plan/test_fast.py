@@ -13,6 +13,7 @@ from tokenworks.bench.workloads import WorkloadOptions
 from tokenworks.model.config import ModelConfig
 from tokenworks.plan.agreement import compare
 from tokenworks.plan.fast import FastEngine, FastRequests, run_replica
+from tokenworks.plan.fast_cli import simulate_fast
 from tokenworks.plan.fast_load import FastLoad, Sends
 from tokenworks.plan.fast_workload import cached_blocks
 from tokenworks.plan.latency import ConstantLatency, DatasheetLatency, FittedLatency
@@ -105,3 +106,19 @@ def test_fast_mode_agrees_with_exact_mode_on_a_concurrency_and_a_poisson_sweep(
     assert len(rows) == 5 * 3
     worst = max(rows, key=lambda row: abs(row.error))
     assert abs(worst.error) <= 0.05, worst
+
+
+def test_fast_mode_agrees_with_exact_mode_when_the_kv_cache_limits_the_batch(
+    nano_model_dir, fitted, sim_prompts
+) -> None:
+    """A cache of 40 blocks of 16 tokens, prompts of up to ~250 tokens: admissions wait for room
+    and running requests are preempted, in both modes."""
+    config = ModelConfig.load(nano_model_dir)
+    fleet = Fleet(replica_config(config, block_size=16, num_kv_blocks=40), fitted)
+    workload = WorkloadOptions(api="chat", input_tokens="16:200", output_tokens="4:64")
+    base = LoadOptions(num_requests=64, warmup_requests=2, seed=3)
+    points = [(8, None), (16, None), (None, 400.0)]
+    assert all(run.stats.preemptions > 0 for run in simulate_fast(fleet, sim_prompts, workload, base, points))
+    rows = compare(fleet, sim_prompts, workload, base, points)
+    worst = max(rows, key=lambda row: abs(row.error))
+    assert abs(worst.error) <= 0.10, worst

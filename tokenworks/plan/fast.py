@@ -18,8 +18,10 @@ rules (scheduler.py) but not its objects:
 - prefix caching is an input: each request's cached prompt tokens (fast_workload.py estimates
   them from the prompts' blocks, or a hit rate gives them);
 - the KV cache is counted in tokens, each request rounding up half a block on average (the exact
-  mode counts blocks); when it is full the newest request is preempted and recomputed later,
-  its prompt and the tokens it made so far, from scratch.
+  mode counts blocks); when it is full the newest request is preempted, and nothing is admitted
+  until a request finishes (the block the preemption freed went to the request that needed it);
+  the victim recomputes its prompt and the tokens it made, less its full blocks, which the
+  prefix cache keeps.
 
 Pure Python scalars and a heap; numpy only for the arrays it returns. No torch.
 """
@@ -120,6 +122,10 @@ def run_replica(engine: FastEngine, step: LinearStep, requests: FastRequests, se
     now, steps, batch, offsets, busy, preemptions = 0.0, 0, 0, 0, 0.0, 0
     partial, partial_done = -1, 0  # the request part-way through its prompt, and its tokens computed
     running = 0
+    # Set by a preemption until a request finishes: the engine's own count of blocks leaves no room
+    # for the victim (or anyone) until then, where this mode's count in tokens might.
+    full = False
+    admitted = 0  # tokens of the requests admitted in the step being built (not yet counted as decodes)
 
     def newest() -> int:
         while not alive[order[-1]]:
@@ -128,10 +134,11 @@ def run_replica(engine: FastEngine, step: LinearStep, requests: FastRequests, se
 
     def preempt() -> None:
         """Free the newest running request; it waits again at the head of the queue and recomputes."""
-        nonlocal batch, offsets, partial, running, preemptions
+        nonlocal batch, offsets, partial, running, preemptions, full
         victim = newest()
         alive[victim] = 0
         running -= 1
+        full = running > 0  # an empty cache has room for anyone who fits at all
         preemptions += 1
         if victim == partial:
             computed, partial = partial_done, -1
@@ -155,7 +162,8 @@ def run_replica(engine: FastEngine, step: LinearStep, requests: FastRequests, se
         offsets += offset[request]
 
     def finish(request: int) -> None:
-        nonlocal running
+        nonlocal running, full
+        full = False
         alive[request] = 0
         running -= 1
         last[request] = now
@@ -172,7 +180,9 @@ def run_replica(engine: FastEngine, step: LinearStep, requests: FastRequests, se
                 finish(request)
 
     def fits(request: int, budget: int) -> bool:
-        held = offsets + batch * (steps + 1) + (partial_done if partial >= 0 else 0) + running * rounding
+        if full:
+            return False
+        held = offsets + batch * (steps + 1) + (partial_done if partial >= 0 else 0) + running * rounding + admitted
         tokens = length[request] + 1 if prefilled else start[request] + min(length[request] - start[request], budget)
         return held + block * -(-tokens // block) <= capacity
 
@@ -223,7 +233,7 @@ def run_replica(engine: FastEngine, step: LinearStep, requests: FastRequests, se
             continue
 
         # One step with prompt work: decodes, the part-way prompt, then admissions.
-        budget = max_tokens
+        budget, admitted = max_tokens, 0
         preempted = preemptions
         while running and not _room_for_running(offsets, batch, steps, partial, partial_done, running, rounding,
                                                capacity, length, max_tokens):  # fmt: skip
@@ -264,6 +274,7 @@ def run_replica(engine: FastEngine, step: LinearStep, requests: FastRequests, se
             waiting.popleft()
             alive[request], running = 1, running + 1
             order.append(request)
+            admitted += block * -(-(cached + count) // block)
             tokens, chunks, budget = tokens + count, chunks + 1, budget - count
             keys += attended_keys(count, cached, window)
             reads += count + (cached if window is None else min(cached, window))
@@ -273,6 +284,7 @@ def run_replica(engine: FastEngine, step: LinearStep, requests: FastRequests, se
             else:
                 partial, partial_done = request, cached + count
         seconds = step.seconds(tokens, samples, keys, reads, chunks)
+        admitted = 0  # they are decodes or the part-way prompt from here on
         now += seconds
         busy += seconds
         steps += 1
