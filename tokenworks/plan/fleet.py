@@ -222,23 +222,25 @@ def _simulate(engine: FastEngine, step: LinearStep, requests: FastRequests, rate
     run = run_replica(engine, step, requests, Sends(_replica_load(rate, replicas, options)))
     summary = summarize_fast(run)
     ttft, tpot, e2e, measured = latencies(run)
-    keeps_up = not _saturated(ttft[measured])
-    if engine.prefilled:  # a decode replica: its E2E is the time after the first token
+    if engine.prefilled:  # a decode replica: its E2E is the time after the first token, queueing included
         outputs = requests.output_tokens[measured]
         e2e = e2e[measured]
         tpot = e2e / np.maximum(outputs - 1, 1)
         ttft = np.zeros_like(tpot)
+        keeps_up = not _saturated(tpot)  # a queue that grows shows in the time per token after the first
     else:
         ttft, tpot, e2e = ttft[measured], tpot[measured], e2e[measured]
+        keeps_up = not _saturated(ttft)
     return _Side(replicas, ttft, tpot, e2e, summary.output_throughput * replicas, summary.total_throughput * replicas,
                  summary.utilisation, keeps_up)  # fmt: skip
 
 
-def _saturated(ttft: np.ndarray, limits: Thresholds = Thresholds()) -> bool:
-    """The bench's saturation flag (validity.py): the later half's median TTFT at least twice the
-    earlier half's, and more than 10 ms above it (requests in send order)."""
-    half = len(ttft) // 2
-    early, late = float(np.median(ttft[:half])), float(np.median(ttft[half:]))
+def _saturated(latency: np.ndarray, limits: Thresholds = Thresholds()) -> bool:
+    """The bench's saturation flag (validity.py): the later half's median TTFT (here, any latency
+    that queueing lengthens) at least twice the earlier half's and more than 10 ms above it
+    (requests in send order)."""
+    half = len(latency) // 2
+    early, late = float(np.median(latency[:half])), float(np.median(latency[half:]))
     return late >= limits.saturation_ratio * early and late - early >= limits.saturation_seconds
 
 
