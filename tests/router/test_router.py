@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from tests.router.conftest import RouterProcess
-from tests.serve.conftest import metric_value
+from tests.serve.conftest import ServeProcess, metric_value
 from tokenworks.router.policies import LeastLoad, PowerOfTwo, RoundRobin, RoutedRequest, Session, make_policy
 from tokenworks.router.workers import Worker, WorkerPool
 
@@ -258,3 +258,27 @@ def test_a_client_that_leaves_frees_the_work_on_its_worker(workers):
         assert [w["in_flight"] for w in httpx.get(f"{router.url}/workers").json()["workers"]] == [0]
     finally:
         router.stop()
+
+
+def test_feedback_through_the_router_reaches_the_worker_that_logged_the_answer(serve_model_dir, tmp_path):
+    logged = [ServeProcess(serve_model_dir, "--log-db", str(tmp_path / f"w{k}.db")) for k in range(2)]
+    router = None
+    try:
+        router = RouterProcess([w.wait_healthy().url for w in logged], "--policy", "round-robin").wait_healthy()
+        with httpx.Client(base_url=router.url, timeout=60) as http:
+            answers = [http.post("/v1/completions", json=GREEDY) for _ in range(2)]
+            assert [a.headers["x-tokenworks-worker"] for a in answers] == ["w0", "w1"]
+            for answer in answers:  # each in its own worker's log only
+                request_id = answer.json()["id"]
+                stored = http.post("/v1/feedback", json={"request_id": request_id, "rating": -1, "correction": "x"})
+                assert stored.status_code == 200, stored.text
+                assert (stored.json()["request_id"], stored.json()["rating"]) == (request_id, -1.0)
+            unknown = http.post("/v1/feedback", json={"request_id": "cmpl-nope", "rating": 1})
+            assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "request_not_found"
+            malformed = http.post("/v1/feedback", json={"request_id": "cmpl-nope", "stars": 5})
+            assert malformed.status_code == 400
+    finally:
+        if router is not None:
+            router.stop()
+        for worker in logged:
+            worker.stop()

@@ -8,6 +8,7 @@
 | `GET /metrics` | Prometheus metrics, `tokenworks_router_*` (metrics.py) |
 | `GET /workers`, `POST /workers {"url"}`, `DELETE /workers/{id}` | the pool, and workers joining and leaving |
 | `POST /v1/load_lora_adapter`, `/v1/unload_lora_adapter` | vLLM's adapter API, on every worker (adapters.py) |
+| `POST /v1/feedback` | to the worker whose request log holds the answer (proxy.py) |
 | `GET /dashboard` | the workers at a glance: load, health, learnt speeds, prefix hits |
 
 The lifespan holds one aiohttp session to the workers, the health loop and, under the `kv`
@@ -40,7 +41,7 @@ from tokenworks.router.metrics import RouterMetrics
 from tokenworks.router.policies import DEFAULT_POLICY, Policy, RoutedRequest, make_policy
 from tokenworks.router.prefix_index import PrefixIndex
 from tokenworks.router.prompts import PromptTokenizer
-from tokenworks.router.proxy import forward
+from tokenworks.router.proxy import forward, forward_feedback
 from tokenworks.router.workers import WorkerPool
 from tokenworks.serve.auth import PROTECTED_PREFIXES, ApiKeyMiddleware
 from tokenworks.serve.config import DEFAULT_MAX_BODY_BYTES
@@ -238,6 +239,10 @@ def create_router_app(config: RouterConfig) -> FastAPI:
     @app.post("/v1/unload_lora_adapter", summary="Unload a LoRA adapter from every worker (vLLM's API).")
     async def unload_lora_adapter(body: UnloadLoRAAdapterRequest, request: Request):
         return await routing.adapters.unload(request.app.state.session, pool, body.lora_name)
+
+    @app.post("/v1/feedback", summary="Feedback on an answer, to the worker whose request log has it.")
+    async def feedback(request: Request):
+        return await forward_feedback(await request.body(), pool.candidates(), request.app.state.session)
 
     @app.get("/health", summary="200 while at least one worker is available, else 503.")
     async def health():

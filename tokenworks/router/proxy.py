@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
 RETRIED_STATUSES = frozenset({502, 503, 504})
 CONNECT_TIMEOUT_S = 2.0
+FEEDBACK_TIMEOUT_S = 15.0  # a worker's log writer has 10 s to store it (serve/feedback.py)
 WORKER_HEADER = "X-Tokenworks-Worker"  # which worker answered (for people and tests)
 FORWARDED_HEADERS = ("content-type", "accept", "x-session-id", "x-request-id")
 
@@ -132,6 +133,28 @@ async def _relay(upstream: aiohttp.ClientResponse, flight: Flight, metrics: Rout
 def _stream_closed(flight: Flight, upstream: aiohttp.ClientResponse) -> None:
     flight.abandoned()  # nothing, when it ended whole
     upstream.release()  # an unfinished one closes its connection: the worker sees the client go
+
+
+async def forward_feedback(raw_body: bytes, workers: list[Worker], session: aiohttp.ClientSession) -> Response:
+    """POST /v1/feedback (the request log's, serve/feedback.py) to each worker in turn, until one
+    knows the answer it names: the router does not remember which worker gave which answer, and
+    workers that share one log file (`serve --workers N --log-db`) see each other's answers once
+    committed, so the first one that does not answer 404 decides (a 400 for a malformed body
+    comes from the first)."""
+    answer: Response | None = None
+    for worker in workers:
+        try:
+            timeout = aiohttp.ClientTimeout(total=FEEDBACK_TIMEOUT_S)
+            headers = {"content-type": "application/json"}
+            async with session.post(f"{worker.url}/v1/feedback", data=raw_body, headers=headers, timeout=timeout) as up:
+                answer = Response(await up.read(), up.status, media_type=up.content_type)
+        except (aiohttp.ClientError, TimeoutError):
+            continue  # its health checks will see to it; another may hold the answer
+        if answer.status_code != 404:
+            return answer
+    if answer is None:
+        raise APIError(503, "no worker could take the feedback", code="no_worker", headers={"Retry-After": "1"})
+    return answer  # every worker's 404: an unknown request id (or no worker keeps a log)
 
 
 def _with_tokens(headers: dict[str, str], routed: RoutedRequest, worker: Worker) -> dict[str, str]:
