@@ -175,3 +175,29 @@ def test_sft_refuses_a_base_whose_tokenizer_exceeds_its_vocabulary(trained_check
     Tokenizer.load(trained_checkpoint).save(base)
     with pytest.raises(TrainError, match="has 512 tokens but the model's vocabulary is only 300"):
         run_sft(_sft_config(base, _write_chat(tmp_path / "chat.jsonl"), tmp_path / "out"))
+
+
+def test_lora_sft_continues_from_an_init_adapter_with_its_shape(trained_checkpoint: Path, tmp_path: Path) -> None:
+    chat = _write_chat(tmp_path / "chat.jsonl")
+    first = LoraConfig(rank=4, alpha=8.0, targets=("q_proj", "v_proj"))
+    run_sft(_sft_config(trained_checkpoint, chat, tmp_path / "first", lora=first))
+    # Asked for another rank and targets: the continuation keeps the adapter's own (it starts from its tensors).
+    other = LoraConfig(rank=8, alpha=16.0, targets=("q_proj", "k_proj", "v_proj"))
+    run_sft(
+        _sft_config(
+            trained_checkpoint, chat, tmp_path / "next", lora=other, init_adapter=tmp_path / "first" / "checkpoint"
+        )
+    )
+    config = json.loads((tmp_path / "next" / "checkpoint" / "adapter_config.json").read_text())
+    assert (config["r"], sorted(config["target_modules"])) == (4, ["q_proj", "v_proj"])
+
+    def evals(run: str) -> list[float]:
+        records = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return [r["val_loss"] for r in records if r["kind"] == "eval"]
+
+    # Its first evaluation, before any step, is where the first run ended.
+    assert evals("next")[0] == pytest.approx(evals("first")[-1], rel=1e-6)
+    with pytest.raises(TrainError, match="needs LoRA"):
+        run_sft(
+            _sft_config(trained_checkpoint, chat, tmp_path / "full", init_adapter=tmp_path / "first" / "checkpoint")
+        )

@@ -163,6 +163,9 @@ def sft(
     merge: bool = typer.Option(
         False, "--merge", help="LoRA: also write OUT/merged, a plain checkpoint with the adapter folded in."
     ),
+    init_adapter: Path = typer.Option(
+        None, "--init-adapter", help="LoRA: start from this saved adapter (its rank and targets) instead of zero."
+    ),
 ) -> None:
     """Fine-tune a checkpoint on chat JSONL; loss on assistant tokens only, conversations packed."""
     from tokenworks.train.config import LoraConfig, SFTConfig, parse_targets
@@ -177,7 +180,10 @@ def sft(
         out, context, batch_size, grad_accum, max_steps, time_budget, stop_at_step, peak_lr, min_lr_ratio, warmup,
         weight_decay, grad_clip, eval_interval, eval_tokens, save_interval, seed, device, dtype, resume,
     )  # fmt: skip
-    config = SFTConfig(base=base, data=data, validation=validation, epochs=epochs, lora=lora, merge=merge, loop=loop)
+    config = SFTConfig(
+        base=base, data=data, validation=validation, epochs=epochs, lora=lora, merge=merge, init_adapter=init_adapter,
+        loop=loop,
+    )  # fmt: skip
     with TrainProgressView(loop) as view:
         record = run_sft(config, view.on_event)
     _summary(record)

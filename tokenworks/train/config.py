@@ -167,6 +167,7 @@ class SFTConfig:
     epochs: float | None = None  # None with max_steps None: 1 epoch
     lora: LoraConfig | None = None
     merge: bool = False  # with LoRA: export the merged plain checkpoint instead of the adapter
+    init_adapter: Path | None = None  # with LoRA: start from this saved adapter (its rank and targets), not from zero
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(context=512, batch_size=8, eval_interval=50))
 
 

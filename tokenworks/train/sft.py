@@ -26,7 +26,7 @@ from tokenworks.train.checkpoint import (
 from tokenworks.train.config import SFTConfig
 from tokenworks.train.distributed import barrier, init_distributed
 from tokenworks.train.loop import Event, TrainLoop
-from tokenworks.train.lora import apply_lora, load_adapter, merge_lora
+from tokenworks.train.lora import apply_lora, load_adapter, merge_lora, read_adapter_config
 from tokenworks.train.optim import build_optimizer
 from tokenworks.train.records import MetricsLog
 from tokenworks.train.session import RunRecord, check_context, check_out_dir, matmul_peak, write_records
@@ -69,6 +69,10 @@ def run_sft(config: SFTConfig, on_event: Event | None = None) -> RunRecord:
     loop.check()
     if config.lora is not None:
         config.lora.check()
+    if config.init_adapter is not None:  # the adapter's own shape: a continuation cannot change rank or targets
+        if config.lora is None:
+            raise TrainError("--init-adapter needs LoRA: it is the adapter training starts from")
+        config = replace(config, lora=replace(read_adapter_config(config.init_adapter)[0], dropout=config.lora.dropout))
     if config.merge and config.lora is None:
         raise TrainError("--merge needs LoRA (--lora-rank): a full fine-tune already saves a plain checkpoint")
     model_config, tokenizer = load_base(config.base)
@@ -88,7 +92,8 @@ def run_sft(config: SFTConfig, on_event: Event | None = None) -> RunRecord:
 
     model = load_model(config.base, dtype="float32")
     if config.lora is not None:
-        model = load_adapter(model, loop.out / CHECKPOINT_DIR) if state else apply_lora(model, config.lora)
+        start = loop.out / CHECKPOINT_DIR if state else config.init_adapter
+        model = load_adapter(model, start) if start is not None else apply_lora(model, config.lora)
     elif state is not None:
         load_weights(model, iter_tensors(loop.out / CHECKPOINT_DIR))
     model.to(device).train()
@@ -141,8 +146,6 @@ def export_merged(model: CausalLM, tokenizer: Tokenizer, out: Path) -> Path:
 
 def merge_adapter(adapter: Path, out: Path, base: Path | None = None) -> Path:
     """`tokenworks train merge-lora`: base + saved adapter -> plain checkpoint in `out`."""
-    from tokenworks.train.lora import read_adapter_config
-
     _, recorded = read_adapter_config(adapter)
     base = base or (Path(recorded) if recorded else None)
     if base is None or not (base / "config.json").is_file():
