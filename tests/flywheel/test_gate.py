@@ -26,6 +26,11 @@ def test_margin_and_tolerance(hard: float, general: float, promote: bool) -> Non
     assert decide(Evaluation(hard, general), CHAMPION).promote is promote
 
 
+def test_failed_names_every_rule_that_refused() -> None:
+    assert decide(Evaluation(2.2, 3.5), CHAMPION).failed == ["hard_eval_margin", "general_tolerance"]
+    assert decide(Evaluation(1.5, 3.0), CHAMPION).failed == []
+
+
 def test_a_float_boundary_is_not_decided_by_the_last_bit() -> None:
     # (1.0 - 0.9) / 1.0 is 0.09999999999999998 in floats; the 10% boundary still passes.
     assert decide(Evaluation(0.9, 1.0), Evaluation(1.0, 1.0)).promote is True
@@ -39,7 +44,7 @@ def test_reasons_carry_the_numbers() -> None:
         "hard-eval loss 2.0000 -> 1.7000: +15.00% better, at least the 10.00% margin",
         "general loss 3.0000 -> 3.0900: +3.00%, beyond the +2.00% tolerance",
     ]
-    assert decision.as_dict() == {"promote": False, "reasons": decision.reasons}
+    assert decision.as_dict() == {"promote": False, "reasons": decision.reasons, "failed": ["general_tolerance"]}
 
 
 def test_exact_match_when_required() -> None:
@@ -47,8 +52,9 @@ def test_exact_match_when_required() -> None:
     assert decide(Evaluation(1.5, 3.0, 0.25), CHAMPION, config).promote is True  # equal is not worse
     worse = decide(Evaluation(1.5, 3.0, 0.2), CHAMPION, config)
     assert worse.promote is False and worse.reasons[-1] == "exact match 25.00% -> 20.00%: worse"
+    assert worse.failed == ["exact_match"]
     unmeasured = decide(Evaluation(1.5, 3.0), CHAMPION, config)
-    assert unmeasured.promote is False
+    assert unmeasured.promote is False and unmeasured.failed == ["exact_match"]
     assert unmeasured.reasons[-1] == "exact match is required but was not measured for both models"
     # Not required: a worse exact match does not block, and is not a reason.
     assert decide(Evaluation(1.5, 3.0, 0.0), CHAMPION).promote is True

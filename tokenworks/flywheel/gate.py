@@ -73,9 +73,14 @@ class Evaluation:
 class Decision:
     promote: bool
     reasons: list[str] = field(default_factory=list)  # every rule, passed or failed, with its numbers
+    failed: list[str] = field(default_factory=list)  # the names of the rules that failed (RULE_NAMES)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"promote": self.promote, "reasons": list(self.reasons)}
+        return {"promote": self.promote, "reasons": list(self.reasons), "failed": list(self.failed)}
+
+
+# The rules by name, for logs and reports that must say which one refused a candidate.
+HARD_EVAL_MARGIN, GENERAL_TOLERANCE, EXACT_MATCH = "hard_eval_margin", "general_tolerance", "exact_match"
 
 
 def relative_change(before: float, after: float) -> float:
@@ -88,11 +93,11 @@ def relative_change(before: float, after: float) -> float:
 def decide(candidate: Evaluation, champion: Evaluation, config: GateConfig = GateConfig()) -> Decision:
     """Whether the candidate replaces the champion, and why, rule by rule."""
     reasons: list[str] = []
-    passed = True
+    failed: list[str] = []
 
     improvement = -relative_change(champion.hard_eval_loss, candidate.hard_eval_loss)
     ok = improvement >= config.margin
-    passed &= ok
+    failed += [] if ok else [HARD_EVAL_MARGIN]
     reasons.append(
         f"hard-eval loss {champion.hard_eval_loss:.4f} -> {candidate.hard_eval_loss:.4f}: "
         f"{improvement:+.2%} better, {'at least' if ok else 'less than'} the {config.margin:.2%} margin"
@@ -100,7 +105,7 @@ def decide(candidate: Evaluation, champion: Evaluation, config: GateConfig = Gat
 
     change = relative_change(champion.general_loss, candidate.general_loss)
     ok = change <= config.tolerance
-    passed &= ok
+    failed += [] if ok else [GENERAL_TOLERANCE]
     reasons.append(
         f"general loss {champion.general_loss:.4f} -> {candidate.general_loss:.4f}: "
         f"{change:+.2%}, {'within' if ok else 'beyond'} the +{config.tolerance:.2%} tolerance"
@@ -108,13 +113,13 @@ def decide(candidate: Evaluation, champion: Evaluation, config: GateConfig = Gat
 
     if config.require_exact_match:
         if candidate.exact_match is None or champion.exact_match is None:
-            passed = False
+            failed.append(EXACT_MATCH)
             reasons.append("exact match is required but was not measured for both models")
         else:
             ok = candidate.exact_match >= champion.exact_match
-            passed &= ok
+            failed += [] if ok else [EXACT_MATCH]
             reasons.append(
                 f"exact match {champion.exact_match:.2%} -> {candidate.exact_match:.2%}: "
                 f"{'not worse' if ok else 'worse'}"
             )
-    return Decision(passed, reasons)
+    return Decision(not failed, reasons, failed)

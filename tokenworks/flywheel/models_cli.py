@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tokenworks.flywheel import promotion
+from tokenworks.flywheel.promotion import Endpoint
 from tokenworks.flywheel.registry import CHAMPION, DEFAULT_REGISTRY, LogEntry, ModelVersion, Registry, RegistryError
 
 models_app = typer.Typer(
@@ -23,6 +25,13 @@ REGISTRY_OPTION = typer.Option(
     DEFAULT_REGISTRY, "--registry", envvar="TOKENWORKS_REGISTRY", dir_okay=False, help="The registry's SQLite file."
 )
 ALIAS_OPTION = typer.Option(CHAMPION, "--alias", help="The alias to move: champion, challenger or any name.")
+SERVE_OPTION = typer.Option(
+    None, "--serve", help="A server or router URL: after recording, swap the version in behind --served-name there."
+)
+SERVED_NAME_OPTION = typer.Option(
+    "champion", "--served-name", help="With --serve: the model name clients ask for (an adapter's name)."
+)
+API_KEY_OPTION = typer.Option(None, "--api-key", envvar="TOKENWORKS_API_KEY", help="With --serve: the endpoint's key.")
 
 
 def register(app: typer.Typer) -> None:
@@ -126,13 +135,22 @@ def promote(
     reason: str = typer.Option("", "--reason", help="Why, for the log."),
     evaluation: Path = typer.Option(None, "--evaluation", help="A JSON file of the evaluation that justifies it."),
     registry_path: Path = REGISTRY_OPTION,
+    serve: str = SERVE_OPTION,
+    served_name: str = SERVED_NAME_OPTION,
+    api_key: str = API_KEY_OPTION,
 ) -> None:
-    """Point an alias (champion by default) at a version."""
-    entry = Registry(registry_path, create=False).promote(
-        version, alias, actor=_user(), reason=reason, evaluation=_read_evaluation(evaluation)
-    )
+    """Point an alias (champion by default) at a version; with --serve, serve it there at once (hot swap)."""
+    endpoint = Endpoint(serve, served_name, api_key) if serve else None
+    entry = promotion.promote(
+        Registry(registry_path, create=False), version, alias, endpoint=endpoint, actor=_user(), reason=reason,
+        evaluation=_read_evaluation(evaluation),
+    )  # fmt: skip
     before = f" (was version {entry.from_version})" if entry.from_version is not None else ""
-    Console().print(f"{alias} is now version {entry.to_version}{before}")
+    Console().print(f"{alias} is now version {entry.to_version}{before}{_served(endpoint)}")
+
+
+def _served(endpoint: Endpoint | None) -> str:
+    return f", served as {endpoint.served_name!r} at {endpoint.url}" if endpoint else ""
 
 
 @models_app.command("rollback")
@@ -140,10 +158,18 @@ def rollback(
     alias: str = ALIAS_OPTION,
     reason: str = typer.Option("", "--reason", help="Why, for the log."),
     registry_path: Path = REGISTRY_OPTION,
+    serve: str = SERVE_OPTION,
+    served_name: str = SERVED_NAME_OPTION,
+    api_key: str = API_KEY_OPTION,
 ) -> None:
-    """Point an alias back at the version it held before the current one."""
-    entry = Registry(registry_path, create=False).rollback(alias, actor=_user(), reason=reason)
-    Console().print(f"{alias} is back to version {entry.to_version} (was version {entry.from_version})")
+    """Point an alias back at the version it held before the current one; with --serve, serve that one there."""
+    endpoint = Endpoint(serve, served_name, api_key) if serve else None
+    entry = promotion.rollback(
+        Registry(registry_path, create=False), alias, endpoint=endpoint, actor=_user(), reason=reason
+    )
+    Console().print(
+        f"{alias} is back to version {entry.to_version} (was version {entry.from_version}){_served(endpoint)}"
+    )
 
 
 @models_app.command("history")
