@@ -73,3 +73,53 @@ def export(
 
     count = export_log(db, out, format)
     Console(stderr=True).print(f"{count} requests -> {out}")
+
+
+@flywheel_app.command("run")
+def run(
+    config_path: Path = typer.Option(None, "--config", dir_okay=False, help="A TOML file of settings (see docs)."),
+    db: Path = typer.Option(None, "--db", dir_okay=False, help="The request log; default: the config's."),
+    registry: Path = typer.Option(None, "--registry", dir_okay=False, envvar="TOKENWORKS_REGISTRY"),
+    url: str = typer.Option(None, "--serve", help="The serving endpoint (server or router) to judge and swap on."),
+    served_name: str = typer.Option(None, "--served-name", help="The adapter name clients ask for."),
+    base: Path = typer.Option(None, "--base", help="The served base checkpoint (the first champion)."),
+    data: Path = typer.Option(None, "--data", help="The ingest output: its validation split is the general set."),
+    references: list[Path] = typer.Option(None, "--references", help="JSONL of {prompt, reference}; repeatable."),
+    hard_eval: Path = typer.Option(None, "--hard-eval", help="The frozen hard-eval set (JSONL of prompt, reference)."),
+    workdir: Path = typer.Option(None, "--workdir", help="Where iterations are written; default: the config's."),
+    watch: bool = typer.Option(False, "--watch", help="Run an iteration whenever enough new flagged requests arrive."),
+    min_flagged: int = typer.Option(None, "--min-flagged", min=1, help="With --watch: flagged requests per iteration."),
+) -> None:
+    """One flywheel iteration: collect, flag, build, train, evaluate, gate, promote or refuse (--watch: repeatedly)."""
+    from dataclasses import replace
+
+    from tokenworks.flywheel.loop import run_iteration
+    from tokenworks.flywheel.loop import watch as watch_log
+    from tokenworks.flywheel.loop_config import FlywheelConfig
+    from tokenworks.flywheel.loop_report import headline
+    from tokenworks.flywheel.run_view import RunView
+
+    config = FlywheelConfig.load(config_path) if config_path else FlywheelConfig()
+    top = {"log_db": db, "registry": registry, "workdir": workdir}
+    config = replace(config, **{key: value for key, value in top.items() if value is not None})
+    sections = {
+        "serve": {"url": url, "served_name": served_name}, "train": {"base": base}, "evaluate": {"data": data},
+        "labels": {"references": tuple(references) if references else None}, "dataset": {"hard_eval": hard_eval},
+        "watch": {"min_flagged": min_flagged},
+    }  # fmt: skip
+    for name, values in sections.items():
+        given = {key: value for key, value in values.items() if value is not None}
+        if given:
+            config = replace(config, **{name: replace(getattr(config, name), **given)})
+    console = Console()
+    with RunView() as view:
+        if watch:
+
+            def report(result) -> None:
+                console.print(f"{headline(result.figures)}: {result.report_md}")
+                view.reset()
+
+            watch_log(config, view, on_result=report)
+            return
+        result = run_iteration(config, view)
+    console.print(f"{headline(result.figures)}\nreport: {result.report_md} and {result.report_json.name}")

@@ -24,6 +24,7 @@ from typing import Any
 
 from tokenworks.errors import TokenworksError
 from tokenworks.flywheel.dataset import Record
+from tokenworks.flywheel.store import EVALUATION_WORKLOAD
 
 DEFAULT_BATCH = 8
 ANSWER_SLACK = 8  # greedy tokens beyond the reference's length, so a longer answer shows as wrong
@@ -66,7 +67,8 @@ class ServedModel:
         self.url, self.model, self.api_key, self.timeout = url.rstrip("/"), model, api_key, timeout
 
     def post(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
-        headers = {"Content-Type": "application/json"}
+        # Tagged so the flywheel never collects its own judging as traffic to learn from.
+        headers = {"Content-Type": "application/json", "X-Workload-ID": EVALUATION_WORKLOAD}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         request = urllib.request.Request(self.url + route, json.dumps(body).encode(), headers, method="POST")

@@ -14,6 +14,10 @@ from pathlib import Path
 
 from tokenworks.errors import TokenworksError
 
+# The workload id of the flywheel's own evaluation requests (evaluate.py sends it): logged like any
+# traffic, but never collected as traffic to learn from.
+EVALUATION_WORKLOAD = "flywheel-evaluation"
+
 
 class RequestLogError(TokenworksError):
     """The request log file is missing or is not one."""
@@ -157,3 +161,42 @@ def write_flags(
 
 def all_requests(connection: sqlite3.Connection) -> list[dict]:
     return [dict(row) for row in connection.execute("SELECT * FROM requests ORDER BY created")]
+
+
+def flagged_requests(connection: sqlite3.Connection, after: int, upto: int) -> list[dict]:
+    """Requests logged after row `after` up to row `upto` (SQLite's rowid: the order of commits, so a
+    slow request committed late is not missed) with at least one flag, each with its flags' rules
+    (`rules`, a JSON list) and its latest feedback's correction (None without one)."""
+    rows = connection.execute(
+        """SELECT r.*, f.correction,
+                  (SELECT json_group_array(rule) FROM flags WHERE request_id = r.request_id) AS rules
+           FROM requests r
+           LEFT JOIN feedback f ON f.id = (SELECT max(id) FROM feedback WHERE request_id = r.request_id)
+           WHERE r.rowid > ? AND r.rowid <= ? AND r.workload_id IS NOT ?
+             AND EXISTS (SELECT 1 FROM flags WHERE request_id = r.request_id)
+           ORDER BY r.rowid""",
+        (after, upto, EVALUATION_WORKLOAD),
+    ).fetchall()
+    return [dict(row) for row in rows]
+
+
+def last_row(connection: sqlite3.Connection) -> int:
+    """The rowid of the request logged last (0 for an empty log)."""
+    return connection.execute("SELECT coalesce(max(rowid), 0) FROM requests").fetchone()[0]
+
+
+def count_traffic(connection: sqlite3.Connection, after: int, upto: int) -> int:
+    """Requests logged after row `after` up to row `upto`, the flywheel's evaluation requests aside."""
+    return connection.execute(
+        "SELECT count(*) FROM requests WHERE rowid > ? AND rowid <= ? AND workload_id IS NOT ?",
+        (after, upto, EVALUATION_WORKLOAD),
+    ).fetchone()[0]
+
+
+def count_flagged(connection: sqlite3.Connection, after: int) -> int:
+    """How many requests logged after row `after` carry a flag (what `flywheel run --watch` waits for)."""
+    return connection.execute(
+        "SELECT count(*) FROM requests r WHERE r.rowid > ? AND r.workload_id IS NOT ? "
+        "AND EXISTS (SELECT 1 FROM flags WHERE request_id = r.request_id)",
+        (after, EVALUATION_WORKLOAD),
+    ).fetchone()[0]

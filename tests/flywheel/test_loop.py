@@ -1,0 +1,151 @@
+"""The flywheel's loop end to end on a tiny model: docs-QA traffic through `tokenworks bench` to a
+real server with --log-db, corrections through /v1/feedback, one iteration that trains a LoRA
+candidate, judges it through the server and promotes it (hot swap behind the served name); then a
+second iteration on shuffled corrections, which the gate refuses and the log says why."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tokenworks.data import python_docs
+from tokenworks.data.pipeline import IngestOptions, run_ingest
+from tokenworks.flywheel import loop, store
+from tokenworks.flywheel.corrections import send_corrections
+from tokenworks.flywheel.dataset import read_hard_eval, write_jsonl
+from tokenworks.flywheel.docs_qa import docs_qa_items, write_docs_qa
+from tokenworks.flywheel.evaluate import ServedModel, evaluate_served
+from tokenworks.flywheel.gate import HARD_EVAL_MARGIN
+from tokenworks.flywheel.loop import run_iteration
+from tokenworks.flywheel.loop_config import (
+    DatasetSettings,
+    EvaluateSettings,
+    FlywheelConfig,
+    LabelSettings,
+    ServeSettings,
+    TrainSettings,
+    WatchSettings,
+)  # fmt: skip
+from tokenworks.flywheel.registry import CHAMPION, Registry
+from tokenworks.flywheel.swap import served_models
+from tokenworks.model import CausalLM, Tokenizer, preset_config, save_model
+
+from ..serve.conftest import MODEL_NAME, start_server
+
+TRAFFIC = 48  # requests per bench run
+HARD_EVAL_ITEMS = 16
+SHARE = 0.5  # of the answers a user corrects
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("flywheel-loop")
+    run_ingest(IngestOptions(out=root / "data", workers=1, limit=60, vocab_size=512, validation_fraction=0.1))
+    tokenizer = Tokenizer.load(root / "data" / "tokenizer")
+    config = preset_config("nano", tokenizer.vocab_size, eos_token_id=tokenizer.eos_token_id)
+    save_model(CausalLM(config).init_weights(seed=0, std=0.1), root / "base")
+    tokenizer.save(root / "base")
+    items = docs_qa_items(itertools.islice(python_docs(include_modules=False), 80))
+    files = write_docs_qa(items, root / "docs-qa", max_tokens=12)
+    write_jsonl(root / "hard_eval.jsonl", (json.loads(line) for line in
+                files.held_out.read_text().splitlines()[:HARD_EVAL_ITEMS]))  # fmt: skip
+    server = start_server(root / "base", log_db=root / "requests.db", log_flush_interval=0.2)
+    yield root, files, server
+    server.stop()
+
+
+def bench(url: str, workload: Path, out: Path, seed: int) -> dict:
+    command = [sys.executable, "-m", "tokenworks", "bench", "run", "--url", url, "--model", MODEL_NAME,
+               "--api", "chat", "--workload", "jsonl", "--input-file", str(workload), "--concurrency", "8",
+               "--num-requests", str(TRAFFIC), "--warmup-requests", "0", "--temperature", "0",
+               "--free-output-length", "--seed", str(seed), "--out", str(out)]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, timeout=120)
+    return json.loads((out / "run.json").read_text())
+
+
+def flywheel_config(root: Path, files, url: str, **labels) -> FlywheelConfig:
+    return FlywheelConfig(
+        workdir=root / "flywheel", log_db=root / "requests.db", registry=root / "registry.db",
+        serve=ServeSettings(url=url, served_name="docs"),
+        labels=LabelSettings(references=(files.train,), **labels),
+        dataset=DatasetSettings(hard_eval=root / "hard_eval.jsonl"),
+        train=TrainSettings(base=root / "base", max_steps=30, context=128, lr=1e-2,
+                             targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
+        evaluate=EvaluateSettings(data=root / "data", general_tokens=8192, general_context=128),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def first(setup):
+    root, files, server = setup
+    bench(server.url, files.workload, root / "bench-1", seed=0)
+    corrected = send_corrections(server.url, root / "requests.db", [files.train], SHARE, seed=0)
+    return run_iteration(flywheel_config(root, files, server.url)), corrected
+
+
+def test_one_iteration_promotes_a_better_candidate_and_serves_it(setup, first) -> None:
+    root, _, server = setup
+    result, corrected = first
+    figures = result.figures
+    assert figures["collected"] == TRAFFIC
+    assert corrected == TRAFFIC // 2
+    assert figures["labels"]["correction"] == corrected
+    assert figures["labels"]["correction"] + figures["labels"].get("reference", 0) == figures["flagged"]
+    assert result.outcome == "promoted", figures["decision"]
+    assert figures["relative"]["hard_eval_loss"] <= -0.10  # the issue's bar: 10% better on held-out items
+    assert figures["relative"]["general_loss"] <= 0.02  # and at most 2% worse on the general set
+    registry = Registry(root / "registry.db")
+    assert registry.aliases() == {"champion": 2, "challenger": 2}
+    candidate = registry.get(2)
+    assert (candidate.kind, candidate.parent, candidate.dataset_manifest) == (
+        "lora",
+        1,
+        str((result.directory / "dataset" / "manifest.json").resolve()),
+    )
+    assert [e.action for e in registry.history()] == ["register", "promote", "register", "promote", "promote"]
+    # The served name now answers with the candidate: the same figures as when judged as the challenger.
+    again = evaluate_served(ServedModel(server.url, "docs"), read_hard_eval(root / "hard_eval.jsonl"))
+    assert again.loss == pytest.approx(figures["candidate"]["hard_eval_loss"], rel=1e-9)
+    assert again.exact_match == figures["candidate"]["exact_match"]
+    assert [model["id"] for model in served_models(server.url)] == [MODEL_NAME, "docs"]  # the challenger is gone
+    report = result.report_md.read_text()
+    assert "| hard-eval loss |" in report and "promoted to champion" in report
+
+
+def test_a_candidate_trained_on_shuffled_corrections_is_refused(setup, first) -> None:
+    root, files, server = setup
+    connection = store.connect_existing(root / "requests.db")
+    mark = store.last_row(connection)
+    connection.close()
+    bench(server.url, files.workload, root / "bench-2", seed=1)
+    send_corrections(server.url, root / "requests.db", [files.train], SHARE, seed=1, after_row=mark)
+    config = flywheel_config(root, files, server.url, shuffle=True)
+    result = run_iteration(config)
+    assert result.figures["collected"] == TRAFFIC  # the first iteration's judging is not traffic
+    assert result.figures["labels"]["shuffled"] is True
+    assert result.outcome == "refused"
+    registry = Registry(root / "registry.db")
+    assert registry.alias(CHAMPION) == 2  # nothing promoted
+    last = registry.history()[-1]
+    assert (last.action, last.to_version, last.from_version) == ("refuse", 3, 2)
+    assert last.reason.startswith(f"iteration 2: refused by {HARD_EVAL_MARGIN}: hard-eval loss")
+    assert result.figures["decision"]["failed"] == [HARD_EVAL_MARGIN]
+
+
+def test_watch_runs_an_iteration_once_enough_flagged_requests_arrived(setup, first, monkeypatch) -> None:
+    root, files, server = setup
+    config = replace(flywheel_config(root, files, server.url), watch=WatchSettings(min_flagged=TRAFFIC, poll_s=0.01))
+    ran = []
+    monkeypatch.setattr(loop, "run_iteration", lambda config, progress=None: ran.append(config) or "result")
+    polls = iter(range(3))
+    # Everything logged has been collected by the iterations before: three polls, no iteration.
+    assert loop.watch(config, should_stop=lambda: next(polls, None) is None) == [] and ran == []
+    state = loop.read_state(config.workdir)
+    loop.write_state(config.workdir, {**state, "collected_upto": 0})  # as if nothing had been collected
+    assert loop.watch(config, max_iterations=1) == ["result"] and ran == [config]
