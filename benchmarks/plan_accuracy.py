@@ -1,0 +1,312 @@
+"""How close the simulator comes to measurement: `tokenworks plan validate` over live sweeps on this machine.
+
+    .venv/bin/python benchmarks/plan_accuracy.py [--shapes tiny,small] [--quick] [--json PATH]
+
+Not a test and not run in CI. Issue 23's goals, on this machine, for the tiny and small shapes
+(.peers/bench-engine/models/{tiny,small}, built by benchmarks/engine_vs_peers.py): median absolute
+error <= 10% on TTFT p50, TPOT p50 and output throughput, <= 20% on TTFT p99 and TPOT p99, prefix
+hit rate within 5 points. Per shape:
+
+1. `tokenworks plan profile MODEL --threads 1`, pinned to core 0 (as the worker runs), once, into
+   .peers/plan-accuracy/<shape>/profile.json (--reprofile to take it again).
+2. One worker: `tokenworks serve --threads 1` pinned to core 0 (its API server and engine core
+   process both: the engine's core is shared with the streaming, as it is served), the load
+   generator pinned to core 1. A closed-loop sweep (concurrency 1..32), then a Poisson sweep at
+   25%, 50% and 75% of the closed loop's best request rate (another seed, so other prompts than
+   the closed loop's, which the live caches still hold); synthetic prompts.
+3. Two workers (core 0 and core 1) behind `tokenworks router --policy kv` (unpinned, with the
+   client: there is no third core), a shared-prefix workload, the same two sweeps.
+4. For each deployment, the closed-loop sweep once more at the end (seed 2: other prompts of the
+   same lengths), simulated with the first sweep's calibration (out of sample), and compared
+   with the first sweep as measured: the "noise" row, how far two measurements of one sweep
+   minutes apart differ on this host, a floor under any simulation's error.
+
+Each sweep is `tokenworks bench sweep --tokenizer MODEL --no-stop` (so the simulation sends the
+prompts the server saw), then `tokenworks plan validate --measured`. A deployment's closed-loop
+sweep calibrates the server's time outside the engine on its concurrency-1 point
+(`--recalibrate`, written into a copy of the profile), and its rate sweep is simulated with that
+calibration, not refitted. The table gives each sweep's median absolute errors against the
+goals, then over all sweeps of the shape. With every sweep: the CPU (in cores) that processes
+outside this benchmark used while it ran ("other"), and the load average: the figures are only
+as quiet as the host.
+
+--quick: 16 requests a point (32 at c=32), concurrency 1,4,16,32, for a smoke run. Results:
+--json PATH (default .peers/plan-accuracy/results.json); each sweep's directories under
+.peers/plan-accuracy/<shape>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_model, machine_busy_ticks
+from router_policies import KV_EVENTS, free_port, stop, thread_env, wait_healthy
+
+from tokenworks.plan.validation import compare, read_results
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / ".peers" / "bench-engine" / "models"
+WORK = ROOT / ".peers" / "plan-accuracy"
+KV_GIB = 1.0  # each worker's KV cache, told to the simulation too
+METRICS = ("ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s", "output_throughput", "prefix_hit_rate")
+SHORT = {"ttft_p50_s": "TTFT p50", "ttft_p99_s": "TTFT p99", "tpot_p50_s": "TPOT p50", "tpot_p99_s": "TPOT p99",
+         "output_throughput": "out tok/s", "prefix_hit_rate": "hit rate"}  # fmt: skip
+SYNTHETIC = ["--workload", "synthetic", "--input-tokens", "128", "--output-tokens", "64"]
+SHARED = ["--workload", "shared-prefix", "--num-prefixes", "4", "--questions-per-prefix", "16", "--prefix-tokens",
+          "512", "--input-tokens", "64", "--output-tokens", "32"]  # fmt: skip
+RATE_FRACTIONS = (0.25, 0.5, 0.75)
+
+
+def log(message: str) -> None:
+    print(f"[plan_accuracy] {message}", flush=True)
+
+
+def tokenworks(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tokenworks", *args]
+
+
+def pinned_run(command: list[str], cores: list[int] | None, log_path: Path) -> None:
+    with log_path.open("w") as out:
+        out.write(" ".join(command) + "\n")
+        out.flush()
+        subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, check=True, env=thread_env(1),
+                       preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None)  # fmt: skip
+
+
+def spawn(command: list[str], cores: list[int] | None, log_path: Path) -> subprocess.Popen:
+    out = log_path.open("w")
+    out.write(" ".join(command) + "\n")
+    out.flush()
+    return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env=thread_env(1), start_new_session=True,
+                            preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None)  # fmt: skip
+
+
+def process_ticks(pid: int) -> int:
+    """utime + stime of a live process and its live children (an engine core is a child)."""
+    total = 0
+    for each in [pid, *children(pid)]:
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+class Deployment:
+    """One or two `tokenworks serve` workers (worker i pinned to core i) and, with two, the kv router."""
+
+    def __init__(self, model: Path, workers: int, logs: Path) -> None:
+        self.model, self.count, self.logs = model, workers, logs
+        self.processes: list[subprocess.Popen] = []
+        self.url = ""
+
+    def __enter__(self) -> Deployment:
+        try:
+            urls = []
+            for index in range(self.count):
+                port = free_port()
+                command = tokenworks("serve", str(self.model), "--host", "127.0.0.1", "--port", str(port),
+                                     "--threads", "1", "--kv-cache-memory-gib", str(KV_GIB), "--max-model-len", "2048")  # fmt: skip
+                if self.count > 1:
+                    command += ["--kv-events-config", KV_EVENTS]
+                self.processes.append(spawn(command, [index], self.logs / f"worker{index}.log"))
+                urls.append(f"http://127.0.0.1:{port}")
+            for url, process in zip(urls, self.processes, strict=True):
+                wait_healthy(url, process, "a worker")
+            self.url = urls[0]
+            if self.count > 1:
+                port = free_port()
+                command = tokenworks("router", "--policy", "kv", "--port", str(port), "--tokenizer", str(self.model))
+                for url in urls:
+                    command += ["--worker", url]
+                self.processes.append(spawn(command, None, self.logs / "router.log"))
+                self.url = f"http://127.0.0.1:{port}"
+                wait_healthy(self.url, self.processes[-1], "the router", 120)
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:  # every worker's KV event feed found before the load
+                    with urllib.request.urlopen(f"{self.url}/workers", timeout=5) as response:
+                        if all(w["kv_events"] for w in json.loads(response.read())["workers"]):
+                            break
+                    time.sleep(0.2)
+                time.sleep(0.5)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def ticks(self) -> int:
+        return sum(process_ticks(p.pid) for p in self.processes if p.poll() is None)
+
+    def __exit__(self, *exc: object) -> None:
+        for process in reversed(self.processes):
+            stop(process, 30)
+
+
+def measure(deployment: Deployment, model: Path, workload: list[str], levels: list[str], per_point: int,
+            out: Path, client_cores: list[int] | None) -> dict[str, Any]:  # fmt: skip
+    """One `bench sweep` (levels: --concurrency X or --request-rate Y) and the host's load while it ran."""
+    if out.exists():
+        shutil.rmtree(out)
+    command = tokenworks("bench", "sweep", "--url", deployment.url, "--tokenizer", str(model), *workload, *levels,
+                         "--requests-per-point", str(per_point), "--no-stop", "--out", str(out))  # fmt: skip
+    busy0, ours0, client0 = machine_busy_ticks()[0], deployment.ticks(), _children_ticks()
+    began = time.monotonic()
+    pinned_run(command, client_cores, out.with_suffix(".log"))
+    wall = time.monotonic() - began
+    ours = deployment.ticks() - ours0 + _children_ticks() - client0
+    hz = os.sysconf("SC_CLK_TCK")
+    other = max(0.0, (machine_busy_ticks()[0] - busy0 - ours) / hz / wall)
+    return {"wall_s": wall, "other_cores": other, "ours_cores": ours / hz / wall, "load_average": os.getloadavg()[0]}
+
+
+def _children_ticks() -> int:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return round((usage.ru_utime + usage.ru_stime) * os.sysconf("SC_CLK_TCK"))
+
+
+def validate(model: Path, profile: Path, measured: Path, out: Path, workers: int, recalibrate: bool) -> dict:
+    command = tokenworks("plan", "validate", str(model), "--profile", str(profile), "--measured", str(measured),
+                         "--kv-cache-memory-gib", str(KV_GIB), "--replicas", str(workers), "--router-policy", "kv",
+                         "--out", str(out))  # fmt: skip
+    if recalibrate:
+        command.append("--recalibrate")
+    pinned_run(command, None, out.with_suffix(".log"))
+    return json.loads((out / "validation.json").read_text())
+
+
+def best_request_rate(measured: Path) -> float:
+    run = json.loads((measured / "run.json").read_text())
+    return max(point["request_throughput"] or 0.0 for point in run["points"])
+
+
+def run_shape(shape: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    model = MODELS / shape
+    if not (model / "config.json").is_file():
+        raise SystemExit(f"{model} is missing: build it with benchmarks/engine_vs_peers.py")
+    work = WORK / shape
+    work.mkdir(parents=True, exist_ok=True)
+    profile = work / "profile.json"
+    if args.reprofile or not profile.is_file():
+        log(f"{shape}: plan profile --threads 1 on core 0")
+        pinned_run(tokenworks("plan", "profile", str(model), "--threads", "1", "--out", str(profile)), [0],
+                   work / "profile.log")  # fmt: skip
+    concurrency = "1,4,16,32" if args.quick else "1,2,4,8,16,32"
+    per_point = 16 if args.quick else 32
+    sweeps = []
+    for workers, workload, name in ((1, SYNTHETIC, "synthetic"), (2, SHARED, "shared-prefix")):
+        if workers not in args.workers:
+            continue
+        tag = f"{workers}w"
+        calibrated = work / f"profile-{tag}.json"  # each deployment's own calibration
+        shutil.copy(profile, calibrated)
+        with Deployment(model, workers, work) as deployment:
+            client = [1] if workers == 1 else None
+            closed = work / f"{tag}-closed"
+            log(f"{shape}, {workers} worker(s), {name}: closed loop at {concurrency}")
+            host = measure(deployment, model, workload, ["--concurrency", concurrency], per_point, closed, client)
+            rates = [round(f * best_request_rate(closed), 2) for f in RATE_FRACTIONS]
+            opened = work / f"{tag}-poisson"
+            log(f"{shape}, {workers} worker(s), {name}: Poisson at {rates} requests/s")
+            # Another seed: other prompts than the closed loop's, which the live caches still hold.
+            levels = ["--request-rate", ",".join(map(str, rates)), "--seed", "1"]
+            rate_host = measure(deployment, model, workload, levels, per_point, opened, client)
+            again = work / f"{tag}-again"
+            log(f"{shape}, {workers} worker(s), {name}: the closed loop again (seed 2), for the noise floor")
+            levels = ["--concurrency", concurrency, "--seed", "2"]
+            again_host = measure(deployment, model, workload, levels, per_point, again, client)
+        for kind, measured, load, recalibrate in (
+            ("closed", closed, host, True),
+            ("poisson", opened, rate_host, False),
+            ("again", again, again_host, False),
+        ):
+            result = validate(model, calibrated, measured, work / f"{tag}-{kind}-validation", workers, recalibrate)
+            sweeps.append({"shape": shape, "workers": workers, "workload": name, "sweep": kind, "host": load,
+                           "validation": result})  # fmt: skip
+        # The same sweep measured twice, minutes apart: how far measurement moves on its own here.
+        noise = compare(read_results(closed).points, read_results(again).points).to_json()
+        sweeps.append({"shape": shape, "workers": workers, "workload": name, "sweep": "noise", "host": again_host,
+                       "validation": noise})  # fmt: skip
+    return sweeps
+
+
+def table(sweeps: list[dict[str, Any]]) -> None:
+    goals = sweeps[0]["validation"]["metrics"]
+    header = f"{'shape':6} {'workers':>7} {'sweep':8} {'other':>6} {'load':>5} " + " ".join(
+        f"{SHORT[m]:>10}" for m in METRICS
+    )
+    print(header)
+    for sweep in sweeps:
+        medians = sweep["validation"]["metrics"]
+        print(f"{sweep['shape']:6} {sweep['workers']:>7} {sweep['sweep']:8} {sweep['host']['other_cores']:6.2f} "
+              f"{sweep['host']['load_average']:5.2f} " + " ".join(_median(m, medians[m]) for m in METRICS))  # fmt: skip
+    for shape in sorted({s["shape"] for s in sweeps}):
+        cells = []
+        for metric in METRICS:
+            errors = [abs(cell["cells"][metric]["error"]) for s in sweeps if s["shape"] == shape and s["sweep"] != "noise"
+                      for cell in s["validation"]["points"] if cell["cells"][metric]["error"] is not None]  # fmt: skip
+            median = statistics.median(errors) if errors else None
+            cells.append(_median(metric, {"median_abs_error": median, "goal": goals[metric]["goal"],
+                                          "passes": None if median is None else median <= goals[metric]["goal"]}))  # fmt: skip
+        print(f"{shape:6} {'all':>7} {'points':8} {'':>6} {'':>5} " + " ".join(cells))
+    print("goal: " + ", ".join(f"{SHORT[m]} <= {_shown(m, goals[m]['goal'])}" for m in METRICS))
+    print("closed: calibrated on its own c=1 and c=32 points; poisson and again (the closed loop measured again,")
+    print("another seed): simulated with that calibration; noise: the closed loop against its repeat, both measured")
+
+
+def _median(metric: str, entry: dict) -> str:
+    if entry["median_abs_error"] is None:
+        return f"{'n/a':>10}"
+    mark = "" if entry["passes"] else "*"
+    return f"{_shown(metric, entry['median_abs_error']) + mark:>10}"
+
+
+def _shown(metric: str, value: float) -> str:
+    return f"{value:.1f}pt" if metric == "prefix_hit_rate" else f"{value:.1%}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shapes", default="tiny,small")
+    parser.add_argument("--workers", default="1,2", help="Deployments: 1 (one worker), 2 (two behind kv), or both.")
+    parser.add_argument("--quick", action="store_true", help="Fewer levels and requests: a smoke run.")
+    parser.add_argument("--reprofile", action="store_true", help="Profile again even if a profile is there.")
+    parser.add_argument("--json", type=Path, default=WORK / "results.json")
+    args = parser.parse_args()
+    args.workers = {int(w) for w in args.workers.split(",")}
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
+    log(f"{cpu_model()}, {os.cpu_count()} cores; tokenworks at {head.strip()}; load average "
+        f"{os.getloadavg()[0]:.2f}; workers pinned one a core, --threads 1, KV cache {KV_GIB} GiB each")  # fmt: skip
+    log(f"workloads: one worker {' '.join(SYNTHETIC[1:])}; two workers {' '.join(SHARED[1:])}")
+    sweeps = []
+    for shape in args.shapes.split(","):
+        config = json.loads((MODELS / shape / "config.json").read_text())
+        log(f"shape {shape}: {config['num_hidden_layers']} layers, hidden {config['hidden_size']}, "
+            f"vocab {config['vocab_size']}")  # fmt: skip
+        sweeps += run_shape(shape, args)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(sweeps, indent=2) + "\n")
+    table(sweeps)
+    log(f"every cell in {args.json}; each sweep's table in its validation.log, under {WORK}")
+
+
+if __name__ == "__main__":
+    main()
