@@ -13,6 +13,7 @@ from tests.serve.conftest import ServeProcess
 from tokenworks.cli import main
 from tokenworks.model import CausalLM, preset_config, save_model
 from tokenworks.model.config import ModelConfig
+from tokenworks.plan.calibrate import overheads
 from tokenworks.plan.validation import METRICS
 
 KEYS = [metric.key for metric in METRICS]
@@ -97,11 +98,14 @@ def test_the_table_and_json_hold_every_metric_and_point_computed_exactly(validat
         for metric in METRICS:
             cell, m, s = point["cells"][metric.key], measured[label][metric.key], simulated[label][metric.key]
             assert (cell["measured"], cell["simulated"]) == (m, s)
-            expected = (s - m) * 100 if metric.points else (s - m) / m
+            # (A relative error of a measured 0, every token in one chunk so TPOT 0, is none.)
+            expected = (s - m) * 100 if metric.points else (s - m) / m if m else None
             assert cell["error"] == expected
-            errors[metric.key].append(abs(expected))
+            if expected is not None:
+                errors[metric.key].append(abs(expected))
     for key in KEYS:
-        assert report["metrics"][key]["median_abs_error"] == statistics.median(errors[key])
+        median = report["metrics"][key]["median_abs_error"]
+        assert median == (statistics.median(errors[key]) if errors[key] else None)
     # The shared prefix is found cached live and in the simulation (the third question on a prefix).
     assert measured["in=8,out=6 c=3"]["prefix_hit_rate"] > 0
     assert report["calibration_points"] == ["in=8,out=6 c=1", "in=8,out=6 c=3"]
@@ -109,18 +113,23 @@ def test_the_table_and_json_hold_every_metric_and_point_computed_exactly(validat
 
 
 def test_calibration_is_written_into_the_profile_and_closes_the_gap_at_concurrency_1(validated) -> None:
-    """The calibration point's TTFT and TPOT p50 come out as measured (the step's gap per sampled
-    token, then the arrival delay for what TTFT still lacks), and the profile keeps both."""
+    """The overheads are calibrate.py's arithmetic on the gaps it records; where the gap at c=1 is
+    positive, the calibration point's TPOT and TTFT p50 then come out as measured."""
     work, profile = validated
     serving = json.loads(profile.read_text())["serving"]
-    simulation = json.loads((work / "out" / "validation.json").read_text())["simulation"]
-    assert serving["step_overhead"] + serving["token_overhead"] > 0 and serving["arrival_delay"] > 0
+    report = json.loads((work / "out" / "validation.json").read_text())
     assert serving["points"] == ["in=8,out=6 c=1", "in=8,out=6 c=3"]
+    gap_one, gap_three = serving["tpot_gaps"]
+    assert 1 < serving["batch"] <= 3
+    assert (serving["step_overhead"], serving["token_overhead"]) == overheads(gap_one, gap_three, serving["batch"])
+    assert serving["arrival_delay"] == max(0.0, serving["ttft_gap"])
     for key in ("arrival_delay", "step_overhead", "token_overhead"):
-        assert simulation[f"{key}_s"] == serving[key]
-    first = json.loads((work / "out" / "validation.json").read_text())["points"][0]["cells"]
-    assert first["ttft_p50_s"]["error"] == pytest.approx(0, abs=1e-9)
-    assert first["tpot_p50_s"]["error"] == pytest.approx(0, abs=1e-9)
+        assert report["simulation"][f"{key}_s"] == serving[key]
+    first = report["points"][0]["cells"]
+    if gap_one > 0:  # (a live nano step can stream faster than the stand-in profile's, now and then)
+        assert first["tpot_p50_s"]["error"] == pytest.approx(0, abs=1e-9)
+    if serving["ttft_gap"] > 0:
+        assert first["ttft_p50_s"]["error"] == pytest.approx(0, abs=1e-9)
 
 
 def test_measured_dir_gives_the_same_errors(validated, nano_model_dir, monkeypatch, capsys) -> None:

@@ -44,6 +44,9 @@ class Serving:
     token_overhead: float = 0.0  # serving-loop time per sampled token, on the engine's core
     source: str = ""  # where it was measured: the results directory
     points: tuple[str, ...] = ()  # the points it was measured on
+    tpot_gaps: tuple[float, ...] = ()  # measured - simulated TPOT p50 at those points (seconds)
+    batch: float | None = None  # k: sampled tokens a step at the second point, token-weighted
+    ttft_gap: float | None = None  # measured - simulated TTFT p50 at c=1, with the overheads
     created: str = ""
 
     def describe(self) -> str:
@@ -87,7 +90,8 @@ def read_serving(profile: str | Path) -> Serving | None:
     if not section:
         return None
     try:
-        return Serving(**section | {"points": tuple(section.get("points", ()))})
+        tuples = {key: tuple(section.get(key, ())) for key in ("points", "tpot_gaps")}
+        return Serving(**section | tuples)
     except TypeError as error:
         raise PlanError(f"the profile {profile} has a serving section this tokenworks cannot read ({error})") from None
 

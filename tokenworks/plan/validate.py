@@ -104,6 +104,7 @@ def calibrate(fleet: Fleet, prompts: SimPrompts, measured: ResultsDir) -> Servin
     return Serving(
         arrival_delay=max(0.0, measured_ttft - ttft), step_overhead=step, token_overhead=token,
         source=str(measured.directory), points=tuple(p.label for p in chosen), created=now(),
+        tpot_gaps=tuple(gaps), batch=samples if len(gaps) > 1 else None, ttft_gap=measured_ttft - ttft,
     )  # fmt: skip
 
 

@@ -40,6 +40,8 @@ def validate(
     seed: int = bench.SEED,
     replicas: int = typer.Option(1, "--replicas", help="Engine replicas measured (several: behind the router)."),
     router_policy: str = typer.Option("kv", "--router-policy", help="The router's policy between them."),
+    block_size: int = typer.Option(None, "--block-size", help="KV block tokens, as served (default: the "
+                                   "profile's engine's)."),
     num_kv_blocks: int = typer.Option(None, "--num-kv-blocks", help="KV blocks per replica, as served."),
     kv_cache_memory_gib: float = typer.Option(None, "--kv-cache-memory-gib", help="KV cache per replica, as served."),
     max_num_seqs: int = typer.Option(256, "--max-num-seqs", help="As served."),
@@ -77,8 +79,8 @@ def validate(
     if sweep.simulated:
         raise PlanError(f"{measured} holds simulated results (plan simulate's); give a measured sweep")
     serving = None if recalibrate else read_serving(profile)
-    _run(model_dir, config, profile, measured_profile, sweep, serving, replicas, router_policy, num_kv_blocks,
-         kv_cache_memory_gib, max_num_seqs, given, out)  # fmt: skip
+    engine = (block_size, num_kv_blocks, kv_cache_memory_gib, max_num_seqs)
+    _run(model_dir, config, profile, measured_profile, sweep, serving, replicas, router_policy, engine, given, out)
 
 
 def _measure(url, model_dir, options, concurrency, request_rate, per_point, arrival, burstiness, warmup, seed, out):
@@ -103,8 +105,8 @@ def _measure(url, model_dir, options, concurrency, request_rate, per_point, arri
     return out
 
 
-def _run(model_dir, config, profile, measured_profile, sweep, serving, replicas, router_policy, num_kv_blocks,
-         kv_cache_memory_gib, max_num_seqs, given, out) -> None:  # fmt: skip
+def _run(model_dir, config, profile, measured_profile, sweep, serving, replicas, router_policy, served, given,
+         out) -> None:  # fmt: skip
     from dataclasses import replace
 
     from tokenworks.bench.runner import Accounting
@@ -120,8 +122,10 @@ def _run(model_dir, config, profile, measured_profile, sweep, serving, replicas,
     console = Console()
     engine_latency = FittedLatency.from_profile(measured_profile)
     length = json.loads((sweep.directory / "run.json").read_text())["endpoint"].get("max_model_len")
-    engine = replica_config(config, int(measured_profile.engine.get("block_size", 128)), num_kv_blocks,
-                            kv_cache_memory_gib, max_num_seqs=max_num_seqs, max_model_len=length)  # fmt: skip
+    block_size, num_kv_blocks, kv_cache_memory_gib, max_num_seqs = served
+    block_size = block_size or int(measured_profile.engine.get("block_size", 128))
+    engine = replica_config(config, block_size, num_kv_blocks, kv_cache_memory_gib, max_num_seqs=max_num_seqs,
+                            max_model_len=length)  # fmt: skip
     fleet = Fleet(engine, engine_latency, replicas, router_policy)
     prompts = SimPrompts.load(model_dir, sweep.load.seed)
     if None in given.values():
