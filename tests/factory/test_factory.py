@@ -19,7 +19,7 @@ from tokenworks.factory import pipeline
 from tokenworks.factory.config import FactoryConfig
 from tokenworks.factory.shared_prefix import CHART_CAPTION as SHARED_PREFIX_CAPTION
 
-STAGES = ["ingest", "train", "serve", "bench", "report"]
+STAGES = ["ingest", "train", "serve", "bench", "flywheel", "report"]
 BENCH_FILES = {"run.json", "requests.jsonl", "points.csv", "frontier.csv", "report.html"}
 
 
@@ -119,6 +119,35 @@ def test_quick_line_compares_kv_and_round_robin_on_shared_prefixes(quick_run) ->
     assert "shared prefix, kv" in result.stdout and "shared prefix, round-robin" in result.stdout
 
 
+def test_quick_line_turns_the_flywheel_once(quick_run) -> None:
+    workdir, result = quick_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = FactoryConfig.quick().flywheel
+    flywheel = json.loads((workdir / "factory.json").read_text())["stages"]["flywheel"]["summary"]
+    assert flywheel["traffic"] == {
+        "requests": config.questions,
+        "errors": 0,
+        "results": str(workdir / "flywheel" / "traffic"),
+    }
+    assert flywheel["collected"] == config.questions  # exactly the docs-QA traffic: not the sweep, not the judging
+    assert flywheel["corrected"] == round(config.questions * config.correction_share)
+    assert flywheel["labels"]["correction"] == flywheel["corrected"]
+    assert flywheel["outcome"] in ("promoted", "refused")
+    actions = [(entry["action"], entry["alias"]) for entry in flywheel["log"]]
+    assert actions[:4] == [("register", None), ("promote", "champion"), ("register", None), ("promote", "challenger")]
+    # The champion measured again, as clients reach it now, scores as it was judged: the swap took.
+    judged = flywheel["candidate"] if flywheel["outcome"] == "promoted" else flywheel["champion"]
+    assert flywheel["measured_again"]["hard_eval_loss"] == pytest.approx(judged["hard_eval_loss"], rel=1e-9)
+    if flywheel["outcome"] == "promoted":
+        assert actions[4:] == [("promote", "champion")] and flywheel["measured_again"]["model"] == config.served_name
+    else:
+        assert actions[4:] == [("refuse", None)] and flywheel["measured_again"]["model"] == "factory-model"
+        assert flywheel["log"][-1]["reason"].startswith("iteration 1: refused by ")
+    page = (workdir / "report.html").read_text()
+    assert f"Flywheel: one iteration ({flywheel['outcome']})" in page and "hard-eval loss" in page
+    assert (workdir / "flywheel" / "iteration-001" / "report.md").is_file()
+
+
 def test_served_sample_is_the_checkpoints_greedy_continuation(quick_run) -> None:
     workdir, result = quick_run
     assert result.returncode == 0, result.stderr[-3000:]
@@ -169,7 +198,8 @@ def trained_copy(quick_run, tmp_path: Path) -> Path:
 
 def test_one_worker_is_a_plain_server_and_nothing_is_compared(trained_copy: Path, run_factory) -> None:
     config = trained_copy.parent / "factory.toml"
-    config.write_text("[serve]\nworkers = 1\n[bench]\nconcurrency = [1]\nrequests_per_point = 4\n", encoding="utf-8")
+    config.write_text("[serve]\nworkers = 1\n[bench]\nconcurrency = [1]\nrequests_per_point = 4\n"
+                      "[flywheel]\nenabled = false\n", encoding="utf-8")  # fmt: skip
     result = run_factory("--quick", "--config", str(config), "--workdir", str(trained_copy), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("done earlier, kept") == 2  # ingest and train
@@ -181,12 +211,14 @@ def test_one_worker_is_a_plain_server_and_nothing_is_compared(trained_copy: Path
     assert not (trained_copy / "bench" / "shared_prefix.json").exists()
     assert "workers x" not in (trained_copy / "serve" / "server.log").read_text()  # no fleet started
     assert "not compared: one worker" in (trained_copy / "report.html").read_text()
+    assert stages["flywheel"]["summary"]["skipped"] == "[flywheel] enabled = false"
 
 
 def test_keep_serving_gets_the_fleet_back_after_the_comparison(trained_copy: Path) -> None:
     config = FactoryConfig.quick(workdir=trained_copy)
     config.bench.concurrency, config.bench.requests_per_point = [1], 4
     config.bench.num_prefixes = config.bench.questions_per_prefix = 2
+    config.flywheel.enabled = False
     seen = []
 
     def keep_serving(url: str) -> None:
@@ -194,7 +226,7 @@ def test_keep_serving_gets_the_fleet_back_after_the_comparison(trained_copy: Pat
             seen.append((url, json.loads(response.read())))
 
     run = pipeline.run_factory(config, console=Console(file=io.StringIO()), keep_serving=keep_serving)
-    assert run.ran == ["bench", "report"]  # the serve stage's settings hold; its fleet starts for the bench stage
+    assert run.ran == ["bench", "flywheel", "report"]  # the serve stage's settings hold; its fleet starts for bench
     [(url, fleet)] = seen
     swept = json.loads((trained_copy / "bench" / "run.json").read_text())["endpoint"]["url"]
     assert url == swept  # the sweep's fleet, started again on its port

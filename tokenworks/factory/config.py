@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from tokenworks.errors import ConfigError, TokenworksError
 
-STAGES = ("ingest", "train", "serve", "bench", "report")
+STAGES = ("ingest", "train", "serve", "bench", "flywheel", "report")
 Positive = Annotated[int, Field(ge=1)]
 
 
@@ -67,6 +67,7 @@ class ServeSection(Section):
     max_num_seqs: Positive = 64
     max_num_batched_tokens: Positive = 2048
     port: int = Field(0, ge=0, le=65535)  # 0: any free port
+    log_requests: bool = True  # `--log-db WORKDIR/serve/requests.db`: the request log the flywheel stage reads
     smoke_prompt: str = "The Python language"
     smoke_tokens: Positive = 32
 
@@ -134,6 +135,36 @@ class BenchSection(Section):
         return hardware
 
 
+class FlywheelSection(Section):
+    """The flywheel stage: docs-QA traffic, corrections, one iteration (tokenworks.flywheel.loop)."""
+
+    enabled: bool = True  # needs the default corpus (the docs-QA workload is made from it) and the request log
+    questions: Positive = 128  # docs-QA requests sent through `bench` (train-side items, at random)
+    hard_eval_items: Positive = 48  # held-out items: the frozen hard-eval set
+    correction_share: float = Field(0.5, ge=0, le=1)  # of the answers, corrected through /v1/feedback
+    max_tokens: Positive = 32
+    concurrency: Positive = 8
+    train_steps: Positive = 40  # about a minute of LoRA steps on 2 cores for the default model
+    lr: float = Field(2e-3, gt=0)
+    lora_rank: Positive = 8
+    lora_targets: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+    margin: float = Field(0.10, ge=0, lt=1)  # the gate: hard-eval loss down by at least this share
+    tolerance: float = Field(0.02, ge=0)  # and the general loss up by at most this share
+    general_tokens: Positive = 32768
+    served_name: str = "factory-champion"  # the adapter name the champion is served under after a promotion
+    seed: int = 0
+
+    @field_validator("lora_targets")
+    @classmethod
+    def _known_targets(cls, targets: list[str]) -> list[str]:
+        from tokenworks.model.adapter import LORA_TARGETS
+
+        unknown = [target for target in targets if target not in LORA_TARGETS]
+        if unknown or not targets:
+            raise ValueError(f"LoRA targets must be some of {', '.join(LORA_TARGETS)}, got {targets}")
+        return targets
+
+
 class FactoryConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -142,6 +173,7 @@ class FactoryConfig(BaseModel):
     train: TrainSection = Field(default_factory=TrainSection)
     serve: ServeSection = Field(default_factory=ServeSection)
     bench: BenchSection = Field(default_factory=BenchSection)
+    flywheel: FlywheelSection = Field(default_factory=FlywheelSection)
 
     @classmethod
     def quick(cls, workdir: Path = Path("factory")) -> FactoryConfig:
@@ -156,6 +188,9 @@ class FactoryConfig(BaseModel):
             train=TrainSection(time_budget_s=45.0, context=128),
             serve=ServeSection(kv_cache_memory_gib=0.25, max_num_seqs=16, smoke_tokens=16),
             bench=bench,
+            flywheel=FlywheelSection(
+                questions=48, hard_eval_items=24, max_tokens=24, train_steps=16, general_tokens=8192
+            ),
         )
 
     @classmethod
@@ -185,7 +220,8 @@ class FactoryConfig(BaseModel):
 
     def section(self, stage: str) -> dict[str, Any]:
         """The settings a stage's output depends on, to fingerprint it for resumption."""
-        owned = {"ingest": ["data"], "train": ["train"], "serve": ["serve"], "bench": ["bench"], "report": []}
+        owned = {"ingest": ["data"], "train": ["train"], "serve": ["serve"], "bench": ["bench"],
+                 "flywheel": ["flywheel"], "report": []}  # fmt: skip
         return {name: getattr(self, name).model_dump(mode="json") for name in owned[stage]}
 
     def to_json(self) -> dict[str, Any]:
@@ -197,6 +233,7 @@ SECTIONS: dict[str, type[Section]] = {
     "train": TrainSection,
     "serve": ServeSection,
     "bench": BenchSection,
+    "flywheel": FlywheelSection,
 }
 
 

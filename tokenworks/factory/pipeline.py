@@ -1,9 +1,9 @@
-"""`tokenworks factory`: ingest -> train -> serve -> bench -> report, resumable stage by stage.
+"""`tokenworks factory`: ingest -> train -> serve -> bench -> flywheel -> report, resumable stage by stage.
 
 The line keeps its state in WORKDIR/factory.json: a re-run skips every stage that finished
 with the same settings, `start` re-runs from a named stage, and a failed stage is recorded
 with its reason while everything finished before it stays. The server runs as a real
-`tokenworks serve` process for the serve and bench stages and stops before the report.
+`tokenworks serve` process for the serve, bench and flywheel stages and stops before the report.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from tokenworks.factory.config import STAGES, FactoryConfig
 from tokenworks.factory.stages import STAGE_RUNNERS, StageContext, start_server
 from tokenworks.factory.state import FactoryState
 
-SERVER_STAGES = ("serve", "bench")
+SERVER_STAGES = ("serve", "bench", "flywheel")
 
 
 class StageFailed(TokenworksError):
@@ -84,6 +84,8 @@ def run_factory(
             try:
                 if stage in SERVER_STAGES and context.server is None:
                     context.server = server_scope.enter_context(start_server(context))
+                elif stage in SERVER_STAGES and not context.server.running:  # the bench's comparison stopped it
+                    context.server.start()
                 summary = STAGE_RUNNERS[stage](context)
             except (TokenworksError, OSError) as error:  # the user's to fix; a bug keeps its traceback
                 state.record(config, stage, time.perf_counter() - began, {}, str(error))

@@ -51,6 +51,27 @@ def summary_rows(summaries: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
             rows.append(("dashboard", serve["dashboard"]))
     if bench := summaries.get("bench"):
         rows.extend(bench_rows(bench))
+    if flywheel := summaries.get("flywheel"):
+        rows.extend(flywheel_rows(flywheel))
+    return rows
+
+
+def flywheel_rows(flywheel: dict[str, Any]) -> list[tuple[str, str]]:
+    if flywheel.get("skipped"):
+        return [("flywheel", f"skipped: {flywheel['skipped']}")]
+    rows = [("flywheel traffic", f"{flywheel['traffic']['requests']} docs-QA requests "
+             f"({flywheel['traffic']['errors']} failed), {flywheel['flagged']} flagged, "
+             f"{flywheel['corrected']} corrected through /v1/feedback")]  # fmt: skip
+    if flywheel.get("relative"):
+        before, after, relative = flywheel["champion"], flywheel["candidate"], flywheel["relative"]
+        rows.append(("flywheel", f"{flywheel['outcome']}: hard-eval loss {before['hard_eval_loss']:.4f} -> "
+                     f"{after['hard_eval_loss']:.4f} ({relative['hard_eval_loss']:+.2%}), general loss "
+                     f"{before['general_loss']:.4f} -> {after['general_loss']:.4f} ({relative['general_loss']:+.2%})"))  # fmt: skip
+        again = flywheel["measured_again"]
+        rows.append(("champion measured again", f"{again['model']}: hard-eval loss {again['hard_eval_loss']:.4f}, "
+                     f"exact match {again['exact_match']:.1%}"))  # fmt: skip
+    else:
+        rows.append(("flywheel", flywheel["outcome"]))
     return rows
 
 
@@ -126,6 +147,7 @@ def write_report(config: FactoryConfig, summaries: dict[str, dict[str, Any]]) ->
         charts=_charts(summaries),
         sweep=_sweep(summaries.get("bench")),
         routing=_routing(summaries.get("bench")),
+        flywheel=_flywheel(summaries.get("flywheel")),
         artifacts=_artifact_rows(summaries),
         times=[(stage, f"{s.get('seconds', 0):.1f} s") for stage, s in summaries.items()],
     )
@@ -221,3 +243,25 @@ def _routing(bench: dict[str, Any] | None) -> dict[str, Any] | None:
         "worker_headings": ["policy", "worker", "requests", "prompt tokens", "cached tokens", "hit rate", "decisions"],
         "workers": workers,
     }  # fmt: skip
+
+
+def _flywheel(flywheel: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The iteration's before/after table and its promotion log, as the page shows them."""
+    if not flywheel or flywheel.get("skipped") or not flywheel.get("rows"):
+        return None
+    from datetime import UTC, datetime
+
+    log = [
+        [str(entry["id"]), datetime.fromtimestamp(entry["time"], UTC).strftime("%H:%M:%S"), entry["actor"],
+         entry["action"], entry["alias"] or "", "" if entry["from_version"] is None else str(entry["from_version"]),
+         "" if entry["to_version"] is None else str(entry["to_version"]), entry["reason"]]
+        for entry in flywheel["log"]
+    ]  # fmt: skip
+    gate = flywheel["gate"]
+    return {
+        "outcome": flywheel["outcome"],
+        "gate": f"hard-eval loss down by at least {gate['margin']:.0%}, general loss up by at most {gate['tolerance']:.0%}",
+        "reasons": flywheel["decision"]["reasons"],
+        "rows": flywheel["rows"],
+        "log": log,
+    }

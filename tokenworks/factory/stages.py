@@ -6,6 +6,9 @@
                             of N engine workers; one plain server for N = 1), checked with one completion
     bench   WORKDIR/bench   `tokenworks bench sweep` against the server: points, frontier, costs;
                             then a shared-prefix workload under each routing policy (shared_prefix.py)
+    flywheel WORKDIR/flywheel   docs-QA traffic to the fleet (its request log on), corrections
+                            through /v1/feedback, one flywheel iteration (promote or refuse), the
+                            champion measured again (flywheel_stage.py)
     report  WORKDIR/report.html and the console summary
 
 Each stage returns a small JSON summary (kept in factory.json) that the report is built from,
@@ -130,6 +133,8 @@ def start_server(context: StageContext, policy: str | None = None, log_name: str
     args = ["--kv-cache-memory-gib", str(serve.kv_cache_memory_gib), "--max-num-seqs", str(serve.max_num_seqs)]
     args += ["--max-num-batched-tokens", str(serve.max_num_batched_tokens)]
     args += ["--bench-results", str(context.workdir / "bench")]
+    if serve.log_requests and policy is None:  # the fleet the flywheel stage reads, not the comparison's
+        args += ["--log-db", str(context.workdir / "serve" / "requests.db")]
     if serve.threads is not None:
         args += ["--threads", str(serve.threads)]
     if serve.workers > 1:
@@ -210,6 +215,14 @@ def run_bench_stage(context: StageContext) -> dict[str, Any]:
     return summary
 
 
+def run_flywheel_stage(context: StageContext) -> dict[str, Any]:
+    """Docs-QA traffic, corrections, one flywheel iteration and the champion measured again (flywheel_stage.py)."""
+    from tokenworks.factory.flywheel_stage import run_flywheel_stage as run
+
+    assert context.server is not None, "the pipeline starts the server before the flywheel stage"
+    return run(context.config, context.checkpoint, SERVED_MODEL_NAME, context.server, context.console)
+
+
 def run_report_stage(context: StageContext) -> dict[str, Any]:
     from tokenworks.factory.report import write_report
 
@@ -222,5 +235,6 @@ STAGE_RUNNERS = {
     "train": run_train_stage,
     "serve": run_serve_stage,
     "bench": run_bench_stage,
+    "flywheel": run_flywheel_stage,
     "report": run_report_stage,
 }
