@@ -193,3 +193,19 @@ def test_validate_imports_no_torch() -> None:
     code = f"import sys; from tokenworks.plan import {modules}; assert 'torch' not in sys.modules, 'torch imported'"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("gaps", "expected"),
+    [
+        ((0.002, 0.010, 5.0), (0.0, 0.002)),  # token (0.010 - 0.002) / 4 = 0.002, step 0.002 - 0.002 = 0
+        ((0.003, 0.011, 5.0), (0.001, 0.002)),
+        ((0.004, 0.001, 5.0), (0.004, 0.0)),  # the gap shrinks with the batch: all a step's
+        ((-0.003, 0.0168, 32.0), (0.0, (-0.003 + 32 * 0.0168) / (1 + 32**2))),  # the profile slower at c=1
+        ((-0.001, -0.002, 8.0), (0.0, 0.0)),
+        ((0.0025, None, None), (0.0025, 0.0)),  # one level: a step's
+    ],
+)
+def test_overheads_split_the_tpot_gaps_by_hand(gaps, expected) -> None:
+    step, token = overheads(*gaps)
+    assert step == pytest.approx(expected[0], abs=1e-15) and token == pytest.approx(expected[1], abs=1e-15)

@@ -17,9 +17,10 @@ highest concurrency C (C requests decoding together in most steps):
     arrival delay   = measured TTFT p50 - simulated TTFT p50 at c = 1 (with both overheads)
 
 Only the sum of the way in and the way out shows in a client's timestamps (both add to TTFT and
-E2E alike), so all of it is put on the way in (the delivery delay stays 0). Each is clamped at 0
-(a negative token overhead gives the whole gap to the step). Without a second level the whole
-gap is a step's. They are written into profile.json (its "serving" section) so later
+E2E alike), so all of it is put on the way in (the delivery delay stays 0). Each is clamped at 0:
+a negative token overhead gives the whole gap at 1 to the step; a negative step overhead (the
+profile slower than the live server at c = 1) leaves the token overhead that fits both gaps
+best, (gap(1) + k gap(C)) / (1 + k^2). Without a second level the whole gap is a step's. They are written into profile.json (its "serving" section) so later
 simulations of this machine start from them; `plan validate` marks the points they came from.
 """
 
@@ -74,8 +75,8 @@ def overheads(gap_one: float, gap_many: float | None = None, samples_many: float
         return max(0.0, gap_one), 0.0
     token = max(0.0, (gap_many - gap_one) / (samples_many - 1))
     step = gap_one - token
-    if step < 0:  # the gap at 1 is all tokens' (one a step)
-        return 0.0, max(0.0, gap_one)
+    if step < 0:  # no time a step: the token overhead alone, least squares over both points
+        return 0.0, max(0.0, (gap_one + samples_many * gap_many) / (1 + samples_many**2))
     return step, token
 
 
