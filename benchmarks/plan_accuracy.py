@@ -30,7 +30,9 @@ goals, then over all sweeps of the shape. With every sweep: the CPU (in cores) t
 outside this benchmark used while it ran ("other"), and the load average: the figures are only
 as quiet as the host.
 
---quick: 16 requests a point (32 at c=32), concurrency 1,4,16,32, for a smoke run. Results:
+--quick: 16 requests a point (32 at c=32), concurrency 1,4,16,32, for a smoke run.
+--revalidate: measure nothing; validate the sweeps --json names again (after a change to the
+simulator or the calibration). Results:
 --json PATH (default .peers/plan-accuracy/results.json); each sweep's directories under
 .peers/plan-accuracy/<shape>/.
 """
@@ -216,8 +218,6 @@ def run_shape(shape: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         if workers not in args.workers:
             continue
         tag = f"{workers}w"
-        calibrated = work / f"profile-{tag}.json"  # each deployment's own calibration
-        shutil.copy(profile, calibrated)
         with Deployment(model, workers, work) as deployment:
             client = [1] if workers == 1 else None
             closed = work / f"{tag}-closed"
@@ -233,18 +233,39 @@ def run_shape(shape: str, args: argparse.Namespace) -> list[dict[str, Any]]:
             log(f"{shape}, {workers} worker(s), {name}: the closed loop again (seed 2), for the noise floor")
             levels = ["--concurrency", concurrency, "--seed", "2"]
             again_host = measure(deployment, model, workload, levels, per_point, again, client)
-        for kind, measured, load, recalibrate in (
-            ("closed", closed, host, True),
-            ("poisson", opened, rate_host, False),
-            ("again", again, again_host, False),
-        ):
-            result = validate(model, calibrated, measured, work / f"{tag}-{kind}-validation", workers, recalibrate)
-            sweeps.append({"shape": shape, "workers": workers, "workload": name, "sweep": kind, "host": load,
-                           "validation": result})  # fmt: skip
-        # The same sweep measured twice, minutes apart: how far measurement moves on its own here.
-        noise = compare(read_results(closed).points, read_results(again).points).to_json()
-        sweeps.append({"shape": shape, "workers": workers, "workload": name, "sweep": "noise", "host": again_host,
-                       "validation": noise})  # fmt: skip
+        hosts = {"closed": host, "poisson": rate_host, "again": again_host}
+        sweeps += validate_deployment(shape, workers, name, hosts)
+    return sweeps
+
+
+def validate_deployment(shape: str, workers: int, name: str, hosts: dict[str, dict]) -> list[dict[str, Any]]:
+    """`plan validate` on a deployment's three sweeps (the closed loop calibrating, on a copy of the
+    profile of its own), and the closed loop against its repeat, both measured."""
+    model, work, tag = MODELS / shape, WORK / shape, f"{workers}w"
+    calibrated = work / f"profile-{tag}.json"  # each deployment's own calibration
+    shutil.copy(work / "profile.json", calibrated)
+    sweeps = []
+    for kind in ("closed", "poisson", "again"):
+        out = work / f"{tag}-{kind}-validation"
+        result = validate(model, calibrated, work / f"{tag}-{kind}", out, workers, recalibrate=kind == "closed")
+        sweeps.append({"shape": shape, "workers": workers, "workload": name, "sweep": kind, "host": hosts[kind],
+                       "validation": result})  # fmt: skip
+    # The same sweep measured twice, minutes apart: how far measurement moves on its own here.
+    noise = compare(read_results(work / f"{tag}-closed").points, read_results(work / f"{tag}-again").points)
+    sweeps.append({"shape": shape, "workers": workers, "workload": name, "sweep": "noise", "host": hosts["again"],
+                   "validation": noise.to_json()})  # fmt: skip
+    return sweeps
+
+
+def revalidate(path: Path) -> list[dict[str, Any]]:
+    """The validations of a run already measured (its --json), again with this tokenworks."""
+    measured = [s for s in json.loads(path.read_text()) if s["sweep"] == "closed"]
+    sweeps = []
+    for entry in measured:
+        hosts = {s["sweep"]: s["host"] for s in json.loads(path.read_text())
+                 if (s["shape"], s["workers"]) == (entry["shape"], entry["workers"])}  # fmt: skip
+        log(f"{entry['shape']}, {entry['workers']} worker(s): validating the sweeps measured")
+        sweeps += validate_deployment(entry["shape"], entry["workers"], entry["workload"], hosts)
     return sweeps
 
 
@@ -290,7 +311,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="Fewer levels and requests: a smoke run.")
     parser.add_argument("--reprofile", action="store_true", help="Profile again even if a profile is there.")
     parser.add_argument("--json", type=Path, default=WORK / "results.json")
+    parser.add_argument("--revalidate", action="store_true", help="Measure nothing: validate the sweeps of "
+                        "--json (and the directories beside it) again with this tokenworks.")  # fmt: skip
     args = parser.parse_args()
+    if args.revalidate:
+        sweeps = revalidate(args.json)
+        args.json.write_text(json.dumps(sweeps, indent=2) + "\n")
+        table(sweeps)
+        return
     args.workers = {int(w) for w in args.workers.split(",")}
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
     log(f"{cpu_model()}, {os.cpu_count()} cores; tokenworks at {head.strip()}; load average "
