@@ -41,7 +41,7 @@ def test_quick_defaults_are_the_base_of_a_quick_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[trian]\nseed = 1\n", "unknown setting 'trian'; known: bench, data, flywheel, serve, train, workdir"),
+        ("[trian]\nseed = 1\n", "unknown setting 'trian'; known: bench, data, flywheel, plan, serve, train, workdir"),
         ("[train]\nsed = 1\n", "[train] unknown setting 'sed'; known: batch_size, context, lr, preset, seed,"),
         ('[train]\ntime_budget_s = "long"\n', "[train] time_budget_s: input should be a valid number, got 'long'"),
         ("[train]\nseed = true\n", "[train] seed: input should be a valid integer, got True"),
@@ -85,10 +85,10 @@ def test_the_fleet_and_the_comparison_have_defaults_and_take_a_file(tmp_path: Pa
 def test_a_changed_setting_reruns_from_the_first_stage_it_affects(tmp_path: Path) -> None:
     config = FactoryConfig.quick(workdir=tmp_path)
     state = FactoryState(tmp_path)
-    for stage in ("ingest", "train", "serve", "bench", "flywheel", "report"):
+    for stage in ("ingest", "train", "serve", "bench", "flywheel", "plan", "report"):
         state.record(config, stage, 1.0, {"stage": stage}, None)
     reloaded = FactoryState(tmp_path)
-    assert reloaded.first_to_run(config, None) == 6
+    assert reloaded.first_to_run(config, None) == 7
     assert reloaded.first_to_run(config, "bench") == 3
 
     config.flywheel.train_steps = 4

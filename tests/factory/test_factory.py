@@ -18,8 +18,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from tokenworks.factory import pipeline
 from tokenworks.factory.config import FactoryConfig
 from tokenworks.factory.shared_prefix import CHART_CAPTION as SHARED_PREFIX_CAPTION
+from tokenworks.plan.hardware import Catalog
 
-STAGES = ["ingest", "train", "serve", "bench", "flywheel", "report"]
+STAGES = ["ingest", "train", "serve", "bench", "flywheel", "plan", "report"]
 BENCH_FILES = {"run.json", "requests.jsonl", "points.csv", "frontier.csv", "report.html"}
 
 
@@ -54,6 +55,11 @@ def test_quick_line_runs_every_stage_and_reports(quick_run) -> None:
     page = (workdir / "report.html").read_text()
     for expected in ("Pareto frontier", "tokens per joule", "estimated", "data:image/png;base64", "goodput"):
         assert expected in page
+    # the plan stage: the simulator validated against this sweep, and the workload priced per GPU
+    plan = state["stages"]["plan"]["summary"]
+    assert [row["gpu"] for row in plan["costs"]] == Catalog.load().names
+    assert set(plan["validation"]) >= {"ttft_p50_s", "tpot_p50_s"} and (workdir / "plan" / "profile.json").is_file()
+    assert "Plan: this workload on each GPU" in page
 
 
 def test_quick_line_serves_two_workers_behind_the_router(quick_run) -> None:
@@ -199,7 +205,7 @@ def trained_copy(quick_run, tmp_path: Path) -> Path:
 def test_one_worker_is_a_plain_server_and_nothing_is_compared(trained_copy: Path, run_factory) -> None:
     config = trained_copy.parent / "factory.toml"
     config.write_text("[serve]\nworkers = 1\n[bench]\nconcurrency = [1]\nrequests_per_point = 4\n"
-                      "[flywheel]\nenabled = false\n", encoding="utf-8")  # fmt: skip
+                      "[flywheel]\nenabled = false\n[plan]\nenabled = false\n", encoding="utf-8")  # fmt: skip
     result = run_factory("--quick", "--config", str(config), "--workdir", str(trained_copy), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("done earlier, kept") == 2  # ingest and train
@@ -218,7 +224,7 @@ def test_keep_serving_gets_the_fleet_back_after_the_comparison(trained_copy: Pat
     config = FactoryConfig.quick(workdir=trained_copy)
     config.bench.concurrency, config.bench.requests_per_point = [1], 4
     config.bench.num_prefixes = config.bench.questions_per_prefix = 2
-    config.flywheel.enabled = False
+    config.flywheel.enabled = config.plan.enabled = False
     seen = []
 
     def keep_serving(url: str) -> None:
@@ -226,7 +232,12 @@ def test_keep_serving_gets_the_fleet_back_after_the_comparison(trained_copy: Pat
             seen.append((url, json.loads(response.read())))
 
     run = pipeline.run_factory(config, console=Console(file=io.StringIO()), keep_serving=keep_serving)
-    assert run.ran == ["bench", "flywheel", "report"]  # the serve stage's settings hold; its fleet starts for bench
+    assert run.ran == [
+        "bench",
+        "flywheel",
+        "plan",
+        "report",
+    ]  # the serve stage's settings hold; its fleet starts for bench
     [(url, fleet)] = seen
     swept = json.loads((trained_copy / "bench" / "run.json").read_text())["endpoint"]["url"]
     assert url == swept  # the sweep's fleet, started again on its port

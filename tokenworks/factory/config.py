@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from tokenworks.errors import ConfigError, TokenworksError
 
-STAGES = ("ingest", "train", "serve", "bench", "flywheel", "report")
+STAGES = ("ingest", "train", "serve", "bench", "flywheel", "plan", "report")
 Positive = Annotated[int, Field(ge=1)]
 
 
@@ -165,6 +165,12 @@ class FlywheelSection(Section):
         return targets
 
 
+class PlanSection(Section):
+    """The plan stage: profile, validate against the bench's sweep, cost per GPU (tokenworks.plan)."""
+
+    enabled: bool = True
+
+
 class FactoryConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -174,6 +180,7 @@ class FactoryConfig(BaseModel):
     serve: ServeSection = Field(default_factory=ServeSection)
     bench: BenchSection = Field(default_factory=BenchSection)
     flywheel: FlywheelSection = Field(default_factory=FlywheelSection)
+    plan: PlanSection = Field(default_factory=PlanSection)
 
     @classmethod
     def quick(cls, workdir: Path = Path("factory")) -> FactoryConfig:
@@ -221,7 +228,7 @@ class FactoryConfig(BaseModel):
     def section(self, stage: str) -> dict[str, Any]:
         """The settings a stage's output depends on, to fingerprint it for resumption."""
         owned = {"ingest": ["data"], "train": ["train"], "serve": ["serve"], "bench": ["bench"],
-                 "flywheel": ["flywheel"], "report": []}  # fmt: skip
+                 "flywheel": ["flywheel"], "plan": ["serve", "bench", "plan"], "report": []}  # fmt: skip
         return {name: getattr(self, name).model_dump(mode="json") for name in owned[stage]}
 
     def to_json(self) -> dict[str, Any]:
@@ -234,6 +241,7 @@ SECTIONS: dict[str, type[Section]] = {
     "serve": ServeSection,
     "bench": BenchSection,
     "flywheel": FlywheelSection,
+    "plan": PlanSection,
 }
 
 

@@ -1,4 +1,4 @@
-"""`tokenworks factory`: ingest -> train -> serve -> bench -> flywheel -> report, resumable stage by stage.
+"""`tokenworks factory`: ingest -> train -> serve -> bench -> flywheel -> plan -> report, resumable stage by stage.
 
 The line keeps its state in WORKDIR/factory.json: a re-run skips every stage that finished
 with the same settings, `start` re-runs from a named stage, and a failed stage is recorded

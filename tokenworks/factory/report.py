@@ -15,6 +15,7 @@ from rich.table import Table
 
 from tokenworks.bench.report import html_page, png_data_uri
 from tokenworks.factory.config import FactoryConfig
+from tokenworks.factory.plan_stage import plan_rows
 
 REPORT_NAME = "report.html"
 
@@ -53,6 +54,13 @@ def summary_rows(summaries: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
         rows.extend(bench_rows(bench))
     if flywheel := summaries.get("flywheel"):
         rows.extend(flywheel_rows(flywheel))
+    if (plan := summaries.get("plan")) and plan.get("skipped"):
+        rows.append(("plan", f"skipped: {plan['skipped']}"))
+    elif plan:
+        shown = {"ttft_p50_s": "TTFT p50", "tpot_p50_s": "TPOT p50", "output_throughput": "output tok/s"}
+        errors = plan["validation"]
+        told = ", ".join(f"{label} {errors[key]:.1%}" for key, label in shown.items() if errors.get(key) is not None)
+        rows.append(("plan", f"simulated against this sweep, median error: {told}"))
     return rows
 
 
@@ -148,11 +156,24 @@ def write_report(config: FactoryConfig, summaries: dict[str, dict[str, Any]]) ->
         sweep=_sweep(summaries.get("bench")),
         routing=_routing(summaries.get("bench")),
         flywheel=_flywheel(summaries.get("flywheel")),
+        plan=_plan(summaries.get("plan")),
         artifacts=_artifact_rows(summaries),
         times=[(stage, f"{s.get('seconds', 0):.1f} s") for stage, s in summaries.items()],
     )
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def _plan(plan: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The plan stage's table: what the bench's workload would cost on each GPU, at its SLOs."""
+    if not plan or plan.get("skipped"):
+        return None
+    forecast = plan["forecast"]
+    return {
+        "forecast": f"{forecast['request_rate']:.2f} requests/s, {forecast['input_tokens']} tokens in, "
+        f"{forecast['output_tokens']} out, SLOs {forecast['slo']}",
+        "rows": plan_rows(plan),
+    }
 
 
 def _artifact_rows(summaries: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:

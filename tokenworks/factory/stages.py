@@ -9,6 +9,9 @@
     flywheel WORKDIR/flywheel   docs-QA traffic to the fleet (its request log on), corrections
                             through /v1/feedback, one flywheel iteration (promote or refuse), the
                             champion measured again (flywheel_stage.py)
+    plan    WORKDIR/plan        the engine's steps profiled on this host, the simulator validated
+                            against the bench stage's sweep, and that workload's cost on each GPU
+                            of the catalog (plan_stage.py)
     report  WORKDIR/report.html and the console summary
 
 Each stage returns a small JSON summary (kept in factory.json) that the report is built from,
@@ -223,6 +226,15 @@ def run_flywheel_stage(context: StageContext) -> dict[str, Any]:
     return run(context.config, context.checkpoint, SERVED_MODEL_NAME, context.server, context.console)
 
 
+def run_plan_stage(context: StageContext) -> dict[str, Any]:
+    """Profile, validate against the bench stage's sweep, and the workload's cost per GPU (plan_stage.py)."""
+    from tokenworks.factory.plan_stage import run_plan_stage as run
+
+    if not context.config.plan.enabled:
+        return {"skipped": "[plan] enabled = false"}
+    return run(context.config, context.checkpoint, context.config.workdir, context.console)
+
+
 def run_report_stage(context: StageContext) -> dict[str, Any]:
     from tokenworks.factory.report import write_report
 
@@ -236,5 +248,6 @@ STAGE_RUNNERS = {
     "serve": run_serve_stage,
     "bench": run_bench_stage,
     "flywheel": run_flywheel_stage,
+    "plan": run_plan_stage,
     "report": run_report_stage,
 }
