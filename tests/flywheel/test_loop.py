@@ -22,7 +22,7 @@ from tokenworks.flywheel.dataset import read_hard_eval, write_jsonl
 from tokenworks.flywheel.docs_qa import docs_qa_items, write_docs_qa
 from tokenworks.flywheel.evaluate import ServedModel, evaluate_served
 from tokenworks.flywheel.gate import HARD_EVAL_MARGIN
-from tokenworks.flywheel.loop import run_iteration
+from tokenworks.flywheel.loop import FlywheelError, run_iteration
 from tokenworks.flywheel.loop_config import (
     DatasetSettings,
     EvaluateSettings,
@@ -149,3 +149,14 @@ def test_watch_runs_an_iteration_once_enough_flagged_requests_arrived(setup, fir
     state = loop.read_state(config.workdir)
     loop.write_state(config.workdir, {**state, "collected_upto": 0})  # as if nothing had been collected
     assert loop.watch(config, max_iterations=1) == ["result"] and ran == [config]
+
+
+def test_an_iteration_that_fails_on_the_way_leaves_its_requests_to_the_next(setup, first, tmp_path) -> None:
+    root, files, server = setup
+    config = replace(flywheel_config(root, files, server.url), workdir=tmp_path / "wheel", registry=tmp_path / "r.db")
+    config = replace(config, train=replace(config.train, base=None))  # a fresh registry and no base: no champion
+    for attempt in ("iteration-001", "iteration-001-attempt-2"):
+        with pytest.raises(FlywheelError, match="has no champion yet"):
+            run_iteration(config)
+        assert (tmp_path / "wheel" / attempt / "dataset" / "train.jsonl").is_file()
+        assert loop.read_state(config.workdir) == {"iterations": 0, "collected_upto": 0}

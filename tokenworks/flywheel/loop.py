@@ -13,7 +13,8 @@
               logged with the rules that failed
 
 Every iteration writes WORKDIR/iteration-NNN/ (dataset/, train/, report.json, report.md). An
-iteration with no labelled request stops after build and says so; it moves the mark all the same.
+iteration with no labelled request stops after build and says so, and moves the mark; one that
+fails on the way (a server down, a training error) leaves the mark, so the next takes its requests.
 """
 
 from __future__ import annotations
@@ -91,8 +92,7 @@ def run_iteration(config: FlywheelConfig, progress: Progress | None = None) -> I
     progress = progress or QuietProgress()
     state = read_state(config.workdir)
     number = state["iterations"] + 1
-    directory = config.workdir / f"iteration-{number:03d}"
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = _fresh_directory(config.workdir, number)
     figures: dict[str, Any] = {"iteration": number, "started": time.time(), "seconds": {}}
     timer = _StageTimer(progress, figures["seconds"])
     teacher = _teacher(config)
@@ -127,8 +127,8 @@ def run_iteration(config: FlywheelConfig, progress: Progress | None = None) -> I
                                   "duplicates": built.duplicates, "held_for_eval": built.held_for_eval,
                                   "manifest": str(built.manifest)}  # fmt: skip
             timer.detail = f"{built.train} train, {built.validation} validation, {built.hard_eval} hard-eval items"
-    write_state(config.workdir, {"iterations": number, "collected_upto": upto})  # these requests are spent
     if not records:
+        write_state(config.workdir, {"iterations": number, "collected_upto": upto})
         return _finish(config, directory, figures, "nothing-to-train")
 
     registry = Registry(config.registry)
@@ -178,7 +178,20 @@ def run_iteration(config: FlywheelConfig, progress: Progress | None = None) -> I
             )  # fmt: skip
             timer.detail = f"refused by {', '.join(decision.failed)}; champion stays version {champion.version}"
     figures["log"] = [_entry_dict(e) for e in registry.history() if e.time >= figures["started"]]
+    # Only now are these requests spent: an iteration that failed on the way leaves them to the next.
+    write_state(config.workdir, {"iterations": number, "collected_upto": upto})
     return _finish(config, directory, figures, "promoted" if decision.promote else "refused")
+
+
+def _fresh_directory(workdir: Path, number: int) -> Path:
+    """WORKDIR/iteration-NNN, or -attempt-K after it when an earlier attempt failed there (its files
+    stay: the registry may name its candidate)."""
+    directory, attempt = workdir / f"iteration-{number:03d}", 1
+    while directory.exists():
+        attempt += 1
+        directory = workdir / f"iteration-{number:03d}-attempt-{attempt}"
+    directory.mkdir(parents=True)
+    return directory
 
 
 def _teacher(config: FlywheelConfig) -> Teacher | None:
