@@ -72,7 +72,14 @@ def test_tools_calls_and_results_render_in_hermes_format(tokenizer: Tokenizer, t
     assert reference.apply_chat_template(parsed, tools=TOOLS, tokenize=False, add_generation_prompt=True) == rendered
 
 
-def test_a_template_without_tools_refuses_them(tokenizer: Tokenizer) -> None:
+def own_copy(tokenizer: Tokenizer, directory) -> Tokenizer:
+    """A copy to change: the session's tokenizer is shared with every other test."""
+    tokenizer.save(directory)
+    return Tokenizer.load(directory)
+
+
+def test_a_template_without_tools_refuses_them(tokenizer: Tokenizer, tmp_path) -> None:
+    tokenizer = own_copy(tokenizer, tmp_path)
     tokenizer.chat_template = "{% for m in messages %}{{ m.content }}{% endfor %}"
     assert not tokenizer.renders_tools
     with pytest.raises(TokenizerError, match="does not render tools"):
@@ -80,6 +87,7 @@ def test_a_template_without_tools_refuses_them(tokenizer: Tokenizer) -> None:
 
 
 def test_a_checkpoints_own_template_is_used(tokenizer: Tokenizer, tmp_path) -> None:
+    tokenizer = own_copy(tokenizer, tmp_path / "copy")
     tokenizer.chat_template = "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}{{ eos_token }}"
     tokenizer.save(tmp_path)
     assert Tokenizer.load(tmp_path).apply_chat_template(MESSAGES[1:3]) == "[user]Hi[assistant]Hello.<|endoftext|>"
