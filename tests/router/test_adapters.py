@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import httpx
@@ -17,24 +15,11 @@ import pytest
 
 from tests.adapters import ALL_TARGETS, make_adapter
 from tests.router.conftest import RouterProcess
-from tests.serve.conftest import ServeProcess, free_port
+from tests.serve.conftest import ServeProcess
 
 PROMPT = "def parse(text):"
 TOKENS = 12
 NAME = "docs-qa"  # the served name the versions go behind
-
-
-class Worker(ServeProcess):
-    """A worker on a port of its own or the one given (to come back on it)."""
-
-    def __init__(self, model_dir, port: int | None = None) -> None:  # its own command, not the parent's
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        command = [
-            sys.executable, "-m", "tokenworks", "serve", str(model_dir), "--port", str(self.port), "--threads", "1",
-            "--kv-cache-memory-gib", "0.05",
-        ]  # fmt: skip
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +48,7 @@ def wait_until(condition, timeout: float = 60.0) -> None:
 
 
 def test_adapters_through_the_router_swap_under_load_and_come_back_with_a_worker(serve_model_dir, versions):
-    workers = [Worker(serve_model_dir) for _ in range(2)]
+    workers = [ServeProcess(serve_model_dir) for _ in range(2)]
     for worker in workers:
         worker.wait_healthy()
     router = RouterProcess([w.url for w in workers], "--policy", "round-robin").wait_healthy()
@@ -124,7 +109,7 @@ def test_adapters_through_the_router_swap_under_load_and_come_back_with_a_worker
         os.kill(workers[0].process.pid, signal.SIGKILL)
         workers[0].process.wait()
         wait_until(lambda: not http.get("/workers").json()["workers"][0]["healthy"])
-        workers[0] = Worker(serve_model_dir, port).wait_healthy()
+        workers[0] = ServeProcess(serve_model_dir, port=port).wait_healthy()
         wait_until(lambda: served_adapters(workers[0]) == {NAME})
         wait_until(lambda: http.get("/workers").json()["workers"][0]["healthy"])
         assert {greedy(client) for _ in range(4)} == {before[0]}

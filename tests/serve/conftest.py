@@ -145,8 +145,8 @@ def alive(pid: int) -> bool:
 class ServeProcess:
     """`python -m tokenworks serve MODEL` on a free port, its output kept for the assertions."""
 
-    def __init__(self, model_dir, *extra: str) -> None:
-        self.port = free_port()
+    def __init__(self, model_dir, *extra: str, port: int | None = None) -> None:
+        self.port = port or free_port()  # a given port: to come back on it after a kill
         self.url = f"http://127.0.0.1:{self.port}"
         command = [
             sys.executable, "-m", "tokenworks", "serve", str(model_dir), "--port", str(self.port), "--threads", "1",
