@@ -96,6 +96,21 @@ def test_requests_spread_stream_and_answer_as_a_worker_does(workers, serve_model
             direct = httpx.post(f"{workers[1].url}/v1/completions", json=GREEDY, timeout=60).json()
             assert {a.json()["choices"][0]["text"] for a in answers} == {direct["choices"][0]["text"]}
 
+            # vLLM's tokenizer routes, by a worker, as the worker answers them; they count in no load
+            asked = {"prompt": "The quick brown fox"}
+            tokenized = http.post("/tokenize", json=asked)
+            assert tokenized.status_code == 200
+            assert tokenized.json() == httpx.post(f"{workers[0].url}/tokenize", json=asked, timeout=60).json()
+            ids = tokenized.json()["tokens"]
+            assert http.post("/detokenize", json={"tokens": ids}).json() == {"prompt": "The quick brown fox"}
+            unknown = http.post("/tokenize", json={**asked, "model": "no-such-model"})
+            assert (unknown.status_code, unknown.json()) == (
+                404, httpx.post(f"{workers[1].url}/tokenize", json={**asked, "model": "no-such-model"}).json(),
+            )  # fmt: skip
+            assert http.post("/detokenize", content=b"{nope").json()["error"]["message"] == (
+                "the request body is not valid JSON"
+            )  # fmt: skip
+
             bad = http.post("/v1/completions", json={**GREEDY, "max_tokens": -1})  # the worker's 400, as it is
             assert bad.status_code == 400 and bad.json()["error"]["param"] == "max_tokens"
             assert http.post("/v1/completions", content=b"{nope").status_code == 400
@@ -135,6 +150,9 @@ def test_a_dead_worker_is_routed_around_and_no_request_is_lost(workers):
         with httpx.Client(base_url=router.url, timeout=60) as http:
             os.kill(workers[0].process.pid, signal.SIGKILL)
             workers[0].process.wait()
+            # w0 is asked first (both idle) unless its health check saw it die: w1 answers either way
+            tokenized = http.post("/tokenize", json={"prompt": "a b c"})
+            assert (tokenized.status_code, tokenized.headers["x-tokenworks-worker"]) == (200, "w1")
             answers = [http.post("/v1/completions", json=GREEDY) for _ in range(6)]
             assert [a.status_code for a in answers] == [200] * 6
             assert {a.headers["x-tokenworks-worker"] for a in answers} == {"w1"}
@@ -184,6 +202,8 @@ def test_workers_join_and_leave_at_run_time(workers):
     try:
         with httpx.Client(base_url=router.url, timeout=60, headers=auth) as http:
             assert httpx.get(f"{router.url}/workers").status_code == 401  # the pool is behind the key
+            assert httpx.post(f"{router.url}/tokenize", json={"prompt": "x"}).status_code == 401
+            assert http.post("/tokenize", json={"prompt": "x"}).status_code == 200
             added = http.post("/workers", json={"url": f"{workers[1].url}/v1"})
             assert (added.status_code, added.json()["id"], added.json()["url"]) == (201, "w1", workers[1].url)
             assert http.post("/workers", json={"url": workers[1].url}).status_code == 400

@@ -13,7 +13,7 @@ from __future__ import annotations
 import codecs
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from starlette.responses import Response
@@ -33,6 +33,7 @@ MAX_ATTEMPTS = 3
 RETRIED_STATUSES = frozenset({502, 503, 504})
 CONNECT_TIMEOUT_S = 2.0
 FEEDBACK_TIMEOUT_S = 15.0  # a worker's log writer has 10 s to store it (serve/feedback.py)
+TOKENIZATION_TIMEOUT_S = 30.0  # a long prompt, on a worker busy generating
 WORKER_HEADER = "X-Tokenworks-Worker"  # which worker answered (for people and tests)
 FORWARDED_HEADERS = ("content-type", "accept", "x-session-id", "x-request-id")
 
@@ -65,9 +66,8 @@ async def forward(
                 flight.abandoned()
         if answer is not None:
             return answer
-    why = "; ".join(reasons) if reasons else "every worker is down or was tried"
     metrics.no_worker.inc()
-    raise APIError(503, f"no worker could take the request ({why})", code="no_worker", headers={"Retry-After": "1"})
+    raise _no_worker(reasons)
 
 
 async def _attempt(
@@ -135,6 +135,38 @@ def _stream_closed(flight: Flight, upstream: aiohttp.ClientResponse) -> None:
     upstream.release()  # an unfinished one closes its connection: the worker sees the client go
 
 
+async def forward_tokenization(
+    path: str, raw_body: bytes, candidates_of: Callable[[set[str]], list[Worker]], session: aiohttp.ClientSession
+) -> Response:
+    """POST /tokenize or /detokenize (vLLM's routes, serve/tokenization.py), answered by the least
+    busy worker that may serve the body's model: every worker of a fleet has the same tokenizer and
+    nothing is generated, so no policy weighs it, and it counts in no worker's load. A worker that
+    cannot be reached or answers 502-504 is marked failed and the next one is asked, as for a
+    generation request; its 4xx is the client's answer."""
+    tried: set[str] = set()
+    reasons: list[str] = []
+    for _ in range(MAX_ATTEMPTS):
+        candidates = candidates_of(tried)
+        if not candidates:
+            break
+        worker = min(candidates, key=lambda candidate: candidate.in_flight)
+        tried.add(worker.id)
+        timeout = aiohttp.ClientTimeout(total=TOKENIZATION_TIMEOUT_S, sock_connect=CONNECT_TIMEOUT_S)
+        try:
+            headers = {"content-type": "application/json"}
+            async with session.post(f"{worker.url}{path}", data=raw_body, headers=headers, timeout=timeout) as up:
+                data = await up.read()
+        except (aiohttp.ClientError, TimeoutError) as error:
+            _fail(worker, f"{type(error).__name__}: {error}", reasons)
+            continue
+        if up.status in RETRIED_STATUSES:
+            _fail(worker, f"answered {up.status} {data[:200].decode(errors='replace')}", reasons)
+            continue
+        worker.succeeded()
+        return Response(data, up.status, {WORKER_HEADER: worker.id}, media_type=up.content_type)
+    raise _no_worker(reasons)
+
+
 async def forward_feedback(raw_body: bytes, workers: list[Worker], session: aiohttp.ClientSession) -> Response:
     """POST /v1/feedback (the request log's, serve/feedback.py) to each worker in turn, until one
     knows the answer it names: the router does not remember which worker gave which answer, and
@@ -163,6 +195,11 @@ def _with_tokens(headers: dict[str, str], routed: RoutedRequest, worker: Worker)
     if routed.tokens_header is None or worker.tokenizer != routed.tokens_header[0]:
         return headers
     return {**headers, PROMPT_TOKENS_HEADER: routed.tokens_header[1]}
+
+
+def _no_worker(reasons: list[str]) -> APIError:
+    why = "; ".join(reasons) if reasons else "every worker is down or was tried"
+    return APIError(503, f"no worker could take the request ({why})", code="no_worker", headers={"Retry-After": "1"})
 
 
 def _fail(worker: Worker, reason: str, reasons: list[str]) -> None:
