@@ -20,19 +20,26 @@ hit rate within 5 points. Per shape:
    same lengths), simulated with the first sweep's calibration (out of sample), and compared
    with the first sweep as measured: the "noise" row, how far two measurements of one sweep
    minutes apart differ on this host, a floor under any simulation's error.
+5. Then what serving costs the workers' cores outside their engines, measured by process CPU time
+   (`way_in_cpu`): the API servers' and the router's CPU per request (the way in, which the
+   simulation puts on the worker's core ahead of its steps), and with two workers the router's
+   and the load generator's CPU per streamed token (they have no core of their own; the
+   simulation shares it out among the busy workers' cores). Into <shape>/<N>w-way-in-cpu.json;
+   `plan validate --way-in-cpu-ms --stream-cpu-ms` take them. Measured apart, not fitted.
 
 Each sweep is `tokenworks bench sweep --tokenizer MODEL --no-stop` (so the simulation sends the
 prompts the server saw), then `tokenworks plan validate --measured`. A deployment's closed-loop
-sweep calibrates the server's time outside the engine on its concurrency-1 point
-(`--recalibrate`, written into a copy of the profile), and its rate sweep is simulated with that
-calibration, not refitted. The table gives each sweep's median absolute errors against the
+sweep calibrates the server's time outside the engine on its concurrency-1 and highest points
+(`--recalibrate`, written into a copy of the profile: the per-step and per-token overheads, and
+each c=1 request's way in and client gap, which the simulation draws again per request), and
+its rate sweep and repeat are simulated with that calibration, not refitted. The table gives each sweep's median absolute errors against the
 goals, then over all sweeps of the shape. With every sweep: the CPU (in cores) that processes
 outside this benchmark used while it ran ("other"), and the load average: the figures are only
 as quiet as the host.
 
 --quick: 16 requests a point (32 at c=32), concurrency 1,4,16,32, for a smoke run.
 --revalidate: measure nothing; validate the sweeps --json names again (after a change to the
-simulator or the calibration). Results:
+simulator or the calibration), with the CPU figures of <shape>/<N>w-way-in-cpu.json where there. Results:
 --json PATH (default .peers/plan-accuracy/results.json); each sweep's directories under
 .peers/plan-accuracy/<shape>/.
 """
@@ -40,6 +47,7 @@ simulator or the calibration). Results:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -108,6 +116,16 @@ def process_ticks(pid: int) -> int:
     return total
 
 
+def cpu_seconds(pid: int) -> float:
+    """On-CPU time of every thread of one process, not its children (/proc's schedstat, in ns: a
+    request's few milliseconds are below utime's 10 ms ticks)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError, IndexError, ValueError):  # a thread that ended meanwhile
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
 def children(pid: int) -> list[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return [int(p) for p in path.read_text().split()] if path.exists() else []
@@ -155,6 +173,11 @@ class Deployment:
             raise
         return self
 
+    def front_pids(self) -> list[int]:
+        """The processes a request's way in runs in before its engine core: each worker's API
+        server (the `tokenworks serve` process; its engine core is a child) and the router."""
+        return [process.pid for process in self.processes]
+
     def ticks(self) -> int:
         return sum(process_ticks(p.pid) for p in self.processes if p.poll() is None)
 
@@ -180,15 +203,63 @@ def measure(deployment: Deployment, model: Path, workload: list[str], levels: li
     return {"wall_s": wall, "other_cores": other, "ours_cores": ours / hz / wall, "load_average": os.getloadavg()[0]}
 
 
+def way_in_cpu(deployment: Deployment, model: Path, workload: list[str], out: Path) -> dict[str, Any]:
+    """What serving costs the workers' cores outside their engines, per request and per token.
+
+    `bench run` at concurrency 1 (another seed: prompts none of the sweeps sent) twice: answers of
+    one token, then of the workload's length. way_in_cpu_s: the API servers' and the router's own
+    CPU (not the engine cores') per request of the first. stream_cpu_s, with two workers only (one
+    worker's client has a core of its own, and its API server's streaming is in the calibrated
+    token overhead): what the router and the load generator, which run on the workers' cores,
+    spend per token more in the second, per extra token (their start-up costs cancel). Taken
+    after a deployment's sweeps, so their servers' caches are as the sweeps left them."""
+    pids = deployment.front_pids()
+    router = pids[-1:] if deployment.count > 1 else []
+    runs = []
+    for name, tokens in (("short", "1"), ("long", workload[workload.index("--output-tokens") + 1])):
+        where = out.parent / f"{out.name}-{name}"
+        if where.exists():
+            shutil.rmtree(where)
+        asked = [*workload]
+        asked[asked.index("--output-tokens") + 1] = tokens
+        command = tokenworks("bench", "run", "--url", deployment.url, "--tokenizer", str(model), *asked,
+                             "--concurrency", "1", "--num-requests", str(PROBE_REQUESTS), "--warmup-requests",
+                             str(PROBE_WARMUP), "--seed", "7", "--out", str(where))  # fmt: skip
+        before, client = [cpu_seconds(pid) for pid in pids], _children_cpu()
+        pinned_run(command, [1] if deployment.count == 1 else None, where.with_suffix(".log"))
+        spent = [cpu_seconds(pid) - was for pid, was in zip(pids, before, strict=True)]
+        runs.append({"tokens": int(tokens), "processes_cpu_s": spent, "client_cpu_s": _children_cpu() - client})
+    sent = PROBE_REQUESTS + PROBE_WARMUP
+    short, long = runs
+    stream = 0.0
+    if router:
+        shared = [run["processes_cpu_s"][-1] + run["client_cpu_s"] for run in runs]  # router + load generator
+        stream = max(0.0, (shared[1] - shared[0]) / (sent * (long["tokens"] - short["tokens"])))
+    return {"way_in_cpu_s": sum(short["processes_cpu_s"]) / sent, "stream_cpu_s": stream, "requests": sent,
+            "runs": runs}  # fmt: skip
+
+
+PROBE_REQUESTS, PROBE_WARMUP = 64, 2
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _children_ticks() -> int:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return round((usage.ru_utime + usage.ru_stime) * os.sysconf("SC_CLK_TCK"))
 
 
-def validate(model: Path, profile: Path, measured: Path, out: Path, workers: int, recalibrate: bool) -> dict:
+def validate(model: Path, profile: Path, measured: Path, out: Path, workers: int, recalibrate: bool,
+             cpu: dict[str, float]) -> dict:  # fmt: skip
     command = tokenworks("plan", "validate", str(model), "--profile", str(profile), "--measured", str(measured),
                          "--kv-cache-memory-gib", str(KV_GIB), "--replicas", str(workers), "--router-policy", "kv",
                          "--out", str(out))  # fmt: skip
+    for key, option in (("way_in_cpu_s", "--way-in-cpu-ms"), ("stream_cpu_s", "--stream-cpu-ms")):
+        if cpu.get(key) is not None:  # measured by way_in_cpu()
+            command += [option, f"{cpu[key] * 1e3:.4f}"]
     if recalibrate:
         command.append("--recalibrate")
     pinned_run(command, None, out.with_suffix(".log"))
@@ -233,6 +304,9 @@ def run_shape(shape: str, args: argparse.Namespace) -> list[dict[str, Any]]:
             log(f"{shape}, {workers} worker(s), {name}: the closed loop again (seed 2), for the noise floor")
             levels = ["--concurrency", concurrency, "--seed", "2"]
             again_host = measure(deployment, model, workload, levels, per_point, again, client)
+            log(f"{shape}, {workers} worker(s): the way in's CPU per request (concurrency 1, one output token)")
+            probe = way_in_cpu(deployment, model, workload, work / f"{tag}-way-in")
+            (work / f"{tag}-way-in-cpu.json").write_text(json.dumps(probe, indent=1) + "\n")
         hosts = {"closed": host, "poisson": rate_host, "again": again_host}
         sweeps += validate_deployment(shape, workers, name, hosts)
     return sweeps
@@ -244,12 +318,14 @@ def validate_deployment(shape: str, workers: int, name: str, hosts: dict[str, di
     model, work, tag = MODELS / shape, WORK / shape, f"{workers}w"
     calibrated = work / f"profile-{tag}.json"  # each deployment's own calibration
     shutil.copy(work / "profile.json", calibrated)
+    probe = work / f"{tag}-way-in-cpu.json"  # way_in_cpu's figures, when measured
+    cpu = json.loads(probe.read_text()) if probe.is_file() else {}
     sweeps = []
     for kind in ("closed", "poisson", "again"):
         out = work / f"{tag}-{kind}-validation"
-        result = validate(model, calibrated, work / f"{tag}-{kind}", out, workers, recalibrate=kind == "closed")
+        result = validate(model, calibrated, work / f"{tag}-{kind}", out, workers, kind == "closed", cpu)
         sweeps.append({"shape": shape, "workers": workers, "workload": name, "sweep": kind, "host": hosts[kind],
-                       "validation": result})  # fmt: skip
+                       "validation": result, "serving_cpu": {k: cpu.get(k) for k in ("way_in_cpu_s", "stream_cpu_s")}})  # fmt: skip
     # The same sweep measured twice, minutes apart: how far measurement moves on its own here.
     noise = compare(read_results(work / f"{tag}-closed").points, read_results(work / f"{tag}-again").points)
     sweeps.append({"shape": shape, "workers": workers, "workload": name, "sweep": "noise", "host": hosts["again"],
@@ -289,8 +365,16 @@ def table(sweeps: list[dict[str, Any]]) -> None:
                                           "passes": None if median is None else median <= goals[metric]["goal"]}))  # fmt: skip
         print(f"{shape:6} {'all':>7} {'points':8} {'':>6} {'':>5} " + " ".join(cells))
     print("goal: " + ", ".join(f"{SHORT[m]} <= {_shown(m, goals[m]['goal'])}" for m in METRICS))
+    cpu = {(s["shape"], s["workers"]): s["serving_cpu"] for s in sweeps if s.get("serving_cpu")}
+    print("serving CPU measured apart: " + "; ".join(
+        f"{shape} {workers}w way in {_ms(figures.get('way_in_cpu_s'))} a request, stream "
+        f"{_ms(figures.get('stream_cpu_s'))} a token" for (shape, workers), figures in cpu.items()))  # fmt: skip
     print("closed: calibrated on its own c=1 and c=32 points; poisson and again (the closed loop measured again,")
     print("another seed): simulated with that calibration; noise: the closed loop against its repeat, both measured")
+
+
+def _ms(seconds: float | None) -> str:
+    return "not measured" if seconds is None else f"{seconds * 1e3:.2f} ms"
 
 
 def _median(metric: str, entry: dict) -> str:

@@ -113,23 +113,27 @@ def test_the_table_and_json_hold_every_metric_and_point_computed_exactly(validat
 
 
 def test_calibration_is_written_into_the_profile_and_closes_the_gap_at_concurrency_1(validated) -> None:
-    """The overheads are calibrate.py's arithmetic on the gaps it records; where the gap at c=1 is
-    positive, the calibration point's TPOT and TTFT p50 then come out as measured."""
+    """The overheads are calibrate.py's arithmetic on the gaps it records; where the step overhead
+    keeps the gap at c=1 whole, the calibration point's TPOT p50 then comes out as measured. The
+    way-ins are one a measured request of c=1 (its 6), the client gaps one between two of its
+    sends (2 warmup + 6 requests: 7)."""
     work, profile = validated
     serving = json.loads(profile.read_text())["serving"]
     report = json.loads((work / "out" / "validation.json").read_text())
     assert serving["points"] == ["in=8,out=6 c=1", "in=8,out=6 c=3"]
     gap_one, gap_three = serving["tpot_gaps"]
-    assert 1 < serving["batch"] <= 3
+    assert 1 <= serving["batch"] <= 3  # (1: the measured way-ins spread c=3's requests over steps)
     assert (serving["step_overhead"], serving["token_overhead"]) == overheads(gap_one, gap_three, serving["batch"])
     assert serving["arrival_delay"] == max(0.0, serving["ttft_gap"])
-    for key in ("arrival_delay", "step_overhead", "token_overhead"):
+    assert len(serving["way_in"]) == 6 and min(serving["way_in"]) >= 0
+    assert len(serving["client_gaps"]) == 7 and min(serving["client_gaps"]) >= 0
+    assert serving["way_in_cpu"] == 0.0  # not given: measured apart or not at all
+    for key in ("arrival_delay", "step_overhead", "token_overhead", "way_in_cpu"):
         assert report["simulation"][f"{key}_s"] == serving[key]
+    assert report["simulation"]["way_in_s"] == serving["way_in"]
     first = report["points"][0]["cells"]
-    if gap_one > 0:  # (a live nano step can stream faster than the stand-in profile's, now and then)
+    if serving["step_overhead"] > 0:  # (a live nano step can stream faster than the stand-in profile's)
         assert first["tpot_p50_s"]["error"] == pytest.approx(0, abs=1e-9)
-    if serving["ttft_gap"] > 0:
-        assert first["ttft_p50_s"]["error"] == pytest.approx(0, abs=1e-9)
 
 
 def test_measured_dir_gives_the_same_errors(validated, nano_model_dir, monkeypatch, capsys) -> None:
@@ -151,6 +155,26 @@ def test_measured_dir_gives_the_same_errors(validated, nano_model_dir, monkeypat
         assert out.count(metric.name) == len(again["points"]) + 1  # and its median |error|
     assert "median |error|" in out
     assert "the profile's calibration" in out
+
+
+def test_the_serving_cpu_measured_apart_goes_into_the_calibration(validated, nano_model_dir, monkeypatch, capsys,
+                                                                  tmp_path) -> None:  # fmt: skip
+    """--way-in-cpu-ms and --stream-cpu-ms are taken as given (measured, not fitted), written into
+    the profile's calibration with --recalibrate and into the report's simulation."""
+    work, profile = validated
+    copy = tmp_path / "profile.json"
+    copy.write_text(profile.read_text())
+    code, _, err = run_cli(monkeypatch, capsys, str(nano_model_dir), "--profile", str(copy), "--measured",
+                           str(work / "out" / "measured"), "--kv-cache-memory-gib", "0.05", "--recalibrate",
+                           "--way-in-cpu-ms", "1.5", "--stream-cpu-ms", "0.25", "--out", str(tmp_path / "out"))  # fmt: skip
+    assert code == 0, err
+    serving = json.loads(copy.read_text())["serving"]
+    assert (serving["way_in_cpu"], serving["stream_cpu"]) == (0.0015, 0.00025)
+    simulation = json.loads((tmp_path / "out" / "validation.json").read_text())["simulation"]
+    assert (simulation["way_in_cpu_s"], simulation["stream_cpu_s"]) == (0.0015, 0.00025)
+    code, _, err = run_cli(monkeypatch, capsys, str(nano_model_dir), "--profile", str(copy), "--measured",
+                           str(work / "out" / "measured"), "--stream-cpu-ms", "-1", "--out", str(tmp_path / "bad"))  # fmt: skip
+    assert code != 0 and "cannot be negative" in err
 
 
 @pytest.mark.parametrize(

@@ -15,12 +15,19 @@ highest concurrency C (C requests decoding together in most steps):
                       in the simulation, averaged over tokens (sum s^2 / sum s over steps of s)
     step overhead   = gap(1) - token overhead: the part that does not
     arrival delay   = measured TTFT p50 - simulated TTFT p50 at c = 1 (with both overheads)
+    way in          = per request at c = 1, measured TTFT - simulated TTFT: the arrival delay's
+                      spread, drawn again per simulated request (draws.py) as work on the
+                      replica's core (shared_core.py); the TPOT gap at C is taken with it there,
+                      so the token overhead is what the way-ins' share of the core leaves
+    client gaps     = per request at c = 1, the next send - the last token: the client's time
 
 Only the sum of the way in and the way out shows in a client's timestamps (both add to TTFT and
 E2E alike), so all of it is put on the way in (the delivery delay stays 0). Each is clamped at 0:
 a negative token overhead gives the whole gap at 1 to the step; a negative step overhead (the
 profile slower than the live server at c = 1) leaves the token overhead that fits both gaps
-best, (gap(1) + k gap(C)) / (1 + k^2). Without a second level the whole gap is a step's. They are written into profile.json (its "serving" section) so later
+best, (gap(1) + k gap(C)) / (1 + k^2). When the median way in comes out negative (the profile
+slower than the live server on the first prefill), every way in moves up by as much: the
+spread is kept, the profile's error is not. Without a second level the whole gap is a step's. They are written into profile.json (its "serving" section) so later
 simulations of this machine start from them; `plan validate` marks the points they came from.
 """
 
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -49,6 +57,13 @@ class Serving:
     batch: float | None = None  # k: sampled tokens a step at the second point, token-weighted
     ttft_gap: float | None = None  # measured - simulated TTFT p50 at c=1, with the overheads
     created: str = ""
+    # Per request at c=1 (seconds): each one's way in (measured - simulated TTFT), drawn again
+    # per simulated request on the replica's core, and the client's time from an answer's last
+    # token to its next send. Empty in a calibration from before they were measured.
+    way_in: tuple[float, ...] = ()
+    client_gaps: tuple[float, ...] = ()
+    way_in_cpu: float = 0.0  # of each way in, the CPU on its replica's core (measured apart, not fitted)
+    stream_cpu: float = 0.0  # a token's CPU in processes sharing the replicas' cores (measured apart)
 
     def describe(self) -> str:
         return (
@@ -80,6 +95,22 @@ def overheads(gap_one: float, gap_many: float | None = None, samples_many: float
     return step, token
 
 
+def way_ins(measured_ttfts: list[float], simulated_ttfts: list[float]) -> tuple[float, ...]:
+    """Each request's way in, measured - simulated TTFT, moved up together when their median is
+    negative (the module's docstring), each at least 0; in the requests' order."""
+    gaps = [m - s for m, s in zip(measured_ttfts, simulated_ttfts, strict=True)]
+    if not gaps:
+        return ()
+    lift = max(0.0, -statistics.median(gaps))
+    return tuple(max(0.0, gap + lift) for gap in gaps)
+
+
+def client_gaps(sends: list[float], last_tokens: list[float]) -> tuple[float, ...]:
+    """A closed loop at concurrency 1's client time: each send after the first less the last
+    token of the answer before it (records in sending order)."""
+    return tuple(max(0.0, send - last) for send, last in zip(sends[1:], last_tokens[:-1], strict=True))
+
+
 def now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
@@ -91,7 +122,7 @@ def read_serving(profile: str | Path) -> Serving | None:
     if not section:
         return None
     try:
-        tuples = {key: tuple(section.get(key, ())) for key in ("points", "tpot_gaps")}
+        tuples = {key: tuple(section.get(key, ())) for key in ("points", "tpot_gaps", "way_in", "client_gaps")}
         return Serving(**section | tuples)
     except TypeError as error:
         raise PlanError(f"the profile {profile} has a serving section this tokenworks cannot read ({error})") from None

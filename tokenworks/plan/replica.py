@@ -55,6 +55,7 @@ class Replica:
         self.busy_until: float | None = None  # when the step now running ends; None while idle
         self.busy_seconds = 0.0
         self.steps = 0
+        self.last_sampled = 0  # tokens the step that ended last sampled
         self._step: SchedulerOutput | None = None
         self._sampling: list[Request] = []  # the running step's requests that sample a token
         self._planned: dict[str, Sequence[int]] = {}  # request id -> the output ids it will "sample"
@@ -106,6 +107,7 @@ class Replica:
         their first token, requests that finished)."""
         output, sampling = self._step, self._sampling
         self._step, self.busy_until = None, None
+        self.last_sampled = len(sampling)
         now = self.clock.now
         for chunk in output.chunks:
             chunk.request.num_computed_tokens += chunk.num_tokens

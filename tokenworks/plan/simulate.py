@@ -21,6 +21,7 @@ from tokenworks.engine.options import available_memory_bytes
 from tokenworks.errors import PlanError
 from tokenworks.model.config import ModelConfig
 from tokenworks.plan.clock import SimClock
+from tokenworks.plan.draws import Draws
 from tokenworks.plan.load import Prepared, ReplayLoad, WorkloadLoad
 from tokenworks.plan.prompts import SimPrompts
 from tokenworks.plan.replica import Replica, ReplicaConfig
@@ -62,7 +63,9 @@ def check_fleet(replicas: int, router_policy: str, *delays: float) -> None:
     if replicas < 1:
         raise PlanError(f"--replicas must be at least 1, got {replicas}")
     if min(delays, default=0.0) < 0:
-        raise PlanError("--arrival-delay-ms and --delivery-delay-ms cannot be negative")
+        raise PlanError(
+            "--arrival-delay-ms, --delivery-delay-ms, --way-in-cpu-ms and --stream-cpu-ms cannot be negative"
+        )
     try:
         policy_on_clock(router_policy, SimClock())
     except ValueError as error:
@@ -80,9 +83,16 @@ class Fleet:
     max_load_ratio: float = MAX_LOAD_RATIO
     arrival_delay: float = 0.0  # seconds from a send to the engine (Simulation's docstring)
     delivery_delay: float = 0.0  # seconds from a step's end to the client reading its tokens
+    # Measured per-request times to draw from (calibrate.py): each request's way in, instead of
+    # arrival_delay, and the client's time from an answer to its next send. Seconds.
+    way_in: tuple[float, ...] = ()
+    client_gaps: tuple[float, ...] = ()
+    way_in_cpu: float = 0.0  # of each way in, the CPU seconds it costs its replica's core (shared_core.py)
+    stream_cpu: float = 0.0  # CPU seconds a sampled token costs the replicas' cores outside them (simulator.py)
 
     def validate(self) -> None:
-        check_fleet(self.replicas, self.router_policy, self.arrival_delay, self.delivery_delay)
+        check_fleet(self.replicas, self.router_policy, self.arrival_delay, self.delivery_delay, self.way_in_cpu,
+                    self.stream_cpu)  # fmt: skip
 
     def build(self) -> Simulation:
         clock = SimClock()
@@ -93,7 +103,11 @@ class Fleet:
             router = SimRouter(policy, sizes, clock, self.replica.enable_prefix_caching)
         events = router is not None and router.records_kv_events
         replicas = [Replica(self.replica, self.latency, clock, kv_events=events) for _ in range(self.replicas)]
-        return Simulation(replicas, clock, router, self.arrival_delay, self.delivery_delay)
+        # Two generators of their own, seeded alike each build: drawing one never moves the other.
+        way_in = Draws(self.way_in, seed=1) if self.way_in else None
+        client_gaps = Draws(self.client_gaps, seed=2) if self.client_gaps else None
+        return Simulation(replicas, clock, router, self.arrival_delay, self.delivery_delay, way_in, client_gaps,
+                          self.way_in_cpu, self.stream_cpu)  # fmt: skip
 
 
 @dataclass(slots=True)

@@ -8,6 +8,16 @@ and only then does each idle replica with work schedule its next step. So a requ
 at the moment a step ends joins the next step, as a request the engine core finds in its input
 queue between two steps does live.
 
+With `way_in_cpu`, that much of a request's way in is work on its replica's core (shared_core.py):
+the request is routed when sent, waits for the API server's earlier way-ins, and the engine step
+the work falls in ends that much later; the rest of the way in (the client's side, the hops
+between processes, the first token's way out) passes elsewhere. With `stream_cpu`, every sampled
+token costs that much CPU in processes that have no core of their own and run on the workers'
+(the router proxying the stream, a load generator beside it): on a core left idle when there is
+one, else shared out among the replicas with work, whose steps end that much later. Way-in
+times and the client's time between an answer and its next send can be drawn per request from
+measured ones (draws.py) instead of one constant.
+
 Every request's `RequestRecord` is filled as the benchmark's client fills it (send, first token,
 every token's time, usage counts), so bench/metrics.py derives every figure from them unchanged.
 """
@@ -26,6 +36,7 @@ from tokenworks.plan.clock import SimClock
 from tokenworks.plan.load import Send
 from tokenworks.plan.replica import Replica
 from tokenworks.plan.routing import SimRouter
+from tokenworks.plan.shared_core import SharedCore
 from tokenworks.router.flight import Flight
 
 _STEP_END, _TIMED = 0, 1  # at one moment, steps end before the load sends
@@ -65,18 +76,28 @@ class Simulation:
     """`arrival_delay` is the time from a request's send to its engine having it (HTTP, the
     server's tokenization, the engine client), `delivery_delay` from a token's step end to the
     client reading it (detokenization, the stream): what the step times leave out of a live
-    request's latency, 0 unless given."""
+    request's latency, 0 unless given. `way_in` draws each request's arrival delay instead of the
+    constant (a `Draws` of measured ones); `client_gaps` the client's time from an answer's end
+    to what it sends next; `way_in_cpu` is the CPU (seconds) each way in costs its replica's core (the module's docstring;
+    at most the request's whole way in); `stream_cpu` the CPU each sampled token costs the
+    replicas' cores outside their own processes (the module's docstring)."""
 
     def __init__(
         self, replicas: list[Replica], clock: SimClock, router: SimRouter | None = None,
-        arrival_delay: float = 0.0, delivery_delay: float = 0.0,
+        arrival_delay: float = 0.0, delivery_delay: float = 0.0, way_in: Callable[[], float] | None = None,
+        client_gaps: Callable[[], float] | None = None, way_in_cpu: float = 0.0, stream_cpu: float = 0.0,
     ) -> None:  # fmt: skip
         if len(replicas) > 1 and router is None:
             raise ValueError("several replicas need a router to choose between them")
-        if arrival_delay < 0 or delivery_delay < 0:
+        if min(arrival_delay, delivery_delay, way_in_cpu, stream_cpu) < 0:
             raise ValueError("delays cannot be negative")
         self.replicas, self.clock, self.router = replicas, clock, router
         self.arrival_delay, self.delivery_delay = arrival_delay, delivery_delay
+        self.way_in, self.client_gaps = way_in, client_gaps
+        self.cores = [SharedCore() for _ in replicas] if way_in_cpu else None
+        self.way_in_cpu, self.stream_cpu = way_in_cpu, stream_cpu
+        self._owed = [0.0] * len(replicas)  # stream CPU a replica's next step pays (it had none running)
+        self._versions = [0] * len(replicas)  # a step's end moved by a way-in leaves its old event stale
         self._events: list[tuple[float, int, int, object]] = []
         self._order = itertools.count()
         self._requests: dict[str, _InFlight] = {}
@@ -93,21 +114,47 @@ class Simulation:
         heapq.heappush(self._events, (moment, _TIMED, next(self._order), action))
 
     def submit(self, send: Send) -> None:
-        """The request leaves the client now; it reaches the engine after the arrival delay."""
-        send.record.sent = self.clock.now
-        if self.arrival_delay:
-            self.call_at(self.clock.now + self.arrival_delay, lambda: self._arrive(send))
+        """The request leaves the client now; it reaches the engine after the arrival delay (on
+        shared cores, after its replica's API server has done its way in)."""
+        now = send.record.sent = self.clock.now
+        delay = self.way_in() if self.way_in is not None else self.arrival_delay
+        if self.cores is not None:  # the work on the core first, then the rest of the way
+            route = self._route(send)
+            work = min(delay, self.way_in_cpu)
+            done = self._take_core(route[0], now, work) + (delay - work)
+            self.call_at(done, lambda: self._arrive(send, route))
+        elif delay:
+            self.call_at(now + delay, lambda: self._arrive(send))
         else:
             self._arrive(send)
 
-    def _arrive(self, send: Send) -> None:
-        """The request reaches the server now: routed, then queued in its replica's scheduler."""
+    def _route(self, send: Send) -> tuple[int, Flight | None]:
+        if self.router is None:
+            return 0, None
+        session = send.spec.session if send.spec is not None else None
+        return self.router.route(send.prompt_ids, len(send.output_ids), session)
+
+    def _take_core(self, position: int, now: float, seconds: float) -> float:
+        """A way-in of `seconds` on the replica's core: when it reaches the engine. A step running
+        when it starts ends that much later (its event is pushed again, the old one left stale)."""
+        start, end = self.cores[position].admit(now, seconds)
+        replica = self.replicas[position]
+        if seconds and replica.busy_until is not None and start < replica.busy_until:
+            replica.busy_until += seconds
+            self._versions[position] += 1
+            self._push_step_end(position)
+        return end
+
+    def _push_step_end(self, position: int) -> None:
+        entry = (position, self._versions[position])
+        heapq.heappush(self._events, (self.replicas[position].busy_until, _STEP_END, next(self._order), entry))
+
+    def _arrive(self, send: Send, route: tuple[int, Flight | None] | None = None) -> None:
+        """The request reaches the server now: routed (unless it was when sent), then queued in
+        its replica's scheduler."""
         now = self.clock.now
         record = send.record
-        flight, replica = None, 0
-        if self.router is not None:
-            session = send.spec.session if send.spec is not None else None
-            replica, flight = self.router.route(send.prompt_ids, len(send.output_ids), session)
+        replica, flight = route if route is not None else self._route(send)
         request_id = str(next(self._ids))
         try:
             self.replicas[replica].add(request_id, send.prompt_ids, send.output_ids, now)
@@ -135,7 +182,9 @@ class Simulation:
             while events and events[0][0] == moment:
                 _, kind, _, payload = heapq.heappop(events)
                 if kind == _STEP_END:
-                    self._end_step(payload)
+                    position, version = payload
+                    if version == self._versions[position]:
+                        self._end_step(position)
                 else:
                     payload()
             self._start_steps()
@@ -155,13 +204,21 @@ class Simulation:
             if replica.busy_until is None and replica.has_work():
                 end = replica.start_step()
                 if end is not None:
-                    heapq.heappush(self._events, (end, _STEP_END, next(self._order), position))
+                    if self.cores is not None:  # the way-ins under way take the core first
+                        now = self.clock.now
+                        replica.busy_until = self.cores[position].engine_end(now, end - now)
+                    if self._owed[position]:
+                        replica.busy_until += self._owed[position]
+                        self._owed[position] = 0.0
+                    self._push_step_end(position)
         self._ready.clear()
 
     def _end_step(self, position: int) -> None:
         replica = self.replicas[position]
         first, finished = replica.end_step()
         self._ready.add(position)
+        if self.stream_cpu and replica.last_sampled:
+            self._share_stream_cpu(self.stream_cpu * replica.last_sampled)
         router = self.router
         for request in first:
             entry = self._requests[request.request_id]
@@ -173,6 +230,23 @@ class Simulation:
                 router.kv_events(position, events)
         for request in finished:
             self._answered(self._requests.pop(request.request_id), request)
+
+    def _share_stream_cpu(self, seconds: float) -> None:
+        """A step's tokens streamed by processes without a core of their own: free while a replica
+        has nothing to do (its core is idle), else an equal share on every replica with work, added
+        to its running step (pushed again) or to its next one."""
+        working = [i for i, replica in enumerate(self.replicas) if replica.busy_until is not None or replica.has_work()]
+        if len(working) < len(self.replicas):
+            return
+        share = seconds / len(working)
+        for position in working:
+            replica = self.replicas[position]
+            if replica.busy_until is None:
+                self._owed[position] += share
+            else:
+                replica.busy_until += share
+                self._versions[position] += 1
+                self._push_step_end(position)
 
     def _answered(self, entry: _InFlight, request: Request) -> None:
         record, times, delay = entry.send.record, request.times, self.delivery_delay
@@ -194,10 +268,12 @@ class Simulation:
         self._deliver(entry.send)
 
     def _deliver(self, send: Send) -> None:
-        """The client has the whole answer (after the delivery delay): what follows it may go."""
+        """The client has the whole answer (after the delivery delay) and, after its own time on
+        it, sends what follows."""
         if send.then is None:
             return
-        if self.delivery_delay:
-            self.call_at(self.clock.now + self.delivery_delay, lambda: send.then(send))
+        later = self.delivery_delay + (self.client_gaps() if self.client_gaps is not None else 0.0)
+        if later:
+            self.call_at(self.clock.now + later, lambda: send.then(send))
         else:
             send.then(send)

@@ -17,7 +17,7 @@ from dataclasses import replace
 from tokenworks.bench.runner import Accounting
 from tokenworks.bench.workloads import build_workload
 from tokenworks.errors import PlanError
-from tokenworks.plan.calibrate import Serving, ServingLatency, now, overheads
+from tokenworks.plan.calibrate import Serving, ServingLatency, client_gaps, now, overheads, way_ins
 from tokenworks.plan.load import WorkloadLoad
 from tokenworks.plan.prompts import SimPrompts
 from tokenworks.plan.results import SimulatedPoint, simulated_point
@@ -75,37 +75,63 @@ def calibration_points(measured: ResultsDir) -> list[SweepPoint]:
     return one[:1] + ([top] if top.concurrency > 1 else [])
 
 
-def calibrate(fleet: Fleet, prompts: SimPrompts, measured: ResultsDir) -> Serving:
+def calibrate(
+    fleet: Fleet, prompts: SimPrompts, measured: ResultsDir, way_in_cpu: float = 0.0, stream_cpu: float = 0.0
+) -> Serving:
     """calibrate.py's figures from the sweep's calibration points, each simulated as it ran (after
-    the points before it, on one fleet)."""
+    the points before it, on one fleet): the TPOT gap at c=1, then each request's way in at c=1
+    (with that gap on every step), then the gap at the highest level with those way-ins, each
+    costing its replica's core `way_in_cpu` (measured apart: the API server's and the router's CPU
+    per request), which splits the gap into step and token overheads. `stream_cpu` (measured
+    apart too: the router's and a load generator's CPU per token, where they share the workers'
+    cores) is simulated throughout."""
     chosen = calibration_points(measured)
-    upto = measured.points[: max(measured.points.index(p) for p in chosen) + 1]
-    recorder = _SampleRecorder(fleet.latency)
-    bare = replace(fleet, latency=recorder, arrival_delay=0.0, delivery_delay=0.0)
-    runs = {entry.point.label: entry for entry in simulate_points(bare, prompts, measured, upto, recorder.point_ends)}
-    gaps = []
-    for point in chosen:
-        entry, tpot = runs[point.label], point.figures.get("tpot_p50_s")
-        if tpot is None or entry.point.metrics.tpot.p50 is None:
-            raise PlanError(f"the point {point.label} of {measured.directory} has no TPOT to calibrate from")
-        gaps.append(tpot - entry.point.metrics.tpot.p50)
-    # The batch a sampled token shares its step with, on average over tokens (sum s^2 / sum s):
-    # what TPOT sees, where a mean over steps would count the ramp's and the tail's small steps.
-    per_step = recorder.points[chosen[-1].label]
-    samples = sum(s * s for s in per_step) / max(sum(per_step), 1)
-    step, token = overheads(gaps[0], *((gaps[1], samples) if len(gaps) > 1 else ()))
     one = chosen[0]
-    loaded = replace(bare, latency=ServingLatency(fleet.latency, step, token))
     upto_one = measured.points[: measured.points.index(one) + 1]
-    ttft = simulate_points(loaded, prompts, measured, upto_one)[-1].point.metrics.ttft.p50
+    bare = replace(fleet, arrival_delay=0.0, delivery_delay=0.0, way_in=(), client_gaps=(), way_in_cpu=0.0,
+                   stream_cpu=stream_cpu)  # fmt: skip
+    gap_one = _tpot_gap(one, simulate_points(bare, prompts, measured, upto_one)[-1], measured)
+    # At c=1 every step samples one token, so how the gap splits does not move a TTFT there (a
+    # negative gap, the profile slower than the server, adds nothing: a step is never shortened).
+    loaded = replace(bare, latency=ServingLatency(fleet.latency, *overheads(gap_one)))
+    simulated_one = simulate_points(loaded, prompts, measured, upto_one)[-1].point
+    ttft = simulated_one.metrics.ttft.p50
     measured_ttft = one.figures.get("ttft_p50_s")
     if measured_ttft is None or ttft is None:
         raise PlanError(f"the point {one.label} of {measured.directory} has no TTFT to calibrate from")
+    live = sorted(measured.records.get(one.label, []), key=lambda record: record.sent)
+    by_index = {record.index: record for record in simulated_one.records}
+    answered = [r for r in live if not r.warmup and r.ok and r.first_token is not None and r.index in by_index]
+    ways = way_ins([r.first_token - r.sent for r in answered],
+                   [by_index[r.index].first_token - by_index[r.index].sent for r in answered])  # fmt: skip
+    finished = [r for r in live if r.last_token is not None]
+    gaps_out = client_gaps([r.sent for r in finished], [r.last_token for r in finished])
+    gaps, samples = [gap_one], None
+    step, token = gap_one, 0.0
+    if len(chosen) > 1:
+        recorder = _SampleRecorder(fleet.latency)
+        upto = measured.points[: measured.points.index(chosen[-1]) + 1]
+        on_core = replace(bare, latency=recorder, way_in=ways, client_gaps=gaps_out, way_in_cpu=way_in_cpu)
+        top = simulate_points(on_core, prompts, measured, upto, recorder.point_ends)[-1]
+        gaps.append(_tpot_gap(chosen[-1], top, measured))
+        # The batch a sampled token shares its step with, on average over tokens (sum s^2 / sum s):
+        # what TPOT sees, where a mean over steps would count the ramp's and the tail's small steps.
+        per_step = recorder.points[chosen[-1].label]
+        samples = sum(s * s for s in per_step) / max(sum(per_step), 1)
+        step, token = overheads(gaps[0], gaps[1], samples)
     return Serving(
         arrival_delay=max(0.0, measured_ttft - ttft), step_overhead=step, token_overhead=token,
         source=str(measured.directory), points=tuple(p.label for p in chosen), created=now(),
-        tpot_gaps=tuple(gaps), batch=samples if len(gaps) > 1 else None, ttft_gap=measured_ttft - ttft,
+        tpot_gaps=tuple(gaps), batch=samples, ttft_gap=measured_ttft - ttft, way_in=ways, client_gaps=gaps_out,
+        way_in_cpu=way_in_cpu, stream_cpu=stream_cpu,
     )  # fmt: skip
+
+
+def _tpot_gap(point: SweepPoint, simulated: SimulatedPoint, measured: ResultsDir) -> float:
+    tpot = point.figures.get("tpot_p50_s")
+    if tpot is None or simulated.point.metrics.tpot.p50 is None:
+        raise PlanError(f"the point {point.label} of {measured.directory} has no TPOT to calibrate from")
+    return tpot - simulated.point.metrics.tpot.p50
 
 
 class _SampleRecorder:

@@ -51,6 +51,12 @@ def validate(
                                            "EngineCore.step() (default: as --arrival-delay-ms)."),
     token_overhead_ms: float = typer.Option(None, "--token-overhead-ms", help="Serving time per sampled token "
                                             "outside EngineCore.step() (default: as --arrival-delay-ms)."),
+    way_in_cpu_ms: float = typer.Option(None, "--way-in-cpu-ms", help="CPU a request's way in costs its worker's "
+                                        "core (the API server's and the router's CPU per request, measured apart); "
+                                        "with it, way-ins delay the engine's steps (default: the profile's, else 0)."),
+    stream_cpu_ms: float = typer.Option(None, "--stream-cpu-ms", help="CPU a streamed token costs processes "
+                                        "without a core of their own that run on the workers' (a router, a load "
+                                        "generator), measured apart (default: the profile's, else 0)."),
     recalibrate: bool = typer.Option(False, "--recalibrate", help="Calibrate on this sweep (its c=1 and highest "
                                      "closed-loop points) even if the profile has a calibration; write it there."),
     out: Path = typer.Option(Path("plan-validation"), "--out", "-o", help="Where the results go."),
@@ -66,7 +72,8 @@ def validate(
     if (measured is None) == (url is None):
         raise PlanError("give one of --measured DIR (a bench results directory) or --url URL (measure one now)")
     given = {"arrival_delay": arrival_delay_ms, "step_overhead": step_overhead_ms, "token_overhead": token_overhead_ms}
-    check_fleet(replicas, router_policy, *(value or 0.0 for value in given.values()))
+    cpu = {"way_in_cpu": way_in_cpu_ms, "stream_cpu": stream_cpu_ms}
+    check_fleet(replicas, router_policy, *(value or 0.0 for value in (given | cpu).values()))
     config = ModelConfig.load(model_dir)
     measured_profile = Profile.load(profile)
     measured_profile.check_model(config, f"the profile {profile}")  # before minutes of measuring
@@ -80,7 +87,8 @@ def validate(
         raise PlanError(f"{measured} holds simulated results (plan simulate's); give a measured sweep")
     serving = None if recalibrate else read_serving(profile)
     engine = (block_size, num_kv_blocks, kv_cache_memory_gib, max_num_seqs)
-    _run(model_dir, config, profile, measured_profile, sweep, serving, replicas, router_policy, engine, given, out)
+    _run(model_dir, config, profile, measured_profile, sweep, serving, replicas, router_policy, engine, given, cpu,
+         out)  # fmt: skip
 
 
 def _measure(url, model_dir, options, concurrency, request_rate, per_point, arrival, burstiness, warmup, seed, out):
@@ -106,7 +114,7 @@ def _measure(url, model_dir, options, concurrency, request_rate, per_point, arri
 
 
 def _run(model_dir, config, profile, measured_profile, sweep, serving, replicas, router_policy, served, given,
-         out) -> None:  # fmt: skip
+         cpu, out) -> None:  # fmt: skip
     from dataclasses import replace
 
     from tokenworks.bench.runner import Accounting
@@ -130,21 +138,30 @@ def _run(model_dir, config, profile, measured_profile, sweep, serving, replicas,
     prompts = SimPrompts.load(model_dir, sweep.load.seed)
     if None in given.values():
         if serving is None:
-            serving = calibrate(fleet, prompts, sweep)
+            serving = calibrate(
+                fleet, prompts, sweep, (cpu["way_in_cpu"] or 0.0) / 1e3, (cpu["stream_cpu"] or 0.0) / 1e3
+            )
             write_serving(profile, serving)
             console.print(f"[dim]calibrated on {', '.join(serving.points)}: {serving.describe()}; written into "
                           f"{profile}[/]")  # fmt: skip
         else:
             console.print(f"[dim]the profile's calibration ({serving.source}): {serving.describe()}[/]")
     serving = replace(serving or Serving(), **{k: v / 1e3 for k, v in given.items() if v is not None})
+    serving = replace(serving, **{k: v / 1e3 for k, v in cpu.items() if v is not None})
+    # The measured way-ins, drawn per request, unless a delay was given by hand.
+    ways = serving.way_in if given["arrival_delay"] is None else ()
     fleet = replace(fleet, latency=ServingLatency(engine_latency, serving.step_overhead, serving.token_overhead),
-                    arrival_delay=serving.arrival_delay, delivery_delay=serving.delivery_delay)  # fmt: skip
+                    arrival_delay=serving.arrival_delay, delivery_delay=serving.delivery_delay, way_in=ways,
+                    client_gaps=serving.client_gaps, way_in_cpu=serving.way_in_cpu,
+                    stream_cpu=serving.stream_cpu)  # fmt: skip
     simulated = simulate_points(fleet, prompts, sweep)
     simulation = {
         "model_dir": str(model_dir), "profile": str(profile), "measured": str(sweep.directory),
         "replicas": replicas, "router_policy": router_policy if replicas > 1 else None,
         "arrival_delay_s": serving.arrival_delay, "delivery_delay_s": serving.delivery_delay,
         "step_overhead_s": serving.step_overhead, "token_overhead_s": serving.token_overhead,
+        "way_in_s": list(ways), "client_gaps_s": list(serving.client_gaps), "way_in_cpu_s": serving.way_in_cpu,
+        "stream_cpu_s": serving.stream_cpu,
         "calibration": {"source": serving.source, "points": list(serving.points), "created": serving.created},
     }  # fmt: skip
     write_simulated(out / "simulated", simulated, sweep.model, sweep.workload, sweep.load, None, Accounting(),
