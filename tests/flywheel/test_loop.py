@@ -138,17 +138,31 @@ def test_a_candidate_trained_on_shuffled_corrections_is_refused(setup, first) ->
     assert result.figures["decision"]["failed"] == [HARD_EVAL_MARGIN]
 
 
-def test_watch_runs_an_iteration_once_enough_flagged_requests_arrived(setup, first, monkeypatch) -> None:
+def test_watch_runs_an_iteration_once_enough_flagged_requests_arrived(setup, first, tmp_path) -> None:
     root, files, server = setup
-    config = replace(flywheel_config(root, files, server.url), watch=WatchSettings(min_flagged=TRAFFIC, poll_s=0.01))
-    ran = []
-    monkeypatch.setattr(loop, "run_iteration", lambda config, progress=None: ran.append(config) or "result")
+    config = flywheel_config(root, files, server.url)
+    # A workdir and registry of its own, a short training: a real iteration, in a few seconds.
+    config = replace(
+        config, workdir=tmp_path / "wheel", registry=tmp_path / "r.db", serve=replace(config.serve, served_name="watched"),
+        train=replace(config.train, max_steps=3), watch=WatchSettings(min_flagged=TRAFFIC, poll_s=0.01),
+    )  # fmt: skip
+    connection = store.connect_existing(root / "requests.db")
+    logged = store.last_row(connection)
+    traffic = store.count_traffic(connection, 0, logged)
+    connection.close()
+    loop.write_state(config.workdir, {"iterations": 0, "collected_upto": logged})
     polls = iter(range(3))
-    # Everything logged has been collected by the iterations before: three polls, no iteration.
-    assert loop.watch(config, should_stop=lambda: next(polls, None) is None) == [] and ran == []
-    state = loop.read_state(config.workdir)
-    loop.write_state(config.workdir, {**state, "collected_upto": 0})  # as if nothing had been collected
-    assert loop.watch(config, max_iterations=1) == ["result"] and ran == [config]
+    # Everything logged has been collected: three polls, no iteration.
+    assert loop.watch(config, should_stop=lambda: next(polls, None) is None) == []
+    assert loop.read_state(config.workdir) == {"iterations": 0, "collected_upto": logged}
+    loop.write_state(config.workdir, {"iterations": 0, "collected_upto": 0})  # as if nothing had been collected
+    [result] = loop.watch(config, max_iterations=1)
+    assert (result.figures["iteration"], result.figures["collected"], result.figures["training"]["steps"]) == (
+        1, traffic, 3,
+    )  # fmt: skip
+    assert result.outcome in ("promoted", "refused")  # judged by the gate either way, with its reasons
+    assert Registry(tmp_path / "r.db").history()[-1].action == ("promote" if result.outcome == "promoted" else "refuse")
+    assert loop.read_state(config.workdir) == {"iterations": 1, "collected_upto": logged}
 
 
 def test_an_iteration_that_fails_on_the_way_leaves_its_requests_to_the_next(setup, first, tmp_path) -> None:

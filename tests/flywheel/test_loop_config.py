@@ -31,6 +31,7 @@ references = ["a.jsonl", "b.jsonl"]
 base = "model"
 max_steps = 7
 targets = ["q_proj"]
+replay_fraction = 0.5
 [gate]
 margin = 0.2
 [flags]
@@ -40,6 +41,7 @@ min_mean_logprob = -1
     assert config.workdir == tmp_path / "wheel" and config.log_db == tmp_path / "logs/requests.db"
     assert config.labels.references == (tmp_path / "a.jsonl", tmp_path / "b.jsonl")
     assert (config.train.base, config.train.max_steps, config.train.targets) == (tmp_path / "model", 7, ("q_proj",))
+    assert config.train.replay_fraction == 0.5
     assert config.train.lr == FlywheelConfig().train.lr  # what the file leaves out keeps its default
     assert config.gate == GateConfig(margin=0.2)
     assert config.flags.min_mean_logprob == -1.0
@@ -53,6 +55,7 @@ min_mean_logprob = -1
         ("[train]\nmax_steps = '3'", "[train] max_steps must be an integer, got '3'"),
         ("[labels]\nshuffle = 1", "[labels] shuffle must be a boolean, got 1"),
         ("[gate]\nmargin = 1.5", "[gate]: gate margin must be in [0, 1), got 1.5"),
+        ("[train]\nreplay_fraction = 1", "[train]: replay_fraction must be in [0, 1), got 1.0"),
         ("[wheel]\nx = 1", "unknown section or key 'wheel'"),
         ("[log]\npath = 'x'", "[log] has unknown key 'path'; known: db"),
         ("serve = 3", "[serve] must be a table"),

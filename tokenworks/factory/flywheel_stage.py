@@ -60,7 +60,8 @@ def run_flywheel_stage(
 
     items = docs_qa_items(python_docs())
     rng = random.Random(settings.seed)
-    train = rng.sample([i for i in items if i.split == "train"], settings.questions)
+    train_side = [i for i in items if i.split == "train"]
+    train = rng.sample(train_side, min(settings.questions, len(train_side)))
     held_out = rng.sample([i for i in items if i.split == "held_out"], settings.hard_eval_items)
     files = write_docs_qa(train + held_out, out / "docs-qa", max_tokens=settings.max_tokens)
 
@@ -69,9 +70,9 @@ def run_flywheel_stage(
     mark = store.last_row(connection)  # the bench stage's sweep is in the log too: not this stage's traffic
     connection.close()
     write_state(out, {"iterations": 0, "collected_upto": mark})
-    console.print(f"docs-QA traffic: {settings.questions} questions at concurrency {settings.concurrency}")
-    traffic = _send_traffic(config, files.workload, checkpoint, served_model, server.url, out / "traffic")
-    _wait_for_rows(log_db, mark, settings.questions)
+    console.print(f"docs-QA traffic: {len(train)} questions at concurrency {settings.concurrency}")
+    traffic = _send_traffic(config, files.workload, len(train), checkpoint, served_model, server.url, out / "traffic")
+    _wait_for_rows(log_db, mark, len(train))
     corrected = send_corrections(
         server.url, log_db, [files.train], settings.correction_share, settings.seed,
         after_row=mark,
@@ -87,7 +88,7 @@ def run_flywheel_stage(
         train=TrainSettings(
             base=checkpoint, max_steps=settings.train_steps, context=config.train.context, lr=settings.lr,
             rank=settings.lora_rank, alpha=2.0 * settings.lora_rank, targets=tuple(settings.lora_targets),
-            seed=settings.seed,
+            replay_fraction=settings.replay_fraction, seed=settings.seed,
         ),
         evaluate=EvaluateSettings(
             data=workdir / "data", general_tokens=settings.general_tokens, general_context=config.train.context
@@ -152,7 +153,7 @@ def _wait_for_rows(log_db: Path, mark: int, count: int, timeout_s: float = 30.0)
 
 
 def _send_traffic(
-    config: FactoryConfig, workload: Path, checkpoint: Path, model: str, url: str, out: Path
+    config: FactoryConfig, workload: Path, questions: int, checkpoint: Path, model: str, url: str, out: Path
 ) -> dict[str, Any]:
     """The docs-QA questions through bench's own machinery: one closed-loop point, greedy, as chat."""
     from tokenworks.bench.loadgen import LoadOptions
@@ -165,15 +166,15 @@ def _send_traffic(
     # enforce_output_length off: an answer ends where the model ends it, as a user's would.
     target = Target(url=url, model=model, tokenizer=checkpoint, enforce_output_length=False)
     workload_options = WorkloadOptions(kind="jsonl", api="chat", input_file=workload, temperature=0.0)
-    load = LoadOptions(concurrency=settings.concurrency, num_requests=settings.questions, warmup_requests=0,
+    load = LoadOptions(concurrency=settings.concurrency, num_requests=questions, warmup_requests=0,
                        seed=settings.seed)  # fmt: skip
     plan = SweepPlan(
         concurrencies=[settings.concurrency], io_pairs=[(str(workload_options.input_tokens), str(workload_options.output_tokens))],
-        requests_per_point=settings.questions, stop_when_saturated=False,
+        requests_per_point=questions, stop_when_saturated=False,
     )  # fmt: skip
     accounting = Accounting(hardware=config.bench.hardware, price_book=config.bench.price_book)
     result = asyncio.run(run_sweep(target, workload_options, load, plan, None, accounting, Console(quiet=True)))
     files = write_results(out, result, workload_options, load, None, accounting,
                           command="tokenworks factory (flywheel stage)")  # fmt: skip
     point = files.summary()["points"][0]
-    return {"requests": settings.questions, "errors": point["errors"], "results": str(out)}
+    return {"requests": questions, "errors": point["errors"], "results": str(out)}

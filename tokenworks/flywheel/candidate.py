@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tokenworks.errors import ConfigError
 from tokenworks.flywheel.loop_config import TrainSettings
 from tokenworks.flywheel.registry import ModelVersion
 
@@ -38,10 +39,14 @@ def base_of(champion: ModelVersion) -> Path:
 
 def train_candidate(
     champion: ModelVersion, train: Path, validation: Path | None, out: Path, settings: TrainSettings,
-    on_event: Callable[[dict[str, Any]], None] | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None, pretraining: Path | None = None,
 ) -> Candidate:  # fmt: skip
+    """`pretraining`: the ingest output whose train split `settings.replay_fraction` of each batch replays."""
     from tokenworks.train.config import LoopConfig, LoraConfig, OptimConfig, SFTConfig
     from tokenworks.train.sft import run_sft
+
+    if settings.replay_fraction > 0 and pretraining is None:
+        raise ConfigError("[train] replay_fraction replays [evaluate] data's train split: set [evaluate] data")
 
     loop = LoopConfig(
         out=out, context=settings.context, batch_size=settings.batch_size, max_steps=settings.max_steps,
@@ -53,6 +58,7 @@ def train_candidate(
     config = SFTConfig(
         base=base_of(champion), data=train, validation=validation, lora=lora, loop=loop,
         init_adapter=Path(champion.path) if champion.kind == "lora" else None,
+        replay_data=pretraining if settings.replay_fraction > 0 else None, replay_fraction=settings.replay_fraction,
     )  # fmt: skip
     run = run_sft(config, on_event)
     final = run.record.get("final") or {}

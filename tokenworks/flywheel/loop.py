@@ -137,7 +137,7 @@ def run_iteration(config: FlywheelConfig, progress: Progress | None = None) -> I
         validation = directory / "dataset" / VALIDATION_NAME
         candidate = train_candidate(
             champion, directory / "dataset" / "train.jsonl", validation if built.validation else None,
-            directory / "train", config.train, progress.train_event,
+            directory / "train", config.train, progress.train_event, pretraining=config.evaluate.data,
         )  # fmt: skip
         figures["training"] = {"steps": candidate.steps, "seconds": candidate.seconds,
                                "final_loss": candidate.final_loss, "run": str(candidate.run)}  # fmt: skip

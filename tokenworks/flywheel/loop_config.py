@@ -7,7 +7,7 @@
                evaluate_url = ""          # behind a router: one of its workers (the router has no /tokenize)
     [labels]   references = ["docs-qa/train.jsonl"], teacher = "", shuffle = false
     [dataset]  hard_eval = "", validation_fraction = 0.1, hard_eval_fraction = 0.2
-    [train]    base = "", max_steps = 40, lr = 2e-3, rank = 8, ...
+    [train]    base = "", max_steps = 40, lr = 2e-3, rank = 8, replay_fraction = 0.25, ...
     [evaluate] data = "", general_tokens = 32768, ...
     [gate]     margin = 0.10, tolerance = 0.02, require_exact_match = false   (gate.GateConfig)
     [flags]    min_mean_logprob = -2.5, ...                                    (flags.FlagConfig)
@@ -68,8 +68,15 @@ class TrainSettings:
     rank: int = 8
     alpha: float = 16.0
     targets: tuple[str, ...] = ("q_proj", "v_proj")
+    # Rehearsal: this share of every batch is pretraining text ([evaluate] data's train split), which
+    # holds the general loss (measured on that data's validation split) while the rest teaches.
+    replay_fraction: float = 0.25
     seed: int = 0
     device: str = "cpu"  # beside a serving engine on the same cores, so not whatever `auto` finds
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.replay_fraction < 1:  # at least one row of every batch is the traffic's
+            raise ConfigError(f"replay_fraction must be in [0, 1), got {self.replay_fraction}")
 
 
 @dataclass(frozen=True, slots=True)

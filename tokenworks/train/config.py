@@ -168,6 +168,9 @@ class SFTConfig:
     lora: LoraConfig | None = None
     merge: bool = False  # with LoRA: export the merged plain checkpoint instead of the adapter
     init_adapter: Path | None = None  # with LoRA: start from this saved adapter (its rank and targets), not from zero
+    # Rehearsal (train/replay.py): this share of every batch is windows of this ingest output's train split.
+    replay_data: Path | None = None
+    replay_fraction: float = 0.0
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(context=512, batch_size=8, eval_interval=50))
 
 

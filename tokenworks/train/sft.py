@@ -24,11 +24,13 @@ from tokenworks.train.checkpoint import (
     save_checkpoint,
 )
 from tokenworks.train.config import SFTConfig
-from tokenworks.train.distributed import barrier, init_distributed
+from tokenworks.train.data import WindowSampler, check_token_range, open_shards
+from tokenworks.train.distributed import DistInfo, barrier, init_distributed
 from tokenworks.train.loop import Event, TrainLoop
 from tokenworks.train.lora import apply_lora, load_adapter, merge_lora, read_adapter_config
 from tokenworks.train.optim import build_optimizer
 from tokenworks.train.records import MetricsLog
+from tokenworks.train.replay import ReplaySampler, replay_rows
 from tokenworks.train.session import RunRecord, check_context, check_out_dir, matmul_peak, write_records
 from tokenworks.train.sft_data import (
     PackedRows,
@@ -98,7 +100,9 @@ def run_sft(config: SFTConfig, on_event: Event | None = None) -> RunRecord:
         load_weights(model, iter_tensors(loop.out / CHECKPOINT_DIR))
     model.to(device).train()
     optimizer = build_optimizer(model, loop.optim, device)
-    sampler = RowSampler(train_rows, loop.seed, info.rank, info.world_size)
+    sampler: RowSampler | ReplaySampler = RowSampler(train_rows, loop.seed, info.rank, info.world_size)
+    if config.replay_fraction > 0:
+        sampler = replay_sampler(config, sampler, model_config, info)
     progress = Progress()
     if state is not None:
         progress = restore(state, optimizer)
@@ -134,6 +138,17 @@ def run_sft(config: SFTConfig, on_event: Event | None = None) -> RunRecord:
     if config.merge:  # after the records, which count the adapter's parameters as the trained ones
         export_merged(model, tokenizer, loop.out / MERGED_DIR)
     return record
+
+
+def replay_sampler(config: SFTConfig, sft: RowSampler, model_config: ModelConfig, info: DistInfo) -> ReplaySampler:
+    """The SFT rows with `replay_fraction` of every batch drawn from the pretraining train split."""
+    if config.replay_data is None:
+        raise TrainError("a replay fraction needs the pretraining data to replay: pass the ingest output's directory")
+    replay_rows(config.loop.batch_size, config.replay_fraction)  # checks the fraction before any data is read
+    shards = open_shards(config.replay_data)
+    check_token_range(shards, model_config.vocab_size)
+    windows = WindowSampler(shards.train, config.loop.context, config.loop.seed, info.rank, info.world_size)
+    return ReplaySampler(sft, windows, config.replay_fraction)
 
 
 def export_merged(model: CausalLM, tokenizer: Tokenizer, out: Path) -> Path:
