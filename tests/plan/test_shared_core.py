@@ -134,3 +134,16 @@ def test_no_overhead_from_a_negative_gap() -> None:
     calibrate() simulates c=1 with these before the way-ins are known."""
     assert overheads(-0.5) == (0.0, 0.0)
     assert overheads(0.25) == (0.25, 0.0)
+
+
+def test_the_engines_own_work_on_a_request_by_hand(sim_prompts) -> None:
+    """.125 s of the engine core's CPU a request outside its steps, way-ins drawn 0 and .125 (free).
+    r0 comes in at 0 to an idle engine: its prefill step pays it, [0, .375). r1 comes in at .125,
+    during that step, which ends .125 later, at .5. Then r0's decode and r1's prefill [.5, .75),
+    r1's decode [.75, 1)."""
+    draws = iter([0.0, 0.125])
+    records = run(sim_prompts, LoadOptions(concurrency=2, num_requests=2), way_in=lambda: next(draws),
+                  request_cpu=0.125)  # fmt: skip
+    assert [r.chunk_times for r in records] == [[0.5, 0.75], [0.75, 1.0]]
+    together = run(sim_prompts, LoadOptions(concurrency=2, num_requests=2), request_cpu=0.125)
+    assert [r.chunk_times for r in together] == [[0.5, 0.75], [0.5, 0.75]]  # one step pays both

@@ -159,19 +159,21 @@ def test_measured_dir_gives_the_same_errors(validated, nano_model_dir, monkeypat
 
 def test_the_serving_cpu_measured_apart_goes_into_the_calibration(validated, nano_model_dir, monkeypatch, capsys,
                                                                   tmp_path) -> None:  # fmt: skip
-    """--way-in-cpu-ms and --stream-cpu-ms are taken as given (measured, not fitted), written into
-    the profile's calibration with --recalibrate and into the report's simulation."""
+    """The --*-cpu-ms figures are taken as given (measured, not fitted), written into the profile's
+    calibration with --recalibrate and into the report's simulation."""
     work, profile = validated
     copy = tmp_path / "profile.json"
     copy.write_text(profile.read_text())
     code, _, err = run_cli(monkeypatch, capsys, str(nano_model_dir), "--profile", str(copy), "--measured",
                            str(work / "out" / "measured"), "--kv-cache-memory-gib", "0.05", "--recalibrate",
-                           "--way-in-cpu-ms", "1.5", "--stream-cpu-ms", "0.25", "--out", str(tmp_path / "out"))  # fmt: skip
+                           "--way-in-cpu-ms", "1.5", "--request-cpu-ms", "0.75", "--router-cpu-ms", "0.5",
+                           "--stream-cpu-ms", "0.25", "--out", str(tmp_path / "out"))  # fmt: skip
     assert code == 0, err
     serving = json.loads(copy.read_text())["serving"]
-    assert (serving["way_in_cpu"], serving["stream_cpu"]) == (0.0015, 0.00025)
+    keys, given = ("way_in_cpu", "request_cpu", "router_cpu", "stream_cpu"), (0.0015, 0.00075, 0.0005, 0.00025)
+    assert tuple(serving[key] for key in keys) == given
     simulation = json.loads((tmp_path / "out" / "validation.json").read_text())["simulation"]
-    assert (simulation["way_in_cpu_s"], simulation["stream_cpu_s"]) == (0.0015, 0.00025)
+    assert tuple(simulation[f"{key}_s"] for key in keys) == given
     code, _, err = run_cli(monkeypatch, capsys, str(nano_model_dir), "--profile", str(copy), "--measured",
                            str(work / "out" / "measured"), "--stream-cpu-ms", "-1", "--out", str(tmp_path / "bad"))  # fmt: skip
     assert code != 0 and "cannot be negative" in err

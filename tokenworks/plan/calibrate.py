@@ -63,6 +63,8 @@ class Serving:
     way_in: tuple[float, ...] = ()
     client_gaps: tuple[float, ...] = ()
     way_in_cpu: float = 0.0  # of each way in, the CPU on its replica's core (measured apart, not fitted)
+    request_cpu: float = 0.0  # the engine core's CPU a request outside its steps (measured apart)
+    router_cpu: float = 0.0  # a request's CPU in processes sharing the replicas' cores (measured apart)
     stream_cpu: float = 0.0  # a token's CPU in processes sharing the replicas' cores (measured apart)
 
     def describe(self) -> str:

@@ -63,9 +63,7 @@ def check_fleet(replicas: int, router_policy: str, *delays: float) -> None:
     if replicas < 1:
         raise PlanError(f"--replicas must be at least 1, got {replicas}")
     if min(delays, default=0.0) < 0:
-        raise PlanError(
-            "--arrival-delay-ms, --delivery-delay-ms, --way-in-cpu-ms and --stream-cpu-ms cannot be negative"
-        )
+        raise PlanError("--arrival-delay-ms, --delivery-delay-ms and the --*-cpu-ms options cannot be negative")
     try:
         policy_on_clock(router_policy, SimClock())
     except ValueError as error:
@@ -88,11 +86,13 @@ class Fleet:
     way_in: tuple[float, ...] = ()
     client_gaps: tuple[float, ...] = ()
     way_in_cpu: float = 0.0  # of each way in, the CPU seconds it costs its replica's core (shared_core.py)
+    request_cpu: float = 0.0  # the engine core's CPU seconds a request outside its steps (simulator.py)
+    router_cpu: float = 0.0  # CPU seconds a request costs the replicas' cores outside them (simulator.py)
     stream_cpu: float = 0.0  # CPU seconds a sampled token costs the replicas' cores outside them (simulator.py)
 
     def validate(self) -> None:
         check_fleet(self.replicas, self.router_policy, self.arrival_delay, self.delivery_delay, self.way_in_cpu,
-                    self.stream_cpu)  # fmt: skip
+                    self.request_cpu, self.router_cpu, self.stream_cpu)  # fmt: skip
 
     def build(self) -> Simulation:
         clock = SimClock()
@@ -107,7 +107,7 @@ class Fleet:
         way_in = Draws(self.way_in, seed=1) if self.way_in else None
         client_gaps = Draws(self.client_gaps, seed=2) if self.client_gaps else None
         return Simulation(replicas, clock, router, self.arrival_delay, self.delivery_delay, way_in, client_gaps,
-                          self.way_in_cpu, self.stream_cpu)  # fmt: skip
+                          self.way_in_cpu, self.request_cpu, self.router_cpu, self.stream_cpu)  # fmt: skip
 
 
 @dataclass(slots=True)

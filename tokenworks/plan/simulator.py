@@ -11,10 +11,13 @@ queue between two steps does live.
 With `way_in_cpu`, that much of a request's way in is work on its replica's core (shared_core.py):
 the request is routed when sent, waits for the API server's earlier way-ins, and the engine step
 the work falls in ends that much later; the rest of the way in (the client's side, the hops
-between processes, the first token's way out) passes elsewhere. With `stream_cpu`, every sampled
-token costs that much CPU in processes that have no core of their own and run on the workers'
-(the router proxying the stream, a load generator beside it): on a core left idle when there is
-one, else shared out among the replicas with work, whose steps end that much later. Way-in
+between processes, the first token's way out) passes elsewhere. `request_cpu` is the engine core's
+own work on a request outside its steps (taking it in, its block hashes, its end), on the same
+core: the step running when the request comes in, or the next one, ends that much later. With
+`router_cpu` and `stream_cpu`, every request and every sampled token costs that much CPU in
+processes that have no core of their own and run on the workers' (the router, a load generator
+beside it): on a core left idle when there is one, else shared out among the replicas with work,
+whose steps end that much later. Way-in
 times and the client's time between an answer and its next send can be drawn per request from
 measured ones (draws.py) instead of one constant.
 
@@ -79,24 +82,27 @@ class Simulation:
     request's latency, 0 unless given. `way_in` draws each request's arrival delay instead of the
     constant (a `Draws` of measured ones); `client_gaps` the client's time from an answer's end
     to what it sends next; `way_in_cpu` is the CPU (seconds) each way in costs its replica's core (the module's docstring;
-    at most the request's whole way in); `stream_cpu` the CPU each sampled token costs the
-    replicas' cores outside their own processes (the module's docstring)."""
+    at most the request's whole way in); `request_cpu` the engine core's own CPU per request
+    outside its steps; `router_cpu` and `stream_cpu` the CPU each request and each sampled token
+    cost the replicas' cores outside their own processes (the module's docstring)."""
 
     def __init__(
         self, replicas: list[Replica], clock: SimClock, router: SimRouter | None = None,
         arrival_delay: float = 0.0, delivery_delay: float = 0.0, way_in: Callable[[], float] | None = None,
-        client_gaps: Callable[[], float] | None = None, way_in_cpu: float = 0.0, stream_cpu: float = 0.0,
+        client_gaps: Callable[[], float] | None = None, way_in_cpu: float = 0.0, request_cpu: float = 0.0,
+        router_cpu: float = 0.0, stream_cpu: float = 0.0,
     ) -> None:  # fmt: skip
         if len(replicas) > 1 and router is None:
             raise ValueError("several replicas need a router to choose between them")
-        if min(arrival_delay, delivery_delay, way_in_cpu, stream_cpu) < 0:
+        if min(arrival_delay, delivery_delay, way_in_cpu, request_cpu, router_cpu, stream_cpu) < 0:
             raise ValueError("delays cannot be negative")
         self.replicas, self.clock, self.router = replicas, clock, router
         self.arrival_delay, self.delivery_delay = arrival_delay, delivery_delay
         self.way_in, self.client_gaps = way_in, client_gaps
         self.cores = [SharedCore() for _ in replicas] if way_in_cpu else None
-        self.way_in_cpu, self.stream_cpu = way_in_cpu, stream_cpu
-        self._owed = [0.0] * len(replicas)  # stream CPU a replica's next step pays (it had none running)
+        self.way_in_cpu, self.request_cpu, self.router_cpu, self.stream_cpu = (
+            way_in_cpu, request_cpu, router_cpu, stream_cpu)  # fmt: skip
+        self._owed = [0.0] * len(replicas)  # core time a replica's next step pays (it had none running)
         self._versions = [0] * len(replicas)  # a step's end moved by a way-in leaves its old event stale
         self._events: list[tuple[float, int, int, object]] = []
         self._order = itertools.count()
@@ -118,6 +124,8 @@ class Simulation:
         shared cores, after its replica's API server has done its way in)."""
         now = send.record.sent = self.clock.now
         delay = self.way_in() if self.way_in is not None else self.arrival_delay
+        if self.router_cpu:
+            self._share_coreless_cpu(self.router_cpu)
         if self.cores is not None:  # the work on the core first, then the rest of the way
             route = self._route(send)
             work = min(delay, self.way_in_cpu)
@@ -138,11 +146,9 @@ class Simulation:
         """A way-in of `seconds` on the replica's core: when it reaches the engine. A step running
         when it starts ends that much later (its event is pushed again, the old one left stale)."""
         start, end = self.cores[position].admit(now, seconds)
-        replica = self.replicas[position]
-        if seconds and replica.busy_until is not None and start < replica.busy_until:
-            replica.busy_until += seconds
-            self._versions[position] += 1
-            self._push_step_end(position)
+        busy_until = self.replicas[position].busy_until
+        if seconds and busy_until is not None and start < busy_until:
+            self._charge(position, seconds)
         return end
 
     def _push_step_end(self, position: int) -> None:
@@ -166,6 +172,8 @@ class Simulation:
             self._deliver(send)
             return
         send.replica = replica
+        if self.request_cpu:
+            self._charge(replica, self.request_cpu)
         self._requests[request_id] = _InFlight(send, replica, flight)
         self._ready.add(replica)
 
@@ -218,7 +226,7 @@ class Simulation:
         first, finished = replica.end_step()
         self._ready.add(position)
         if self.stream_cpu and replica.last_sampled:
-            self._share_stream_cpu(self.stream_cpu * replica.last_sampled)
+            self._share_coreless_cpu(self.stream_cpu * replica.last_sampled)
         router = self.router
         for request in first:
             entry = self._requests[request.request_id]
@@ -231,22 +239,25 @@ class Simulation:
         for request in finished:
             self._answered(self._requests.pop(request.request_id), request)
 
-    def _share_stream_cpu(self, seconds: float) -> None:
-        """A step's tokens streamed by processes without a core of their own: free while a replica
-        has nothing to do (its core is idle), else an equal share on every replica with work, added
-        to its running step (pushed again) or to its next one."""
+    def _share_coreless_cpu(self, seconds: float) -> None:
+        """CPU of processes without a core of their own: free while a replica has nothing to do
+        (its core is idle), else an equal share on every replica with work."""
         working = [i for i, replica in enumerate(self.replicas) if replica.busy_until is not None or replica.has_work()]
         if len(working) < len(self.replicas):
             return
-        share = seconds / len(working)
         for position in working:
-            replica = self.replicas[position]
-            if replica.busy_until is None:
-                self._owed[position] += share
-            else:
-                replica.busy_until += share
-                self._versions[position] += 1
-                self._push_step_end(position)
+            self._charge(position, seconds / len(working))
+
+    def _charge(self, position: int, seconds: float) -> None:
+        """Core time taken from a replica's engine: its running step ends that much later (its
+        event pushed again), or, idle, its next step does."""
+        replica = self.replicas[position]
+        if replica.busy_until is None:
+            self._owed[position] += seconds
+        else:
+            replica.busy_until += seconds
+            self._versions[position] += 1
+            self._push_step_end(position)
 
     def _answered(self, entry: _InFlight, request: Request) -> None:
         record, times, delay = entry.send.record, request.times, self.delivery_delay

@@ -75,21 +75,17 @@ def calibration_points(measured: ResultsDir) -> list[SweepPoint]:
     return one[:1] + ([top] if top.concurrency > 1 else [])
 
 
-def calibrate(
-    fleet: Fleet, prompts: SimPrompts, measured: ResultsDir, way_in_cpu: float = 0.0, stream_cpu: float = 0.0
-) -> Serving:
+def calibrate(fleet: Fleet, prompts: SimPrompts, measured: ResultsDir) -> Serving:
     """calibrate.py's figures from the sweep's calibration points, each simulated as it ran (after
     the points before it, on one fleet): the TPOT gap at c=1, then each request's way in at c=1
-    (with that gap on every step), then the gap at the highest level with those way-ins, each
-    costing its replica's core `way_in_cpu` (measured apart: the API server's and the router's CPU
-    per request), which splits the gap into step and token overheads. `stream_cpu` (measured
-    apart too: the router's and a load generator's CPU per token, where they share the workers'
-    cores) is simulated throughout."""
+    (with that gap on every step), then the gap at the highest level with those way-ins, which
+    splits the gap into step and token overheads. The fleet's serving CPU (`way_in_cpu`,
+    `request_cpu`, `router_cpu`, `stream_cpu`: measured apart, by process CPU time) is simulated
+    throughout, the way-ins' share on the cores once they are known."""
     chosen = calibration_points(measured)
     one = chosen[0]
     upto_one = measured.points[: measured.points.index(one) + 1]
-    bare = replace(fleet, arrival_delay=0.0, delivery_delay=0.0, way_in=(), client_gaps=(), way_in_cpu=0.0,
-                   stream_cpu=stream_cpu)  # fmt: skip
+    bare = replace(fleet, arrival_delay=0.0, delivery_delay=0.0, way_in=(), client_gaps=(), way_in_cpu=0.0)
     gap_one = _tpot_gap(one, simulate_points(bare, prompts, measured, upto_one)[-1], measured)
     # At c=1 every step samples one token, so how the gap splits does not move a TTFT there (a
     # negative gap, the profile slower than the server, adds nothing: a step is never shortened).
@@ -111,7 +107,7 @@ def calibrate(
     if len(chosen) > 1:
         recorder = _SampleRecorder(fleet.latency)
         upto = measured.points[: measured.points.index(chosen[-1]) + 1]
-        on_core = replace(bare, latency=recorder, way_in=ways, client_gaps=gaps_out, way_in_cpu=way_in_cpu)
+        on_core = replace(bare, latency=recorder, way_in=ways, client_gaps=gaps_out, way_in_cpu=fleet.way_in_cpu)
         top = simulate_points(on_core, prompts, measured, upto, recorder.point_ends)[-1]
         gaps.append(_tpot_gap(chosen[-1], top, measured))
         # The batch a sampled token shares its step with, on average over tokens (sum s^2 / sum s):
@@ -123,7 +119,8 @@ def calibrate(
         arrival_delay=max(0.0, measured_ttft - ttft), step_overhead=step, token_overhead=token,
         source=str(measured.directory), points=tuple(p.label for p in chosen), created=now(),
         tpot_gaps=tuple(gaps), batch=samples, ttft_gap=measured_ttft - ttft, way_in=ways, client_gaps=gaps_out,
-        way_in_cpu=way_in_cpu, stream_cpu=stream_cpu,
+        way_in_cpu=fleet.way_in_cpu, request_cpu=fleet.request_cpu, router_cpu=fleet.router_cpu,
+        stream_cpu=fleet.stream_cpu,
     )  # fmt: skip
 
 

@@ -54,6 +54,11 @@ def validate(
     way_in_cpu_ms: float = typer.Option(None, "--way-in-cpu-ms", help="CPU a request's way in costs its worker's "
                                         "core (the API server's and the router's CPU per request, measured apart); "
                                         "with it, way-ins delay the engine's steps (default: the profile's, else 0)."),
+    request_cpu_ms: float = typer.Option(None, "--request-cpu-ms", help="CPU the engine core spends on a request "
+                                         "outside its steps, measured apart (default: the profile's, else 0)."),
+    router_cpu_ms: float = typer.Option(None, "--router-cpu-ms", help="CPU a request costs processes without a "
+                                        "core of their own that run on the workers' (a router), measured apart "
+                                        "(default: the profile's, else 0)."),
     stream_cpu_ms: float = typer.Option(None, "--stream-cpu-ms", help="CPU a streamed token costs processes "
                                         "without a core of their own that run on the workers' (a router, a load "
                                         "generator), measured apart (default: the profile's, else 0)."),
@@ -72,7 +77,8 @@ def validate(
     if (measured is None) == (url is None):
         raise PlanError("give one of --measured DIR (a bench results directory) or --url URL (measure one now)")
     given = {"arrival_delay": arrival_delay_ms, "step_overhead": step_overhead_ms, "token_overhead": token_overhead_ms}
-    cpu = {"way_in_cpu": way_in_cpu_ms, "stream_cpu": stream_cpu_ms}
+    cpu = {"way_in_cpu": way_in_cpu_ms, "request_cpu": request_cpu_ms, "router_cpu": router_cpu_ms,
+           "stream_cpu": stream_cpu_ms}  # fmt: skip
     check_fleet(replicas, router_policy, *(value or 0.0 for value in (given | cpu).values()))
     config = ModelConfig.load(model_dir)
     measured_profile = Profile.load(profile)
@@ -138,9 +144,8 @@ def _run(model_dir, config, profile, measured_profile, sweep, serving, replicas,
     prompts = SimPrompts.load(model_dir, sweep.load.seed)
     if None in given.values():
         if serving is None:
-            serving = calibrate(
-                fleet, prompts, sweep, (cpu["way_in_cpu"] or 0.0) / 1e3, (cpu["stream_cpu"] or 0.0) / 1e3
-            )
+            measured_cpu = {key: value / 1e3 for key, value in cpu.items() if value is not None}
+            serving = calibrate(replace(fleet, **measured_cpu), prompts, sweep)
             write_serving(profile, serving)
             console.print(f"[dim]calibrated on {', '.join(serving.points)}: {serving.describe()}; written into "
                           f"{profile}[/]")  # fmt: skip
@@ -152,8 +157,8 @@ def _run(model_dir, config, profile, measured_profile, sweep, serving, replicas,
     ways = serving.way_in if given["arrival_delay"] is None else ()
     fleet = replace(fleet, latency=ServingLatency(engine_latency, serving.step_overhead, serving.token_overhead),
                     arrival_delay=serving.arrival_delay, delivery_delay=serving.delivery_delay, way_in=ways,
-                    client_gaps=serving.client_gaps, way_in_cpu=serving.way_in_cpu,
-                    stream_cpu=serving.stream_cpu)  # fmt: skip
+                    client_gaps=serving.client_gaps, way_in_cpu=serving.way_in_cpu, request_cpu=serving.request_cpu,
+                    router_cpu=serving.router_cpu, stream_cpu=serving.stream_cpu)  # fmt: skip
     simulated = simulate_points(fleet, prompts, sweep)
     simulation = {
         "model_dir": str(model_dir), "profile": str(profile), "measured": str(sweep.directory),
@@ -161,7 +166,7 @@ def _run(model_dir, config, profile, measured_profile, sweep, serving, replicas,
         "arrival_delay_s": serving.arrival_delay, "delivery_delay_s": serving.delivery_delay,
         "step_overhead_s": serving.step_overhead, "token_overhead_s": serving.token_overhead,
         "way_in_s": list(ways), "client_gaps_s": list(serving.client_gaps), "way_in_cpu_s": serving.way_in_cpu,
-        "stream_cpu_s": serving.stream_cpu,
+        "request_cpu_s": serving.request_cpu, "router_cpu_s": serving.router_cpu, "stream_cpu_s": serving.stream_cpu,
         "calibration": {"source": serving.source, "points": list(serving.points), "created": serving.created},
     }  # fmt: skip
     write_simulated(out / "simulated", simulated, sweep.model, sweep.workload, sweep.load, None, Accounting(),
