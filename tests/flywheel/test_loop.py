@@ -16,7 +16,9 @@ import pytest
 
 from tokenworks.data import python_docs
 from tokenworks.data.pipeline import IngestOptions, run_ingest
+from tokenworks.errors import ConfigError
 from tokenworks.flywheel import loop, store
+from tokenworks.flywheel.candidate import train_candidate
 from tokenworks.flywheel.corrections import send_corrections
 from tokenworks.flywheel.dataset import read_hard_eval, write_jsonl
 from tokenworks.flywheel.docs_qa import docs_qa_items, write_docs_qa
@@ -163,6 +165,26 @@ def test_watch_runs_an_iteration_once_enough_flagged_requests_arrived(setup, fir
     assert result.outcome in ("promoted", "refused")  # judged by the gate either way, with its reasons
     assert Registry(tmp_path / "r.db").history()[-1].action == ("promote" if result.outcome == "promoted" else "refuse")
     assert loop.read_state(config.workdir) == {"iterations": 1, "collected_upto": logged}
+
+
+def test_a_candidate_trained_for_a_time_budget_stops_on_it(setup, first, tmp_path) -> None:
+    """max_steps 0: as many steps as time_budget_s allows (the factory's setting: a step's time
+    depends on the host), the learning-rate schedule sized to end on it."""
+    root, files, server = setup
+    dataset = root / "flywheel" / "iteration-001" / "dataset"
+    settings = replace(flywheel_config(root, files, server.url).train, max_steps=0, time_budget_s=2.0)
+    champion = Registry(root / "registry.db").get(1)  # the base model, the first champion
+    candidate = train_candidate(champion, dataset / "train.jsonl", None, tmp_path / "run", settings,
+                                pretraining=root / "data")  # fmt: skip
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["stopped_by"] == "time_budget" and candidate.steps == record["steps"] >= 1
+    assert candidate.seconds <= 2.0
+
+
+@pytest.mark.parametrize(("max_steps", "budget"), [(0, 0.0), (-1, 5.0), (10, -1.0)])
+def test_a_candidate_needs_a_step_limit_or_a_time_budget(max_steps, budget) -> None:
+    with pytest.raises(ConfigError, match="max_steps"):
+        TrainSettings(max_steps=max_steps, time_budget_s=budget)
 
 
 def test_an_iteration_that_fails_on_the_way_leaves_its_requests_to_the_next(setup, first, tmp_path) -> None:

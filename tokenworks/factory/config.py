@@ -146,7 +146,10 @@ class FlywheelSection(Section):
     correction_share: float = Field(0.5, ge=0, le=1)  # of the answers, corrected through /v1/feedback
     max_tokens: Positive = 32
     concurrency: Positive = 8
-    train_steps: Positive = 900  # about three minutes of LoRA steps on 2 cores for the default model
+    # The candidate trains for train_seconds (its schedule sized to them), or train_steps when given
+    # (stopping at whichever comes first): about 500-900 steps of the default model on 2 quiet cores.
+    train_steps: Positive | None = None
+    train_seconds: float = Field(180.0, gt=0)
     lr: float = Field(3e-3, gt=0)
     lora_rank: Positive = 16
     lora_targets: list[str] = Field(

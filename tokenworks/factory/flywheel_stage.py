@@ -79,14 +79,14 @@ def run_flywheel_stage(
     )  # fmt: skip
     console.print(f"{corrected} answers corrected through /v1/feedback")
 
-    worker = _worker_url(config, server)
     flywheel = FlywheelConfig(
         workdir=out, log_db=log_db, registry=out / "registry.db",
-        serve=ServeSettings(url=server.url, served_name=settings.served_name, evaluate_url=worker),
+        serve=ServeSettings(url=server.url, served_name=settings.served_name),
         labels=LabelSettings(references=(files.train,)),
         dataset=DatasetSettings(hard_eval=files.held_out),
         train=TrainSettings(
-            base=checkpoint, max_steps=settings.train_steps, context=config.train.context, lr=settings.lr,
+            base=checkpoint, max_steps=settings.train_steps or 0, time_budget_s=settings.train_seconds,
+            context=config.train.context, lr=settings.lr,
             rank=settings.lora_rank, alpha=2.0 * settings.lora_rank, targets=tuple(settings.lora_targets),
             replay_fraction=settings.replay_fraction, seed=settings.seed,
         ),
@@ -101,7 +101,7 @@ def run_flywheel_stage(
 
     # The champion measured again, as clients reach it now: the served name after a promotion.
     name = settings.served_name if result.outcome == "promoted" else served_model
-    again = evaluate_served(ServedModel(worker, name), read_hard_eval(files.held_out))
+    again = evaluate_served(ServedModel(server.url, name), read_hard_eval(files.held_out))
     return {
         "outcome": result.outcome,
         "traffic": traffic,
@@ -126,15 +126,6 @@ def run_flywheel_stage(
             "requests": str(log_db),
         },
     }
-
-
-def _worker_url(config: FactoryConfig, server: ServerProcess) -> str:
-    """Where judging goes: the server, or with a fleet one of its workers (the router has no
-    /tokenize). The router loads every adapter on all of its workers, so any of them judges as the
-    fleet would."""
-    if config.serve.workers == 1:
-        return server.url
-    return server.get_json("/workers")["workers"][0]["url"]
 
 
 def _wait_for_rows(log_db: Path, mark: int, count: int, timeout_s: float = 30.0) -> None:

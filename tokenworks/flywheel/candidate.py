@@ -18,6 +18,8 @@ from tokenworks.errors import ConfigError
 from tokenworks.flywheel.loop_config import TrainSettings
 from tokenworks.flywheel.registry import ModelVersion
 
+EVALUATED_ONCE = 2**31  # an evaluation interval no candidate reaches: its loss is taken once, at the end
+
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
@@ -48,11 +50,13 @@ def train_candidate(
     if settings.replay_fraction > 0 and pretraining is None:
         raise ConfigError("[train] replay_fraction replays [evaluate] data's train split: set [evaluate] data")
 
+    steps = settings.max_steps or None  # None: as many as the time budget allows, the schedule sized to it
     loop = LoopConfig(
-        out=out, context=settings.context, batch_size=settings.batch_size, max_steps=settings.max_steps,
-        eval_interval=settings.max_steps, eval_tokens=8192, seed=settings.seed, device=settings.device,
+        out=out, context=settings.context, batch_size=settings.batch_size, max_steps=steps,
+        time_budget_s=settings.time_budget_s or None,
+        eval_interval=steps or EVALUATED_ONCE, eval_tokens=8192, seed=settings.seed, device=settings.device,
         dtype="float32", peak_seconds=0.1,
-        optim=OptimConfig(lr=settings.lr, warmup_steps=min(settings.warmup, settings.max_steps - 1)),
+        optim=OptimConfig(lr=settings.lr, warmup_steps=min(settings.warmup, steps - 1) if steps else settings.warmup),
     )  # fmt: skip
     lora = LoraConfig(settings.rank, settings.alpha, 0.0, settings.targets)
     config = SFTConfig(

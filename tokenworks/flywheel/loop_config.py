@@ -4,10 +4,10 @@
     [log]      db = "requests.db"         # the request log `tokenworks serve --log-db` writes
     [registry] path = "tokenworks-registry.db"
     [serve]    url = "http://127.0.0.1:8000", served_name = "champion", challenger = "challenger",
-               evaluate_url = ""          # behind a router: one of its workers (the router has no /tokenize)
+               evaluate_url = ""          # where judging's calls go; empty: url itself
     [labels]   references = ["docs-qa/train.jsonl"], teacher = "", shuffle = false
     [dataset]  hard_eval = "", validation_fraction = 0.1, hard_eval_fraction = 0.2
-    [train]    base = "", max_steps = 40, lr = 2e-3, rank = 8, replay_fraction = 0.25, ...
+    [train]    base = "", max_steps = 40, time_budget_s = 0, lr = 2e-3, rank = 8, replay_fraction = 0.25, ...
     [evaluate] data = "", general_tokens = 32768, ...
     [gate]     margin = 0.10, tolerance = 0.02, require_exact_match = false   (gate.GateConfig)
     [flags]    min_mean_logprob = -2.5, ...                                    (flags.FlagConfig)
@@ -36,8 +36,8 @@ class ServeSettings:
     served_name: str = "champion"  # the adapter name clients ask for: the champion, hot-swapped
     challenger: str = "challenger"  # the temporary name a candidate is served under while judged
     api_key: str = ""
-    # Where judging's /tokenize and scoring calls go: the router has no /tokenize, so behind a router
-    # one of its workers (the router loads every adapter on all of them); empty: url itself.
+    # Where judging's /tokenize and scoring calls go, if not to url (a server, or the router, which
+    # answers /tokenize by a worker and loads every adapter on all of them): one worker, say.
     evaluate_url: str = ""
 
 
@@ -60,7 +60,10 @@ class DatasetSettings:
 @dataclass(frozen=True, slots=True)
 class TrainSettings:
     base: Path | None = None  # the served base checkpoint: the first champion, when the registry has none
-    max_steps: int = 40  # bounded: a candidate takes a minute or two on 2 cores for the factory's model
+    max_steps: int = 40  # bounded: a candidate takes a minute or two on 2 cores; 0: as many as time_budget_s allows
+    # Seconds of training at most (0: no limit): a step's time depends on the host, and the iteration
+    # runs beside a serving fleet. With max_steps 0 the learning-rate schedule is sized to end on it.
+    time_budget_s: float = 0.0
     batch_size: int = 8
     context: int = 256
     lr: float = 2e-3
@@ -77,6 +80,12 @@ class TrainSettings:
     def __post_init__(self) -> None:
         if not 0 <= self.replay_fraction < 1:  # at least one row of every batch is the traffic's
             raise ConfigError(f"replay_fraction must be in [0, 1), got {self.replay_fraction}")
+        if self.max_steps < 0 or self.time_budget_s < 0:
+            raise ConfigError(
+                f"max_steps and time_budget_s cannot be negative, got {self.max_steps}, {self.time_budget_s}"
+            )
+        if self.max_steps == 0 and self.time_budget_s == 0:
+            raise ConfigError("max_steps = 0 trains for time_budget_s: give one of them")
 
 
 @dataclass(frozen=True, slots=True)
