@@ -21,11 +21,13 @@ hit rate within 5 points. Per shape:
    with the first sweep as measured: the "noise" row, how far two measurements of one sweep
    minutes apart differ on this host, a floor under any simulation's error.
 5. Then what serving costs the workers' cores outside their engines, measured by process CPU time
-   (`way_in_cpu`): the API servers' and the router's CPU per request (the way in, which the
-   simulation puts on the worker's core ahead of its steps), and with two workers the router's
-   and the load generator's CPU per streamed token (they have no core of their own; the
-   simulation shares it out among the busy workers' cores). Into <shape>/<N>w-way-in-cpu.json;
-   `plan validate --way-in-cpu-ms --stream-cpu-ms` take them. Measured apart, not fitted.
+   (tokenworks/plan/serving_cpu.py, which the factory's plan stage runs too): the API servers'
+   and the router's CPU per request (the way in, which the simulation puts on the worker's core
+   ahead of its steps), and with two workers the router's and the load generator's CPU per
+   streamed token (they have no core of their own; the simulation shares it out among the busy
+   workers' cores). Into <shape>/<N>w-way-in-cpu.json (the runs in <shape>/<N>w-way-in/);
+   `plan validate --way-in-cpu-ms --router-cpu-ms --stream-cpu-ms` take them. Measured apart,
+   not fitted.
 
 Each sweep is `tokenworks bench sweep --tokenizer MODEL --no-stop` (so the simulation sends the
 prompts the server saw), then `tokenworks plan validate --measured`. A deployment's closed-loop
@@ -47,7 +49,6 @@ simulator or the calibration), with the CPU figures of <shape>/<N>w-way-in-cpu.j
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import resource
@@ -64,9 +65,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_model, machine_busy_ticks
 from router_policies import KV_EVENTS, free_port, stop, thread_env, wait_healthy
 
-from tokenworks.plan.latency import FittedLatency
-from tokenworks.plan.profiles import Profile
-from tokenworks.plan.step import StepShape
+from tokenworks.plan.serving_cpu import (
+    CPU_FIGURES,
+    ServingProcesses,
+    children,
+    probe_serving_cpu,
+    request_cpu,
+    validate_options,
+)
 from tokenworks.plan.validation import compare, read_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,21 +125,6 @@ def process_ticks(pid: int) -> int:
     return total
 
 
-def cpu_seconds(pid: int) -> float:
-    """On-CPU time of every thread of one process, not its children (/proc's schedstat, in ns: a
-    request's few milliseconds are below utime's 10 ms ticks)."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError, IndexError, ValueError):  # a thread that ended meanwhile
-            total += int((task / "schedstat").read_text().split()[0])
-    return total / 1e9
-
-
-def children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text().split()] if path.exists() else []
-
-
 class Deployment:
     """One or two `tokenworks serve` workers (worker i pinned to core i) and, with two, the kv router."""
 
@@ -176,6 +167,10 @@ class Deployment:
             raise
         return self
 
+    def serving_processes(self) -> ServingProcesses:
+        router = self.processes[-1].pid if self.count > 1 else None
+        return ServingProcesses.of_servers([process.pid for process in self.processes[: self.count]], router)
+
     def ticks(self) -> int:
         return sum(process_ticks(p.pid) for p in self.processes if p.poll() is None)
 
@@ -201,73 +196,6 @@ def measure(deployment: Deployment, model: Path, workload: list[str], levels: li
     return {"wall_s": wall, "other_cores": other, "ours_cores": ours / hz / wall, "load_average": os.getloadavg()[0]}
 
 
-def way_in_cpu(deployment: Deployment, model: Path, workload: list[str], out: Path) -> dict[str, Any]:
-    """What serving costs the workers' cores outside `EngineCore.step()`, per request and per token.
-
-    `bench run` at concurrency 1 (another seed: prompts none of the sweeps sent) twice: answers of
-    one token, then of the workload's length. Per request of the first: way_in_cpu_s, the API
-    servers' own CPU (not their engine cores'); engine_cpu_s, the engine cores' (their steps
-    included: `plan validate` takes the profile's step off); router_cpu_s, the router's. Per
-    token, stream_cpu_s, with two workers only (one worker's client has a core of its own, and
-    its API server's streaming is in the calibrated token overhead): what the router and the load
-    generator, which run on the workers' cores, spend per token more in the second, per extra
-    token (their start-up costs cancel). Taken after a deployment's sweeps, so their servers'
-    caches are as the sweeps left them."""
-    servers = [process.pid for process in deployment.processes[: deployment.count]]
-    engines = [child for pid in servers for child in children(pid)]
-    router = deployment.processes[-1].pid if deployment.count > 1 else None
-    pids = [*servers, *engines, *([router] if router else [])]
-    runs = []
-    for name, tokens in (("short", "1"), ("long", workload[workload.index("--output-tokens") + 1])):
-        where = out.parent / f"{out.name}-{name}"
-        if where.exists():
-            shutil.rmtree(where)
-        asked = [*workload]
-        asked[asked.index("--output-tokens") + 1] = tokens
-        command = tokenworks("bench", "run", "--url", deployment.url, "--tokenizer", str(model), *asked,
-                             "--concurrency", "1", "--num-requests", str(PROBE_REQUESTS), "--warmup-requests",
-                             str(PROBE_WARMUP), "--seed", "7", "--out", str(where))  # fmt: skip
-        before, client = {pid: cpu_seconds(pid) for pid in pids}, _children_cpu()
-        pinned_run(command, [1] if deployment.count == 1 else None, where.with_suffix(".log"))
-        spent = {pid: cpu_seconds(pid) - was for pid, was in before.items()}
-        runs.append({"tokens": int(tokens), "servers_cpu_s": [spent[pid] for pid in servers],
-                     "engines_cpu_s": [spent[pid] for pid in engines], "router_cpu_s": spent.get(router, 0.0),
-                     "client_cpu_s": _children_cpu() - client, "records": str(where / "requests.jsonl")})  # fmt: skip
-    sent = PROBE_REQUESTS + PROBE_WARMUP
-    short, long = runs
-    stream = 0.0
-    if router:
-        shared = [run["router_cpu_s"] + run["client_cpu_s"] for run in runs]  # router + load generator
-        stream = max(0.0, (shared[1] - shared[0]) / (sent * (long["tokens"] - short["tokens"])))
-    return {"way_in_cpu_s": sum(short["servers_cpu_s"]) / sent, "engine_cpu_s": sum(short["engines_cpu_s"]) / sent,
-            "router_cpu_s": short["router_cpu_s"] / sent, "stream_cpu_s": stream, "requests": sent, "runs": runs}  # fmt: skip
-
-
-PROBE_REQUESTS, PROBE_WARMUP = 64, 2
-CPU_FIGURES = ("way_in_cpu_s", "request_cpu_s", "router_cpu_s", "stream_cpu_s")
-
-
-def request_cpu(probe: dict[str, Any], profile: Path) -> float:
-    """The engine cores' CPU per request outside their steps: the probe's one-token requests'
-    engine CPU less the profile's time for the step each made (its prompt's uncached part, one
-    token sampled). The serving loop's time around that step, which the calibration also counts
-    per step (at most its c=1 TPOT gap, under a millisecond here), is left in."""
-    profiled = FittedLatency.from_profile(Profile.load(profile))
-    lines = Path(probe["runs"][0]["records"]).read_text().splitlines()
-    steps = []
-    for line in lines:
-        record = json.loads(line)
-        cached = record.get("cached_tokens") or 0
-        shape = StepShape(((record["input_tokens"] - cached, cached),), 1)
-        steps.append(profiled.step_seconds(shape))
-    return max(0.0, probe["engine_cpu_s"] - statistics.fmean(steps))
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def _children_ticks() -> int:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return round((usage.ru_utime + usage.ru_stime) * os.sysconf("SC_CLK_TCK"))
@@ -278,14 +206,7 @@ def validate(model: Path, profile: Path, measured: Path, out: Path, workers: int
     command = tokenworks("plan", "validate", str(model), "--profile", str(profile), "--measured", str(measured),
                          "--kv-cache-memory-gib", str(KV_GIB), "--replicas", str(workers), "--router-policy", "kv",
                          "--out", str(out))  # fmt: skip
-    # The engine's own CPU a request (request_cpu_s) is measured and reported but not simulated:
-    # on top of the API server's it made closed-loop TTFT 30-60% too long at c=4..32 on tiny (a
-    # request's fixed costs at c=1, wake-ups among them, are shared by the requests of a batch live).
-    options = (("way_in_cpu_s", "--way-in-cpu-ms"), ("router_cpu_s", "--router-cpu-ms"),
-               ("stream_cpu_s", "--stream-cpu-ms"))  # fmt: skip
-    for key, option in options:
-        if cpu.get(key) is not None:  # measured by way_in_cpu()
-            command += [option, f"{cpu[key] * 1e3:.4f}"]
+    command += validate_options(cpu)
     if recalibrate:
         command.append("--recalibrate")
     pinned_run(command, None, out.with_suffix(".log"))
@@ -330,11 +251,9 @@ def run_shape(shape: str, args: argparse.Namespace) -> list[dict[str, Any]]:
             log(f"{shape}, {workers} worker(s), {name}: the closed loop again (seed 2), for the noise floor")
             levels = ["--concurrency", concurrency, "--seed", "2"]
             again_host = measure(deployment, model, workload, levels, per_point, again, client)
-            log(f"{shape}, {workers} worker(s): the way in's CPU per request (concurrency 1, one output token)")
-            # Twice, the second kept: its prompts are cached by the first, so the step each makes is
-            # short and the profile's error on it (taken off the engine's CPU) small.
-            way_in_cpu(deployment, model, workload, work / f"{tag}-way-in-first")
-            probe = way_in_cpu(deployment, model, workload, work / f"{tag}-way-in")
+            log(f"{shape}, {workers} worker(s): serving's CPU per request and per token (concurrency 1)")
+            processes = deployment.serving_processes()
+            probe = probe_serving_cpu(deployment.url, model, workload, processes, work / f"{tag}-way-in", client)
             (work / f"{tag}-way-in-cpu.json").write_text(json.dumps(probe, indent=1) + "\n")
         hosts = {"closed": host, "poisson": rate_host, "again": again_host}
         sweeps += validate_deployment(shape, workers, name, hosts)
@@ -347,7 +266,7 @@ def validate_deployment(shape: str, workers: int, name: str, hosts: dict[str, di
     model, work, tag = MODELS / shape, WORK / shape, f"{workers}w"
     calibrated = work / f"profile-{tag}.json"  # each deployment's own calibration
     shutil.copy(work / "profile.json", calibrated)
-    probe = work / f"{tag}-way-in-cpu.json"  # way_in_cpu's figures, when measured
+    probe = work / f"{tag}-way-in-cpu.json"  # probe_serving_cpu's figures, when measured
     cpu = json.loads(probe.read_text()) if probe.is_file() else {}
     if "engine_cpu_s" in cpu:
         cpu["request_cpu_s"] = request_cpu(cpu, work / "profile.json")

@@ -2,12 +2,16 @@
 against the sweep the bench stage just measured, and what that workload would cost on each GPU.
 
     profile   `tokenworks plan profile CHECKPOINT --quick` (a subprocess: torch and the engine)
+    probe     what serving costs the fleet's cores outside the engine's steps, per request and per
+              streamed token, measured on the fleet the bench stage measured (serving_cpu.py, as
+              benchmarks/plan_accuracy.py measures it)
     validate  `tokenworks plan validate CHECKPOINT --measured WORKDIR/bench`, with the settings served
+              and the probe's figures
     costs     `plan fleet`'s search (fleet.py) per GPU of the catalog: the bench's prompt and output
               lengths, at the highest request rate this host served within the SLOs, the same SLOs
 
-Everything lands in WORKDIR/plan; the summary (kept in factory.json) holds the validation's median
-errors and one cost row per GPU, which the report shows.
+Everything lands in WORKDIR/plan; the summary (kept in factory.json) holds the probe's figures, the
+validation's median errors and one cost row per GPU, which the report shows.
 """
 
 from __future__ import annotations
@@ -25,26 +29,39 @@ from tokenworks.bench.metrics import CAPACITY_ATTAINMENT
 from tokenworks.bench.slo import SLO
 from tokenworks.errors import PlanError
 from tokenworks.factory.config import FactoryConfig
+from tokenworks.factory.server import ServerProcess
 from tokenworks.model.config import ModelConfig
 from tokenworks.plan.fleet import Forecast, SearchOptions, plan_fleet
 from tokenworks.plan.hardware import Catalog
+from tokenworks.plan.serving_cpu import (
+    CPU_FIGURES,
+    ServingProcesses,
+    probe_serving_cpu,
+    request_cpu,
+    validate_options,
+)
 
 COST_REQUESTS = 500  # simulated per replica and configuration: a few seconds for the whole catalog
 
 
-def run_plan_stage(config: FactoryConfig, checkpoint: Path, workdir: Path, console: Console) -> dict[str, Any]:
+def run_plan_stage(
+    config: FactoryConfig, checkpoint: Path, workdir: Path, server: ServerProcess, served_model: str, console: Console
+) -> dict[str, Any]:
+    """`server`: the fleet the bench stage measured, running."""
     out = workdir / "plan"
     out.mkdir(parents=True, exist_ok=True)
     bench_dir, profile = workdir / "bench", out / "profile.json"
     console.print("[bold]plan[/]: profiling the trained model's engine steps on this host (--quick)")
     _tokenworks("plan", "profile", str(checkpoint), "--quick", "--out", str(profile))
-    console.print("[bold]plan[/]: the simulator against the sweep just measured")
+    console.print("[bold]plan[/]: serving's CPU outside the engine's steps, on the fleet (concurrency 1)")
+    cpu = probe_fleet(config, checkpoint, server, served_model, out / "serving-cpu", profile)
+    console.print(f"[bold]plan[/]: the simulator against the sweep just measured ({serving_cpu_text(cpu)})")
     serve = config.serve
     _tokenworks(
         "plan", "validate", str(checkpoint), "--profile", str(profile), "--measured", str(bench_dir),
         "--replicas", str(serve.workers), "--router-policy", serve.router_policy,
         "--kv-cache-memory-gib", str(serve.kv_cache_memory_gib),  # each worker's (serve passes it to every one)
-        "--max-num-seqs", str(serve.max_num_seqs), "--out", str(out / "validation"),
+        "--max-num-seqs", str(serve.max_num_seqs), "--out", str(out / "validation"), *validate_options(cpu),
     )  # fmt: skip
     validation = json.loads((out / "validation" / "validation.json").read_text(encoding="utf-8"))
     rate = served_rate(bench_dir / "points.csv")
@@ -53,12 +70,45 @@ def run_plan_stage(config: FactoryConfig, checkpoint: Path, workdir: Path, conso
     costs = gpu_costs(ModelConfig.load(checkpoint), rate, bench.input_tokens, bench.output_tokens, bench.slo)
     forecast = {"request_rate": rate, "input_tokens": bench.input_tokens, "output_tokens": bench.output_tokens}
     return {
+        "serving_cpu": cpu,
         "validation": {key: metric["median_abs_error"] for key, metric in validation["metrics"].items()},
         "validation_passes": {key: metric["passes"] for key, metric in validation["metrics"].items()},
         "forecast": forecast | {"slo": bench.slo},
         "costs": costs,
-        "artifacts": {"profile": str(profile), "validation": str(out / "validation" / "validation.json")},
+        "artifacts": {
+            "profile": str(profile),
+            "serving_cpu": str(out / "serving-cpu.json"),
+            "validation": str(out / "validation" / "validation.json"),
+        },
     }
+
+
+def probe_fleet(
+    config: FactoryConfig, checkpoint: Path, server: ServerProcess, served_model: str, out: Path, profile: Path
+) -> dict[str, float]:
+    """The serving CPU probe (serving_cpu.py) on the running fleet, with the bench stage's workload;
+    every run under `out`, the probe in `out`.json. The figures, in seconds (CPU_FIGURES)."""
+    if not server.running or server.process is None:
+        raise PlanError("the fleet is not running: the plan stage measures serving's CPU on it")
+    bench = config.bench
+    workload = ["--model", served_model, "--api", "completions", "--workload", "synthetic",
+                "--input-tokens", bench.input_tokens, "--output-tokens", bench.output_tokens]  # fmt: skip
+    processes = ServingProcesses.of_serve(server.process.pid, config.serve.workers)
+    probe = probe_serving_cpu(server.url, checkpoint, workload, processes, out)
+    probe["request_cpu_s"] = request_cpu(probe, profile)
+    out.with_suffix(".json").write_text(json.dumps(probe, indent=1) + "\n", encoding="utf-8")
+    return {key: probe[key] for key in CPU_FIGURES}
+
+
+def serving_cpu_text(cpu: dict[str, float]) -> str:
+    """The probe's figures in a line, for the console and the report."""
+    text = f"serving CPU a request: API server {cpu['way_in_cpu_s'] * 1e3:.2f} ms"
+    if cpu.get("router_cpu_s"):
+        text += f", router {cpu['router_cpu_s'] * 1e3:.2f} ms"
+    text += f", engine outside its steps {cpu['request_cpu_s'] * 1e3:.2f} ms (not simulated)"
+    if cpu.get("stream_cpu_s"):
+        text += f"; a streamed token: router and client {cpu['stream_cpu_s'] * 1e3:.2f} ms"
+    return text
 
 
 def _tokenworks(*args: str) -> None:

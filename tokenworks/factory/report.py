@@ -15,7 +15,7 @@ from rich.table import Table
 
 from tokenworks.bench.report import html_page, png_data_uri
 from tokenworks.factory.config import FactoryConfig
-from tokenworks.factory.plan_stage import plan_rows
+from tokenworks.factory.plan_stage import plan_rows, serving_cpu_text
 
 REPORT_NAME = "report.html"
 
@@ -61,6 +61,8 @@ def summary_rows(summaries: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
         errors = plan["validation"]
         told = ", ".join(f"{label} {errors[key]:.1%}" for key, label in shown.items() if errors.get(key) is not None)
         rows.append(("plan", f"simulated against this sweep, median error: {told}"))
+        if plan.get("serving_cpu"):  # measured on the fleet apart from the sweep, and simulated
+            rows.append(("plan probe", serving_cpu_text(plan["serving_cpu"])))
     return rows
 
 

@@ -9,9 +9,9 @@
     flywheel WORKDIR/flywheel   docs-QA traffic to the fleet (its request log on), corrections
                             through /v1/feedback, one flywheel iteration (promote or refuse), the
                             champion measured again (flywheel_stage.py)
-    plan    WORKDIR/plan        the engine's steps profiled on this host, the simulator validated
-                            against the bench stage's sweep, and that workload's cost on each GPU
-                            of the catalog (plan_stage.py)
+    plan    WORKDIR/plan        the engine's steps profiled on this host, serving's CPU measured on
+                            the fleet, the simulator validated against the bench stage's sweep,
+                            and that workload's cost on each GPU of the catalog (plan_stage.py)
     report  WORKDIR/report.html and the console summary
 
 Each stage returns a small JSON summary (kept in factory.json) that the report is built from,
@@ -24,6 +24,7 @@ import asyncio
 import json
 import shutil
 import urllib.request
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -232,7 +233,13 @@ def run_plan_stage(context: StageContext) -> dict[str, Any]:
 
     if not context.config.plan.enabled:
         return {"skipped": "[plan] enabled = false"}
-    return run(context.config, context.checkpoint, context.config.workdir, context.console)
+    with ExitStack() as own:  # the probe measures the fleet the bench stage measured, up since the flywheel's
+        server = context.server
+        if server is None:  # resumed at plan: that fleet again, for this stage only
+            server = own.enter_context(start_server(context))
+        elif not server.running:
+            server.start()
+        return run(context.config, context.checkpoint, context.workdir, server, SERVED_MODEL_NAME, context.console)
 
 
 def run_report_stage(context: StageContext) -> dict[str, Any]:
