@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from tokenworks.model import Tokenizer
-from tokenworks.train.config import LoopConfig, LoraConfig, OptimConfig, SFTConfig, TrainError
+from tokenworks.train.config import TrainError
 from tokenworks.train.data import IGNORE_INDEX, WindowSampler, open_shards
 from tokenworks.train.replay import ReplaySampler, replay_rows
-from tokenworks.train.sft import run_sft
 from tokenworks.train.sft_data import RowSampler, pack, tokenize_conversation
 
 CONTEXT = 32
@@ -64,14 +65,23 @@ def test_a_replay_sampler_resumes_exactly(trained_checkpoint: Path, shards_dir: 
         assert torch.equal(mine, theirs)
 
 
-def test_sft_with_replay_needs_the_pretraining_data(trained_checkpoint: Path, shards_dir: Path, tmp_path: Path) -> None:
+def test_sft_with_replay_from_the_command_line(trained_checkpoint: Path, shards_dir: Path, tmp_path: Path) -> None:
+    """`train sft --replay-fraction` needs `--replay-data` (a one-line error, nothing trained),
+    and with it trains on mixed batches and records both in run.json."""
     chat = tmp_path / "chat.jsonl"
     chat.write_text("".join(json.dumps({"messages": c}) + "\n" for c in _conversations()))
-    loop = LoopConfig(out=tmp_path / "out", context=CONTEXT, batch_size=4, max_steps=2, eval_interval=2,
-                      peak_seconds=0.0, optim=OptimConfig(lr=1e-2, warmup_steps=1))  # fmt: skip
-    config = SFTConfig(base=trained_checkpoint, data=chat, loop=loop, lora=LoraConfig(rank=2), replay_fraction=0.5)
-    with pytest.raises(TrainError, match="a replay fraction needs the pretraining data"):
-        run_sft(config)
-    run = run_sft(replace(config, replay_data=shards_dir))
-    assert run.record["steps"] == 2
+    command = [
+        sys.executable, "-m", "tokenworks", "train", "sft", "--base", str(trained_checkpoint), "--data", str(chat),
+        "--out", str(tmp_path / "out"), "--lora-rank", "2", "--context", str(CONTEXT), "--batch-size", "4",
+        "--max-steps", "2", "--eval-interval", "2", "--warmup", "1", "--lr", "1e-2", "--replay-fraction", "0.5",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "a replay fraction needs the pretraining data" in refused.stderr
+    assert not (tmp_path / "out" / "checkpoint").exists()
+    trained = subprocess.run([*command, "--replay-data", str(shards_dir)], capture_output=True, text=True, timeout=300, env=env)
+    assert trained.returncode == 0, trained.stderr
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert (record["steps"], record["config"]["replay_fraction"], record["config"]["replay_data"]) == (2, 0.5, str(shards_dir))
     assert (tmp_path / "out" / "checkpoint" / "adapter_model.safetensors").is_file()

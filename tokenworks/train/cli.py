@@ -166,6 +166,13 @@ def sft(
     init_adapter: Path = typer.Option(
         None, "--init-adapter", help="LoRA: start from this saved adapter (its rank and targets) instead of zero."
     ),
+    replay_data: Path = typer.Option(
+        None, "--replay-data", help="An ingest output whose train split --replay-fraction replays (the base's own)."
+    ),
+    replay_fraction: float = typer.Option(
+        0.0, "--replay-fraction", min=0.0, max=0.99,
+        help="This share of every batch is pretraining text, so the general loss holds (0: none).",
+    ),
 ) -> None:
     """Fine-tune a checkpoint on chat JSONL; loss on assistant tokens only, conversations packed."""
     from tokenworks.train.config import LoraConfig, SFTConfig, parse_targets
@@ -182,7 +189,7 @@ def sft(
     )  # fmt: skip
     config = SFTConfig(
         base=base, data=data, validation=validation, epochs=epochs, lora=lora, merge=merge, init_adapter=init_adapter,
-        loop=loop,
+        replay_data=replay_data, replay_fraction=replay_fraction, loop=loop,
     )  # fmt: skip
     with TrainProgressView(loop) as view:
         record = run_sft(config, view.on_event)
