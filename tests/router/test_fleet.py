@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import signal
+import socket
+import subprocess
+import sys
 import time
 
 import httpx
@@ -63,3 +66,15 @@ def test_workers_stop_by_themselves_when_their_fleet_is_killed(serve_model_dir):
         assert not any(alive(pid) for pid in workers + engines)
     finally:
         fleet.stop()
+
+
+def test_a_fleet_whose_port_is_taken_fails_before_starting_a_worker(serve_model_dir):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        command = [sys.executable, "-m", "tokenworks", "serve", str(serve_model_dir), "--workers", "2", "--port", str(port)]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port} (Address already in use)" in result.stderr, result.stderr
+    assert "workers x" not in result.stderr and "Started server process" not in result.stderr

@@ -9,6 +9,7 @@ an error event and requests get 503 at once; the command then exits 1, or with
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import typer
@@ -23,6 +24,13 @@ def serve(
     model: Path = typer.Argument(..., help="A checkpoint directory (config.json, safetensors, tokenizer.json)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 exposes the server."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port to bind."),
+    fd: int = typer.Option(
+        None,
+        "--fd",
+        min=0,
+        help="Serve on this listening socket, inherited from the parent (its file descriptor), "
+        "instead of binding --host/--port: a supervisor keeps its port across restarts so.",
+    ),
     api_key: str = typer.Option(
         None, "--api-key", envvar="TOKENWORKS_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1/*."
     ),
@@ -101,7 +109,7 @@ def serve(
     from tokenworks.errors import CheckpointError
     from tokenworks.serve.app import create_app
     from tokenworks.serve.config import ServerConfig
-    from tokenworks.serve.server import Server
+    from tokenworks.serve.server import Server, inherited_socket
 
     if not (model / "config.json").is_file():
         raise CheckpointError(f"{model} has no config.json: point at a checkpoint directory")
@@ -112,8 +120,9 @@ def serve(
         check_writable(log_db)
     adapters = lora_modules_of(lora_modules or [])
     kv_events = kv_events_of(kv_events_config)
+    listener = inherited_socket(fd) if fd is not None else None
     if workers > 1:
-        serve_fleet(ctx, model, workers, threads, host, port, api_key, router_policy, access_log)
+        serve_fleet(ctx, model, workers, threads, host, port, listener, api_key, router_policy, access_log)
         return
     engine_options = dict(
         threads=threads, kv_cache_memory_gib=kv_cache_memory_gib, max_num_batched_tokens=max_num_batched_tokens,
@@ -142,7 +151,7 @@ def serve(
             lifespan="on",
         )
     )
-    server.run()
+    server.run(sockets=None if listener is None else [listener])
     if not server.started:
         raise typer.Exit(1)
     if server.exit_code:
@@ -181,6 +190,7 @@ _FLEET_OWN = {
     "model",
     "host",
     "port",
+    "fd",
     "api_key",
     "threads",
     "workers",
@@ -191,10 +201,14 @@ _FLEET_OWN = {
 
 
 def serve_fleet(
-    ctx: typer.Context, model: Path, count: int, threads: int | None, host: str, port: int, api_key: str | None,
-    policy: str, access_log: bool,
+    ctx: typer.Context, model: Path, count: int, threads: int | None, host: str, port: int,
+    listener: socket.socket | None, api_key: str | None, policy: str, access_log: bool,
 ) -> None:  # fmt: skip
-    """N workers of the model as processes, and the router in front of them on host:port."""
+    """N workers of the model as processes, and the router in front of them on host:port (or on
+    `listener`, the socket inherited through --fd).
+
+    The router's socket listens before the workers start: a port that is taken fails at once, not
+    after the workers loaded, and no process can take it while they load."""
     import os
 
     import uvicorn
@@ -202,23 +216,25 @@ def serve_fleet(
 
     from tokenworks.router.app import RouterConfig, create_router_app
     from tokenworks.router.fleet import Fleet
-    from tokenworks.serve.server import Server
+    from tokenworks.serve.server import Server, listening_socket
 
     config = RouterConfig(workers=[], policy=policy, host=host, port=port, api_key=api_key, tokenizer=str(model))
     try:
         config.validate()
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--router-policy") from None
+    listener = listener or listening_socket(host, port)
     fleet = Fleet(str(model), count, threads or len(os.sched_getaffinity(0)), worker_options(ctx))
-    fleet.start()
     try:
+        fleet.start()
         Console(stderr=True).print(fleet.describe())
         config.workers = list(fleet.urls)
         app = create_router_app(config)
         server = Server(uvicorn.Config(app, host=host, port=port, access_log=access_log, log_level="info"))
-        server.run()  # until SIGTERM or Ctrl-C
+        server.run(sockets=[listener])  # until SIGTERM or Ctrl-C
     finally:
         fleet.stop()
+        listener.close()
     if not server.started:
         raise typer.Exit(1)
 

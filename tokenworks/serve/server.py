@@ -8,6 +8,10 @@
 - Its parent is gone: a worker of `tokenworks serve --workers N` (router/fleet.py) gets its
   parent's pid in TOKENWORKS_PARENT_PID and shuts down as on SIGTERM when that process is no
   longer its parent, so a fleet killed with SIGKILL leaves no server holding cores and a port.
+
+It serves on the port uvicorn binds, or on a socket already listening: one the fleet bound before
+starting its workers, or one inherited from a supervisor (`--fd`) that keeps its port across
+restarts, so that no other process can take the port in between.
 """
 
 from __future__ import annotations
@@ -15,8 +19,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 
 import uvicorn
+
+from tokenworks.errors import TokenworksError
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +53,14 @@ class Server(uvicorn.Server):
         if sig == signal.SIGTERM:  # a drained SIGTERM is a clean exit (0), not death by signal
             self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if sockets and self.started:  # uvicorn says where it listens only for the sockets it bound
+            host, port = sockets[0].getsockname()[:2]
+            logging.getLogger("uvicorn.error").info(
+                "Uvicorn running on http://%s:%d (Press CTRL+C to quit)", host, port
+            )
+
     async def on_tick(self, counter: int) -> bool:
         if self.exit_code is not None:
             return True
@@ -54,3 +69,32 @@ class Server(uvicorn.Server):
             self.parent_pid = None  # once: the shutdown below drains as on SIGTERM
             self.handle_exit(signal.SIGTERM, None)
         return await super().on_tick(counter)
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """host:port bound and listening, as uvicorn binds it (SO_REUSEADDR: a server started again on
+    its port need not wait for the last one's connections to leave TIME_WAIT)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as error:
+        listener.close()
+        raise TokenworksError(
+            f"cannot listen on {host}:{port} ({error.strerror}): stop what holds the port, or choose another with --port"
+        ) from None
+    listener.listen(2048)  # uvicorn's default backlog
+    return listener
+
+
+def inherited_socket(fd: int) -> socket.socket:
+    """The listening socket a parent passed down as file descriptor `fd` (`tokenworks serve --fd`)."""
+    try:
+        listener = socket.socket(fileno=fd)
+    except OSError as error:
+        raise TokenworksError(f"--fd {fd} is not a socket this process inherited ({error.strerror})") from None
+    if listener.type != socket.SOCK_STREAM or listener.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 0:
+        listener.detach()
+        raise TokenworksError(f"--fd {fd} is not a listening TCP socket")
+    return listener
