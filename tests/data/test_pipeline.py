@@ -150,8 +150,7 @@ def test_bad_sources_and_options_are_clear_errors(tmp_path) -> None:
         run_ingest(_options(tmp_path / "x.bin", tmp_path / "out"))
 
 
-def test_the_ray_executor_gives_the_same_output_as_the_local_one(ingested, tmp_path) -> None:
-    pytest.importorskip("ray.data", reason='Ray Data is not installed (pip install "ray[data]")')
+def test_the_ray_executor_gives_the_same_output_as_the_local_one(ingested, tmp_path, ray_instance) -> None:
     root, _, out, _ = ingested
     on_ray = run_ingest(_options(root / "docs", tmp_path / "ray", executor="ray", workers=2))
     assert (tmp_path / "ray" / "manifest.json").read_bytes() == (out / "manifest.json").read_bytes()

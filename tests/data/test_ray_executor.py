@@ -39,8 +39,8 @@ def importable_tests() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def ray_executor(importable_tests: None) -> Iterator[RayExecutor]:
-    # One executor for the module, so Ray starts (and stops) once.
+def ray_executor(importable_tests: None, ray_instance: RayExecutor) -> Iterator[RayExecutor]:
+    # One executor for the module, on the data tests' Ray (conftest.py), which started and stops it.
     executor = RayExecutor(workers=2, batch_size=BATCH_SIZE)
     yield executor
     executor.close()
