@@ -1,9 +1,11 @@
-"""Shared fixtures: a small tokenizer trained once per session on the default corpus, and one
-`tokenworks factory --quick` run whose work directory the factory tests and the README's examples read."""
+"""Shared fixtures: a small tokenizer trained once per session on the default corpus, one small
+ingest of it, and one `tokenworks factory --quick` run whose work directory the factory tests and
+the README's examples read."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +29,19 @@ def tokenizer(corpus: list[str]) -> Tokenizer:
 def _factory(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "tokenworks", "factory", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def shards_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`tokenworks ingest` on the first 60 documents of the default corpus, a 512-token vocabulary
+    (the training and flywheel tests read it; none writes to it)."""
+    from tokenworks.data.pipeline import IngestOptions, run_ingest
+
+    out = tmp_path_factory.mktemp("ingest")
+    run_ingest(IngestOptions(out=out, workers=1, limit=60, vocab_size=512, validation_fraction=0.1))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["shards"]["tokens"]["validation"] > 0
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tokenworks.data.pipeline import IngestOptions, run_ingest
 from tokenworks.data.shards import TokenShards
 from tokenworks.errors import TrainError
 from tokenworks.flywheel.dataset import Record
@@ -32,10 +31,8 @@ ITEMS = [
 
 
 @pytest.fixture(scope="module")
-def ingested(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("flywheel-ingest")
-    run_ingest(IngestOptions(out=out, workers=1, limit=60, vocab_size=512, validation_fraction=0.1))
-    return out
+def ingested(shards_dir: Path) -> Path:
+    return shards_dir
 
 
 @pytest.fixture(scope="module")

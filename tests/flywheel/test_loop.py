@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from tokenworks.data import python_docs
-from tokenworks.data.pipeline import IngestOptions, run_ingest
 from tokenworks.errors import ConfigError
 from tokenworks.flywheel import loop, store
 from tokenworks.flywheel.candidate import train_candidate
@@ -46,9 +45,9 @@ SHARE = 0.5  # of the answers a user corrects
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, shards_dir):
     root = tmp_path_factory.mktemp("flywheel-loop")
-    run_ingest(IngestOptions(out=root / "data", workers=1, limit=60, vocab_size=512, validation_fraction=0.1))
+    (root / "data").symlink_to(shards_dir)  # the session's ingest, read only
     tokenizer = Tokenizer.load(root / "data" / "tokenizer")
     config = preset_config("nano", tokenizer.vocab_size, eos_token_id=tokenizer.eos_token_id)
     save_model(CausalLM(config).init_weights(seed=0, std=0.1), root / "base")

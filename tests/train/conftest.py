@@ -1,25 +1,13 @@
-"""Shared fixtures: a real (small) ingest output of the default corpus, and a tiny trained checkpoint."""
+"""Shared fixtures: a private copy of the ingest output (tests/conftest.py's shards_dir), and a tiny trained checkpoint."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from tokenworks.data.pipeline import IngestOptions, run_ingest
 from tokenworks.train.config import LoopConfig, OptimConfig, PretrainConfig
-
-
-@pytest.fixture(scope="session")
-def shards_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`tokenworks ingest` on the first 60 documents of the default corpus, a 512-token vocabulary."""
-    out = tmp_path_factory.mktemp("ingest")
-    run_ingest(IngestOptions(out=out, workers=1, limit=60, vocab_size=512, validation_fraction=0.1))
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["shards"]["tokens"]["validation"] > 0
-    return out
 
 
 @pytest.fixture()
