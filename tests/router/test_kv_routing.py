@@ -20,6 +20,7 @@ from tests.router.conftest import RouterProcess
 from tests.serve.conftest import ServeProcess, free_port, metric_value
 from tokenworks.model import Tokenizer
 from tokenworks.router.fleet import KV_EVENTS_CONFIG
+from tokenworks.router.workers import MAX_BACKOFF_S
 
 BLOCK = 16
 PREFIXES = {
@@ -67,6 +68,11 @@ def ask(http: httpx.Client, prefix: str, question: int) -> tuple[str, dict]:
 
 def dashboard(http: httpx.Client) -> dict[str, dict]:
     return {row["id"]: row for row in http.get("/dashboard/data").json()["workers"]}
+
+
+def back_with_its_events(http: httpx.Client, worker_id: str) -> bool:
+    row = dashboard(http)[worker_id]
+    return bool(row["healthy"] and row["kv_events"])
 
 
 def assert_predicted_as_reported(scraped: str, workers: list[KVWorker]) -> None:
@@ -119,7 +125,9 @@ def test_prefixes_land_where_their_blocks_are_and_a_restart_empties_the_index(kv
             row = dashboard(http)[holder]
             assert (row["index_blocks"], row["epoch"]) == (0, 1)
             kv_workers[index] = KVWorker(serve_model_dir, port).wait_healthy()
-            wait_until(lambda: dashboard(http)[holder]["healthy"] and dashboard(http)[holder]["kv_events"])
+            # The router checks a worker that kept failing only once its breaker's backoff has passed:
+            # after a slow restart, up to MAX_BACKOFF_S after the worker answers again.
+            wait_until(lambda: back_with_its_events(http, holder), timeout=MAX_BACKOFF_S + 30)
             ask(http, "a", 9)  # never sent anywhere for blocks the restarted worker no longer has
             assert_predicted_as_reported(http.get("/metrics").text, kv_workers)
     finally:
