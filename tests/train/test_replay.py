@@ -80,8 +80,14 @@ def test_sft_with_replay_from_the_command_line(trained_checkpoint: Path, shards_
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
     assert "a replay fraction needs the pretraining data" in refused.stderr
     assert not (tmp_path / "out" / "checkpoint").exists()
-    trained = subprocess.run([*command, "--replay-data", str(shards_dir)], capture_output=True, text=True, timeout=300, env=env)
+    trained = subprocess.run(
+        [*command, "--replay-data", str(shards_dir)], capture_output=True, text=True, timeout=300, env=env
+    )
     assert trained.returncode == 0, trained.stderr
     record = json.loads((tmp_path / "out" / "run.json").read_text())
-    assert (record["steps"], record["config"]["replay_fraction"], record["config"]["replay_data"]) == (2, 0.5, str(shards_dir))
+    assert (record["steps"], record["config"]["replay_fraction"], record["config"]["replay_data"]) == (
+        2,
+        0.5,
+        str(shards_dir),
+    )
     assert (tmp_path / "out" / "checkpoint" / "adapter_model.safetensors").is_file()
