@@ -224,6 +224,27 @@ def test_the_decode_guard_weighs_a_workers_decoding_load():
     assert policy.choose(request, pool) is pool[1] and request.reason == "load"
 
 
+def test_requests_sent_together_are_not_sent_as_a_convoy():
+    """Two requests end together on w0 of a closed loop (2 left there, 4 on w1) and two new
+    ones, with no prefix anywhere, are sent at once: the first fills the gap, the second does
+    not join its prefill (they would be prefilled in one step and end together again)."""
+    pool = workers()
+    for worker in pool:  # 1 ms a prefill token; 10 ms a token, and 1 ms more for each other request
+        learn(worker, "ttft", [(x, 0.001 * x) for x in (10, 10, 20, 40, 80)])
+        learn(worker, "tpot", [(decoding, 0.01 + 0.001 * decoding) for decoding in (1, 1, 2, 4, 8)])
+    pool[0].in_flight = pool[0].decoding = 2
+    pool[1].in_flight = pool[1].decoding = 4
+    policy = kv_policy(pool, max_load_ratio=100.0)  # the cost alone (the hot-spot guard would also split them)
+    first, second = routed(list(range(1000, 1018)), max_tokens=8), routed(list(range(2000, 2018)), max_tokens=8)
+    assert policy.choose(first, pool) is pool[0] and first.reason == "no-prefix-hit"
+    Flight(pool[0], first, RouterMetrics(WorkerPool(pool)))  # in flight there, waiting for its first token
+    assert (pool[0].in_flight, pool[0].pending_prefill_tokens) == (3, 18)
+    # w0: 18 ahead + 18 x (2 + 1 waiting) prefill tokens, 8 x 1.5 ms x 2 decoding; w1: 18 x 2
+    # and 8 x 1.5 ms x 4: 72 ms against 36 ms of prefill, 24 against 48 ms of decode (without the
+    # waiting one's delay, 54 + 24 against 36 + 48: the convoy)
+    assert policy.choose(second, pool) is pool[1]
+
+
 def test_the_hot_spot_guard_keeps_each_busy_workers_recent_load_near_the_mean():
     pool = workers(2)
     policy = kv_policy(pool)  # max_load_ratio 1.2
@@ -253,8 +274,9 @@ def test_siblings_sent_before_any_event_land_together():
     pool = workers(4)
     policy = kv_policy(pool)
     chosen = []
+    prompt = list(range(100, 166))  # 16 whole blocks shared, 2 tokens over (a long prefix, a short question)
     for _ in range(8):  # an agent's fan-out of 8, all in flight at once, the first still prefilling
-        request = routed(PROMPT)
+        request = routed(prompt)
         chosen.append(policy.choose(request, pool))
         chosen[-1].in_flight += 1
         chosen[-1].pending_prefill_tokens += request.uncached_tokens  # as its flight counts it
@@ -335,3 +357,32 @@ def test_a_flight_holds_its_workers_load_and_learns_from_its_end():
     scraped = metrics.render().decode()
     for name, value in (("prompt", 40), ("completion", 3), ("reported_cached", 16), ("predicted_cached", 16)):
         assert metric_value(scraped, f"tokenworks_router_{name}_tokens_total", {"worker": worker.url}) == value
+
+
+def test_the_time_per_output_token_is_learnt_between_prefills():
+    """The prefills a worker did while a request decoded (one waiting at its first token, one
+    sent there after it) held its tokens back by their prefill time: its sample leaves them out."""
+    worker = workers(1)[0]
+    learn(worker, "ttft", [(x, 0.001 * x) for x in (10, 10, 20, 40, 80)])  # 1 ms per prefill token
+    learn(worker, "tpot", [(1, 0.5)])  # a worker's first sample is never fitted
+    now = [0.0]
+    metrics = RouterMetrics(WorkerPool([worker]))
+
+    def fly(uncached: int) -> Flight:
+        return Flight(worker, RoutedRequest({}, {}, uncached_tokens=uncached), metrics, clock=lambda: now[0])
+
+    decoding = fly(100)
+    now[0] = 0.05
+    fly(30)  # still waiting for its prefill when the first one's first token comes
+    now[0] = 0.1
+    decoding.streamed('data: {"choices": [{"text": "a"}]}\n\n')
+    now[0] = 0.2
+    fly(50)  # sent while the first one decodes
+    now[0] = 1.1
+    usage = '{"prompt_tokens": 100, "completion_tokens": 11, "prompt_tokens_details": {"cached_tokens": 0}}'
+    decoding.streamed(f'data: {{"choices": [], "usage": {usage}}}\n\ndata: [DONE]\n\n')
+    decoding.ended()
+    # 1.0 s from its first token to its end, less 80 prefill tokens at 1 ms: 0.92 s for 10 tokens,
+    # with itself alone decoding (one fitted sample: a line through the origin)
+    assert (worker.tpot.a, worker.tpot.b) == (0.0, pytest.approx(0.092))
+    assert worker.ttft.b == pytest.approx(0.001)  # its own sample (100 tokens in 0.1 s) on the same line

@@ -9,6 +9,14 @@ burst of turns that each finish their prefill before the next arrives still sees
 When it ends, the worker's own report (`usage`: prompt, cached and completion tokens) and the
 times the router saw give one sample to each of the worker's estimates (estimates.py), and the
 policy's predicted prefix hit is counted against the reported one.
+
+The time per output token is learnt between prefills: the prefills the worker did while this
+request decoded (those waiting at its first token and those sent there after it) each held its
+next token back by their own prefill time, which the `kv` policy prices as prefill already.
+Left in, they made the decode guard's slope several times the engine's: each request decoding
+on a worker brings on average a share of a prefill into every other's answer, so the guard
+counted every prefill a second time, and outweighed the prefill queue it had to be weighed
+against (docs/benchmarks.md, "convoys").
 """
 
 from __future__ import annotations
@@ -36,6 +44,9 @@ class Flight:
     started: float | None = None  # when it was sent (None: now)
     prefill_ahead: int = 0  # prefill tokens ahead of it on its worker when sent, its own included
     decoding_at_first_token: int = 0
+    # at its first token, its worker's prefill tokens waiting less those ever sent there: with
+    # those sent by its end added, the prefill the worker did while it decoded (see ended())
+    prefill_mark: int = 0
     first_token: float | None = None
     chunks: int = 0
     tail: str = ""  # the stream's last characters, where its usage is
@@ -49,6 +60,7 @@ class Flight:
         worker = self.worker
         worker.in_flight += 1
         worker.pending_prefill_tokens += self.routed.uncached_tokens
+        worker.prefill_tokens_sent += self.routed.uncached_tokens
         self.prefill_ahead = worker.pending_prefill_tokens
 
     def _end_prefill(self) -> None:
@@ -61,8 +73,10 @@ class Flight:
         if self.first_token is None:
             self.first_token = self.clock()
             self._end_prefill()
-            self.worker.decoding += 1
-            self.decoding_at_first_token = self.worker.decoding
+            worker = self.worker
+            worker.decoding += 1
+            self.decoding_at_first_token = worker.decoding
+            self.prefill_mark = worker.pending_prefill_tokens - worker.prefill_tokens_sent
         self.chunks += text.count("\n\ndata: ") + text.startswith("data: ")
         if _USAGE_MARK in text or _USAGE_MARK_COMPACT in text or self.tail:
             self.tail = (self.tail + text)[-_TAIL_CHARS:]
@@ -94,7 +108,11 @@ class Flight:
         now = self.clock()
         worker.ttft.add(self.prefill_ahead - routed.uncached_tokens + uncached, self.first_token - self.started, now)
         if outputs >= 2:
-            worker.tpot.add(self.decoding_at_first_token, (now - self.first_token) / (outputs - 1), now)
+            # the prefills it waited behind while decoding: those waiting at its first token, and
+            # those sent there since (pending then + sent since = pending then - sent then + sent now)
+            interrupting = self.prefill_mark + worker.prefill_tokens_sent
+            decoding_seconds = max(0.0, now - self.first_token - worker.ttft.b * interrupting)
+            worker.tpot.add(self.decoding_at_first_token, decoding_seconds / (outputs - 1), now)
 
     def abandoned(self) -> None:
         """It failed or its client left: nothing to learn."""

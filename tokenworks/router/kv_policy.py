@@ -8,6 +8,9 @@ For each candidate worker the cost is in seconds, from what the router learnt of
          + expected output tokens x tpot(requests decoding there + 1)
          + what it costs the requests after it: the prefill it adds, which they queue behind
            (seconds per prefill token x the tokens the worker lacks)
+         + what it costs the requests there still waiting for their first token: the engine
+           prefills every waiting prompt in one step (chunked prefill, up to its token budget),
+           so each of their first tokens comes that prefill later
          + what it costs the others: each request decoding there slowed by tpot's slope for
            each of its tokens, while they overlap (about half an answer each)
 
@@ -21,6 +24,15 @@ For each candidate worker the cost is in seconds, from what the router learnt of
   burst of 8 computed the prefix again);
 - the decode guard: each request decoding on a worker slows every token there by what the
   worker's own figures say, so decode-heavy workers cost more.
+
+Why the requests waiting there count: in a closed loop, two requests that end together on one
+worker are followed by two sent together. Without that term the worker they left looked the
+cheaper for both (its decode load the lighter, by more than the prefill the first puts ahead of
+the second), so both went there, were prefilled in one step, ended together again and stayed
+paired: such convoys cost `kv` up to a third more TTFT than round-robin on prompts with no
+prefix to share (docs/benchmarks.md, "why kv loses TTFT on random prompts"). (Counting the
+waiting requests in the decode guard instead would also break convoys, and siblings too: the
+eighth of a burst would see seven requests to decode beside it where its prefix is.)
 
 And the hot-spot guard: no worker is chosen whose recent load, with this request, would exceed
 `max_load_ratio` times the mean (one prefix taking all the traffic cannot pile onto one worker).
@@ -147,11 +159,13 @@ class KvAware:
         best_in_flight = best_in_flight_of_all = 0
         for worker, worker_id, turn, per_token, step, per_decoding in roster[start:] + roster[:start]:
             in_flight = worker.in_flight
-            # (what the module's docstring says: the prefill ahead and lacking, the lacking again,
-            # and the decode; `step` and `per_decoding` are the roster's, see _roster_of)
+            decoding = worker.decoding
+            # (what the module's docstring says: the prefill ahead; the lacking, for this request,
+            # the later ones and each one waiting there; and the decode; `step` and
+            # `per_decoding` are the roster's, see _roster_of)
             cost = (
-                turn + per_token * (worker.pending_prefill_tokens + 2 * (prompt - hit_of.get(worker_id, 0)))
-                + outputs * (step + per_decoding * worker.decoding)
+                turn + per_token * (worker.pending_prefill_tokens + (2 + in_flight - decoding) * (prompt - hit_of.get(worker_id, 0)))
+                + outputs * (step + per_decoding * decoding)
             )  # fmt: skip
             if cost < best_cost_of_all or (cost == best_cost_of_all and in_flight < best_in_flight_of_all):
                 best_of_all, best_cost_of_all, best_in_flight_of_all = worker, cost, in_flight

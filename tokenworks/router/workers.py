@@ -66,6 +66,7 @@ class Worker:
     events_given: bool = False  # where its events come from was given with its URL
     tokenizer: str | None = None  # its tokenizer's fingerprint (its /kv_events), see serve/pretokenized.py
     pending_prefill_tokens: int = 0
+    prefill_tokens_sent: int = 0  # ever, uncached as predicted: what arrived while a request decoded (flight.py)
     decoding: int = 0
     ttft: LinearEstimate = field(default_factory=lambda: LinearEstimate(*TTFT_PRIOR))
     tpot: LinearEstimate = field(default_factory=lambda: LinearEstimate(*TPOT_PRIOR))
@@ -105,6 +106,7 @@ class Worker:
             "epoch": self.epoch, "pending_prefill_tokens": self.pending_prefill_tokens, "decoding": self.decoding,
             "prefill_tokens_per_s": round(1 / ttft_b) if ttft_b > 0 else None, "turn_s": round(ttft_a, 6),
             "tpot_s": round(tpot_a + tpot_b * max(self.decoding, 1), 6),
+            "tpot_per_decoding_s": round(tpot_b, 6),  # the decode guard's slope (e in docs/router.md)
         }  # fmt: skip
 
 
