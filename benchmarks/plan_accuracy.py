@@ -41,7 +41,10 @@ as quiet as the host.
 
 --quick: 16 requests a point (32 at c=32), concurrency 1,4,16,32, for a smoke run.
 --revalidate: measure nothing; validate the sweeps --json names again (after a change to the
-simulator or the calibration), with the CPU figures of <shape>/<N>w-way-in-cpu.json where there. Results:
+simulator or the calibration), from the directory each entry names (older results name none:
+.peers/plan-accuracy/<shape>/, where the latest run of that shape is), with the CPU figures of
+<N>w-way-in-cpu.json there. The validations are written beside the sweeps (<N>w-<sweep>-validation)
+and the cells to --out (default: --json's name with .revalidated), never over --json. Results:
 --json PATH (default .peers/plan-accuracy/results.json); each sweep's directories under
 .peers/plan-accuracy/<shape>/.
 """
@@ -256,14 +259,16 @@ def run_shape(shape: str, args: argparse.Namespace) -> list[dict[str, Any]]:
             probe = probe_serving_cpu(deployment.url, model, workload, processes, work / f"{tag}-way-in", client)
             (work / f"{tag}-way-in-cpu.json").write_text(json.dumps(probe, indent=1) + "\n")
         hosts = {"closed": host, "poisson": rate_host, "again": again_host}
-        sweeps += validate_deployment(shape, workers, name, hosts)
+        sweeps += validate_deployment(shape, workers, name, hosts, work)
     return sweeps
 
 
-def validate_deployment(shape: str, workers: int, name: str, hosts: dict[str, dict]) -> list[dict[str, Any]]:
-    """`plan validate` on a deployment's three sweeps (the closed loop calibrating, on a copy of the
-    profile of its own), and the closed loop against its repeat, both measured."""
-    model, work, tag = MODELS / shape, WORK / shape, f"{workers}w"
+def validate_deployment(
+    shape: str, workers: int, name: str, hosts: dict[str, dict], work: Path
+) -> list[dict[str, Any]]:
+    """`plan validate` on a deployment's three sweeps in `work` (the closed loop calibrating, on a
+    copy of the profile of its own), and the closed loop against its repeat, both measured."""
+    model, tag = MODELS / shape, f"{workers}w"
     calibrated = work / f"profile-{tag}.json"  # each deployment's own calibration
     shutil.copy(work / "profile.json", calibrated)
     probe = work / f"{tag}-way-in-cpu.json"  # probe_serving_cpu's figures, when measured
@@ -275,23 +280,27 @@ def validate_deployment(shape: str, workers: int, name: str, hosts: dict[str, di
         out = work / f"{tag}-{kind}-validation"
         result = validate(model, calibrated, work / f"{tag}-{kind}", out, workers, kind == "closed", cpu)
         sweeps.append({"shape": shape, "workers": workers, "workload": name, "sweep": kind, "host": hosts[kind],
-                       "validation": result, "serving_cpu": {k: cpu.get(k) for k in CPU_FIGURES}})  # fmt: skip
+                       "directory": str(work.relative_to(ROOT)), "validation": result,
+                       "serving_cpu": {k: cpu.get(k) for k in CPU_FIGURES}})  # fmt: skip
     # The same sweep measured twice, minutes apart: how far measurement moves on its own here.
     noise = compare(read_results(work / f"{tag}-closed").points, read_results(work / f"{tag}-again").points)
     sweeps.append({"shape": shape, "workers": workers, "workload": name, "sweep": "noise", "host": hosts["again"],
-                   "validation": noise.to_json()})  # fmt: skip
+                   "directory": str(work.relative_to(ROOT)), "validation": noise.to_json()})  # fmt: skip
     return sweeps
 
 
 def revalidate(path: Path) -> list[dict[str, Any]]:
-    """The validations of a run already measured (its --json), again with this tokenworks."""
-    measured = [s for s in json.loads(path.read_text()) if s["sweep"] == "closed"]
+    """The validations of a run already measured (its --json), again with this tokenworks, on the
+    sweeps in the directory each entry names (results written before entries named one: the
+    latest run's, WORK/<shape>)."""
+    entries = json.loads(path.read_text())
     sweeps = []
-    for entry in measured:
-        hosts = {s["sweep"]: s["host"] for s in json.loads(path.read_text())
+    for entry in (s for s in entries if s["sweep"] == "closed"):
+        hosts = {s["sweep"]: s["host"] for s in entries
                  if (s["shape"], s["workers"]) == (entry["shape"], entry["workers"])}  # fmt: skip
-        log(f"{entry['shape']}, {entry['workers']} worker(s): validating the sweeps measured")
-        sweeps += validate_deployment(entry["shape"], entry["workers"], entry["workload"], hosts)
+        work = ROOT / entry["directory"] if "directory" in entry else WORK / entry["shape"]
+        log(f"{entry['shape']}, {entry['workers']} worker(s): validating the sweeps measured in {work}")
+        sweeps += validate_deployment(entry["shape"], entry["workers"], entry["workload"], hosts, work)
     return sweeps
 
 
@@ -347,12 +356,15 @@ def main() -> None:
     parser.add_argument("--reprofile", action="store_true", help="Profile again even if a profile is there.")
     parser.add_argument("--json", type=Path, default=WORK / "results.json")
     parser.add_argument("--revalidate", action="store_true", help="Measure nothing: validate the sweeps of "
-                        "--json (and the directories beside it) again with this tokenworks.")  # fmt: skip
+                        "--json (in the directories its entries name) again with this tokenworks.")  # fmt: skip
+    parser.add_argument("--out", type=Path, help="--revalidate's cells (default: --json with .revalidated).")
     args = parser.parse_args()
     if args.revalidate:
         sweeps = revalidate(args.json)
-        args.json.write_text(json.dumps(sweeps, indent=2) + "\n")
+        out = args.out or args.json.with_suffix(".revalidated.json")
+        out.write_text(json.dumps(sweeps, indent=2) + "\n")
         table(sweeps)
+        log(f"every cell in {out}")
         return
     args.workers = {int(w) for w in args.workers.split(",")}
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
