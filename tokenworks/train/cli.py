@@ -170,7 +170,10 @@ def sft(
         None, "--replay-data", help="An ingest output whose train split --replay-fraction replays (the base's own)."
     ),
     replay_fraction: float = typer.Option(
-        0.0, "--replay-fraction", min=0.0, max=0.99,
+        0.0,
+        "--replay-fraction",
+        min=0.0,
+        max=0.99,
         help="This share of every batch is pretraining text, so the general loss holds (0: none).",
     ),
 ) -> None:
