@@ -29,7 +29,7 @@ def serve(
         "--fd",
         min=0,
         help="Serve on this listening socket, inherited from the parent (its file descriptor), "
-        "instead of binding --host/--port: a supervisor keeps its port across restarts so.",
+        "instead of binding --host/--port, so that a supervisor keeps its port across restarts.",
     ),
     api_key: str = typer.Option(
         None, "--api-key", envvar="TOKENWORKS_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1/*."
