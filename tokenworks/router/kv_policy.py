@@ -53,7 +53,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import chain, repeat
 
 from tokenworks.router.estimates import pooled
 from tokenworks.router.policies import RoundRobin, RoutedRequest
@@ -80,11 +80,12 @@ class KvAware:
     _roster: list[tuple[Worker, str, float, float, float, float]] = field(default_factory=list)  # see _roster_of
     _roster_at: float = -math.inf
     _roster_ids: list[str] = field(default_factory=list)  # the candidates of _roster
-    _worker_of: dict[str, Worker] = field(default_factory=dict)  # id -> candidate, with _roster
+    _roster_workers: list[Worker] = field(default_factory=list)  # the same, as they were passed
     _position: dict[str, int] = field(default_factory=dict)  # id -> its place in _roster
     _candidates_mask: int = 0  # the index's mask of the _roster's workers
     _block_sizes: dict[str, int] = field(default_factory=dict)  # id -> block size, with _roster
     _one_block_size: int | None = None  # when every candidate has the same
+    _limit: float | None = None  # the decision's load limit (see _allowed)
     _turn: int = 0  # where the next decision's pass starts (after the last chosen), for ties
     _scaled: dict[str, float] = field(default_factory=dict)  # id -> recent load x _growth(when it was read)
     # Every time the policy reads (the loads' decay, the roster's refresh): the machine's, or the
@@ -141,49 +142,47 @@ class KvAware:
         tokens = request.tokens
         if not tokens:
             return self._by_load(request, self.guarded(candidates), "no-prompt-tokens")
-        ids = [worker.id for worker in candidates]
-        roster = self._roster_of(candidates, ids)
+        roster = self._roster_of(candidates)
         prompt = len(tokens)
         matches = self._match(tokens, candidates, self._extra_key(request))
-        hit_of = self._hits(matches, prompt - 1)  # the engine computes one token at least
+        lacking = self._lacking(matches, prompt)
         outputs = self.expected_output_tokens(request)
-        scaled, limit = self._scaled, self._load_limit(ids)
+        self._limit = None  # the hot-spot guard's, worked out once a busy worker is judged by it
 
-        # One pass prices every worker (the most of a decision with 64 of them) and keeps the
-        # cheapest the hot-spot guard allows, and the cheapest of all for when it allows none.
-        # Exact ties go to the fewest in flight, then in turn: each pass starts at the worker
-        # after the last one chosen.
+        # Every worker priced in one comprehension (what the module's docstring says: the prefill
+        # ahead; the lacking, for this request, the later ones and each one waiting there; and the
+        # decode; `step` and `per_decoding` are the roster's, see _roster_of), the cheapest found
+        # by min() in C, and the guard asked about that one worker: a loop keeping the best so
+        # far, with and without the guard, spent 13% more on 64 workers (docs/benchmarks.md,
+        # Router, 2026-12-05 19:40).
+        costs = [
+            turn + per_token * (worker.pending_prefill_tokens + (2 + worker.in_flight - worker.decoding) * lacks)
+            + outputs * (step + per_decoding * worker.decoding)
+            for (worker, _, turn, per_token, step, per_decoding), lacks in zip(roster, lacking, strict=True)
+        ]  # fmt: skip
+        # Exact ties go to the fewest in flight, then in turn: the order starts at the worker after
+        # the last one chosen. The cheapest of all is kept for when the hot-spot guard allows none.
         start = self._turn % len(roster)
-        best = best_of_all = None
-        best_cost = best_cost_of_all = math.inf
-        best_in_flight = best_in_flight_of_all = 0
-        for worker, worker_id, turn, per_token, step, per_decoding in roster[start:] + roster[:start]:
-            in_flight = worker.in_flight
-            decoding = worker.decoding
-            # (what the module's docstring says: the prefill ahead; the lacking, for this request,
-            # the later ones and each one waiting there; and the decode; `step` and
-            # `per_decoding` are the roster's, see _roster_of)
-            cost = (
-                turn + per_token * (worker.pending_prefill_tokens + (2 + in_flight - decoding) * (prompt - hit_of.get(worker_id, 0)))
-                + outputs * (step + per_decoding * decoding)
-            )  # fmt: skip
-            if cost < best_cost_of_all or (cost == best_cost_of_all and in_flight < best_in_flight_of_all):
-                best_of_all, best_cost_of_all, best_in_flight_of_all = worker, cost, in_flight
-            if (cost < best_cost or (cost == best_cost and in_flight < best_in_flight)) and (
-                scaled.get(worker_id, 0.0) <= limit or in_flight == 0 or self._sibling(worker, matches)
-            ):
-                best, best_cost, best_in_flight = worker, cost, in_flight
-        chosen = best if best is not None else best_of_all
-        assert chosen is not None
-        self._turn = self._position[chosen.id] + 1
-        chosen_hit, best_anywhere = hit_of.get(chosen.id, 0), max(hit_of.values(), default=0)
+        cheapest = self._cheapest(costs, candidates, start)
+        if cheapest is None:  # no finite cost first (a NaN or infinite estimate): the loop decides
+            best, best_of_all = self._cheapest_guarded(costs, candidates, matches, start, with_all=True)
+        elif self._allowed(candidates[cheapest], matches):
+            best = best_of_all = cheapest
+        else:
+            best, best_of_all = self._cheapest_guarded(costs, candidates, matches, start)[0], cheapest
+        position = best if best is not None else best_of_all
+        assert position is not None
+        chosen = candidates[position]
+        self._turn = position + 1
+        chosen_hit, best_anywhere = prompt - lacking[position], prompt - min(lacking)
         if best_anywhere == 0:
             request.reason = "no-prefix-hit"
         elif chosen_hit == best_anywhere:
             request.reason = "prefix-hit"
         elif best is not None and not any(
-            scaled.get(worker_id, 0.0) <= limit or worker.in_flight == 0 or self._sibling(worker, matches)
-            for worker_id, worker in self._holding(hit_of, best_anywhere)
+            self._allowed(candidates[other], matches)
+            for other, lacks in enumerate(lacking)
+            if lacks == prompt - best_anywhere
         ):
             request.reason = "hot-spot-guard"  # every worker with the longest match was over it
         else:
@@ -197,6 +196,51 @@ class KvAware:
         self._sent(chosen)
         return chosen
 
+    def _cheapest(self, costs: list[float], candidates: list[Worker], start: int) -> int | None:
+        """The position of the cheapest cost, exact ties broken by in flight then in turn from
+        `start`; None when the first cost is NaN or none is finite (min() would not skip them
+        as the loop does)."""
+        lowest = min(costs)
+        if not lowest < math.inf:
+            return None
+        if costs.count(lowest) == 1:  # nearly always
+            return costs.index(lowest)
+        count = len(costs)
+        tied = [position for position, cost in enumerate(costs) if cost == lowest]
+        return min(tied, key=lambda position: (candidates[position].in_flight, (position - start) % count))
+
+    def _cheapest_guarded(
+        self, costs: list[float], candidates: list[Worker], matches: dict[int, Match], start: int,
+        with_all: bool = False,
+    ) -> tuple[int | None, int | None]:  # fmt: skip
+        """(the cheapest the hot-spot guard allows, the cheapest of all when `with_all`), by a
+        pass in turn from `start`: when the cheapest of all is over the guard, or a cost is not
+        finite. Ties as in _cheapest."""
+        best = best_of_all = None
+        best_cost = best_cost_of_all = math.inf
+        best_in_flight = best_in_flight_of_all = 0
+        for position in chain(range(start, len(costs)), range(start)):
+            cost, in_flight = costs[position], candidates[position].in_flight
+            if with_all and (
+                cost < best_cost_of_all or (cost == best_cost_of_all and in_flight < best_in_flight_of_all)
+            ):
+                best_of_all, best_cost_of_all, best_in_flight_of_all = position, cost, in_flight
+            if (cost < best_cost or (cost == best_cost and in_flight < best_in_flight)) and self._allowed(
+                candidates[position], matches
+            ):
+                best, best_cost, best_in_flight = position, cost, in_flight
+        return best, best_of_all
+
+    def _allowed(self, worker: Worker, matches: dict[int, Match]) -> bool:
+        """The hot-spot guard lets the worker have this request: it is idle, or its recent load
+        with it stays within `max_load_ratio` of the mean (see _load_limit), or the request is a
+        sibling there. (The cheapest worker is often idle: then the mean is not worked out.)"""
+        if worker.in_flight == 0:
+            return True
+        if self._limit is None:
+            self._limit = self._load_limit(self._roster_ids)
+        return self._scaled.get(worker.id, 0.0) <= self._limit or self._sibling(worker, matches)
+
     def _match(self, tokens: list[int], candidates: list[Worker], extra: str | None) -> dict[int, Match]:
         """Where the prompt's leading blocks are, per block size among the candidates (nearly
         always one)."""
@@ -209,13 +253,16 @@ class KvAware:
             for size in set(sizes.values())
         }  # fmt: skip
 
-    def _hits(self, matches: dict[int, Match], longest: int) -> dict[str, int]:
-        """Worker id -> the prompt tokens it holds (for the workers holding any)."""
-        hit_of: dict[str, int] = {}
+    def _lacking(self, matches: dict[int, Match], prompt: int) -> list[int]:
+        """The prompt tokens each candidate lacks (in the roster's order): all but those of the
+        blocks it holds, and one at least (the engine computes one token at least)."""
+        lacking, position, longest = [prompt] * len(self._roster), self._position, prompt - 1
         for size, match in matches.items():
             for blocks, mask in match.groups:
-                hit_of.update(zip(self.index.workers_of(mask), repeat(min(blocks * size, longest))))
-        return hit_of
+                lacks = prompt - min(blocks * size, longest)
+                for worker_id in self.index.workers_of(mask):
+                    lacking[position[worker_id]] = lacks
+        return lacking
 
     def _sibling(self, worker: Worker, matches: dict[int, Match]) -> bool:
         """Part of this prompt is on its way into the worker: the last block it holds of it is
@@ -227,19 +274,15 @@ class KvAware:
         blocks = match.blocks(self.index.bit(worker.id))
         return blocks > 0 and not self.index.confirms(worker.id, match.keys[blocks - 1])
 
-    def _holding(self, hit_of: dict[str, int], hit: int) -> list[tuple[str, Worker]]:
-        """The candidates with this prefix hit."""
-        return [(worker_id, self._worker_of[worker_id]) for worker_id, its_hit in hit_of.items() if its_hit == hit]
-
-    def _roster_of(
-        self, candidates: list[Worker], ids: list[str]
-    ) -> list[tuple[Worker, str, float, float, float, float]]:
+    def _roster_of(self, candidates: list[Worker]) -> list[tuple[Worker, str, float, float, float, float]]:
         """Each candidate with (turn, seconds per prefill token, step, per decoding): its own fits
         blended with its peers', worked out again every REFRESH_S or when the candidates change
         (with their block sizes). `step` is the time per output token with this request alone
-        added, `per_decoding` what each request decoding there adds to the decode cost."""
+        added, `per_decoding` what each request decoding there adds to the decode cost. (The
+        candidates are compared as objects, in C: listing their ids at every decision cost more.)"""
         now = self.clock()
-        if now - self._roster_at > REFRESH_S or ids != self._roster_ids:
+        if now - self._roster_at > REFRESH_S or candidates != self._roster_workers:
+            ids = [worker.id for worker in candidates]
             ttft_peers = pooled([worker.ttft for worker in candidates], now)
             tpot_peers = pooled([worker.tpot for worker in candidates], now)
             self._roster = []
@@ -249,13 +292,12 @@ class KvAware:
                 # each request decoding there slows each of the new one's tokens, and the new one
                 # slows each of theirs while they overlap (about half an answer each)
                 self._roster.append((worker, worker.id, turn, per_token, step + per_decoding, 1.5 * per_decoding))
-            self._worker_of = {worker.id: worker for worker in candidates}
             self._candidates_mask = self.index.mask_of(ids)  # a worker tried already holds nothing for this request
             self._position = {worker.id: position for position, worker in enumerate(candidates)}
             self._block_sizes = {worker.id: worker.block_size or DEFAULT_BLOCK_SIZE for worker in candidates}
             sizes = set(self._block_sizes.values())
             self._one_block_size = sizes.pop() if len(sizes) == 1 else None
-            self._roster_at, self._roster_ids = now, ids
+            self._roster_at, self._roster_ids, self._roster_workers = now, ids, list(candidates)
         return self._roster
 
     def _by_load(self, request: RoutedRequest, allowed: list[Worker], reason: str) -> Worker:
