@@ -225,7 +225,7 @@ def test_the_decode_guard_weighs_a_workers_decoding_load():
 
 
 def test_requests_sent_together_are_not_sent_as_a_convoy():
-    """Two requests end together on w0 of a closed loop (2 left there, 6 on w1) and two new
+    """Two requests end together on w0 of a closed loop (2 left there, 4 on w1) and two new
     ones, with no prefix anywhere, are sent at once: the first fills the gap, the second does
     not join its prefill (they would be prefilled in one step and end together again)."""
     pool = workers()
@@ -233,15 +233,15 @@ def test_requests_sent_together_are_not_sent_as_a_convoy():
         learn(worker, "ttft", [(x, 0.001 * x) for x in (10, 10, 20, 40, 80)])
         learn(worker, "tpot", [(decoding, 0.01 + 0.001 * decoding) for decoding in (1, 1, 2, 4, 8)])
     pool[0].in_flight = pool[0].decoding = 2
-    pool[1].in_flight = pool[1].decoding = 6
+    pool[1].in_flight = pool[1].decoding = 4
     policy = kv_policy(pool, max_load_ratio=100.0)  # the cost alone (the hot-spot guard would also split them)
     first, second = routed(list(range(1000, 1018)), max_tokens=8), routed(list(range(2000, 2018)), max_tokens=8)
     assert policy.choose(first, pool) is pool[0] and first.reason == "no-prefix-hit"
     Flight(pool[0], first, RouterMetrics(WorkerPool(pool)))  # in flight there, waiting for its first token
     assert (pool[0].in_flight, pool[0].pending_prefill_tokens) == (3, 18)
-    # w0: 18 ahead + 18 x (2 + 1 waiting) prefill tokens, 8 x 1 ms x 2 decoding; w1: 18 x 2 and
-    # 8 x 1 ms x 6: 72 ms against 36 ms of prefill, 16 against 48 ms of decode (without the
-    # waiting one's delay, 54 + 16 against 36 + 48: the convoy)
+    # w0: 18 ahead + 18 x (2 + 1 waiting) prefill tokens, 8 x 1.5 ms x 2 decoding; w1: 18 x 2
+    # and 8 x 1.5 ms x 4: 72 ms against 36 ms of prefill, 24 against 48 ms of decode (without the
+    # waiting one's delay, 54 + 24 against 36 + 48: the convoy)
     assert policy.choose(second, pool) is pool[1]
 
 

