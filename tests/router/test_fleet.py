@@ -7,11 +7,13 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
 from tests.serve.conftest import ServeProcess, alive, children_of
-from tokenworks.router.fleet import Fleet
+from tokenworks.router.fleet import STARTING_STOP_TIMEOUT_S, Fleet
+from tokenworks.serve.server import PARENT_PID_VARIABLE
 
 GREEDY = {"prompt": "def parse(text):", "max_tokens": 8, "temperature": 0}
 
@@ -64,6 +66,46 @@ def test_workers_stop_by_themselves_when_their_fleet_is_killed(serve_model_dir):
         while any(alive(pid) for pid in workers + engines) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not any(alive(pid) for pid in workers + engines)
+    finally:
+        fleet.stop()
+
+
+def started_by(fleet_pid: int) -> list[int]:
+    """Every process a fleet started, at any depth (its workers and their engine cores): those
+    whose environment names the fleet as their parent, reparented or not."""
+    mark = f"{PARENT_PID_VARIABLE}={fleet_pid}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if (
+                entry.name.isdigit()
+                and mark in (entry / "environ").read_bytes().split(b"\0")
+                and alive(int(entry.name))
+            ):
+                found.append(int(entry.name))
+        except OSError:  # gone meanwhile
+            continue
+    return found
+
+
+def test_a_sigterm_while_the_workers_start_stops_them_all(serve_model_dir):
+    fleet = ServeProcess(serve_model_dir, "--workers", "2")
+    try:
+        deadline = time.monotonic() + 60
+        while len(children_of(fleet.process.pid)) < 2:
+            assert fleet.process.poll() is None and time.monotonic() < deadline, fleet.output()
+            time.sleep(0.01)
+        started = started_by(fleet.process.pid)
+        assert len(started) >= 2
+        fleet.process.send_signal(signal.SIGTERM)
+        assert fleet.process.wait(STARTING_STOP_TIMEOUT_S + 10) == 130  # as after Ctrl-C
+        output = fleet.output()
+        assert "Traceback" not in output, output
+        assert "workers x" not in output  # stopped while they started: the fleet never described itself
+        deadline = time.monotonic() + 60  # an engine core still loading stops once it finds its worker gone
+        while started_by(fleet.process.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(alive(pid) for pid in started)
     finally:
         fleet.stop()
 

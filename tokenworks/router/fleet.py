@@ -5,7 +5,10 @@ of the threads (and, where the machine has enough, its own cores: two engines co
 same cores slow each other more than one engine with half the threads), publishing its KV
 events for the router's `kv` policy on ports of its own. The fleet waits until
 every worker answers /health, and stops them all (SIGTERM: each drains, then its engine stops)
-when the router stops; a worker whose fleet was killed outright stops by itself.
+when the router stops; a worker whose fleet was killed outright stops by itself once it has
+started. A SIGTERM while they start stops them, as Ctrl-C does: loading a big model takes
+minutes, which they would otherwise spend holding their cores for nothing; a worker still
+starting has nothing to drain, so it gets a few seconds to stop before it is killed.
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from tokenworks.errors import TokenworksError
@@ -29,6 +35,10 @@ logger = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 600.0  # loading a big checkpoint on a slow disk takes a while
 STOP_TIMEOUT_S = 40.0  # a worker's own drain (30 s by default) and its engine's stop
+# A worker that has not answered /health yet stops only once its engine is up (uvicorn waits for
+# the app's startup); it has no request to drain, and its engine core stops by itself once it
+# finds its parent gone (engine/core_process.py).
+STARTING_STOP_TIMEOUT_S = 5.0
 # Every worker publishes its KV events (and keeps them for replay) on ports of its own, which the
 # router finds by asking it (GET /kv_events).
 KV_EVENTS_CONFIG = json.dumps(
@@ -45,6 +55,8 @@ class Fleet:
     processes: list[subprocess.Popen] = field(default_factory=list)
     urls: list[str] = field(default_factory=list)
     cores: list[list[int]] = field(default_factory=list)
+    started: set[int] = field(default_factory=set)  # the workers that answered /health
+    interrupted: bool = False  # SIGTERM or Ctrl-C came while they started (see _stopped_if_interrupted)
 
     @property
     def threads_each(self) -> int:
@@ -54,8 +66,9 @@ class Fleet:
         available = sorted(os.sched_getaffinity(0))
         each = self.threads_each
         pin = len(available) >= each * self.count
-        try:
+        with _stopped_if_interrupted(self):
             for index in range(self.count):
+                self._raise_if_interrupted()
                 port = _free_port()
                 cores = available[index * each : (index + 1) * each] if pin else []
                 command = [
@@ -69,30 +82,34 @@ class Fleet:
                 self.urls.append(f"http://127.0.0.1:{port}")
                 self.cores.append(cores)
             self._wait_healthy()
-        except BaseException:
-            self.stop()
-            raise
 
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         waiting = set(range(self.count))
         while waiting:
+            self._raise_if_interrupted()
             for index in sorted(waiting):
                 code = self.processes[index].poll()
                 if code is not None:
                     raise TokenworksError(f"worker {index} ({self.urls[index]}) exited while starting (code {code})")
                 if _healthy(self.urls[index]):
                     waiting.discard(index)
+                    self.started.add(index)
             if time.monotonic() > deadline:
                 raise TokenworksError(f"{len(waiting)} workers did not start within {START_TIMEOUT_S:.0f} s")
             time.sleep(0.1)
+
+    def _raise_if_interrupted(self) -> None:
+        if self.interrupted:
+            raise KeyboardInterrupt
 
     def stop(self) -> None:
         for process in self.processes:
             if process.poll() is None:
                 process.terminate()
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        for process in self.processes:
+        now = time.monotonic()
+        for index, process in enumerate(self.processes):
+            deadline = now + (STOP_TIMEOUT_S if index in self.started else STARTING_STOP_TIMEOUT_S)
             try:
                 process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -105,6 +122,31 @@ class Fleet:
         for url, cores in zip(self.urls, self.cores, strict=True):
             lines.append(f"  {url}" + (f" on cores {','.join(map(str, cores))}" if cores else ""))
         return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _stopped_if_interrupted(fleet: Fleet) -> Iterator[None]:
+    """Stop the fleet's workers when anything (an error, Ctrl-C, SIGTERM) ends its start.
+
+    While it lasts, SIGTERM and SIGINT only mark the fleet interrupted, and the start raises
+    KeyboardInterrupt at its next check (between workers, and every 0.1 s while they load).
+    Python's default would end this process on the spot at SIGTERM, leaving them loading, and
+    raise at Ctrl-C wherever it was, in the middle of starting a worker not yet in the list to
+    stop. (Signal handlers are the main thread's: elsewhere, the signals are left as they are.)"""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+
+    def interrupt(signum: int, frame: object) -> None:
+        fleet.interrupted = True
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)} if in_main_thread else {}
+    try:
+        yield
+    except BaseException:
+        fleet.stop()
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _free_port() -> int:
