@@ -28,15 +28,33 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, repeat
 from operator import getitem
+from pathlib import Path
+
+from tokenworks import native
 
 ROOT_KEY = 0  # the parent key of a prompt's first block
 MASKS_REMEMBERED = 4096  # sets of holders whose worker ids are kept at hand
 
 
+# The two loops of a decision that grow with the prompt, compiled (_blocks.c; the same answers
+# as the Python below, which runs where it cannot be built): a decision on a million-block index
+# takes 14% less time (docs/benchmarks.md, Router, session 18).
+_compiled = native.load("_blocks", Path(__file__).with_name("_blocks.c"))
+WALK_BITS = 64  # the compiled walk takes masks of up to 64 workers; more go through Python's
+
+
 def block_keys(token_ids: Sequence[int], block_size: int, extra: str | None = None) -> list[int]:
     """The chained keys of the full blocks of `token_ids` (a partial last block has none)."""
+    return chained_keys(token_ids, block_size, hash((ROOT_KEY, extra)) if extra is not None else ROOT_KEY)
+
+
+def chained_keys(token_ids: Sequence[int], block_size: int, parent: int) -> list[int]:
+    """The keys of the full blocks of `token_ids`, the first one chained to `parent`: each is
+    hash((its parent, tuple(its tokens))), so a key stands for every token up to its block's end."""
+    if _compiled is not None and isinstance(token_ids, list | tuple):
+        return _compiled.chained_keys(token_ids, block_size, parent)
     keys: list[int] = []
-    append, parent = keys.append, hash((ROOT_KEY, extra)) if extra is not None else ROOT_KEY
+    append = keys.append
     for block in zip(*[iter(token_ids)] * block_size, strict=False):  # whole blocks, as tuples, cut in C
         parent = hash((parent, block))
         append(parent)
@@ -126,14 +144,12 @@ class PrefixIndex:
             parent = blocks.by_engine_hash.get(parent_hash)
             if parent is None:
                 return False
-        for index, engine_hash in enumerate(engine_hashes):
-            chunk = token_ids[index * block_size : (index + 1) * block_size]
-            if len(chunk) < block_size:
-                break
-            parent = hash((parent, tuple(chunk)))
-            blocks.by_engine_hash[engine_hash] = parent
-            blocks.confirmed[parent] = None
-            self._holders[parent] = self._holders.get(parent, 0) | blocks.bit
+        keys = chained_keys(token_ids[: len(engine_hashes) * block_size], block_size, parent)
+        holders, bit = self._holders, blocks.bit
+        for engine_hash, key in zip(engine_hashes, keys, strict=False):  # a partial last block has no key
+            blocks.by_engine_hash[engine_hash] = key
+            blocks.confirmed[key] = None
+            holders[key] = holders.get(key, 0) | bit
         return True
 
     def removed(self, worker_id: str, engine_hashes: Sequence[object]) -> None:
@@ -211,8 +227,10 @@ class PrefixIndex:
         if wanted is None:
             wanted = (1 << self._next_bit) - 1  # every bit ever taken (a free one holds nothing)
         self._expire(self.clock())  # what remains predicted holds
-        groups: list[tuple[int, int]] = []
         holders, predicted = self._holders, self._predicted
+        if _compiled is not None and wanted >> WALK_BITS == 0:
+            return Match(keys, _compiled.walk(keys, holders, predicted, wanted))
+        groups: list[tuple[int, int]] = []
         still = wanted  # the workers holding every block so far
         for depth, key in enumerate(keys):
             dropped = still & ~(holders.get(key, 0) | predicted.get(key, 0))

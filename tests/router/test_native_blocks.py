@@ -1,0 +1,106 @@
+"""The compiled block keys and index walk (router/_blocks.c) give exactly the Python loops' answers.
+
+The keys are Python's own hash((parent, tuple(block))), so a key computed by either is the same
+int; the walk gives the same groups for any index, masks wider than 64 bits included. And a
+module that cannot be built leaves the Python loops in place, with the reason logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import pytest
+
+from tokenworks import native
+from tokenworks.router import prefix_index
+from tokenworks.router.prefix_index import PrefixIndex, block_keys, chained_keys
+
+EDGE_PARENTS = [0, 1, -1, -2, 2**61 - 2, 2**61 - 1, 2**61, -(2**61 - 1), -(2**61), 2**63 - 1, -(2**63)]
+
+
+def python_keys(token_ids: list[int], block_size: int, parent: int) -> list[int]:
+    keys = []
+    for start in range(0, len(token_ids) - block_size + 1, block_size):
+        parent = hash((parent, tuple(token_ids[start : start + block_size])))
+        keys.append(parent)
+    return keys
+
+
+@pytest.fixture
+def python_loops(monkeypatch):
+    monkeypatch.setattr(prefix_index, "_compiled", None)
+
+
+def test_the_module_is_built_here() -> None:
+    # CI and this machine have a C compiler (the engine's kernels need one): the router's
+    # decisions there take the compiled loops, so the comparisons below compare something.
+    assert prefix_index._compiled is not None
+
+
+def test_keys_are_pythons_own_hashes() -> None:
+    rng = random.Random(0)
+    for _ in range(400):
+        block_size = rng.choice([1, 2, 3, 16, 32])
+        tokens = [rng.choice([0, 1, rng.randrange(8192), rng.randrange(2**40)]) for _ in range(rng.randrange(70))]
+        parent = rng.choice([*EDGE_PARENTS, hash(("lora", rng.random())), rng.randrange(-(2**63), 2**63)])
+        expected = python_keys(tokens, block_size, parent)
+        assert chained_keys(tokens, block_size, parent) == expected
+        assert chained_keys(tuple(tokens), block_size, parent) == expected
+    assert block_keys([5] * 40, 16, extra="adapter") == python_keys([5] * 40, 16, hash((0, "adapter")))
+    assert block_keys([5] * 15, 16) == []
+
+
+def test_the_python_fallback_makes_the_same_keys(python_loops) -> None:
+    rng = random.Random(1)
+    tokens = [rng.randrange(8192) for _ in range(1000)]
+    for parent in EDGE_PARENTS:
+        assert chained_keys(tokens, 16, parent) == python_keys(tokens, 16, parent)
+
+
+def _random_index(rng: random.Random, workers: int) -> tuple[PrefixIndex, list[list[int]]]:
+    index = PrefixIndex()
+    for k in range(workers):
+        index.add_worker(f"w{k}")
+    prompts = [[rng.randrange(6) for _ in range(rng.randrange(16, 120))] for _ in range(40)]
+    engine_hash = 0
+    for prompt in prompts:
+        for worker in rng.sample(range(workers), rng.randrange(1, min(workers, 5) + 1)):
+            blocks = rng.randrange(len(prompt) // 4 + 1)
+            hashes = list(range(engine_hash, engine_hash + blocks))
+            engine_hash += blocks
+            index.stored(f"w{worker}", hashes, None, prompt[: blocks * 4], 4)
+        if rng.random() < 0.3:
+            index.predict(f"w{rng.randrange(workers)}", block_keys(prompt, 4)[: rng.randrange(8)], 60.0)
+    return index, prompts
+
+
+@pytest.mark.parametrize("workers", [1, 7, 64, 70])
+def test_the_walk_gives_the_python_loops_groups(workers: int, monkeypatch) -> None:
+    rng = random.Random(workers)
+    index, prompts = _random_index(rng, workers)
+    queries = []
+    for _ in range(300):
+        prompt = rng.choice(prompts)
+        cut = rng.randrange(len(prompt) + 1)
+        tokens = prompt[:cut] + [rng.randrange(6) for _ in range(rng.randrange(12))]
+        wanted = rng.choice([None, 0, rng.getrandbits(min(workers, 64)), (1 << min(workers, 64)) - 1])
+        queries.append((block_keys(tokens, 4), wanted))
+    compiled = [index.match(keys, wanted).groups for keys, wanted in queries]
+    monkeypatch.setattr(prefix_index, "_compiled", None)
+    assert compiled == [index.match(keys, wanted).groups for keys, wanted in queries]
+    assert any(depth > 1 for groups in compiled for depth, _ in groups)  # walks past the first block
+    assert workers == 1 or any(len(groups) > 1 for groups in compiled)  # and workers part on the way
+
+
+def test_a_module_that_cannot_be_built_leaves_the_python_loops(tmp_path, monkeypatch, caplog) -> None:
+    monkeypatch.setenv(native.DIRECTORY_VARIABLE, str(tmp_path))
+    broken = tmp_path / "_broken.c"
+    broken.write_text("this is not C\n")
+    with caplog.at_level(logging.INFO, logger="tokenworks.native"):
+        assert native.load("_broken", broken) is None
+    assert "_broken: not compiled" in caplog.text and "failed" in caplog.text
+    assert not list(tmp_path.glob("*.so"))  # nothing half-written left in the cache
+
+    monkeypatch.setenv(native.ENABLE_VARIABLE, "0")
+    assert native.load("_off", prefix_index.Path(prefix_index.__file__).with_name("_blocks.c")) is None
