@@ -1,14 +1,17 @@
 """`tokenworks serve MODEL --workers N`: N servers of one model as processes, for a router in front.
 
-Each worker is `python -m tokenworks serve MODEL` on 127.0.0.1 and a free port, with its share
-of the threads (and, where the machine has enough, its own cores: two engines computing on the
-same cores slow each other more than one engine with half the threads), publishing its KV
-events for the router's `kv` policy on ports of its own. The fleet waits until
-every worker answers /health, and stops them all (SIGTERM: each drains, then its engine stops)
-when the router stops; a worker whose fleet was killed outright stops by itself once it has
-started. A SIGTERM while they start stops them, as Ctrl-C does: loading a big model takes
-minutes, which they would otherwise spend holding their cores for nothing; a worker still
-starting has nothing to drain, so it gets a few seconds to stop before it is killed.
+Each worker is `python -m tokenworks serve MODEL` on 127.0.0.1 and a port of its own, with its
+share of the threads (and, where the machine has enough, its own cores: two engines computing
+on the same cores slow each other more than one engine with half the threads), publishing its
+KV events for the router's `kv` policy on ports of its own. The fleet binds each worker's port
+and hands it the listening socket (`serve --fd`): a port merely found free could be taken by any
+other socket (an outgoing connection's included) in the seconds before the worker binds it, and
+the worker would exit. The fleet waits until every worker answers /health, and stops them all
+(SIGTERM: each drains, then its engine stops) when the router stops; a worker whose fleet was
+killed outright stops by itself once it has started. A SIGTERM while they start stops them, as
+Ctrl-C does: loading a big model takes minutes, which they would otherwise spend holding their
+cores for nothing; a worker still starting has nothing to drain, so it gets a few seconds to
+stop before it is killed.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from tokenworks.errors import TokenworksError
-from tokenworks.serve.server import PARENT_PID_VARIABLE
+from tokenworks.serve.server import PARENT_PID_VARIABLE, listening_socket
 
 logger = logging.getLogger(__name__)
 
@@ -69,16 +71,20 @@ class Fleet:
         with _stopped_if_interrupted(self):
             for index in range(self.count):
                 self._raise_if_interrupted()
-                port = _free_port()
                 cores = available[index * each : (index + 1) * each] if pin else []
-                command = [
-                    sys.executable, "-m", "tokenworks", "serve", self.model, "--host", "127.0.0.1", "--port", str(port),
-                    "--threads", str(each), "--kv-events-config", KV_EVENTS_CONFIG, *self.extra,
-                ]  # fmt: skip
-                setup = (lambda cores=cores: os.sched_setaffinity(0, cores)) if cores else None
-                # A worker stops when this process is gone, even killed with SIGKILL (serve/server.py).
-                env = {**os.environ, PARENT_PID_VARIABLE: str(os.getpid())}
-                self.processes.append(subprocess.Popen(command, stdin=subprocess.DEVNULL, preexec_fn=setup, env=env))
+                with listening_socket("127.0.0.1", 0) as listener:  # the worker's copy stays open
+                    port, fd = listener.getsockname()[1], listener.fileno()
+                    command = [
+                        sys.executable, "-m", "tokenworks", "serve", self.model, "--fd", str(fd),
+                        "--threads", str(each), "--kv-events-config", KV_EVENTS_CONFIG, *self.extra,
+                    ]  # fmt: skip
+                    setup = (lambda cores=cores: os.sched_setaffinity(0, cores)) if cores else None
+                    # A worker stops when this process is gone, even killed with SIGKILL (serve/server.py).
+                    env = {**os.environ, PARENT_PID_VARIABLE: str(os.getpid())}
+                    process = subprocess.Popen(
+                        command, stdin=subprocess.DEVNULL, preexec_fn=setup, env=env, pass_fds=(fd,)
+                    )
+                self.processes.append(process)
                 self.urls.append(f"http://127.0.0.1:{port}")
                 self.cores.append(cores)
             self._wait_healthy()
@@ -147,12 +153,6 @@ def _stopped_if_interrupted(fleet: Fleet) -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _healthy(url: str) -> bool:
