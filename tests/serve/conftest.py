@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -122,10 +124,22 @@ def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> 
 # ---- `tokenworks serve` as its own process, the way a user (or a supervisor) runs it ----------
 
 
+_PORTS = random.Random()  # seeded by the OS: test sessions running side by side draw different ports
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port to give a server's --port: free now, and below the kernel's ephemeral range, which
+    it draws from for every port-0 bind and outgoing connection (the suite's own clients, ZMQ's
+    `tcp://127.0.0.1:*`), so that nothing else takes it before the server binds it seconds later."""
+    lowest_ephemeral = 32768
+    with contextlib.suppress(OSError, ValueError):
+        lowest_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(100):
+        port = _PORTS.randrange(max(1024, lowest_ephemeral - 12_000), lowest_ephemeral)
+        with socket.socket() as probe, contextlib.suppress(OSError):
+            probe.bind(("127.0.0.1", port))
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def children_of(pid: int) -> list[int]:
