@@ -1,6 +1,10 @@
 """Shared fixtures: a small tokenizer trained once per session on the default corpus, one small
 ingest of it, and one `tokenworks factory --quick` run whose work directory the factory tests and
-the README's examples read."""
+the README's examples read.
+
+That run pretrains for QUICK_TRAIN_SECONDS instead of --quick's 45 s: the tests read what each
+stage writes (a checkpoint, its loss curve, what it serves), never how far the loss fell, and the
+other 33 s of training were a third of the run."""
 
 from __future__ import annotations
 
@@ -24,6 +28,9 @@ def corpus() -> list[str]:
 @pytest.fixture(scope="session")
 def tokenizer(corpus: list[str]) -> Tokenizer:
     return Tokenizer.train(corpus, vocab_size=700)
+
+
+QUICK_TRAIN_SECONDS = 12.0
 
 
 def _factory(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -51,7 +58,18 @@ def run_factory():
 
 
 @pytest.fixture(scope="session")
-def quick_factory(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """`tokenworks factory --quick` into DIR/factory, as `make demo` writes ./factory (the README's paths)."""
+def quick_config(tmp_path_factory) -> Path:
+    """The --config file of the session's quick line: --quick's settings, but QUICK_TRAIN_SECONDS of
+    pretraining (a test that runs the line again on its work directory passes it too, or the train
+    stage's settings differ and every stage runs again)."""
+    path = tmp_path_factory.mktemp("quick-config") / "factory.toml"
+    path.write_text(f"[train]\ntime_budget_s = {QUICK_TRAIN_SECONDS}\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def quick_factory(tmp_path_factory, quick_config: Path) -> tuple[Path, subprocess.CompletedProcess]:
+    """`tokenworks factory --quick --config QUICK_CONFIG` into DIR/factory, as `make demo` writes
+    ./factory (the README's paths)."""
     workdir = tmp_path_factory.mktemp("quick") / "factory"
-    return workdir, _factory("--quick", "--workdir", str(workdir))
+    return workdir, _factory("--quick", "--config", str(quick_config), "--workdir", str(workdir))

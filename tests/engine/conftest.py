@@ -19,6 +19,13 @@ SHAPE = dict(
 )  # fmt: skip
 
 
+# The KV cache of the tests' engines, unless a test is about its size: these models need a few
+# hundred blocks at most (0.05 GiB is 819 blocks of 128 tokens, 6,553 of 16), and the default, a
+# quarter of the memory available (2.7-2.9 GiB on a 24 GiB host), is zeroed in huge pages at every
+# start: 1.5 s to over 20 s an engine, as fragmented as the host's memory is.
+SMALL_KV_CACHE = {"kv_cache_memory_gib": 0.05}
+
+
 def _save_random_model(config, directory, tokenizer: Tokenizer) -> None:
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

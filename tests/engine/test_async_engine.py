@@ -12,7 +12,7 @@ import pytest
 from tokenworks.engine import AsyncLLM, EngineDeadError, EngineOptions, SamplingParams
 from tokenworks.engine.client import EngineCoreClient
 
-from .conftest import random_prompts
+from .conftest import SMALL_KV_CACHE, random_prompts
 
 
 def run(coroutine):
@@ -21,7 +21,7 @@ def run(coroutine):
 
 def test_streamed_deltas_add_up_to_the_final_output(llama_dir) -> None:
     async def main():
-        engine = AsyncLLM(llama_dir, threads=1)
+        engine = AsyncLLM(llama_dir, threads=1, **SMALL_KV_CACHE)
         try:
             params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
             updates = [output async for output in engine.generate("Return the list", params)]
@@ -40,7 +40,7 @@ def test_streamed_deltas_add_up_to_the_final_output(llama_dir) -> None:
 
 def test_aborts_under_load_free_every_block_and_spare_the_rest(llama_dir) -> None:
     async def main():
-        engine = AsyncLLM(llama_dir, threads=1, max_num_seqs=64)
+        engine = AsyncLLM(llama_dir, threads=1, max_num_seqs=64, **SMALL_KV_CACHE)
         try:
             params = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
             prompts = random_prompts(48, seed=11)
@@ -70,7 +70,7 @@ def test_aborts_under_load_free_every_block_and_spare_the_rest(llama_dir) -> Non
 
 def test_a_dead_core_fails_every_waiting_stream(llama_dir) -> None:
     async def main():
-        engine = AsyncLLM(llama_dir, threads=1)
+        engine = AsyncLLM(llama_dir, threads=1, **SMALL_KV_CACHE)
         params = SamplingParams(max_tokens=250, temperature=0.0, ignore_eos=True)
         started = [asyncio.Event() for _ in range(3)]
 

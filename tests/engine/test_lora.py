@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.adapters import ALL_TARGETS, make_adapter
-from tests.engine.conftest import compiled_kernels, random_prompts, reference_greedy
+from tests.engine.conftest import SMALL_KV_CACHE, compiled_kernels, random_prompts, reference_greedy
 from tokenworks.engine import LLM, SamplingParams
 from tokenworks.engine.client import EngineDeadError
 from tokenworks.model.adapter import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
@@ -59,7 +59,8 @@ def test_prefix_cache_is_kept_apart_per_adapter(llama_dir, adapters):
     """The same prompt through the base, then an adapter: nothing of the base's cache is reused
     for the adapter (other keys and values); the adapter's second request reuses its own."""
     prompt = random_prompts(1, seed=9, shared_prefix=40)[0][:40]
-    with LLM(llama_dir, multiprocess=False, lora_modules={"qv": str(adapters["qv"][0])}, block_size=16) as llm:
+    qv = {"qv": str(adapters["qv"][0])}
+    with LLM(llama_dir, multiprocess=False, lora_modules=qv, block_size=16, **SMALL_KV_CACHE) as llm:
         base = llm.generate(prompt, greedy(8))[0]
         first = llm.generate(prompt, greedy(8), lora="qv")[0]
         second = llm.generate(prompt, greedy(8), lora="qv")[0]

@@ -10,7 +10,7 @@ import pytest
 from tokenworks.engine import LLM, SamplingParams
 from tokenworks.engine.llm import OFFLINE_OMP_SPIN_COUNT
 
-from .conftest import random_prompts, reference_greedy
+from .conftest import SMALL_KV_CACHE, random_prompts, reference_greedy
 
 NEW_TOKENS = 10
 GREEDY = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True)
@@ -35,7 +35,7 @@ def expected(model_dir):
 @pytest.mark.parametrize("setting", sorted(ENGINE_SETTINGS))
 def test_greedy_matches_transformers(model_dir, expected, setting: str) -> None:
     prompts, reference = expected
-    with LLM(model_dir, multiprocess=False, **ENGINE_SETTINGS[setting]) as llm:
+    with LLM(model_dir, multiprocess=False, **(SMALL_KV_CACHE | ENGINE_SETTINGS[setting])) as llm:
         outputs = llm.generate(prompts, GREEDY)
         core = llm.client.core
         assert [output.token_ids for output in outputs] == reference
@@ -52,7 +52,7 @@ def test_greedy_matches_transformers(model_dir, expected, setting: str) -> None:
 
 def test_one_request_at_a_time_matches_and_reuses_the_cache(model_dir, expected) -> None:
     prompts, reference = expected
-    with LLM(model_dir, multiprocess=False, block_size=16) as llm:
+    with LLM(model_dir, multiprocess=False, block_size=16, **SMALL_KV_CACHE) as llm:
         outputs = [llm.generate(prompt, GREEDY)[0] for prompt in prompts[:8]]
         assert [output.token_ids for output in outputs] == reference[:8]
         # prompts 0, 2, 4, 6 share a 16-token prefix: one full block of 16, cached after the first
@@ -63,7 +63,7 @@ def test_the_engine_process_gives_the_same_tokens(llama_dir) -> None:
     prompts = random_prompts(6, seed=3)
     reference = reference_greedy(llama_dir, prompts, NEW_TOKENS)
     before = os.environ.get("GOMP_SPINCOUNT")
-    with LLM(llama_dir, threads=1) as llm:
+    with LLM(llama_dir, threads=1, **SMALL_KV_CACHE) as llm:
         assert [output.token_ids for output in llm.generate(prompts, GREEDY)] == reference
         child = Path(f"/proc/{llm.client.process.pid}/environ")
         if child.exists():  # Linux: the core process got LLM's default spin count, this one kept its own

@@ -11,7 +11,7 @@ from tokenworks.engine.model_runner import ModelRunner
 from tokenworks.engine.request import Request
 from tokenworks.engine.scheduler import ScheduledChunk
 
-from .conftest import random_prompts
+from .conftest import SMALL_KV_CACHE, random_prompts
 
 TOLERANCE = 1e-4
 TOP = 3
@@ -42,7 +42,7 @@ def assert_equal_to_reference(model_dir, prompt: list[int], logprobs: list, rank
 @pytest.fixture(scope="module")
 def chunked_llm(llama_dir):
     """Chunked prefill: 16 tokens a step, so a prompt spans several steps, beside decodes."""
-    with LLM(llama_dir, multiprocess=False, max_num_batched_tokens=16, block_size=16) as engine:
+    with LLM(llama_dir, multiprocess=False, max_num_batched_tokens=16, block_size=16, **SMALL_KV_CACHE) as engine:
         yield engine
 
 

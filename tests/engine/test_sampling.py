@@ -10,12 +10,12 @@ from tokenworks.engine import sampler as sampler_module
 from tokenworks.engine.request import Request
 from tokenworks.engine.sampler import Sampler
 
-from .conftest import compiled_kernels, random_prompts
+from .conftest import SMALL_KV_CACHE, compiled_kernels, random_prompts
 
 
 @pytest.fixture(scope="module")
 def llm(llama_dir):
-    with LLM(llama_dir, multiprocess=False) as engine:
+    with LLM(llama_dir, multiprocess=False, **SMALL_KV_CACHE) as engine:
         yield engine
 
 

@@ -12,7 +12,7 @@ import torch
 from tokenworks.engine import LLM, SamplingParams
 from tokenworks.engine.sampling_params import StructuredOutput
 
-from .conftest import compiled_kernels, random_prompts
+from .conftest import SMALL_KV_CACHE, compiled_kernels, random_prompts
 
 SCHEMAS = {
     "nested objects": {
@@ -51,7 +51,7 @@ PER_SCHEMA = 40
 
 @pytest.fixture(scope="module")
 def llm(llama_dir):
-    with LLM(llama_dir, multiprocess=False) as engine:
+    with LLM(llama_dir, multiprocess=False, **SMALL_KV_CACHE) as engine:
         yield engine
 
 

@@ -167,15 +167,16 @@ def test_served_sample_is_the_checkpoints_greedy_continuation(quick_run) -> None
     assert tokenizer.decode(output[0, len(prompt_ids) :]) == serve["smoke_completion"]
 
 
-def test_rerun_resumes_and_from_reruns_only_the_named_stages(quick_run, run_factory) -> None:
+def test_rerun_resumes_and_from_reruns_only_the_named_stages(quick_run, quick_config, run_factory) -> None:
     workdir, first = quick_run
     assert first.returncode == 0, first.stderr[-3000:]
-    again = run_factory("--quick", "--workdir", str(workdir), timeout=120)
+    settings = ["--quick", "--config", str(quick_config), "--workdir", str(workdir)]  # the first run's
+    again = run_factory(*settings, timeout=120)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("done earlier, kept") == len(STAGES)
 
     before = (workdir / "report.html").stat().st_mtime_ns
-    report_only = run_factory("--quick", "--workdir", str(workdir), "--from", "report", timeout=120)
+    report_only = run_factory(*settings, "--from", "report", timeout=120)
     assert report_only.returncode == 0, report_only.stderr[-3000:]
     assert report_only.stdout.count("done earlier, kept") == len(STAGES) - 1
     assert (workdir / "report.html").stat().st_mtime_ns > before
@@ -202,9 +203,10 @@ def trained_copy(quick_run, tmp_path: Path) -> Path:
     return copy
 
 
-def test_one_worker_is_a_plain_server_and_nothing_is_compared(trained_copy: Path, run_factory) -> None:
+def test_one_worker_is_a_plain_server_and_nothing_is_compared(trained_copy: Path, quick_config, run_factory) -> None:
     config = trained_copy.parent / "factory.toml"
-    config.write_text("[serve]\nworkers = 1\n[bench]\nconcurrency = [1]\nrequests_per_point = 4\n"
+    config.write_text(quick_config.read_text(encoding="utf-8") +  # the quick line's [train]: kept, not rerun
+                      "[serve]\nworkers = 1\n[bench]\nconcurrency = [1]\nrequests_per_point = 4\n"
                       "[flywheel]\nenabled = false\n[plan]\nenabled = false\n", encoding="utf-8")  # fmt: skip
     result = run_factory("--quick", "--config", str(config), "--workdir", str(trained_copy), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -220,8 +222,8 @@ def test_one_worker_is_a_plain_server_and_nothing_is_compared(trained_copy: Path
     assert stages["flywheel"]["summary"]["skipped"] == "[flywheel] enabled = false"
 
 
-def test_keep_serving_gets_the_fleet_back_after_the_comparison(trained_copy: Path) -> None:
-    config = FactoryConfig.quick(workdir=trained_copy)
+def test_keep_serving_gets_the_fleet_back_after_the_comparison(trained_copy: Path, quick_config) -> None:
+    config = FactoryConfig.load(quick_config, quick=True, workdir=trained_copy)  # the quick line's settings
     config.bench.concurrency, config.bench.requests_per_point = [1], 4
     config.bench.num_prefixes = config.bench.questions_per_prefix = 2
     config.bench.shared_prefix_policies = ["round-robin"]  # one fleet of its own stops the sweep's as two do
