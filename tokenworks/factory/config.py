@@ -1,7 +1,7 @@
 """What `tokenworks factory` is asked to do: one section per stage, read from `factory.toml`.
 
 Every field has a default, so `tokenworks factory` with no arguments runs the whole line on
-the embedded corpus; `--quick` shrinks every budget so the line fits in about three minutes.
+the embedded corpus; `--quick` shrinks every budget so the line fits in about a minute and a half.
 A TOML file overrides any field. Each section is a pydantic model that forbids unknown keys and
 takes no value of another type (an int stands for a float, nothing else is converted), so a
 typo never silently falls back to a default: the error is one line naming the file, the
@@ -194,7 +194,7 @@ class FactoryConfig(BaseModel):
 
     @classmethod
     def quick(cls, workdir: Path = Path("factory")) -> FactoryConfig:
-        """The whole line in about three minutes on 2 cores: less of everything, same stages."""
+        """The whole line in about a minute and a half on 2 cores: less of everything, same stages."""
         bench = BenchSection(concurrency=[1, 4, 16], input_tokens="64", output_tokens="32", requests_per_point=16)
         # the shared-prefix comparison: 16 requests of 256 + 16 prompt tokens, per policy
         bench.num_prefixes, bench.questions_per_prefix, bench.prefix_tokens = 4, 4, 256
