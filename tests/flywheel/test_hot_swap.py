@@ -16,9 +16,10 @@ import pytest
 from tokenworks.flywheel.registry import Registry
 
 from ..adapters import make_adapter
-from ..serve.conftest import serve_model_dir, start_server  # noqa: F401 (a fixture)
+from ..serve.conftest import metric_value, serve_model_dir, start_server  # noqa: F401 (a fixture)
 
 SERVED = "docs"
+BENCH_SECONDS = 15  # from its first answers: the two swaps and three greedy answers take a few seconds here
 PROMPTS = ["The Python language", "What does `str.split` do?", "import json"]
 
 
@@ -51,20 +52,33 @@ def greedy(url: str) -> list[list[str]]:
     return answers
 
 
+def answered(url: str) -> float:
+    return metric_value(httpx.get(f"{url}/metrics", timeout=10).text, "tokenworks:request_success_total")
+
+
+def wait_for_load(url: str, bench: subprocess.Popen, before: float, timeout: float = 60.0) -> None:
+    """Until the bench's requests reach the server: answers counted beyond `before`."""
+    deadline = time.monotonic() + timeout
+    while answered(url) <= before:
+        assert bench.poll() is None and time.monotonic() < deadline, "the bench sent nothing"
+        time.sleep(0.1)
+
+
 def test_promote_and_rollback_under_load_fail_no_request(fleet) -> None:
     root, server = fleet
     registry = ["--registry", str(root / "registry.db")]
     swap = ["--serve", server.url, "--served-name", SERVED]
     assert models("promote", "2", *registry, *swap).returncode == 0
     before = greedy(server.url)
+    counted = answered(server.url)
     bench = subprocess.Popen(
         [sys.executable, "-m", "tokenworks", "bench", "run", "--url", server.url, "--model", SERVED,
          "--api", "completions", "--input-tokens", "32", "--output-tokens", "16", "--concurrency", "4",
-         "--duration", "12", "--warmup-requests", "0", "--out", str(root / "bench")],
+         "--duration", str(BENCH_SECONDS), "--warmup-requests", "0", "--out", str(root / "bench")],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        time.sleep(4)  # the bench's import and first requests
+        wait_for_load(server.url, bench, counted)  # the bench's import and first requests: seconds, more on a busy host
         promoted = models("promote", "3", *registry, *swap, "--reason", "under load")
         assert promoted.returncode == 0, promoted.stderr
         during = greedy(server.url)
