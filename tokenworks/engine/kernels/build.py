@@ -55,8 +55,10 @@ def build_extension() -> tuple[ModuleType | None, str]:
 
 
 def build_digest() -> str:
-    """Sources, headers, flags, torch version and this CPU: what the compiled library depends on."""
-    digest = hashlib.sha256()
+    """Sources, headers, flags, torch version and this CPU: what the compiled library depends on;
+    and where the sources are, since torch's build files name them by path: two checkouts (a git
+    worktree beside its repository) with one cache otherwise rebuilt the library at each switch."""
+    digest = hashlib.sha256(str(DIRECTORY.resolve()).encode())
     for path in [*SOURCES, *HEADERS]:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
