@@ -135,15 +135,17 @@ def test_an_evicted_block_is_no_longer_predicted_either():
 
 
 def test_predictions_count_until_they_expire():
-    index = PrefixIndex()
+    now = [100.0]
+    index = PrefixIndex(clock=lambda: now[0])  # a host stalled past the TTL cannot fail the first checks
     index.add_worker("w0")
     keys = block_keys(PROMPT, SIZE)
     index.predict("w0", keys[:3], ttl_s=0.2)
     assert index.matched_blocks(keys, ["w0"]) == {"w0": 3}
     assert index.matched_and_confirmed(keys, ["w0"]) == ({"w0": 3}, {})  # on its way in, not confirmed
     store(index, "w0", PROMPT, 2)
+    now[0] += 0.199
     assert index.matched_and_confirmed(keys, ["w0"]) == ({"w0": 3}, {"w0": 2})
-    time.sleep(0.25)
+    now[0] += 0.01  # past its TTL
     assert index.matched_blocks(keys, ["w0"]) == {"w0": 2}
 
 
