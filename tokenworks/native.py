@@ -64,7 +64,7 @@ def _load(name: str, source: Path) -> ModuleType | None:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module
-    except (OSError, ImportError, subprocess.SubprocessError) as error:
+    except (OSError, ImportError, subprocess.SubprocessError, RuntimeError) as error:  # RuntimeError: no home
         logger.info("%s: not compiled (%s); using the Python loops", name, error)
         return None
 
