@@ -19,6 +19,7 @@ from tokenworks.bench.workloads import LengthDistribution, WorkloadOptions, buil
 from tokenworks.errors import PlanError
 from tokenworks.plan.fast import FastRequests
 from tokenworks.plan.prompts import SimPrompts
+from tokenworks.router.prefix_index import block_keys
 
 
 def from_prompts(
@@ -48,14 +49,13 @@ def cached_blocks(prompts: list[list[int]], block_size: int) -> list[int]:
     seen: set[int] = set()
     cached = []
     for ids in prompts:
-        parent, hits, hitting = 0, 0, True
-        for start in range(0, len(ids) - block_size + 1, block_size):
-            parent = hash((parent, tuple(ids[start : start + block_size])))
-            if hitting and parent in seen:
+        hits, hitting = 0, True
+        for key in block_keys(ids, block_size):  # the router's keys: a key stands for its whole prefix
+            if hitting and key in seen:
                 hits += 1
             else:
                 hitting = False
-                seen.add(parent)
+                seen.add(key)
         tokens = hits * block_size
         cached.append(tokens - block_size if tokens >= len(ids) else tokens)
     return cached
