@@ -1,7 +1,7 @@
 """What the router costs: the kv policy's decision time on a large index, and the TTFT it adds.
 
     .venv/bin/python benchmarks/router_cost.py [--parts decision,ttft] [--workers 64] [--blocks 1000000]
-        [--decisions 20000] [--shape tiny|small] [--requests 40] [--json PATH]
+        [--decisions 20000] [--no-alternate] [--shape tiny|small] [--requests 40] [--json PATH]
 
 Not a test and not run in CI. Two parts:
 
@@ -17,6 +17,9 @@ new tail, 20% a prompt stored before, replayed, 20% random tokens), each against
 `Worker` objects (workers.py: block size 16, KV events, learnt estimates, random loads 0..8).
 Each call is timed by the clock (perf_counter_ns) and by the thread's CPU time
 (thread_time_ns), which leaves out the time other processes on a busy host take the core.
+With --alternate (the default) as many decisions again, every other one, run the Python loops
+(`prefix_index.compiled` off, what TOKENWORKS_NATIVE=0 runs): the compiled loops' gain, measured
+on the same index in the same minutes (runs minutes apart on this host differ by a third).
 Each call also records its prediction in the index (as in the router); the timed calls follow
 untimed ones for longer than a prediction lasts (SIBLING_TTL_S), so they pay for expiring
 earlier predictions too. The garbage collector is set as the router sets it at startup
@@ -84,6 +87,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def decision_cost(args: argparse.Namespace) -> dict:
     from tokenworks.gc_tuning import calm_the_garbage_collector
+    from tokenworks.router import prefix_index
     from tokenworks.router.kv_policy import SIBLING_TTL_S, KvAware
     from tokenworks.router.policies import RoutedRequest
     from tokenworks.router.prefix_index import PrefixIndex
@@ -104,8 +108,9 @@ def decision_cost(args: argparse.Namespace) -> dict:
             worker.tpot.add(1 + k, 0.02 + 1e-3 * k, *when)
     systems = [[rng.randrange(VOCAB) for _ in range(512)] for _ in range(512)]
     weights = [1 / (k + 1) for k in range(len(systems))]
-    tails = [[rng.randrange(VOCAB) for _ in range(512)] for _ in range(args.decisions)]
-    randoms = [[rng.randrange(VOCAB) for _ in range(1024)] for _ in range(args.decisions // 5)]
+    total = 2 * args.decisions if args.alternate else args.decisions
+    tails = [[rng.randrange(VOCAB) for _ in range(512)] for _ in range(total)]
+    randoms = [[rng.randrange(VOCAB) for _ in range(1024)] for _ in range(total // 5)]
     # The harness's own token lists are frozen out of the collector's reach (the router holds no
     # such lists); the index built next is not: its collections are the router's own.
     gc.collect()
@@ -129,7 +134,7 @@ def decision_cost(args: argparse.Namespace) -> dict:
 
     policy = KvAware(index)
     requests = []
-    for k in range(args.decisions):
+    for k in range(total):
         kind = rng.random()
         if kind < 0.6:
             tokens = rng.choices(systems, weights)[0] + tails[k]
@@ -152,18 +157,29 @@ def decision_cost(args: argparse.Namespace) -> dict:
     while time.monotonic() < warm_until:
         policy.choose(RoutedRequest({"max_tokens": 128}, {}, tokens=warm_prompts[k % len(warm_prompts)]), workers)
         k += 1
-    times_us, cpu_us, reasons = [], [], {}
+    # With --alternate, every other decision runs the Python loops (prefix_index.compiled off):
+    # the two are compared on the same index, in the same minutes of this noisy host.
+    compiled = prefix_index.compiled
+    times_us, cpu_us, python_us, reasons = [], [], [], {}
     collections = gc.get_stats()[2]["collections"]
-    for request in requests:
+    for k, request in enumerate(requests):
         for worker in workers:
             worker.in_flight = rng.randrange(9)
             worker.decoding = worker.in_flight // 2
             worker.pending_prefill_tokens = rng.randrange(4) * 512
+        in_python = args.alternate and k % 2 == 1
+        prefix_index.compiled = None if in_python else compiled
         c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
         policy.choose(request, workers)
-        times_us.append((time.perf_counter_ns() - t0) / 1e3)
-        cpu_us.append((time.thread_time_ns() - c0) / 1e3)
+        elapsed_us = (time.perf_counter_ns() - t0) / 1e3
+        cpu_elapsed_us = (time.thread_time_ns() - c0) / 1e3
+        if in_python:
+            python_us.append(elapsed_us)
+            continue
+        times_us.append(elapsed_us)
+        cpu_us.append(cpu_elapsed_us)
         reasons[request.reason] = reasons.get(request.reason, 0) + 1
+    prefix_index.compiled = compiled
     full_collections = gc.get_stats()[2]["collections"] - collections
     # A full collection with the index in reach, the harness's lists gone, against one without it.
     del requests, tails, randoms, stored_prompts, systems
@@ -202,6 +218,9 @@ def decision_cost(args: argparse.Namespace) -> dict:
         "decision_mean_us": statistics.fmean(times_us), "reasons": reasons,
         "decision_cpu_p50_us": percentile(cpu_us, 0.5), "decision_cpu_p99_us": percentile(cpu_us, 0.99),
         "decisions_over_1ms": sum(t > 1000 for t in times_us), "full_gc_during": full_collections,
+        "compiled": compiled is not None,
+        "python_loops_p50_us": percentile(python_us, 0.5) if python_us else None,
+        "python_loops_p99_us": percentile(python_us, 0.99) if python_us else None,
         "gc_full_collection_ms": index_gc_ms, "gc_without_index_ms": full_gc_ms,
         "chat_tokens": statistics.median(lengths),
         "tokenize_chat_p50_us": percentile(chat_us, 0.5), "tokenize_chat_p99_us": percentile(chat_us, 0.99),
@@ -320,6 +339,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=64)
     parser.add_argument("--blocks", type=int, default=1_000_000)
     parser.add_argument("--decisions", type=int, default=20_000)
+    parser.add_argument(
+        "--alternate", action=argparse.BooleanOptionalAction, default=True,
+        help="(a): every other decision in the Python loops (as many again), for the compiled ones' gain",
+    )  # fmt: skip
     parser.add_argument("--tokenizations", type=int, default=200)
     parser.add_argument("--shape", choices=("tiny", "small"), default="tiny")
     parser.add_argument("--requests", type=int, default=40, help="(b): rounds of direct / round-robin / kv.")
@@ -338,6 +361,9 @@ def main() -> None:
               f"({d['distinct_keys']:,} distinct), block size {BLOCK}, 1,024-token prompts, {d['decisions']:,} decisions")  # fmt: skip
         print(f"    decision p50 {d['decision_p50_us']:.1f} us, p99 {d['decision_p99_us']:.1f} us, "
               f"max {d['decision_max_us']:.0f} us, mean {d['decision_mean_us']:.1f} us; reasons {d['reasons']}")  # fmt: skip
+        if d["python_loops_p50_us"] is not None:
+            print(f"    the Python loops (every other decision, TOKENWORKS_NATIVE=0's code): p50 {d['python_loops_p50_us']:.1f} us, "
+                  f"p99 {d['python_loops_p99_us']:.1f} us")  # fmt: skip
         print(f"    the same decisions in the thread's CPU time (preemption by other processes left out): "
               f"p50 {d['decision_cpu_p50_us']:.1f} us, p99 {d['decision_cpu_p99_us']:.1f} us")  # fmt: skip
         print(f"    decisions over 1 ms: {d['decisions_over_1ms']} ({d['full_gc_during']} full GC collections during them); "

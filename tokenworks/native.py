@@ -81,7 +81,9 @@ def _build(source: Path, target: Path) -> None:
     descriptor, partial = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=".so", dir=target.parent)
     os.close(descriptor)
     try:
-        command = [*link, *position_independent, "-O2", f"-I{include}", str(source), "-o", partial]
+        # no fused multiply-adds (which compilers may form where the target has them): the C loops
+        # must round every product as Python does, to give the Python loops' floats exactly
+        command = [*link, *position_independent, "-O2", "-ffp-contract=off", f"-I{include}", str(source), "-o", partial]
         result = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
         if result.returncode != 0:
             raise ImportError(f"{' '.join(command)} failed: {result.stderr.strip()[-2000:]}")

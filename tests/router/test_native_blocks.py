@@ -8,13 +8,17 @@ module that cannot be built leaves the Python loops in place, with the reason lo
 from __future__ import annotations
 
 import logging
+import math
 import random
+import struct
 
 import pytest
 
 from tokenworks import native
 from tokenworks.router import prefix_index
-from tokenworks.router.prefix_index import PrefixIndex, block_keys, chained_keys
+from tokenworks.router.kv_policy import KvAware
+from tokenworks.router.prefix_index import Match, PrefixIndex, block_keys, chained_keys
+from tokenworks.router.workers import Worker
 
 EDGE_PARENTS = [0, 1, -1, -2, 2**61 - 2, 2**61 - 1, 2**61, -(2**61 - 1), -(2**61), 2**63 - 1, -(2**63)]
 
@@ -29,13 +33,13 @@ def python_keys(token_ids: list[int], block_size: int, parent: int) -> list[int]
 
 @pytest.fixture
 def python_loops(monkeypatch):
-    monkeypatch.setattr(prefix_index, "_compiled", None)
+    monkeypatch.setattr(prefix_index, "compiled", None)
 
 
 def test_the_module_is_built_here() -> None:
     # CI and this machine have a C compiler (the engine's kernels need one): the router's
     # decisions there take the compiled loops, so the comparisons below compare something.
-    assert prefix_index._compiled is not None
+    assert prefix_index.compiled is not None
 
 
 def test_keys_are_pythons_own_hashes() -> None:
@@ -87,10 +91,75 @@ def test_the_walk_gives_the_python_loops_groups(workers: int, monkeypatch) -> No
         wanted = rng.choice([None, 0, rng.getrandbits(min(workers, 64)), (1 << min(workers, 64)) - 1])
         queries.append((block_keys(tokens, 4), wanted))
     compiled = [index.match(keys, wanted).groups for keys, wanted in queries]
-    monkeypatch.setattr(prefix_index, "_compiled", None)
+    monkeypatch.setattr(prefix_index, "compiled", None)
     assert compiled == [index.match(keys, wanted).groups for keys, wanted in queries]
     assert any(depth > 1 for groups in compiled for depth, _ in groups)  # walks past the first block
     assert workers == 1 or any(len(groups) > 1 for groups in compiled)  # and workers part on the way
+
+
+class PlainWorker:
+    """A worker of another class than the router's (no slots): its loads are read by name."""
+
+    def __init__(self, worker_id: str, in_flight: int, decoding: int, pending: float) -> None:
+        self.id, self.in_flight, self.decoding, self.pending_prefill_tokens = worker_id, in_flight, decoding, pending
+
+
+def test_the_pricing_gives_the_python_loops_floats(monkeypatch) -> None:
+    """KvAware._price in C against the Python comprehension: the same costs to the last bit, the
+    same tokens lacking and the same cheapest, ties (equal estimates), a cost that is not a
+    number or infinite, two block sizes and a worker of another class included."""
+    rng = random.Random(7)
+    compiled, python, exact_ties = [], [], 0
+    cases = []
+    for _ in range(400):
+        count = rng.randrange(1, 65)
+        index = PrefixIndex()
+        workers = []
+        for k in range(count):
+            index.add_worker(f"w{k}")
+            in_flight = rng.choice((0, 0, 1, 3, 8))
+            pending = rng.choice((0, 0, 16, 512, 2**40))
+            worker = Worker(f"http://127.0.0.1:{9000 + k}", f"w{k}", in_flight=in_flight, block_size=4)
+            if rng.random() < 0.1:
+                worker = PlainWorker(f"w{k}", in_flight, 0, pending)
+            worker.decoding, worker.pending_prefill_tokens = rng.randrange(in_flight + 1), pending
+            workers.append(worker)
+        if rng.random() < 0.05:
+            rng.choice(workers).pending_prefill_tokens = rng.choice((math.nan, math.inf))
+        alike = rng.random() < 0.5
+        roster = [
+            (worker, worker.id, *((0.01, 1e-4, 0.021, 0.0015) if alike else (rng.uniform(0, 0.02), rng.uniform(0, 1e-3),
+             rng.uniform(0.01, 0.03), rng.uniform(0, 3e-3))))
+            for worker in workers
+        ]  # fmt: skip
+        prompt = rng.randrange(1, 200)
+        policy = KvAware(index)
+        policy._roster_bits = [index.bit(worker.id) for worker in workers]
+        policy._candidates_mask = index.mask_of(worker.id for worker in workers)
+        position = {worker.id: k for k, worker in enumerate(workers)}
+        policy._roster, policy._position = roster, position
+        sizes = (4, 8)[: rng.randrange(1, 3)]
+        groups: dict[int, dict[int, int]] = {size: {} for size in sizes}  # size -> blocks -> mask
+        for k in range(count):  # each worker holds the prompt's first blocks at one block size, or none
+            if rng.random() < 0.6:
+                size = rng.choice(sizes)
+                blocks = rng.randrange(1, prompt // size + 2)
+                groups[size][blocks] = groups[size].get(blocks, 0) | index.bit(f"w{k}")
+        matches = {size: Match([], sorted(groups[size].items())) for size in sizes}
+        outputs = rng.choice((1, 16.0, 128, 97.3))
+        cases.append((policy, roster, matches, prompt, outputs, workers, rng.randrange(count)))
+    for policy, roster, matches, prompt, outputs, workers, start in cases:
+        compiled.append(policy._price(roster, matches, prompt, outputs, workers, start))
+    monkeypatch.setattr(prefix_index, "compiled", None)
+    for policy, roster, matches, prompt, outputs, workers, start in cases:
+        python.append(policy._price(roster, matches, prompt, outputs, workers, start))
+    for (cheapest, costs, lacking), (expected_cheapest, expected_costs, expected_lacking) in zip(
+        compiled, python, strict=True
+    ):
+        assert (cheapest, lacking) == (expected_cheapest, expected_lacking)
+        assert [struct.pack("<d", cost) for cost in costs] == [struct.pack("<d", cost) for cost in expected_costs]
+        exact_ties += expected_cheapest is not None and expected_costs.count(expected_costs[expected_cheapest]) > 1
+    assert exact_ties > 20 and any(cheapest is None for cheapest, _, _ in python)
 
 
 def test_a_module_that_cannot_be_built_leaves_the_python_loops(tmp_path, monkeypatch, caplog) -> None:

@@ -1,7 +1,8 @@
-/* The `kv` policy's two inner loops, compiled: cutting a prompt into chained block keys, and
- * walking the prefix index with them (prefix_index.py has the same two in Python, and uses
- * them where this module cannot be built; tests/router/test_native_blocks.py holds the two to
- * the same answers).
+/* The `kv` policy's inner loops, compiled: cutting a prompt into chained block keys, walking
+ * the prefix index with them (prefix_index.py has the same two in Python), and pricing every
+ * candidate worker (kv_policy.py's KvAware._price has it in Python). The Python loops run
+ * where this module cannot be built; tests/router/test_native_blocks.py holds both to the same
+ * answers, the costs to the last bit.
  *
  * The keys are the very ints Python makes for hash((parent, tuple(block))): the tuple hash is
  * CPython's (Objects/tupleobject.c, unchanged since 3.8: xxHash's mixing of the items' hashes)
@@ -15,6 +16,10 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#ifndef Py_T_OBJECT_EX  /* before 3.12 the member types are in structmember.h */
+#include <structmember.h>
+#define Py_T_OBJECT_EX T_OBJECT_EX
+#endif
 
 #if SIZEOF_VOID_P != 8
 #error "64-bit builds only (prefix_index.py's Python loops serve the others)"
@@ -127,8 +132,11 @@ static PyObject *walk(PyObject *self, PyObject *args) {
     if (groups == NULL) goto fail;
     uint64_t still = wanted;  /* the workers holding every block so far */
     for (Py_ssize_t depth = 0; depth < count && still; depth++) {
-        uint64_t held, expected;
-        if (mask_of(holders, items[depth], &held) < 0 || mask_of(predicted, items[depth], &expected) < 0) goto fail;
+        uint64_t held, expected = 0;
+        if (mask_of(holders, items[depth], &held) < 0) goto fail;
+        /* the predictions matter only for workers whose events do not confirm the block (along a
+         * prefix that its holders confirm, the second lookup is saved) */
+        if ((still & ~held) && mask_of(predicted, items[depth], &expected) < 0) goto fail;
         uint64_t dropped = still & ~(held | expected);
         if (dropped) {
             if (depth && append_group(groups, depth, dropped) < 0) goto fail;
@@ -144,14 +152,203 @@ fail:
     return NULL;
 }
 
+/* Where a worker's three loads are: the slots of its class (router/workers.py's Worker is a
+ * slotted dataclass), read straight from the instance: looked up by name, they made the pricing
+ * of 64 workers half as long again (14.1 against 9.5 us). A worker of another class (or a slot of
+ * another kind) is read by name. */
+enum { PENDING, IN_FLIGHT, DECODING, LOADS };
+static PyObject *load_names[LOADS];
+
+typedef struct {
+    PyTypeObject *type;  /* NULL: read every worker's loads by name */
+    Py_ssize_t offsets[LOADS];
+} LoadSlots;
+
+static void load_slots_of(PyTypeObject *type, LoadSlots *slots) {
+    slots->type = NULL;
+    for (int k = 0; k < LOADS; k++) {
+        PyObject *descriptor = PyObject_GetAttr((PyObject *)type, load_names[k]);
+        if (descriptor == NULL) {
+            PyErr_Clear();
+            return;
+        }
+        int is_slot = Py_IS_TYPE(descriptor, &PyMemberDescr_Type) &&
+                      ((PyMemberDescrObject *)descriptor)->d_member->type == Py_T_OBJECT_EX;
+        if (is_slot) slots->offsets[k] = ((PyMemberDescrObject *)descriptor)->d_member->offset;
+        Py_DECREF(descriptor);
+        if (!is_slot) return;
+    }
+    slots->type = type;
+}
+
+/* One of a worker's loads, as a number: a new reference, NULL with an error set. */
+static PyObject *load_of(PyObject *worker, const LoadSlots *slots, int k) {
+    if (Py_TYPE(worker) == slots->type) {
+        PyObject *value = *(PyObject **)((char *)worker + slots->offsets[k]);
+        if (value != NULL) return Py_NewRef(value);
+    }
+    return PyObject_GetAttr(worker, load_names[k]);  /* (an unset slot raises AttributeError here) */
+}
+
+static inline double as_double(PyObject *number) {
+    return PyFloat_CheckExact(number) ? PyFloat_AS_DOUBLE(number) : PyFloat_AsDouble(number);
+}
+
+static int int_load(PyObject *worker, const LoadSlots *slots, int k, long long *out) {
+    PyObject *value = load_of(worker, slots, k);
+    if (value == NULL) return -1;
+    *out = PyLong_AsLongLong(value);
+    Py_DECREF(value);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int float_load(PyObject *worker, const LoadSlots *slots, int k, double *out) {
+    PyObject *value = load_of(worker, slots, k);
+    if (value == NULL) return -1;
+    *out = as_double(value);
+    Py_DECREF(value);
+    return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+PyDoc_STRVAR(price_doc,
+"price(roster, bits, matches, prompt, outputs, start) -> (cheapest, costs, lacking)\n\n"
+"KvAware's pricing of every candidate (kv_policy.py has the same in Python): `roster` is the\n"
+"policy's list of (worker, id, turn, per_token, step, per_decoding), `bits` each one's bit in\n"
+"the index (at most 64 bits), `matches` a list of (block_size, groups) from PrefixIndex.match.\n"
+"lacking[p] = the prompt tokens candidate p lacks (one at least); costs[p] its cost in seconds;\n"
+"cheapest = the position of the lowest cost, exact ties to the fewest in flight, then in turn\n"
+"from `start`; None when min() of the costs is not below infinity (a NaN first, or none finite).");
+
+static PyObject *price(PyObject *self, PyObject *args) {
+    PyObject *roster, *bits, *matches;
+    Py_ssize_t prompt, start;
+    double outputs;
+    if (!PyArg_ParseTuple(args, "O!O!O!ndn:price", &PyList_Type, &roster, &PyList_Type, &bits, &PyList_Type, &matches,
+                          &prompt, &outputs, &start))
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(roster);
+    if (PyList_GET_SIZE(bits) != count || count == 0) {
+        PyErr_SetString(PyExc_ValueError, "price: roster and bits must be as long as each other, and not empty");
+        return NULL;
+    }
+    /* the groups of every block size, flattened: (tokens held, mask) */
+    Py_ssize_t held_count = 0;
+    for (Py_ssize_t m = 0; m < PyList_GET_SIZE(matches); m++) {
+        PyObject *match = PyList_GET_ITEM(matches, m);
+        if (!PyTuple_Check(match) || PyTuple_GET_SIZE(match) != 2 || !PyList_Check(PyTuple_GET_ITEM(match, 1))) {
+            PyErr_SetString(PyExc_TypeError, "price: matches is a list of (block_size, groups)");
+            return NULL;
+        }
+        held_count += PyList_GET_SIZE(PyTuple_GET_ITEM(match, 1));
+    }
+    PyObject *costs = PyList_New(count), *lacking = PyList_New(count);
+    long long *in_flights = PyMem_Malloc(sizeof(long long) * count);
+    Py_ssize_t *held_tokens = PyMem_Malloc(sizeof(Py_ssize_t) * (held_count + 1));
+    uint64_t *held_masks = PyMem_Malloc(sizeof(uint64_t) * (held_count + 1));
+    if (costs == NULL || lacking == NULL || in_flights == NULL || held_tokens == NULL || held_masks == NULL) goto fail;
+    Py_ssize_t h = 0;
+    for (Py_ssize_t m = 0; m < PyList_GET_SIZE(matches); m++) {
+        PyObject *match = PyList_GET_ITEM(matches, m), *groups = PyTuple_GET_ITEM(match, 1);
+        Py_ssize_t size = PyLong_AsSsize_t(PyTuple_GET_ITEM(match, 0));
+        if (size == -1 && PyErr_Occurred()) goto fail;
+        for (Py_ssize_t g = 0; g < PyList_GET_SIZE(groups); g++, h++) {
+            Py_ssize_t blocks;
+            unsigned long long mask;
+            if (!PyArg_ParseTuple(PyList_GET_ITEM(groups, g), "nK", &blocks, &mask)) goto fail;
+            held_tokens[h] = blocks * size;
+            held_masks[h] = mask;
+        }
+    }
+    double lowest = 0.0;
+    LoadSlots slots;
+    for (Py_ssize_t p = 0; p < count; p++) {
+        uint64_t bit = PyLong_AsUnsignedLongLongMask(PyList_GET_ITEM(bits, p));
+        if (bit == (uint64_t)-1 && PyErr_Occurred()) goto fail;
+        /* the tokens of the blocks it holds: its group's (a worker is in one group at most) */
+        Py_ssize_t lacks = prompt;
+        for (Py_ssize_t g = 0; g < held_count; g++) {
+            if (held_masks[g] & bit) {
+                Py_ssize_t longest = prompt - 1;  /* the engine computes one token at least */
+                lacks = prompt - (held_tokens[g] < longest ? held_tokens[g] : longest);
+                break;
+            }
+        }
+        PyObject *entry = PyList_GET_ITEM(roster, p);
+        if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 6) {
+            PyErr_SetString(PyExc_TypeError, "price: each roster entry is (worker, id, turn, per_token, step, per_decoding)");
+            goto fail;
+        }
+        PyObject *worker = PyTuple_GET_ITEM(entry, 0);
+        double turn = as_double(PyTuple_GET_ITEM(entry, 2)), per_token = as_double(PyTuple_GET_ITEM(entry, 3));
+        double step = as_double(PyTuple_GET_ITEM(entry, 4)), per_decoding = as_double(PyTuple_GET_ITEM(entry, 5));
+        if (PyErr_Occurred()) goto fail;
+        if (p == 0) load_slots_of(Py_TYPE(worker), &slots);
+        double pending;
+        long long in_flight, decoding;
+        if (float_load(worker, &slots, PENDING, &pending) < 0 || int_load(worker, &slots, IN_FLIGHT, &in_flight) < 0 ||
+            int_load(worker, &slots, DECODING, &decoding) < 0)
+            goto fail;
+        /* the Python expression's operations in its order, so that the floats are the same (its
+         * sums of ints are exact, and so are these of doubles below 2**53 tokens) */
+        double prefill = pending + (double)((2 + in_flight - decoding) * (long long)lacks);
+        double cost = turn + per_token * prefill + outputs * (step + per_decoding * (double)decoding);
+        in_flights[p] = in_flight;
+        PyObject *cost_object = PyFloat_FromDouble(cost), *lacks_object = PyLong_FromSsize_t(lacks);
+        if (cost_object == NULL || lacks_object == NULL) {
+            Py_XDECREF(cost_object);
+            Py_XDECREF(lacks_object);
+            goto fail;
+        }
+        PyList_SET_ITEM(costs, p, cost_object);
+        PyList_SET_ITEM(lacking, p, lacks_object);
+        if (p == 0 || cost < lowest) lowest = cost;  /* as min(): a NaN first stays, a later one is passed */
+    }
+    PyObject *cheapest;
+    if (!(lowest < Py_HUGE_VAL)) {
+        cheapest = Py_NewRef(Py_None);
+    } else {
+        Py_ssize_t best = -1;
+        long long best_in_flight = 0, best_turn = 0;
+        for (Py_ssize_t p = 0; p < count; p++) {
+            if (PyFloat_AS_DOUBLE(PyList_GET_ITEM(costs, p)) != lowest) continue;
+            long long turn = ((p - start) % count + count) % count;
+            if (best < 0 || in_flights[p] < best_in_flight || (in_flights[p] == best_in_flight && turn < best_turn)) {
+                best = p;
+                best_in_flight = in_flights[p];
+                best_turn = turn;
+            }
+        }
+        cheapest = PyLong_FromSsize_t(best);
+        if (cheapest == NULL) goto fail;
+    }
+    PyMem_Free(in_flights);
+    PyMem_Free(held_tokens);
+    PyMem_Free(held_masks);
+    return Py_BuildValue("(NNN)", cheapest, costs, lacking);
+fail:
+    PyMem_Free(in_flights);
+    PyMem_Free(held_tokens);
+    PyMem_Free(held_masks);
+    Py_XDECREF(costs);
+    Py_XDECREF(lacking);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"chained_keys", chained_keys, METH_VARARGS, chained_keys_doc},
     {"walk", walk, METH_VARARGS, walk_doc},
+    {"price", price, METH_VARARGS, price_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_blocks", "The kv policy's block keys and index walk, compiled.", -1, methods,
+    PyModuleDef_HEAD_INIT, "_blocks", "The kv policy's block keys, index walk and pricing, compiled.", -1, methods,
 };
 
-PyMODINIT_FUNC PyInit__blocks(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__blocks(void) {
+    load_names[PENDING] = PyUnicode_InternFromString("pending_prefill_tokens");
+    load_names[IN_FLIGHT] = PyUnicode_InternFromString("in_flight");
+    load_names[DECODING] = PyUnicode_InternFromString("decoding");
+    if (load_names[PENDING] == NULL || load_names[IN_FLIGHT] == NULL || load_names[DECODING] == NULL) return NULL;
+    return PyModule_Create(&module);
+}

@@ -56,11 +56,12 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import chain, repeat
+from itertools import chain, compress, repeat
 
+from tokenworks.router import prefix_index
 from tokenworks.router.estimates import pooled
 from tokenworks.router.policies import RoundRobin, RoutedRequest
-from tokenworks.router.prefix_index import Match, PrefixIndex, block_keys
+from tokenworks.router.prefix_index import WALK_BITS, Match, PrefixIndex, block_keys
 from tokenworks.router.workers import Worker
 
 DEFAULT_BLOCK_SIZE = 16  # a worker's until it says (its /kv_events, or its first event)
@@ -86,6 +87,7 @@ class KvAware:
     _roster_workers: list[Worker] = field(default_factory=list)  # the same, as they were passed
     _position: dict[str, int] = field(default_factory=dict)  # id -> its place in _roster
     _candidates_mask: int = 0  # the index's mask of the _roster's workers
+    _roster_bits: list[int] = field(default_factory=list)  # each one's bit in the index
     _block_sizes: dict[str, int] = field(default_factory=dict)  # id -> block size, with _roster
     _one_block_size: int | None = None  # when every candidate has the same
     _limit: float | None = None  # the decision's load limit (see _allowed)
@@ -148,25 +150,12 @@ class KvAware:
         roster = self._roster_of(candidates)
         prompt = len(tokens)
         matches = self._match(tokens, candidates, self._extra_key(request))
-        lacking = self._lacking(matches, prompt)
         outputs = self.expected_output_tokens(request)
         self._limit = None  # the hot-spot guard's, worked out once a busy worker is judged by it
-
-        # Every worker priced in one comprehension (what the module's docstring says: the prefill
-        # ahead; the lacking, for this request, the later ones and each one waiting there; and the
-        # decode; `step` and `per_decoding` are the roster's, see _roster_of), the cheapest found
-        # by min() in C, and the guard asked about that one worker: a loop keeping the best so
-        # far, with and without the guard, spent 13% more on 64 workers (docs/benchmarks.md,
-        # Router, 2026-12-05 19:40).
-        costs = [
-            turn + per_token * (worker.pending_prefill_tokens + (2 + worker.in_flight - worker.decoding) * lacks)
-            + outputs * (step + per_decoding * worker.decoding)
-            for (worker, _, turn, per_token, step, per_decoding), lacks in zip(roster, lacking, strict=True)
-        ]  # fmt: skip
         # Exact ties go to the fewest in flight, then in turn: the order starts at the worker after
         # the last one chosen. The cheapest of all is kept for when the hot-spot guard allows none.
         start = self._turn % len(roster)
-        cheapest = self._cheapest(costs, candidates, start)
+        cheapest, costs, lacking = self._price(roster, matches, prompt, outputs, candidates, start)
         if cheapest is None:  # no finite cost first (a NaN or infinite estimate): the loop decides
             best, best_of_all = self._cheapest_guarded(costs, candidates, matches, start, with_all=True)
         elif self._allowed(candidates[cheapest], matches):
@@ -183,9 +172,8 @@ class KvAware:
         elif chosen_hit == best_anywhere:
             request.reason = "prefix-hit"
         elif best is not None and not any(
-            self._allowed(candidates[other], matches)
-            for other, lacks in enumerate(lacking)
-            if lacks == prompt - best_anywhere
+            self._allowed(worker, matches)  # only the workers with the longest match are asked (filtered in C)
+            for worker in compress(candidates, map((prompt - best_anywhere).__eq__, lacking))
         ):
             request.reason = "hot-spot-guard"  # every worker with the longest match was over it
         else:
@@ -198,6 +186,29 @@ class KvAware:
         self.index.predict(chosen.id, match.keys[match.blocks(self.index.bit(chosen.id)) :], ttl)
         self._sent(chosen)
         return chosen
+
+    def _price(
+        self, roster: list[tuple[Worker, str, float, float, float, float]], matches: dict[int, Match], prompt: int,
+        outputs: float, candidates: list[Worker], start: int,
+    ) -> tuple[int | None, list[float], list[int]]:  # fmt: skip
+        """(the cheapest candidate's position, None as in _cheapest; every candidate's cost; the
+        prompt tokens each lacks), in the roster's order. Every worker is priced as the module's
+        docstring says (the prefill ahead; the lacking, for this request, the later ones and each
+        one waiting there; and the decode; `step` and `per_decoding` are the roster's, see
+        _roster_of). In C where the index's masks fit its loops (prefix_index.compiled: the same
+        floats, in the same order of operations): pricing 64 workers in Python was a third of a
+        decision (docs/benchmarks.md, Router, session 19)."""
+        compiled = prefix_index.compiled
+        if compiled is not None and self._candidates_mask >> WALK_BITS == 0:
+            groups = [(size, match.groups) for size, match in matches.items()]
+            return compiled.price(roster, self._roster_bits, groups, prompt, outputs, start)
+        lacking = self._lacking(matches, prompt)
+        costs = [
+            turn + per_token * (worker.pending_prefill_tokens + (2 + worker.in_flight - worker.decoding) * lacks)
+            + outputs * (step + per_decoding * worker.decoding)
+            for (worker, _, turn, per_token, step, per_decoding), lacks in zip(roster, lacking, strict=True)
+        ]  # fmt: skip
+        return self._cheapest(costs, candidates, start), costs, lacking
 
     def _cheapest(self, costs: list[float], candidates: list[Worker], start: int) -> int | None:
         """The position of the cheapest cost, exact ties broken by in flight then in turn from
@@ -296,6 +307,7 @@ class KvAware:
                 # slows each of theirs while they overlap (about half an answer each)
                 self._roster.append((worker, worker.id, turn, per_token, step + per_decoding, 1.5 * per_decoding))
             self._candidates_mask = self.index.mask_of(ids)  # a worker tried already holds nothing for this request
+            self._roster_bits = [self.index.bit(worker_id) for worker_id in ids]
             self._position = {worker.id: position for position, worker in enumerate(candidates)}
             self._block_sizes = {worker.id: worker.block_size or DEFAULT_BLOCK_SIZE for worker in candidates}
             sizes = set(self._block_sizes.values())

@@ -36,11 +36,12 @@ ROOT_KEY = 0  # the parent key of a prompt's first block
 MASKS_REMEMBERED = 4096  # sets of holders whose worker ids are kept at hand
 
 
-# The two loops of a decision that grow with the prompt, compiled (_blocks.c; the same answers
-# as the Python below, which runs where it cannot be built): a decision on a million-block index
-# takes 14% less time (docs/benchmarks.md, Router, session 18).
-_compiled = native.load("_blocks", Path(__file__).with_name("_blocks.c"))
-WALK_BITS = 64  # the compiled walk takes masks of up to 64 workers; more go through Python's
+# The loops of a decision that grow with the prompt or the fleet, compiled (_blocks.c: the two
+# below and the kv policy's pricing, with the same answers as the Python ones, which run where
+# it cannot be built, or while this is None): with all three a decision on a million-block index
+# with 64 workers takes 40% less time (docs/benchmarks.md, Router, session 19).
+compiled = native.load("_blocks", Path(__file__).with_name("_blocks.c"))
+WALK_BITS = 64  # the compiled loops take masks of up to 64 workers; more go through Python's
 
 
 def block_keys(token_ids: Sequence[int], block_size: int, extra: str | None = None) -> list[int]:
@@ -51,8 +52,8 @@ def block_keys(token_ids: Sequence[int], block_size: int, extra: str | None = No
 def chained_keys(token_ids: Sequence[int], block_size: int, parent: int) -> list[int]:
     """The keys of the full blocks of `token_ids`, the first one chained to `parent`: each is
     hash((its parent, tuple(its tokens))), so a key stands for every token up to its block's end."""
-    if _compiled is not None and isinstance(token_ids, list | tuple):
-        return _compiled.chained_keys(token_ids, block_size, parent)
+    if compiled is not None and isinstance(token_ids, list | tuple):
+        return compiled.chained_keys(token_ids, block_size, parent)
     keys: list[int] = []
     append = keys.append
     for block in zip(*[iter(token_ids)] * block_size, strict=False):  # whole blocks, as tuples, cut in C
@@ -228,8 +229,8 @@ class PrefixIndex:
             wanted = (1 << self._next_bit) - 1  # every bit ever taken (a free one holds nothing)
         self._expire(self.clock())  # what remains predicted holds
         holders, predicted = self._holders, self._predicted
-        if _compiled is not None and wanted >> WALK_BITS == 0:
-            return Match(keys, _compiled.walk(keys, holders, predicted, wanted))
+        if compiled is not None and wanted >> WALK_BITS == 0:
+            return Match(keys, compiled.walk(keys, holders, predicted, wanted))
         groups: list[tuple[int, int]] = []
         still = wanted  # the workers holding every block so far
         for depth, key in enumerate(keys):

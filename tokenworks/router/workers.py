@@ -48,7 +48,8 @@ class KVEventSource:
     topic: str = ""
 
 
-@dataclass(eq=False)
+# slots: the kv policy's compiled pricing reads each candidate's loads straight from them (_blocks.c)
+@dataclass(eq=False, slots=True)
 class Worker:
     url: str  # the worker's root, without /v1
     id: str
