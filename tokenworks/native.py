@@ -1,9 +1,9 @@
 """C extensions built on first use, for the few loops the serving path cannot afford in Python.
 
 The engine's kernels are built by torch's cpp_extension; the router imports no torch, so its
-module (router/_blocks.c) is built here: a plain CPython extension, compiled once per source
-and Python version with the compiler and linker Python was built with (sysconfig), cached, and imported
-from the cache by every later process. Where it cannot be built (no compiler, no Python
+module (router/_blocks.c) is built here: a plain CPython extension, compiled once per source,
+flags and Python version with the compiler and linker Python was built with (sysconfig),
+cached, and imported from the cache by every later process. Where it cannot be built (no compiler, no Python
 headers, a 32-bit Python) or TOKENWORKS_NATIVE=0 is set, `load` answers None and the caller
 runs its Python loops, which give the same answers: slower, never different.
 
@@ -32,6 +32,10 @@ logger = logging.getLogger(__name__)
 ENABLE_VARIABLE = "TOKENWORKS_NATIVE"
 DIRECTORY_VARIABLE = "TOKENWORKS_NATIVE_DIR"
 BUILD_TIMEOUT_S = 120.0
+# No fused multiply-adds (which compilers may form where the target has them): the C loops must
+# round every product as Python does, to give the Python loops' floats exactly. (Part of the
+# cached module's name, with its source: other flags, another module.)
+COMPILE_FLAGS = ("-O2", "-ffp-contract=off")
 _loaded: dict[str, ModuleType | None] = {}
 
 
@@ -54,7 +58,7 @@ def _load(name: str, source: Path) -> ModuleType | None:
     try:
         code = source.read_bytes()
         suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
-        digest = hashlib.sha256(code + sys.version.encode()).hexdigest()[:16]
+        digest = hashlib.sha256(code + sys.version.encode() + " ".join(COMPILE_FLAGS).encode()).hexdigest()[:16]
         built = cache_directory() / f"{name}-{digest}{suffix}"
         if not built.is_file():
             _build(source, built)
@@ -81,9 +85,7 @@ def _build(source: Path, target: Path) -> None:
     descriptor, partial = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=".so", dir=target.parent)
     os.close(descriptor)
     try:
-        # no fused multiply-adds (which compilers may form where the target has them): the C loops
-        # must round every product as Python does, to give the Python loops' floats exactly
-        command = [*link, *position_independent, "-O2", "-ffp-contract=off", f"-I{include}", str(source), "-o", partial]
+        command = [*link, *position_independent, *COMPILE_FLAGS, f"-I{include}", str(source), "-o", partial]
         result = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
         if result.returncode != 0:
             raise ImportError(f"{' '.join(command)} failed: {result.stderr.strip()[-2000:]}")
