@@ -80,9 +80,15 @@ class EngineCore:
         logger.info("publishing KV events at %s (replay: %s)", publisher.endpoint, publisher.replay_endpoint)
         return publisher
 
-    def _publish_kv_events(self) -> None:
+    def publish_kv_events(self) -> None:
+        """Hand the KV events since the last call to the publisher (when events are on). The
+        loops that run `step()` call it once the step's outputs are on their way, not `step()`
+        itself: the publisher's thread (and ZMQ's) woken before the outputs were sent held up the
+        API server's first chunk on a shared core, and a router's batch arrived as it relayed
+        that token: a request's first token came 0.7 ms later direct and 1.2-1.8 ms later through
+        the `kv` router at concurrency 1 (docs/benchmarks.md, Router, session 19)."""
         events = self.kv_cache.pool.events
-        if events:
+        if events and self.kv_events is not None:
             self.kv_events.publish(events)
             self.kv_cache.pool.events = []
 
@@ -148,8 +154,7 @@ class EngineCore:
                 self._finish(request, RequestStatus.FINISHED_ABORTED)
                 outputs.append(self._output(request, [], None))
         self.last_stats = StepStats(self.scheduler.stats())
-        if self.kv_events is not None:
-            self._publish_kv_events()
+        self.publish_kv_events()
         return outputs
 
     def has_work(self) -> bool:
@@ -164,9 +169,7 @@ class EngineCore:
         self.last_stats = StepStats(
             self.scheduler.stats(), len(scheduled.chunks), scheduled.num_tokens, time.perf_counter() - start
         )
-        if self.kv_events is not None:
-            self._publish_kv_events()
-        return outputs
+        return outputs  # its KV events wait for publish_kv_events()
 
     def _run(self, scheduled: SchedulerOutput) -> list[CoreOutput]:
         logits, prompt_rows = self.runner.execute(scheduled.chunks)
@@ -296,6 +299,5 @@ class EngineCore:
 
     def reset_prefix_cache(self) -> bool:
         reset = self.kv_cache.reset_prefix_cache()
-        if self.kv_events is not None:
-            self._publish_kv_events()
+        self.publish_kv_events()
         return reset

@@ -136,6 +136,7 @@ def _loop(core: EngineCore, channel: Channel, parent_pid: int) -> None:
             step_outputs = core.step()
             if step_outputs:  # a step of requests that do not stream has nothing to tell the caller
                 channel.send(StepOutputs(step_outputs, core.last_stats))
+            core.publish_kv_events()  # after its outputs: see EngineCore.publish_kv_events
 
 
 def handle_message(core: EngineCore, message: object, send: Send) -> None:

@@ -26,7 +26,9 @@ class InProcessCoreClient:
         if self._pending:
             return self._pending.pop(0)
         if self.core.has_work():
-            return StepOutputs(self.core.step(), self.core.last_stats)
+            outputs = StepOutputs(self.core.step(), self.core.last_stats)
+            self.core.publish_kv_events()
+            return outputs
         return None
 
     def close(self) -> None:
