@@ -83,10 +83,10 @@ class EngineCore:
     def publish_kv_events(self) -> None:
         """Hand the KV events since the last call to the publisher (when events are on). The
         loops that run `step()` call it once the step's outputs are on their way, not `step()`
-        itself: the publisher's thread (and ZMQ's) woken before the outputs were sent held up the
-        API server's first chunk on a shared core, and a router's batch arrived as it relayed
-        that token: a request's first token came 0.7 ms later direct and 1.2-1.8 ms later through
-        the `kv` router at concurrency 1 (docs/benchmarks.md, Router, session 19)."""
+        itself: handed over before the outputs were sent (the publisher's thread and ZMQ's
+        woken on a core the API server shares, a router's batch arriving as it relays the
+        token), a request's first token came 0.2-0.8 ms later direct and 1.2-2.0 ms later
+        through the `kv` router at concurrency 1 (docs/benchmarks.md, Router, session 19)."""
         events = self.kv_cache.pool.events
         if events and self.kv_events is not None:
             self.kv_events.publish(events)

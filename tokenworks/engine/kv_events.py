@@ -1,8 +1,9 @@
 """Publishing the prefix cache's changes over ZMQ, in the layout of vLLM's KV events.
 
-After each step the engine hands the events its block pool recorded (block_pool.py) to
-`KVEventPublisher.publish`, which only queues them: a thread encodes and sends, so a step
-never waits on a socket. On the wire, as vLLM's `ZmqEventPublisher` sends them:
+After each step, once the step's outputs are sent, the engine hands the events its block pool
+recorded (block_pool.py) to `KVEventPublisher.publish`, which only queues them: a thread
+encodes and sends, so a step never waits on a socket (and a batch never runs ahead of the
+tokens of its step: EngineCore.publish_kv_events). On the wire, as vLLM's `ZmqEventPublisher` sends them:
 - PUB socket: multipart (topic, sequence number as 8 bytes big-endian, payload), the payload
   a msgpack array `[timestamp, [event, ...], data_parallel_rank]` and each event a map tagged
   by `type` (`BlockStored`, `BlockRemoved`, `AllBlocksCleared`);
