@@ -18,8 +18,10 @@ new tail, 20% a prompt stored before, replayed, 20% random tokens), each against
 Each call is timed by the clock (perf_counter_ns) and by the thread's CPU time
 (thread_time_ns), which leaves out the time other processes on a busy host take the core.
 With --alternate (the default) as many decisions again, every other one, run the Python loops
-(`prefix_index.compiled` off, what TOKENWORKS_NATIVE=0 runs): the compiled loops' gain, measured
-on the same index in the same minutes (runs minutes apart on this host differ by a third).
+(`prefix_index.compiled` off: the walk, pricing and block keys of TOKENWORKS_NATIVE=0) on the
+same index, whose tables stay the compiled ones (TOKENWORKS_NATIVE=0 also keeps them in dicts,
+slower still): the compiled loops' gain, measured in the same minutes (runs minutes apart on
+this host differ by a third).
 Each call also records its prediction in the index (as in the router); the timed calls follow
 untimed ones for longer than a prediction lasts (SIBLING_TTL_S), so they pay for expiring
 earlier predictions too. The garbage collector is set as the router sets it at startup
@@ -362,7 +364,7 @@ def main() -> None:
         print(f"    decision p50 {d['decision_p50_us']:.1f} us, p99 {d['decision_p99_us']:.1f} us, "
               f"max {d['decision_max_us']:.0f} us, mean {d['decision_mean_us']:.1f} us; reasons {d['reasons']}")  # fmt: skip
         if d["python_loops_p50_us"] is not None:
-            print(f"    the Python loops (every other decision, TOKENWORKS_NATIVE=0's code): p50 {d['python_loops_p50_us']:.1f} us, "
+            print(f"    the Python loops on the same tables (every other decision): p50 {d['python_loops_p50_us']:.1f} us, "
                   f"p99 {d['python_loops_p99_us']:.1f} us")  # fmt: skip
         print(f"    the same decisions in the thread's CPU time (preemption by other processes left out): "
               f"p50 {d['decision_cpu_p50_us']:.1f} us, p99 {d['decision_cpu_p99_us']:.1f} us")  # fmt: skip

@@ -1,8 +1,9 @@
-"""The compiled block keys and index walk (router/_blocks.c) give exactly the Python loops' answers.
+"""The compiled block keys, index tables and walk (router/_blocks.c) give exactly the Python ones' answers.
 
 The keys are Python's own hash((parent, tuple(block))), so a key computed by either is the same
-int; the walk gives the same groups for any index, masks wider than 64 bits included. And a
-module that cannot be built leaves the Python loops in place, with the reason logged.
+int; the compiled table holds what the Python one holds after any run of changes; the walk gives
+the same groups for any index, masks wider than 64 bits included. And a module that cannot be
+built leaves the Python loops in place, with the reason logged.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 
 from tokenworks import native
 from tokenworks.router import prefix_index
+from tokenworks.router.key_masks import KeyMasks
 from tokenworks.router.kv_policy import KvAware
 from tokenworks.router.prefix_index import Match, PrefixIndex, block_keys, chained_keys
 from tokenworks.router.workers import Worker
@@ -60,6 +62,55 @@ def test_the_python_fallback_makes_the_same_keys(python_loops) -> None:
     tokens = [rng.randrange(8192) for _ in range(1000)]
     for parent in EDGE_PARENTS:
         assert chained_keys(tokens, 16, parent) == python_keys(tokens, 16, parent)
+
+
+def test_the_compiled_table_holds_what_the_python_one_holds() -> None:
+    """Random runs of adds and discards (keys that share home slots, edge values, a table grown
+    to thousands of keys and emptied again): after each change both hold the same masks."""
+    rng = random.Random(2)
+    compiled_table, python_table = prefix_index.compiled.KeyMasks(), KeyMasks()
+    edges = [0, 1, -1, -2, 2**63 - 1, -(2**63), 2**32, -(2**32)]
+    # keys 2**58 apart share their top 6 bits: the same home slot while the table has 64 slots
+    crowded = [k << 58 for k in range(-32, 32)]
+    pool = edges + crowded + [rng.randrange(-(2**63), 2**63) for _ in range(5000)]
+    bits = [1, 2, 1 << 63, 0, 5, (1 << 64) - 1]
+    for step in range(3000):
+        growing = step % 1000 < 600
+        keys = rng.sample(pool, rng.choice([1, 2, 8, 64]))
+        bit = rng.choice(bits)
+        if growing or rng.random() < 0.2:
+            compiled_table.add(keys, bit)
+            python_table.add(keys, bit)
+        else:
+            compiled_table.discard(keys, bit)
+            python_table.discard(keys, bit)
+        probe = rng.sample(pool, 16)
+        assert [compiled_table.get(key) for key in probe] == [python_table.get(key) for key in probe]
+        assert len(compiled_table) == len(python_table)
+        if step % 100 == 99:
+            assert sorted(compiled_table.items()) == sorted(python_table.items())
+            assert sorted(compiled_table.holding(1 << 63)) == sorted(python_table.holding(1 << 63))
+    for bit in bits:  # emptied: every key leaves, and the table shrinks back
+        compiled_table.discard(pool, bit)
+        python_table.discard(pool, bit)
+    assert len(compiled_table) == len(python_table) == 0 and compiled_table.items() == []
+    with pytest.raises(OverflowError):
+        compiled_table.add([1], 1 << 64)  # the index moves to the Python table before a 65th worker
+    with pytest.raises(OverflowError):
+        compiled_table.get(2**63)
+
+
+def test_a_65th_worker_moves_the_index_to_the_python_tables() -> None:
+    index = PrefixIndex()
+    for k in range(64):
+        index.add_worker(f"w{k}")
+    index.stored("w63", [1, 2], None, list(range(8)), 4)
+    index.predict("w0", block_keys(list(range(8)), 4), 60.0)
+    assert not isinstance(index._holders, KeyMasks)  # compiled while 64 bits hold every worker
+    index.add_worker("w64")
+    assert isinstance(index._holders, KeyMasks) and isinstance(index._predicted, KeyMasks)
+    index.stored("w64", [3], None, list(range(4)), 4)
+    assert index.matched_blocks(block_keys(list(range(8)), 4)) == {"w0": 2, "w63": 2, "w64": 1}
 
 
 def _random_index(rng: random.Random, workers: int) -> tuple[PrefixIndex, list[list[int]]]:

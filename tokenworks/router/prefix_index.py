@@ -15,15 +15,14 @@ Two kinds of entries:
   requests sent together land together); for a worker without events it is all the router
   knows, and it expires after a TTL.
 
-Workers are bits of an int mask, so matching a prompt costs two dict lookups (confirmed and
-predicted) and a few `&`s per block whatever the number of workers.
+Workers are bits of an int mask, so matching a prompt costs two table lookups (confirmed and
+predicted: key_masks.py) and a few `&`s per block whatever the number of workers.
 """
 
 from __future__ import annotations
 
 import heapq
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, repeat
@@ -31,17 +30,23 @@ from operator import getitem
 from pathlib import Path
 
 from tokenworks import native
+from tokenworks.router.key_masks import KeyMasks
 
 ROOT_KEY = 0  # the parent key of a prompt's first block
 MASKS_REMEMBERED = 4096  # sets of holders whose worker ids are kept at hand
 
 
 # The loops of a decision that grow with the prompt or the fleet, compiled (_blocks.c: the two
-# below and the kv policy's pricing, with the same answers as the Python ones, which run where
-# it cannot be built, or while this is None): with all three a decision on a million-block index
-# with 64 workers takes 40% less time (docs/benchmarks.md, Router, session 19).
+# below, the index's tables and the kv policy's pricing, with the same answers as the Python
+# ones, which run where it cannot be built, or while this is None): a decision on a
+# million-block index with 64 workers takes half the Python loops' time (docs/benchmarks.md,
+# Router, session 20).
 compiled = native.load("_blocks", Path(__file__).with_name("_blocks.c"))
-WALK_BITS = 64  # the compiled loops take masks of up to 64 workers; more go through Python's
+WALK_BITS = 64  # the compiled loops and tables take masks of up to 64 workers; more go through Python's
+
+
+def _new_table() -> KeyMasks:
+    return compiled.KeyMasks() if compiled is not None else KeyMasks()
 
 
 def block_keys(token_ids: Sequence[int], block_size: int, extra: str | None = None) -> list[int]:
@@ -89,12 +94,12 @@ class _WorkerBlocks:
 @dataclass
 class PrefixIndex:
     _workers: dict[str, _WorkerBlocks] = field(default_factory=dict)
-    _holders: dict[int, int] = field(default_factory=dict)  # key -> mask of workers that confirmed it
+    _holders: KeyMasks = field(default_factory=_new_table)  # key -> mask of workers that confirmed it
     # key -> mask of workers predicted to hold it. Each prediction (a worker's bit on a prompt's
     # keys) leaves when its time is up, before every question, so what is here holds. (A key
     # predicted twice for one worker leaves with the first: a hint, soon confirmed by the
     # worker's own events or sent again.)
-    _predicted: dict[int, int] = field(default_factory=dict)
+    _predicted: KeyMasks = field(default_factory=_new_table)
     _expiries: list[tuple[float, int, int, Sequence[int]]] = field(default_factory=list)  # a heap of predictions
     _pushed: int = 0  # a tie-breaker for the heap
     lora_names: set[str] = field(default_factory=set)  # adapters whose blocks workers reported
@@ -116,6 +121,9 @@ class PrefixIndex:
             self._ids_of_byte = []
 
     def _take_bit(self) -> int:
+        if self._next_bit == WALK_BITS and not isinstance(self._holders, KeyMasks):
+            # a 65th worker: the compiled tables hold 64 bits, the Python ones any number
+            self._holders, self._predicted = KeyMasks(self._holders.items()), KeyMasks(self._predicted.items())
         bit, self._next_bit = 1 << self._next_bit, self._next_bit + 1
         return bit
 
@@ -146,50 +154,30 @@ class PrefixIndex:
             if parent is None:
                 return False
         keys = chained_keys(token_ids[: len(engine_hashes) * block_size], block_size, parent)
-        holders, bit = self._holders, blocks.bit
-        for engine_hash, key in zip(engine_hashes, keys, strict=False):  # a partial last block has no key
-            blocks.by_engine_hash[engine_hash] = key
-            blocks.confirmed[key] = None
-            holders[key] = holders.get(key, 0) | bit
+        # (a partial last block has no key: zip stops at the keys)
+        blocks.by_engine_hash.update(zip(engine_hashes, keys, strict=False))
+        blocks.confirmed.update(zip(keys, repeat(None)))
+        self._holders.add(keys, blocks.bit)
         return True
 
     def removed(self, worker_id: str, engine_hashes: Sequence[object]) -> None:
         blocks = self._workers[worker_id]
-        for engine_hash in engine_hashes:
-            key = blocks.by_engine_hash.pop(engine_hash, None)
-            if key is None:
-                continue
+        by_engine_hash = blocks.by_engine_hash
+        keys = [key for key in map(by_engine_hash.pop, engine_hashes, repeat(None)) if key is not None]
+        for key in keys:
             blocks.confirmed.pop(key, None)
-            mask = self._holders.get(key, 0) & ~blocks.bit
-            if mask:
-                self._holders[key] = mask
-            else:
-                self._holders.pop(key, None)
-            self._forget_prediction(key, blocks.bit)  # evicted: no longer expected there either
+        self._holders.discard(keys, blocks.bit)
+        self._predicted.discard(keys, blocks.bit)  # evicted: no longer expected there either
 
     def clear(self, worker_id: str) -> None:
         """Forget everything about a worker's cache (it restarted, died, or lost events)."""
         blocks = self._workers.get(worker_id)
         if blocks is None:
             return
-        for key in blocks.confirmed:
-            mask = self._holders.get(key, 0) & ~blocks.bit
-            if mask:
-                self._holders[key] = mask
-            else:
-                self._holders.pop(key, None)
+        self._holders.discard(list(blocks.confirmed), blocks.bit)
         blocks.confirmed.clear()
         blocks.by_engine_hash.clear()
-        for key in [key for key, mask in self._predicted.items() if mask & blocks.bit]:
-            self._forget_prediction(key, blocks.bit)
-
-    def _forget_prediction(self, key: int, bit: int) -> None:
-        mask = self._predicted.get(key, 0)
-        if mask & bit:
-            if mask == bit:
-                del self._predicted[key]
-            else:
-                self._predicted[key] = mask & ~bit
+        self._predicted.discard(self._predicted.holding(blocks.bit), blocks.bit)
 
     # ---- what the router did -------------------------------------------------------------------
 
@@ -197,12 +185,8 @@ class PrefixIndex:
         """The router sent a prompt with these blocks to the worker: expect them there for `ttl_s`
         (the caller leaves out the leading ones the worker is known to hold already)."""
         now = self.clock()
-        bit, predicted = self._workers[worker_id].bit, self._predicted
-        if predicted.keys().isdisjoint(keys):  # a new prompt's blocks (the common case): stored in C
-            predicted.update(zip(keys, repeat(bit)))
-        else:
-            for key in keys:
-                predicted[key] = predicted.get(key, 0) | bit
+        bit = self._workers[worker_id].bit
+        self._predicted.add(keys, bit)
         self._pushed += 1
         heapq.heappush(self._expiries, (now + ttl_s, self._pushed, bit, keys))
         self._expire(now)
@@ -212,11 +196,7 @@ class PrefixIndex:
         expiries, predicted = self._expiries, self._predicted
         while expiries and expiries[0][0] <= now:
             _, _, bit, keys = heapq.heappop(expiries)
-            if list(map(predicted.get, keys)).count(bit) == len(keys):  # predicted there only: dropped in C
-                deque(map(predicted.pop, keys, repeat(None)), maxlen=0)
-            else:
-                for key in keys:
-                    self._forget_prediction(key, bit)
+            predicted.discard(keys, bit)
 
     # ---- the question -------------------------------------------------------------------------
 
@@ -229,12 +209,12 @@ class PrefixIndex:
             wanted = (1 << self._next_bit) - 1  # every bit ever taken (a free one holds nothing)
         self._expire(self.clock())  # what remains predicted holds
         holders, predicted = self._holders, self._predicted
-        if compiled is not None and wanted >> WALK_BITS == 0:
+        if compiled is not None and wanted >> WALK_BITS == 0 and not isinstance(holders, KeyMasks):
             return Match(keys, compiled.walk(keys, holders, predicted, wanted))
         groups: list[tuple[int, int]] = []
         still = wanted  # the workers holding every block so far
         for depth, key in enumerate(keys):
-            dropped = still & ~(holders.get(key, 0) | predicted.get(key, 0))
+            dropped = still & ~(holders.get(key) | predicted.get(key))
             if dropped:
                 if depth:
                     groups.append((depth, dropped))
@@ -254,7 +234,7 @@ class PrefixIndex:
 
     def confirms(self, worker_id: str, key: int) -> bool:
         """Whether the worker's own events say it holds this block."""
-        return bool(self._holders.get(key, 0) & self.bit(worker_id))
+        return bool(self._holders.get(key) & self.bit(worker_id))
 
     def confirmed_blocks(self, keys: Sequence[int], worker_id: str) -> int:
         """How many of these leading blocks the worker's own events confirmed it holds."""
