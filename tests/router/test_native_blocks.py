@@ -48,7 +48,9 @@ def test_keys_are_pythons_own_hashes() -> None:
     rng = random.Random(0)
     for _ in range(400):
         block_size = rng.choice([1, 2, 3, 16, 32])
-        tokens = [rng.choice([0, 1, rng.randrange(8192), rng.randrange(2**40)]) for _ in range(rng.randrange(70))]
+        # ids read from the int itself (one 30-bit digit, either sign) and through hash() (wider ones, bools)
+        edges = [0, 1, -1, -2, 2**30 - 1, 2**30, -(2**30 - 1), -(2**30), True, rng.randrange(2**40)]
+        tokens = [rng.choice([rng.randrange(8192), rng.choice(edges)]) for _ in range(rng.randrange(70))]
         parent = rng.choice([*EDGE_PARENTS, hash(("lora", rng.random())), rng.randrange(-(2**63), 2**63)])
         expected = python_keys(tokens, block_size, parent)
         assert chained_keys(tokens, block_size, parent) == expected
