@@ -45,8 +45,8 @@ async def run_until_disconnect(request: Request, work: Awaitable[Any]) -> Any:
     """The work's result, or ClientGone (with the work cancelled) if the client leaves first.
 
     The work runs in the caller's own task, watched by one task that cancels it when the client
-    goes: a task of its own for the work, and asyncio.wait over both, cost the router a tenth of
-    a millisecond a request with its caches cold (docs/benchmarks.md, Router, session 20)."""
+    goes: a task of its own for the work, and asyncio.wait over both, cost the router 20-30 us
+    more a request with its caches cold (docs/benchmarks.md, Router, session 20)."""
     task = asyncio.current_task()
     assert task is not None
     gone = False
