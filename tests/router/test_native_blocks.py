@@ -72,8 +72,14 @@ def test_the_compiled_table_holds_what_the_python_one_holds() -> None:
     rng = random.Random(2)
     compiled_table, python_table = prefix_index.compiled.KeyMasks(), KeyMasks()
     edges = [0, 1, -1, -2, 2**63 - 1, -(2**63), 2**32, -(2**32)]
-    # keys 2**58 apart share their top 6 bits: the same home slot while the table has 64 slots
-    crowded = [k << 58 for k in range(-32, 32)]
+    # Keys whose home is the first slot or the last (the table's home is the top bits of key x an
+    # odd constant): long runs of probing, and runs that wrap around the end of the array.
+    inverse = pow(11400714819323198485, -1, 2**64)
+    crowded = []
+    for _ in range(200):
+        product = rng.choice([rng.randrange(2**50), 2**64 - 1 - rng.randrange(2**50)])
+        key = product * inverse % 2**64
+        crowded.append(key - 2**64 if key >= 2**63 else key)
     pool = edges + crowded + [rng.randrange(-(2**63), 2**63) for _ in range(5000)]
     bits = [1, 2, 1 << 63, 0, 5, (1 << 64) - 1]
     for step in range(3000):
@@ -92,7 +98,7 @@ def test_the_compiled_table_holds_what_the_python_one_holds() -> None:
         if step % 100 == 99:
             assert sorted(compiled_table.items()) == sorted(python_table.items())
             assert sorted(compiled_table.holding(1 << 63)) == sorted(python_table.holding(1 << 63))
-    for bit in bits:  # emptied: every key leaves, and the table shrinks back
+    for bit in bits:  # emptied: every key leaves (the table shrinking as it goes)
         compiled_table.discard(pool, bit)
         python_table.discard(pool, bit)
     assert len(compiled_table) == len(python_table) == 0 and compiled_table.items() == []
