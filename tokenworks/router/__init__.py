@@ -2,7 +2,8 @@
 
 It imports no torch: it forwards requests, as bytes, to OpenAI-compatible workers (tokenworks
 servers or vLLM), chosen per request by a policy (policies.py) among the healthy workers of the
-pool (workers.py), and passes their answers and streams back (proxy.py). A worker that fails
+pool (workers.py), and passes their answers and streams back (proxy.py, over upstream.py's
+connections). A worker that fails
 before answering is left for another; one that breaks a stream ends it with an error event.
 """
 

@@ -42,7 +42,8 @@ from tokenworks.router.metrics import RouterMetrics
 from tokenworks.router.policies import DEFAULT_POLICY, Policy, RoutedRequest, make_policy
 from tokenworks.router.prefix_index import PrefixIndex
 from tokenworks.router.prompts import PromptTokenizer
-from tokenworks.router.proxy import forward, forward_feedback, forward_tokenization
+from tokenworks.router.proxy import CONNECT_TIMEOUT_S, forward, forward_feedback, forward_tokenization
+from tokenworks.router.upstream import WorkerConnections
 from tokenworks.router.workers import WorkerPool
 from tokenworks.serve.auth import PROTECTED_PREFIXES, ApiKeyMiddleware
 from tokenworks.serve.config import DEFAULT_MAX_BODY_BYTES
@@ -170,7 +171,8 @@ def create_router_app(config: RouterConfig) -> FastAPI:
     async def lifespan(app: FastAPI):
         connector = aiohttp.TCPConnector(limit=0)  # as many connections as requests in flight
         async with aiohttp.ClientSession(connector=connector) as session:
-            app.state.session = session
+            app.state.session = session  # the router's own calls (health, models, events, adapters)
+            app.state.connections = WorkerConnections(CONNECT_TIMEOUT_S)  # the requests it forwards
             tasks = [
                 asyncio.ensure_future(pool.watch_health(session)),
                 asyncio.ensure_future(routing.adapters.keep_in_sync(session, pool)),
@@ -188,6 +190,7 @@ def create_router_app(config: RouterConfig) -> FastAPI:
                 for task in tasks:
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+                await app.state.connections.close()
 
     app = FastAPI(title="tokenworks router", version=__version__, lifespan=lifespan)
     app.state.routing = routing
@@ -203,7 +206,7 @@ def create_router_app(config: RouterConfig) -> FastAPI:
                 routed.tokens_header = routing.prompts.header(prompt)
         try:  # a client that leaves before the answer cancels the forward, and so the worker's work
             return await run_until_disconnect(
-                request, forward(path, raw, routed, pool, policy, app.state.session, metrics, routing.adapters)
+                request, forward(path, raw, routed, pool, policy, app.state.connections, metrics, routing.adapters)
             )
         except ClientGone:
             return Response(status_code=499)

@@ -22,6 +22,7 @@ from tokenworks.router.adapters import AdapterTable
 from tokenworks.router.flight import Flight
 from tokenworks.router.metrics import RouterMetrics
 from tokenworks.router.policies import Policy, RoutedRequest
+from tokenworks.router.upstream import UpstreamError, UpstreamResponse, WorkerConnections
 from tokenworks.router.workers import Worker, WorkerPool
 from tokenworks.serve.errors import APIError, error_body
 from tokenworks.serve.pretokenized import HEADER as PROMPT_TOKENS_HEADER
@@ -40,7 +41,7 @@ FORWARDED_HEADERS = ("content-type", "accept", "x-session-id", "x-request-id")
 
 async def forward(
     path: str, raw_body: bytes, routed: RoutedRequest, pool: WorkerPool, policy: Policy,
-    session: aiohttp.ClientSession, metrics: RouterMetrics, adapters: AdapterTable,
+    connections: WorkerConnections, metrics: RouterMetrics, adapters: AdapterTable,
 ) -> Response:  # fmt: skip
     """The answer to one generation request, from the first worker that takes it. Cancelling it
     (a client gone) drops the request to the worker, which then aborts its work."""
@@ -60,7 +61,7 @@ async def forward(
         answer = None
         try:
             sent_headers = _with_tokens(headers, routed, worker)
-            answer = await _attempt(f"{worker.url}{path}", raw_body, sent_headers, flight, session, metrics, reasons)
+            answer = await _attempt(path, raw_body, sent_headers, flight, connections, metrics, reasons)
         finally:
             if answer is None:  # failed, or cancelled (its client left): the stream's own close ends it otherwise
                 flight.abandoned()
@@ -71,17 +72,16 @@ async def forward(
 
 
 async def _attempt(
-    url: str, raw_body: bytes, headers: dict[str, str], flight: Flight, session: aiohttp.ClientSession,
+    path: str, raw_body: bytes, headers: dict[str, str], flight: Flight, connections: WorkerConnections,
     metrics: RouterMetrics, reasons: list[str],
 ) -> Response | None:  # fmt: skip
     """The worker's answer, or None when it failed before anything was passed on (marked failed,
     its reason in `reasons`), so that another worker may take the request."""
     worker = flight.worker
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S)
     try:
-        upstream = await session.post(url, data=raw_body, headers=headers, timeout=timeout)
-    except (aiohttp.ClientError, TimeoutError) as error:
-        _fail(worker, f"{type(error).__name__}: {error}", reasons)
+        upstream = await connections.post(worker.url, path, raw_body, headers)
+    except UpstreamError as error:
+        _fail(worker, str(error), reasons)
         return None
     streaming = False
     try:
@@ -97,8 +97,8 @@ async def _attempt(
             stream.raw_headers.append((WORKER_HEADER.lower().encode(), worker.id.encode()))
             return stream
         data = await upstream.read()
-    except (aiohttp.ClientError, TimeoutError) as error:  # nothing passed on yet: another may answer
-        _fail(worker, f"broke its answer: {type(error).__name__}", reasons)
+    except UpstreamError as error:  # nothing passed on yet: another may answer
+        _fail(worker, f"broke its answer: {error}", reasons)
         return None
     finally:
         if not streaming:
@@ -107,30 +107,31 @@ async def _attempt(
     worker.served += 1
     metrics.requests.labels(worker.url, str(upstream.status)).inc()
     flight.ended(data if upstream.status == 200 else None)
-    return Response(data, upstream.status, {WORKER_HEADER: worker.id}, media_type=upstream.content_type)
+    media_type = upstream.content_type or None
+    return Response(data, upstream.status, {WORKER_HEADER: worker.id}, media_type=media_type)
 
 
-async def _relay(upstream: aiohttp.ClientResponse, flight: Flight, metrics: RouterMetrics) -> AsyncIterator[str]:
+async def _relay(upstream: UpstreamResponse, flight: Flight, metrics: RouterMetrics) -> AsyncIterator[str]:
     """The worker's stream as it comes; a break becomes an error event and [DONE]."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     worker = flight.worker
     try:
-        async for chunk in upstream.content.iter_any():
+        async for chunk in upstream.chunks():
             text = decoder.decode(chunk)
             if text:
                 flight.streamed(text)
                 yield text
         worker.served += 1
         flight.ended()
-    except (aiohttp.ClientError, TimeoutError) as error:
-        worker.failed(f"broke a stream: {type(error).__name__}")
+    except UpstreamError as error:
+        worker.failed(f"broke a stream: {error}")
         metrics.broken_streams.labels(worker.url).inc()
-        message = f"the worker serving this stream failed ({type(error).__name__}); the answer is incomplete"
+        message = f"the worker serving this stream failed ({error}); the answer is incomplete"
         yield f"data: {json.dumps(error_body(502, message, code='worker_failed'))}\n\n"
         yield DONE
 
 
-def _stream_closed(flight: Flight, upstream: aiohttp.ClientResponse) -> None:
+def _stream_closed(flight: Flight, upstream: UpstreamResponse) -> None:
     flight.abandoned()  # nothing, when it ended whole
     upstream.release()  # an unfinished one closes its connection: the worker sees the client go
 
