@@ -7,8 +7,11 @@ Not a test and not run in CI. Issue 23's goals, on this machine, for the tiny an
 error <= 10% on TTFT p50, TPOT p50 and output throughput, <= 20% on TTFT p99 and TPOT p99, prefix
 hit rate within 5 points. Per shape:
 
-1. `tokenworks plan profile MODEL --threads 1`, pinned to core 0 (as the worker runs), once, into
-   .peers/plan-accuracy/<shape>/profile.json (--reprofile to take it again).
+1. `tokenworks plan profile MODEL --threads 1`, pinned to core 0 (as the worker runs), into
+   .peers/plan-accuracy/<shape>/profile.json, at every run (8 s for tiny): the steps must be
+   timed in the same minutes as the sweeps they are validated against. This host's speed drifts
+   by more than the goals over hours (tiny's steps took 0.58-0.94x at 07:57 what they took at
+   05:09 the same day; docs/benchmarks.md, Plan, session 21); --reuse-profile keeps the last one.
 2. One worker: `tokenworks serve --threads 1` pinned to core 0 (its API server and engine core
    process both: the engine's core is shared with the streaming, as it is served), the load
    generator pinned to core 1. A closed-loop sweep (concurrency 1..32), then a Poisson sweep at
@@ -228,7 +231,7 @@ def run_shape(shape: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     work = WORK / shape
     work.mkdir(parents=True, exist_ok=True)
     profile = work / "profile.json"
-    if args.reprofile or not profile.is_file():
+    if not args.reuse_profile or not profile.is_file():
         log(f"{shape}: plan profile --threads 1 on core 0")
         pinned_run(tokenworks("plan", "profile", str(model), "--threads", "1", "--out", str(profile)), [0],
                    work / "profile.log")  # fmt: skip
@@ -353,7 +356,11 @@ def main() -> None:
     parser.add_argument("--shapes", default="tiny,small")
     parser.add_argument("--workers", default="1,2", help="Deployments: 1 (one worker), 2 (two behind kv), or both.")
     parser.add_argument("--quick", action="store_true", help="Fewer levels and requests: a smoke run.")
-    parser.add_argument("--reprofile", action="store_true", help="Profile again even if a profile is there.")
+    parser.add_argument(
+        "--reuse-profile",
+        action="store_true",
+        help="Keep the last profile instead of profiling again (stale ones mislead).",
+    )
     parser.add_argument("--json", type=Path, default=WORK / "results.json")
     parser.add_argument("--revalidate", action="store_true", help="Measure nothing: validate the sweeps of "
                         "--json (in the directories its entries name) again with this tokenworks.")  # fmt: skip
