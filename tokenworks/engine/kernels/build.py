@@ -7,14 +7,26 @@ file lock there serialises concurrent first builds. The build targets the CPU it
 (-march=native), so the library's name carries a digest of the sources and headers and of
 the CPU's model and instruction-set flags: a cache shared by different machines never hands
 one of them code for the other.
+
+torch runs whichever `ninja` comes first on PATH. The one pip installed beside this interpreter
+(the `ninja` dependency) is put first for the build, so that every process of an environment
+builds with the same ninja however it was started: a process not started from an activated
+virtualenv otherwise finds the system's ninja, or none at all (then no kernels), and two ninja
+versions sharing a build directory rebuild all of it at each switch (1.13 keys its log by
+another hash than 1.11: the test suite built the kernels twice, and `make demo` after it a third
+time, 20-40 s each).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
 import platform
+import sysconfig
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -41,13 +53,14 @@ def build_extension() -> tuple[ModuleType | None, str]:
     logger.info("loading the CPU kernels %s (compiled on first use on a machine, about half a minute)", name)
     started = time.perf_counter()
     try:
-        module = load(
-            name=name,
-            sources=[str(source) for source in SOURCES],
-            extra_cflags=COMPILE_FLAGS,
-            extra_ldflags=["-fopenmp"],
-            verbose=False,
-        )
+        with _environment_ninja_first():
+            module = load(
+                name=name,
+                sources=[str(source) for source in SOURCES],
+                extra_cflags=COMPILE_FLAGS,
+                extra_ldflags=["-fopenmp"],
+                verbose=False,
+            )
     except Exception as error:  # a compiler error, a missing ninja or g++: the PyTorch paths still work
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         return None, f"the CPU kernels did not build: {first_line}"
@@ -79,3 +92,23 @@ def _cpu_identity() -> str:
     return "\n".join(
         line for line in first.splitlines() if line.split(":")[0].strip() in ("model name", "flags", "Features")
     )
+
+
+def path_with_environment_ninja(path: str, scripts: str | Path) -> str:
+    """PATH with `scripts` (this environment's scripts directory) first when a ninja is there."""
+    scripts = str(scripts)
+    if not (Path(scripts) / "ninja").is_file():
+        return path
+    others = [entry for entry in path.split(os.pathsep) if entry and entry != scripts]
+    return os.pathsep.join([scripts, *others])
+
+
+@contextlib.contextmanager
+def _environment_ninja_first() -> Iterator[None]:
+    """PATH, while torch builds, with this environment's ninja first (see the module's docstring)."""
+    before = os.environ.get("PATH", "")
+    os.environ["PATH"] = path_with_environment_ninja(before, sysconfig.get_path("scripts"))
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = before
