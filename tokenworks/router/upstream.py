@@ -6,8 +6,9 @@ bare write from the call to the worker reading the request, and 0.32 ms more for
 exchange, with the caches cold as they are at concurrency 1 (docs/benchmarks.md, Router,
 session 21). This client does only what forwarding needs: a POST of bytes already encoded, over
 kept-alive connections per worker, its answer parsed by httptools (llhttp, in C: uvicorn's
-parser) and handed over as it comes. The router's other calls (health, models, KV event
-discovery, adapters, feedback) stay on aiohttp: nobody waits on them.
+parser) and handed over as it comes. The router's other calls stay on aiohttp: its own (health,
+models, KV event discovery, adapters), where nobody waits, and the feedback and tokenization
+routes it forwards, which are not on a stream's first token.
 
 A connection kept alive may have been closed by the worker while it sat idle (uvicorn closes
 them after 5 s): a request on one that ends before any byte of the answer is sent again once on
