@@ -9,6 +9,7 @@ import itertools
 import json
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from tokenworks.model import CausalLM, Tokenizer, preset_config, save_model
 from ..serve.conftest import MODEL_NAME, start_server
 
 TRAFFIC = 48  # requests per bench run
+LOG_FLUSH_S = 1.0  # the test server's request log commits at most this long after a request (its default)
 HARD_EVAL_ITEMS = 16
 SHARE = 0.5  # of the answers a user corrects
 
@@ -68,6 +70,23 @@ def bench(url: str, workload: Path, out: Path, seed: int) -> dict:
                "--free-output-length", "--seed", str(seed), "--out", str(out)]  # fmt: skip
     subprocess.run(command, check=True, capture_output=True, timeout=120)
     return json.loads((out / "run.json").read_text())
+
+
+def settled_last_row(db: Path) -> int:
+    """The log's last row once no commit is on its way: the server's writer commits up to
+    LOG_FLUSH_S after a request (the judging of the iteration just run, among others), so the
+    last row is read until it stays the same for longer than that."""
+    connection = store.connect_existing(db)
+    try:
+        last = store.last_row(connection)
+        while True:
+            time.sleep(LOG_FLUSH_S + 0.5)
+            now = store.last_row(connection)
+            if now == last:
+                return last
+            last = now
+    finally:
+        connection.close()
 
 
 def flywheel_config(root: Path, files, url: str, **labels) -> FlywheelConfig:
@@ -147,8 +166,8 @@ def test_watch_runs_an_iteration_once_enough_flagged_requests_arrived(setup, fir
         config, workdir=tmp_path / "wheel", registry=tmp_path / "r.db", serve=replace(config.serve, served_name="watched"),
         train=replace(config.train, max_steps=3), watch=WatchSettings(min_flagged=TRAFFIC, poll_s=0.01),
     )  # fmt: skip
+    logged = settled_last_row(root / "requests.db")  # every request before this test, committed
     connection = store.connect_existing(root / "requests.db")
-    logged = store.last_row(connection)
     traffic = store.count_traffic(connection, 0, logged)
     connection.close()
     loop.write_state(config.workdir, {"iterations": 0, "collected_upto": logged})
