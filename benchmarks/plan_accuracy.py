@@ -37,12 +37,17 @@ prompts the server saw), then `tokenworks plan validate --measured`. A deploymen
 sweep calibrates the server's time outside the engine on its concurrency-1 and highest points
 (`--recalibrate`, written into a copy of the profile: the per-step and per-token overheads, and
 each c=1 request's way in and client gap, which the simulation draws again per request), and
-its rate sweep and repeat are simulated with that calibration, not refitted. The table gives each sweep's median absolute errors against the
-goals, then over all sweeps of the shape. With every sweep: the CPU (in cores) that processes
-outside this benchmark used while it ran ("other"), and the load average: the figures are only
-as quiet as the host.
+its rate sweep and repeat are simulated with that calibration, not refitted. The table gives each
+sweep's median absolute errors against the goals, then over all the points of each deployment
+and of the shape. With every sweep: the CPU (in cores) that processes outside this benchmark used
+while it ran ("other"), and the load average: the figures are only as quiet as the host.
 
 --quick: 16 requests a point (32 at c=32), concurrency 1,4,16,32, for a smoke run.
+--requests-per-point N: N requests a point (bench sweep sends at least 2x the concurrency);
+default 32 for both shapes, the goals' runs. 256 on tiny (session 22) took 8 minutes and did not
+bring the noise row down (the host's speed drifts between sweeps minutes apart by more than the
+sampling error of 32 requests), but it shows a closed loop's steady state at c = 16-32, which 32
+requests a point (one or two waves) do not reach.
 --revalidate: measure nothing; validate the sweeps --json names again (after a change to the
 simulator or the calibration), from the directory each entry names (older results name none:
 .peers/plan-accuracy/<shape>/, where the latest run of that shape is), with the CPU figures of
@@ -92,6 +97,7 @@ SYNTHETIC = ["--workload", "synthetic", "--input-tokens", "128", "--output-token
 SHARED = ["--workload", "shared-prefix", "--num-prefixes", "4", "--questions-per-prefix", "16", "--prefix-tokens",
           "512", "--input-tokens", "64", "--output-tokens", "32"]  # fmt: skip
 RATE_FRACTIONS = (0.25, 0.5, 0.75)
+DEFAULT_PER_POINT = {"tiny": 32, "small": 32}
 
 
 def log(message: str) -> None:
@@ -236,7 +242,7 @@ def run_shape(shape: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         pinned_run(tokenworks("plan", "profile", str(model), "--threads", "1", "--out", str(profile)), [0],
                    work / "profile.log")  # fmt: skip
     concurrency = "1,4,16,32" if args.quick else "1,2,4,8,16,32"
-    per_point = 16 if args.quick else 32
+    per_point = 16 if args.quick else args.requests_per_point or DEFAULT_PER_POINT[shape]
     sweeps = []
     for workers, workload, name in ((1, SYNTHETIC, "synthetic"), (2, SHARED, "shared-prefix")):
         if workers not in args.workers:
@@ -317,15 +323,18 @@ def table(sweeps: list[dict[str, Any]]) -> None:
         medians = sweep["validation"]["metrics"]
         print(f"{sweep['shape']:6} {sweep['workers']:>7} {sweep['sweep']:8} {sweep['host']['other_cores']:6.2f} "
               f"{sweep['host']['load_average']:5.2f} " + " ".join(_median(m, medians[m]) for m in METRICS))  # fmt: skip
-    for shape in sorted({s["shape"] for s in sweeps}):
+    # Every simulated point of a deployment (its three sweeps), then of a shape (both deployments).
+    groups = sorted({(s["shape"], str(s["workers"])) for s in sweeps} | {(s["shape"], "all") for s in sweeps})
+    for shape, workers in groups:
         cells = []
         for metric in METRICS:
-            errors = [abs(cell["cells"][metric]["error"]) for s in sweeps if s["shape"] == shape and s["sweep"] != "noise"
+            errors = [abs(cell["cells"][metric]["error"]) for s in sweeps
+                      if s["shape"] == shape and workers in ("all", str(s["workers"])) and s["sweep"] != "noise"
                       for cell in s["validation"]["points"] if cell["cells"][metric]["error"] is not None]  # fmt: skip
             median = statistics.median(errors) if errors else None
             cells.append(_median(metric, {"median_abs_error": median, "goal": goals[metric]["goal"],
                                           "passes": None if median is None else median <= goals[metric]["goal"]}))  # fmt: skip
-        print(f"{shape:6} {'all':>7} {'points':8} {'':>6} {'':>5} " + " ".join(cells))
+        print(f"{shape:6} {workers:>7} {'points':8} {'':>6} {'':>5} " + " ".join(cells))
     print("goal: " + ", ".join(f"{SHORT[m]} <= {_shown(m, goals[m]['goal'])}" for m in METRICS))
     cpu = {(s["shape"], s["workers"]): s["serving_cpu"] for s in sweeps if s.get("serving_cpu")}
     print("serving CPU measured apart: " + "; ".join(
@@ -356,6 +365,8 @@ def main() -> None:
     parser.add_argument("--shapes", default="tiny,small")
     parser.add_argument("--workers", default="1,2", help="Deployments: 1 (one worker), 2 (two behind kv), or both.")
     parser.add_argument("--quick", action="store_true", help="Fewer levels and requests: a smoke run.")
+    parser.add_argument("--requests-per-point", type=int, help="Requests at each point (default: per shape, "
+                        f"{DEFAULT_PER_POINT}); bench sweep sends at least 2x the concurrency.")  # fmt: skip
     parser.add_argument(
         "--reuse-profile",
         action="store_true",
