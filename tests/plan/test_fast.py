@@ -18,7 +18,6 @@ from tokenworks.plan.fast_load import FastLoad, Sends
 from tokenworks.plan.fast_workload import cached_blocks
 from tokenworks.plan.latency import ConstantLatency, DatasheetLatency, FittedLatency
 from tokenworks.plan.linear_step import LinearStep, StepTotals
-from tokenworks.plan.roofline import step_cost
 from tokenworks.plan.simulate import Fleet, replica_config
 from tokenworks.plan.step import StepShape
 
@@ -50,7 +49,7 @@ def _shapes(count: int, seed: int = 0) -> list[StepShape]:
 def test_linear_step_prices_a_step_as_each_latency_model_does(fitted) -> None:
     config = ModelConfig.from_hf_dict(LLAMA_8B)
     models = [
-        fitted, *_both_fitted_forms(fitted), ConstantLatency(0.003), DatasheetLatency("H100", config, tp=1),
+        fitted, ConstantLatency(0.003), DatasheetLatency("H100", config, tp=1),
         DatasheetLatency("H200", config, tp=4), DatasheetLatency("B200", config, tp=2, precision="fp8"),
     ]  # fmt: skip
     for latency in models:
@@ -61,48 +60,16 @@ def test_linear_step_prices_a_step_as_each_latency_model_does(fitted) -> None:
             assert linear.of_totals(StepTotals.of(shape, window)) == pytest.approx(expected, rel=1e-12)
 
 
-def _both_fitted_forms(fitted: FittedLatency) -> list[FittedLatency]:
-    """The profile's model with both cores and every overhead non-zero, whichever form its fit chose."""
-    config, peaks = fitted.config, (fitted.peak_flops, fitted.peak_bandwidth)
-    overlapped = FittedLatency(config, *peaks, 0.4, 0.7, 1e-3, 2e-5, prefill_overhead=3e-4)
-    additive = FittedLatency(config, *peaks, 0.6, 0.9, 5e-4, 1e-5, prefill_overhead=4e-4, attention_efficiency=0.2)
-    return [overlapped, additive]
-
-
-def test_the_fitted_model_prices_each_core_and_overhead() -> None:
-    """One step of Llama 3.1 8B's shape: 8 tokens after 120 cached, a decode at context 200."""
-    config = ModelConfig.from_hf_dict(LLAMA_8B)
-    step = StepShape(((8, 120), (1, 200)), 2)
-    cost = step_cost(config, step)
-    compute, attention = (cost.linear_flops + cost.lm_head_flops) / 2e10, cost.attention_flops / 2e10
-    memory = cost.bytes / 1e10
-    overheads = 1e-3 + 2 * 2e-5 + 3e-4  # the step, two chunks, one step with a prefill chunk
-    overlapped = FittedLatency(config, 2e10, 1e10, 0.5, 0.25, 1e-3, 2e-5, prefill_overhead=3e-4)
-    assert overlapped.step_seconds(step) == pytest.approx(
-        max((compute + attention) / 0.5, memory / 0.25) + overheads, rel=1e-12
-    )
-    additive = FittedLatency(config, 2e10, 1e10, 0.5, 0.25, 1e-3, 2e-5, prefill_overhead=3e-4, attention_efficiency=0.1)
-    assert additive.step_seconds(step) == pytest.approx(
-        compute / 0.5 + attention / 0.1 + memory / 0.25 + overheads, rel=1e-12
-    )
-    decode = StepShape(((1, 200),), 1)  # no prefill chunk: no prefill overhead
-    assert additive.step_seconds(decode) - additive.core_seconds(step_cost(config, decode)) == pytest.approx(
-        1e-3 + 2e-5, rel=1e-12
-    )
-
-
 def test_a_decode_run_sums_its_steps_in_closed_form(fitted) -> None:
     """decode_run's linear pieces give each step's time: max(c + cj j, m + mj j) + overhead."""
+    linear = LinearStep.of(DatasheetLatency("H100", ModelConfig.from_hf_dict(LLAMA_8B)))
     contexts = [300, 1200, 5000]
-    for latency in [DatasheetLatency("H100", ModelConfig.from_hf_dict(LLAMA_8B)), *_both_fitted_forms(fitted)]:
-        linear = LinearStep.of(latency)
-        c, cj, m, mj, overhead = linear.decode_run(3, sum(x + 1 for x in contexts))
-        for j in range(5):
-            shape = StepShape(tuple((1, x + j) for x in contexts), 3)
-            assert max(c + cj * j, m + mj * j) + overhead == pytest.approx(
-                linear.of_totals(StepTotals.of(shape)), rel=1e-12
-            )
-            assert linear.of_totals(StepTotals.of(shape)) == pytest.approx(latency.step_seconds(shape), rel=1e-12)
+    c, cj, m, mj, overhead = linear.decode_run(3, sum(x + 1 for x in contexts))
+    for j in range(5):
+        shape = StepShape(tuple((1, x + j) for x in contexts), 3)
+        assert max(c + cj * j, m + mj * j) + overhead == pytest.approx(
+            linear.of_totals(StepTotals.of(shape)), rel=1e-12
+        )
 
 
 def test_cached_blocks_are_the_leading_blocks_an_earlier_prompt_had() -> None:

@@ -157,31 +157,6 @@ def test_measured_dir_gives_the_same_errors(validated, nano_model_dir, monkeypat
     assert "the profile's calibration" in out
 
 
-def test_a_profile_slower_than_the_server_is_scaled_to_it(validated, nano_model_dir, monkeypatch, capsys) -> None:
-    """Every step 50x slower than the stand-in profile says: slower than the live nano server's
-    whole token, so no overhead can close the gap at c=1; the calibration scales the engine's
-    steps instead, and c=1's TPOT p50 comes out as measured but for the token overhead that the
-    gap at c=3 asks (every step at c=1 samples one token)."""
-    work, _ = validated
-    slow = work / "slow-profile.json"
-    write_profile(nano_model_dir, slow)
-    data = json.loads(slow.read_text())
-    for sample in data["samples"]:
-        sample["seconds"] *= 50
-    slow.write_text(json.dumps(data))
-    code, out, err = run_cli(monkeypatch, capsys, str(nano_model_dir), "--profile", str(slow), "--measured",
-                             str(work / "out" / "measured"), "--kv-cache-memory-gib", "0.05", "--recalibrate",
-                             "--out", str(work / "slow"))  # fmt: skip
-    assert code == 0, err
-    serving = json.loads(slow.read_text())["serving"]
-    assert 0 < serving["engine_scale"] < 1 and "engine steps x" in out
-    assert serving["tpot_gaps"][0] == pytest.approx(0, abs=1e-9) and serving["step_overhead"] <= 1e-9
-    report = json.loads((work / "slow" / "validation.json").read_text())
-    assert report["simulation"]["engine_scale"] == serving["engine_scale"]
-    tpot = report["points"][0]["cells"]["tpot_p50_s"]
-    assert tpot["simulated"] == pytest.approx(tpot["measured"] + serving["token_overhead"], rel=1e-6)
-
-
 def test_the_serving_cpu_measured_apart_goes_into_the_calibration(validated, nano_model_dir, monkeypatch, capsys,
                                                                   tmp_path) -> None:  # fmt: skip
     """The --*-cpu-ms figures are taken as given (measured, not fitted), written into the profile's

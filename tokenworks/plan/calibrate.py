@@ -27,11 +27,7 @@ a negative token overhead gives the whole gap at 1 to the step; a negative step 
 profile slower than the live server at c = 1) leaves the token overhead that fits both gaps
 best, (gap(1) + k gap(C)) / (1 + k^2). When the median way in comes out negative (the profile
 slower than the live server on the first prefill), every way in moves up by as much: the
-spread is kept, the profile's error is not. When the gap at c = 1 is negative (the profile's
-decode slower than the live server's whole token, serving included: this host ran faster while
-the sweep was measured than while it was profiled, as it does by tens of percent over hours),
-no overhead can take the difference back, so every engine step is first scaled by measured /
-simulated TPOT at c = 1 (the engine scale, 1 otherwise) and the overheads fitted on top of it. Without a second level the whole gap is a step's. They are written into profile.json (its "serving" section) so later
+spread is kept, the profile's error is not. Without a second level the whole gap is a step's. They are written into profile.json (its "serving" section) so later
 simulations of this machine start from them; `plan validate` marks the points they came from.
 """
 
@@ -54,7 +50,6 @@ class Serving:
     arrival_delay: float = 0.0  # a request's way in (and out: see the module's docstring)
     delivery_delay: float = 0.0  # a token's way out
     step_overhead: float = 0.0  # serving-loop time per step, on the engine's core
-    engine_scale: float = 1.0  # every engine step's time times this (below 1: the host ran faster than profiled)
     token_overhead: float = 0.0  # serving-loop time per sampled token, on the engine's core
     source: str = ""  # where it was measured: the results directory
     points: tuple[str, ...] = ()  # the points it was measured on
@@ -73,25 +68,20 @@ class Serving:
     stream_cpu: float = 0.0  # a token's CPU in processes sharing the replicas' cores (measured apart)
 
     def describe(self) -> str:
-        scale = f"engine steps x {self.engine_scale:.3f}, " if self.engine_scale != 1.0 else ""
         return (
-            f"{scale}arrival delay {self.arrival_delay * 1e3:.2f} ms, delivery delay {self.delivery_delay * 1e3:.2f} ms, "
+            f"arrival delay {self.arrival_delay * 1e3:.2f} ms, delivery delay {self.delivery_delay * 1e3:.2f} ms, "
             f"+{self.step_overhead * 1e3:.3f} ms a step, +{self.token_overhead * 1e3:.3f} ms a sampled token"
         )
 
 
 class ServingLatency:
-    """A step-latency model, scaled by `engine_scale`, plus the serving loop's time per step and per
-    sampled token."""
+    """A step-latency model plus the serving loop's time per step and per sampled token."""
 
-    def __init__(
-        self, engine: StepLatency, step_overhead: float = 0.0, token_overhead: float = 0.0, engine_scale: float = 1.0
-    ) -> None:
+    def __init__(self, engine: StepLatency, step_overhead: float = 0.0, token_overhead: float = 0.0) -> None:
         self.engine, self.step_overhead, self.token_overhead = engine, step_overhead, token_overhead
-        self.engine_scale = engine_scale
 
     def step_seconds(self, step: StepShape) -> float:
-        seconds = self.engine.step_seconds(step) * self.engine_scale
+        seconds = self.engine.step_seconds(step)
         return seconds + self.step_overhead + self.token_overhead * step.num_samples if seconds else seconds
 
 

@@ -2,20 +2,12 @@
 
 All three price a step from its shape alone, and none imports torch:
 
-- `FittedLatency`: this machine, from a profile. A roofline core plus what a step costs besides
-  its FLOPs and bytes:
-      seconds = core + step overhead + chunk overhead x chunks + prefill overhead x (any prefill)
-  The core takes one of two forms, whichever fits the profile's samples better (least squares on
-  relative error), with the peaks measured by the profile and the efficiencies fitted:
-      overlapped: max(FLOPs / (e_flops x peak FLOP/s), bytes / (e_bw x bandwidth))
-      additive:   linear FLOPs / (e_flops x peak) + attention FLOPs / (e_attention x peak)
-                  + bytes / (e_bw x bandwidth)
-  A GPU overlaps its memory traffic with its arithmetic; one CPU thread mostly does not, and its
-  attention loops reach a smaller share of the matmul peak than its projections. The additive
-  form is linear in its unknowns, so it affords the attention its own efficiency. The prefill
-  overhead is the engine's prefill path (the prompt's attention beside the decode kernel): a step
-  with prefill chunks pays it once, however many it has (tiny, timed alone: a decode 1.1 ms, one
-  prefill chunk of 8 tokens 1.90 ms, eight of them 6.60 ms; docs/benchmarks.md, Plan).
+- `FittedLatency`: this machine, from a profile. A roofline core, the larger of compute time and
+  memory time, plus what a step costs besides its FLOPs and bytes:
+      seconds = max(FLOPs / (e_flops x peak FLOP/s), bytes / (e_bw x bandwidth))
+                + step overhead + chunk overhead x chunks
+  with the peaks measured by the profile and e_flops, e_bw and the two overheads fitted to its
+  samples (least squares on relative error).
 - `DatasheetLatency`: a GPU without a profile, from the catalog's datasheet figures and stated
   efficiency assumptions, plus tensor parallelism's all-reduces.
 - `ConstantLatency`: every step the same time, for queueing tests with known answers.
@@ -23,7 +15,6 @@ All three price a step from its shape alone, and none imports torch:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,20 +57,13 @@ class ConstantLatency:
 class FittedLatency:
     def __init__(
         self, config: ModelConfig, peak_flops: float, peak_bandwidth: float, flops_efficiency: float,
-        bandwidth_efficiency: float, step_overhead: float, chunk_overhead: float, prefill_overhead: float = 0.0,
-        attention_efficiency: float | None = None, error: FitError | None = None,
+        bandwidth_efficiency: float, step_overhead: float, chunk_overhead: float, error: FitError | None = None,
     ) -> None:  # fmt: skip
         self.config = config
         self.peak_flops, self.peak_bandwidth = peak_flops, peak_bandwidth
         self.flops_efficiency, self.bandwidth_efficiency = flops_efficiency, bandwidth_efficiency
-        # None: the overlapped core (attention at flops_efficiency); a number: the additive core.
-        self.attention_efficiency = attention_efficiency
-        self.step_overhead, self.chunk_overhead, self.prefill_overhead = step_overhead, chunk_overhead, prefill_overhead
+        self.step_overhead, self.chunk_overhead = step_overhead, chunk_overhead
         self.error = error  # on the samples it was fitted to
-
-    @property
-    def additive(self) -> bool:
-        return self.attention_efficiency is not None
 
     @classmethod
     def from_profile(
@@ -96,164 +80,89 @@ class FittedLatency:
 
     @classmethod
     def fit(cls, profile: Profile) -> FittedLatency:
-        """Both core forms fitted to the profile's samples; the one with the smaller squared
-        relative error kept."""
         if len(profile.samples) < 4:
             raise PlanError(f"a profile needs at least 4 samples to fit; this one has {len(profile.samples)}")
-        samples = _FitSamples.of(profile)
-        overlapped, overlapped_loss = cls._fit_overlapped(profile, samples)
-        additive, additive_loss = cls._fit_additive(profile, samples)
-        model = additive if additive_loss < overlapped_loss else overlapped
-        model.error = model.errors(profile.samples)
-        return model
-
-    @classmethod
-    def _fit_overlapped(cls, profile: Profile, s: _FitSamples) -> tuple[FittedLatency, float]:
-        """A grid search over the two efficiencies (the max() is not linear), each pair with its
-        best overheads."""
-        flops = (s.linear + s.attention) / profile.peak_flops  # seconds at full efficiency
-        moved = s.moved / profile.peak_bandwidth
-        e_flops, e_bw = _search(flops, moved, s.overheads, s.measured, _EFFICIENCIES, _EFFICIENCIES)
+        costs = [step_cost(profile.model, sample.step) for sample in profile.samples]
+        flops = np.array([cost.flops for cost in costs]) / profile.peak_flops  # seconds at full efficiency
+        moved = np.array([cost.bytes for cost in costs]) / profile.peak_bandwidth
+        chunks = np.array([len(sample.step.chunks) for sample in profile.samples], dtype=float)
+        measured = np.array([sample.seconds for sample in profile.samples])
+        e_flops, e_bw = _search(flops, moved, chunks, measured, _EFFICIENCIES, _EFFICIENCIES)
         # A finer search within one step of the coarse grid either way.
         ratio = _EFFICIENCIES[1] / _EFFICIENCIES[0]
         fine = np.geomspace(1 / ratio, ratio, 21)
-        e_flops, e_bw = _search(flops, moved, s.overheads, s.measured, e_flops * fine, e_bw * fine)
-        (step, chunk, prefill), loss = _overheads(np.maximum(flops / e_flops, moved / e_bw), s.overheads, s.measured)
-        model = cls(profile.model, profile.peak_flops, profile.peak_bandwidth, e_flops, e_bw, step, chunk, prefill)
-        return model, loss
-
-    @classmethod
-    def _fit_additive(cls, profile: Profile, s: _FitSamples) -> tuple[FittedLatency, float]:
-        """Non-negative least squares on relative error: every unknown enters linearly (the
-        inverse efficiencies and the overheads)."""
-        times = np.column_stack(
-            [s.linear / profile.peak_flops, s.attention / profile.peak_flops, s.moved / profile.peak_bandwidth]
-        )
-        columns = np.column_stack([times, s.overheads]) / s.measured[:, None]
-        solutions, losses = NonNegativeLeastSquares(columns).solve(np.ones_like(s.measured))
-        solution, loss = solutions[0], float(losses[0])
-        e_linear, e_attention, e_bw = (1 / x if x > 0 else math.inf for x in solution[:3])
-        step, chunk, prefill = (float(x) for x in solution[3:])
+        e_flops, e_bw = _search(flops, moved, chunks, measured, e_flops * fine, e_bw * fine)
+        step_overhead, chunk_overhead = _overheads(np.maximum(flops / e_flops, moved / e_bw), chunks, measured)[:2]
         model = cls(
-            profile.model, profile.peak_flops, profile.peak_bandwidth, e_linear, e_bw, step, chunk, prefill,
-            attention_efficiency=e_attention,
-        )  # fmt: skip
-        return model, loss
+            profile.model, profile.peak_flops, profile.peak_bandwidth, e_flops, e_bw, step_overhead, chunk_overhead
+        )
+        model.error = model.errors(profile.samples)
+        return model
 
     def step_seconds(self, step: StepShape) -> float:
         if not step.chunks:
             return 0.0
-        return self.core_seconds(step_cost(self.config, step)) + self.overhead_seconds(step)
+        return (
+            self.core_seconds(step_cost(self.config, step))
+            + self.step_overhead
+            + self.chunk_overhead * len(step.chunks)
+        )
 
     def core_seconds(self, cost: StepCost) -> float:
-        """The roofline: compute or memory, whichever takes longer; or, additive, both."""
-        moving = cost.bytes / (self.bandwidth_efficiency * self.peak_bandwidth)
-        if self.attention_efficiency is None:
-            return max(cost.flops / (self.flops_efficiency * self.peak_flops), moving)
-        projections = (cost.linear_flops + cost.lm_head_flops) / (self.flops_efficiency * self.peak_flops)
-        return projections + cost.attention_flops / (self.attention_efficiency * self.peak_flops) + moving
-
-    def overhead_seconds(self, step: StepShape) -> float:
-        prefill = self.prefill_overhead if step.prefills else 0.0
-        return self.step_overhead + self.chunk_overhead * len(step.chunks) + prefill
+        """The roofline: compute or memory, whichever takes longer."""
+        return max(
+            cost.flops / (self.flops_efficiency * self.peak_flops),
+            cost.bytes / (self.bandwidth_efficiency * self.peak_bandwidth),
+        )
 
     def errors(self, samples: list[Sample]) -> FitError:
         relative = [abs(self.step_seconds(sample.step) - sample.seconds) / sample.seconds for sample in samples]
         return FitError(float(np.median(relative)), float(np.max(relative)), len(relative))
 
     def describe(self) -> str:
-        if self.attention_efficiency is None:
-            core = (
-                f"max({self.flops_efficiency:.3f} of {self.peak_flops / 1e9:,.1f} GFLOP/s, "
-                f"{self.bandwidth_efficiency:.3f} of {self.peak_bandwidth / 1e9:,.1f} GB/s)"
-            )
-        else:
-            core = (
-                f"{self.flops_efficiency:.3f} (attention {self.attention_efficiency:.3f}) of "
-                f"{self.peak_flops / 1e9:,.1f} GFLOP/s + {self.bandwidth_efficiency:.3f} of "
-                f"{self.peak_bandwidth / 1e9:,.1f} GB/s"
-            )
         return (
-            f"{core}, +{self.step_overhead * 1e3:.3f} ms a step, +{self.chunk_overhead * 1e6:.1f} us a request, "
-            f"+{self.prefill_overhead * 1e3:.3f} ms a step with prefills"
+            f"{self.flops_efficiency:.3f} of {self.peak_flops / 1e9:,.1f} GFLOP/s, "
+            f"{self.bandwidth_efficiency:.3f} of {self.peak_bandwidth / 1e9:,.1f} GB/s, "
+            f"+{self.step_overhead * 1e3:.3f} ms a step, +{self.chunk_overhead * 1e6:.1f} us a request"
         )
 
 
-@dataclass(frozen=True, slots=True)
-class _FitSamples:
-    """A profile's samples as the arrays the fits need."""
-
-    linear: np.ndarray  # FLOPs of the projections and the LM head
-    attention: np.ndarray  # FLOPs of attention
-    moved: np.ndarray  # bytes
-    overheads: np.ndarray  # (samples, 3): 1, chunks, 1 if the step has a prefill chunk
-    measured: np.ndarray  # seconds
-
-    @classmethod
-    def of(cls, profile: Profile) -> _FitSamples:
-        costs = [step_cost(profile.model, sample.step) for sample in profile.samples]
-        overheads = [(1.0, len(s.step.chunks), 1.0 if s.step.prefills else 0.0) for s in profile.samples]
-        return cls(
-            np.array([cost.linear_flops + cost.lm_head_flops for cost in costs]),
-            np.array([cost.attention_flops for cost in costs]), np.array([cost.bytes for cost in costs]),
-            np.array(overheads), np.array([sample.seconds for sample in profile.samples]),
-        )  # fmt: skip
-
-
 def _search(
-    flops: np.ndarray, moved: np.ndarray, overheads: np.ndarray, measured: np.ndarray,
+    flops: np.ndarray, moved: np.ndarray, chunks: np.ndarray, measured: np.ndarray,
     flops_grid: np.ndarray, bw_grid: np.ndarray,
 ) -> tuple[float, float]:  # fmt: skip
     """The (e_flops, e_bw) pair whose roofline, with its best overheads, has the least squared
     relative error."""
-    solver = NonNegativeLeastSquares(overheads / measured[:, None])
     best, pair = np.inf, (float(flops_grid[0]), float(bw_grid[0]))
     for e_flops in flops_grid:
         core = np.maximum(flops[None, :] / e_flops, moved[None, :] / bw_grid[:, None])  # (bw, samples)
-        losses = solver.solve(1 - core / measured)[1]
-        index = int(np.argmin(losses))
-        if losses[index] < best:
-            best, pair = float(losses[index]), (float(e_flops), float(bw_grid[index]))
+        for index, row in enumerate(core):
+            loss = _overheads(row, chunks, measured)[2]
+            if loss < best:
+                best, pair = loss, (float(e_flops), float(bw_grid[index]))
     return pair
 
 
-def _overheads(core: np.ndarray, overheads: np.ndarray, measured: np.ndarray) -> tuple[np.ndarray, float]:
-    """Non-negative overheads x minimising sum(((core + overheads @ x - t) / t)^2), and that sum."""
-    solutions, losses = NonNegativeLeastSquares(overheads / measured[:, None]).solve(1 - core / measured)
-    return solutions[0], float(losses[0])
-
-
-class NonNegativeLeastSquares:
-    """x >= 0 minimising |columns @ x - target|^2, for many targets at once. Exact: the least
-    squares solution on every subset of the columns (the others at zero), the best non-negative
-    one; cheap for the few columns these fits have (2^k - 1 subsets, each solved once for every
-    target by its pseudo-inverse)."""
-
-    def __init__(self, columns: np.ndarray) -> None:
-        self.width = columns.shape[1]
-        # Solved on columns of unit length (seconds and counts differ by orders of magnitude,
-        # and pinv's cut-off is relative), the solutions scaled back.
-        norms = np.linalg.norm(columns, axis=0)
-        norms[norms == 0] = 1.0
-        self.subsets = []
-        for mask in range(1, 2**self.width):
-            chosen = [column for column in range(self.width) if mask >> column & 1]
-            inverse = np.linalg.pinv(columns[:, chosen] / norms[chosen]) / norms[chosen, None]
-            self.subsets.append((chosen, columns[:, chosen], inverse))
-
-    def solve(self, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(solutions, losses) for a target or a (targets, rows) array of them."""
-        targets = np.atleast_2d(targets)
-        best = np.zeros((len(targets), self.width))
-        losses = np.einsum("ij,ij->i", targets, targets)  # every x at zero
-        for chosen, columns, inverse in self.subsets:
-            solutions = targets @ inverse.T  # (targets, chosen)
-            residuals = targets - solutions @ columns.T
-            subset_losses = np.einsum("ij,ij->i", residuals, residuals)
-            better = (solutions >= 0).all(axis=1) & (subset_losses < losses)
-            losses = np.where(better, subset_losses, losses)
-            best[np.ix_(better, chosen)] = solutions[better]
-        return best, losses
+def _overheads(core: np.ndarray, chunks: np.ndarray, measured: np.ndarray) -> tuple[float, float, float]:
+    """Non-negative (per step, per chunk) overheads minimising sum(((core + a + b k - t) / t)^2),
+    and that sum: the unconstrained least squares, else the best with one or both at zero."""
+    weight = 1 / measured
+    residual = (measured - core) * weight  # what the overheads must explain, relative
+    columns = np.stack([weight, chunks * weight], axis=1)
+    candidates = []
+    solution = np.linalg.lstsq(columns, residual, rcond=None)[0]
+    if (solution >= 0).all():
+        candidates.append((float(solution[0]), float(solution[1])))
+    for column in (0, 1):
+        x = columns[:, column]
+        value = max(0.0, float(x @ residual / (x @ x)))
+        candidates.append((value, 0.0) if column == 0 else (0.0, value))
+    best = None
+    for a, b in candidates:
+        loss = float(np.sum((residual - a * weight - b * chunks * weight) ** 2))
+        if best is None or loss < best[2]:
+            best = (a, b, loss)
+    return best
 
 
 class DatasheetLatency:

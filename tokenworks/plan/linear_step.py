@@ -5,13 +5,9 @@ that sample, keys attended, cached tokens read, chunks) and advances hundreds of
 once. That works because every model of latency.py is linear in those totals inside a roofline:
 
     seconds = max(flops / F, bytes / B) + fixed + per_chunk x chunks + per_token x tokens
-              + per_prefill_step (when tokens > chunks: some chunk is a prefill's)
     flops   = flops_per_token x tokens + flops_per_key x keys + flops_per_sample x samples
     bytes   = weights (+ the LM head's, when a row samples) + bytes_per_token x tokens
               + bytes_per_read x reads
-
-(the additive fitted core takes the sum of the two times instead of the larger; its FLOP terms
-are kept in seconds, flops_per_second 1, so the attention keeps its own efficiency).
 
 `LinearStep.of(latency)` reads the coefficients off roofline.step_cost on one-token shapes (so
 the arithmetic lives in one place), and tests check it answers as `latency.step_seconds` does.
@@ -20,7 +16,7 @@ the arithmetic lives in one place), and tests check it answers as `latency.step_
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from tokenworks.errors import PlanError
 from tokenworks.model.config import ModelConfig
@@ -62,29 +58,16 @@ class LinearStep:
     chunk_seconds: float  # per scheduled request
     token_seconds: float  # per token: tensor parallelism's all-reduce volume
     window: int | None = None  # the model's sliding window (keys and reads are clamped to it)
-    prefill_seconds: float = 0.0  # per step with a prefill chunk
-    additive: bool = False  # compute time plus memory time, not the larger
 
     @classmethod
     def of(cls, latency: StepLatency) -> LinearStep:
         if isinstance(latency, ConstantLatency):
             return cls(math.inf, math.inf, 0, 0, 0, 0, 0, 0, 0, latency.seconds, 0, 0)
         if isinstance(latency, FittedLatency):
-            linear = cls._roofline(
+            return cls._roofline(
                 latency.config, latency.flops_efficiency * latency.peak_flops,
                 latency.bandwidth_efficiency * latency.peak_bandwidth, latency.step_overhead,
                 latency.chunk_overhead, {},
-            )  # fmt: skip
-            if not latency.additive:
-                return replace(linear, prefill_seconds=latency.prefill_overhead)
-            # Additive: each FLOP term in seconds at its own rate (1 "FLOP" a second), so the
-            # attention keeps its efficiency and an infinite one prices its term at zero.
-            projections = 1 / (latency.flops_efficiency * latency.peak_flops)
-            attention = 1 / (latency.attention_efficiency * latency.peak_flops)
-            return replace(
-                linear, flops_per_second=1.0, flops_per_token=linear.flops_per_token * projections,
-                flops_per_key=linear.flops_per_key * attention, flops_per_sample=linear.flops_per_sample * projections,
-                prefill_seconds=latency.prefill_overhead, additive=True,
             )  # fmt: skip
         if isinstance(latency, DatasheetLatency):
             a, config = latency.assumptions, latency.config
@@ -101,7 +84,7 @@ class LinearStep:
                 a.bandwidth_efficiency * latency.gpu.hbm_bytes_per_second,
                 a.step_overhead_seconds + communication(0), a.chunk_overhead_seconds, sizes,
             )  # fmt: skip
-            return replace(linear, token_seconds=communication(1) - communication(0))
+            return _replace_token_seconds(linear, communication(1) - communication(0))
         raise PlanError(f"the fast mode prices steps with the fitted, datasheet or constant model, not {latency!r}")
 
     @classmethod
@@ -130,14 +113,10 @@ class LinearStep:
         flops = self.flops_per_token * tokens + self.flops_per_key * keys + self.flops_per_sample * samples
         moved = self.weight_bytes + (self.head_bytes if samples else 0.0)
         moved += self.bytes_per_token * tokens + self.bytes_per_read * reads
-        computing, moving = flops / self.flops_per_second, moved / self.bytes_per_second
-        core = computing + moving if self.additive else max(computing, moving)
-        return core + self.overhead(tokens, chunks)
+        return max(flops / self.flops_per_second, moved / self.bytes_per_second) + self.overhead(tokens, chunks)
 
     def overhead(self, tokens: int, chunks: int) -> float:
-        """The overheads of a step; a step with more tokens than chunks has a prefill chunk."""
-        prefill = self.prefill_seconds if tokens > chunks else 0.0
-        return self.fixed_seconds + self.chunk_seconds * chunks + self.token_seconds * tokens + prefill
+        return self.fixed_seconds + self.chunk_seconds * chunks + self.token_seconds * tokens
 
     def of_totals(self, totals: StepTotals) -> float:
         return self.seconds(totals.tokens, totals.samples, totals.keys, totals.reads, totals.chunks)
@@ -147,8 +126,14 @@ class LinearStep:
         per request: step j takes max(c + cj x j, m + mj x j) + overhead; (c, cj, m, mj, overhead)."""
         flops = (self.flops_per_token + self.flops_per_sample) * batch + self.flops_per_key * keys
         moved = self.weight_bytes + self.head_bytes + self.bytes_per_token * batch + self.bytes_per_read * keys
-        c, cj = flops / self.flops_per_second, self.flops_per_key * batch / self.flops_per_second
-        m, mj = moved / self.bytes_per_second, self.bytes_per_read * batch / self.bytes_per_second
-        if self.additive:  # the sum is one line: max(c + m + (cj + mj) j, 0)
-            return c + m, cj + mj, 0.0, 0.0, self.overhead(batch, batch)
-        return c, cj, m, mj, self.overhead(batch, batch)
+        return (
+            flops / self.flops_per_second, self.flops_per_key * batch / self.flops_per_second,
+            moved / self.bytes_per_second, self.bytes_per_read * batch / self.bytes_per_second,
+            self.overhead(batch, batch),
+        )  # fmt: skip
+
+
+def _replace_token_seconds(linear: LinearStep, value: float) -> LinearStep:
+    from dataclasses import replace
+
+    return replace(linear, token_seconds=value)

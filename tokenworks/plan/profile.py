@@ -52,15 +52,11 @@ class Grid:
 
     @classmethod
     def for_run(cls, quick: bool) -> Grid:
-        # Chunks of 8 and 16 tokens: what is left of a prompt the prefix cache holds but for its
-        # last block, and a chat's next question; the engine's prefill path costs them more than
-        # their FLOPs say (the fit's prefill overhead), and a closed loop of cached prompts is
-        # made of them.
         if quick:
-            return cls((8, 2, 1), (64, 256), (8, 32, 128, 512), (0, 128), ((2, 128), (2, 16)), 3, 2048, 0.15, 64, 15.0)
+            return cls((8, 2, 1), (64, 256), (32, 128, 512), (0, 128), ((2, 128),), 3, 2048, 0.15, 64, 15.0)
         return cls(
-            (32, 16, 8, 4, 2, 1), (64, 256, 1024), (8, 16, 32, 128, 512, 2048), (0, 256, 1024),
-            ((4, 128), (8, 16), (16, 512)), 5, 8192, 0.5, 256, 180.0,
+            (32, 16, 8, 4, 2, 1), (64, 256, 1024), (32, 128, 512, 2048), (0, 256, 1024),
+            ((4, 128), (16, 512)), 5, 8192, 0.5, 256, 180.0,
         )  # fmt: skip
 
 

@@ -86,16 +86,10 @@ def calibrate(fleet: Fleet, prompts: SimPrompts, measured: ResultsDir) -> Servin
     one = chosen[0]
     upto_one = measured.points[: measured.points.index(one) + 1]
     bare = replace(fleet, arrival_delay=0.0, delivery_delay=0.0, way_in=(), client_gaps=(), way_in_cpu=0.0)
-    simulated_tpot = simulate_points(bare, prompts, measured, upto_one)[-1].point.metrics.tpot.p50
-    gap_one = _tpot_gap(one, simulated_tpot, measured)
-    scale = 1.0
-    if gap_one < 0:  # the profile slower than the live server: scale its steps (calibrate.py)
-        scale = (simulated_tpot + gap_one) / simulated_tpot
-        bare = replace(bare, latency=ServingLatency(fleet.latency, engine_scale=scale))
-        gap_one = _tpot_gap(one, simulate_points(bare, prompts, measured, upto_one)[-1].point.metrics.tpot.p50,
-                            measured)  # fmt: skip
-    # At c=1 every step samples one token, so how the gap splits does not move a TTFT there.
-    loaded = replace(bare, latency=ServingLatency(fleet.latency, *overheads(gap_one), engine_scale=scale))
+    gap_one = _tpot_gap(one, simulate_points(bare, prompts, measured, upto_one)[-1], measured)
+    # At c=1 every step samples one token, so how the gap splits does not move a TTFT there (a
+    # negative gap, the profile slower than the server, adds nothing: a step is never shortened).
+    loaded = replace(bare, latency=ServingLatency(fleet.latency, *overheads(gap_one)))
     simulated_one = simulate_points(loaded, prompts, measured, upto_one)[-1].point
     ttft = simulated_one.metrics.ttft.p50
     measured_ttft = one.figures.get("ttft_p50_s")
@@ -111,18 +105,18 @@ def calibrate(fleet: Fleet, prompts: SimPrompts, measured: ResultsDir) -> Servin
     gaps, samples = [gap_one], None
     step, token = gap_one, 0.0
     if len(chosen) > 1:
-        recorder = _SampleRecorder(ServingLatency(fleet.latency, engine_scale=scale))
+        recorder = _SampleRecorder(fleet.latency)
         upto = measured.points[: measured.points.index(chosen[-1]) + 1]
         on_core = replace(bare, latency=recorder, way_in=ways, client_gaps=gaps_out, way_in_cpu=fleet.way_in_cpu)
         top = simulate_points(on_core, prompts, measured, upto, recorder.point_ends)[-1]
-        gaps.append(_tpot_gap(chosen[-1], top.point.metrics.tpot.p50, measured))
+        gaps.append(_tpot_gap(chosen[-1], top, measured))
         # The batch a sampled token shares its step with, on average over tokens (sum s^2 / sum s):
         # what TPOT sees, where a mean over steps would count the ramp's and the tail's small steps.
         per_step = recorder.points[chosen[-1].label]
         samples = sum(s * s for s in per_step) / max(sum(per_step), 1)
         step, token = overheads(gaps[0], gaps[1], samples)
     return Serving(
-        arrival_delay=max(0.0, measured_ttft - ttft), step_overhead=step, token_overhead=token, engine_scale=scale,
+        arrival_delay=max(0.0, measured_ttft - ttft), step_overhead=step, token_overhead=token,
         source=str(measured.directory), points=tuple(p.label for p in chosen), created=now(),
         tpot_gaps=tuple(gaps), batch=samples, ttft_gap=measured_ttft - ttft, way_in=ways, client_gaps=gaps_out,
         way_in_cpu=fleet.way_in_cpu, request_cpu=fleet.request_cpu, router_cpu=fleet.router_cpu,
@@ -130,11 +124,11 @@ def calibrate(fleet: Fleet, prompts: SimPrompts, measured: ResultsDir) -> Servin
     )  # fmt: skip
 
 
-def _tpot_gap(point: SweepPoint, simulated_tpot: float | None, measured: ResultsDir) -> float:
+def _tpot_gap(point: SweepPoint, simulated: SimulatedPoint, measured: ResultsDir) -> float:
     tpot = point.figures.get("tpot_p50_s")
-    if tpot is None or simulated_tpot is None:
+    if tpot is None or simulated.point.metrics.tpot.p50 is None:
         raise PlanError(f"the point {point.label} of {measured.directory} has no TPOT to calibrate from")
-    return tpot - simulated_tpot
+    return tpot - simulated.point.metrics.tpot.p50
 
 
 class _SampleRecorder:

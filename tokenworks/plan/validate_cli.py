@@ -155,8 +155,7 @@ def _run(model_dir, config, profile, measured_profile, sweep, serving, replicas,
     serving = replace(serving, **{k: v / 1e3 for k, v in cpu.items() if v is not None})
     # The measured way-ins, drawn per request, unless a delay was given by hand.
     ways = serving.way_in if given["arrival_delay"] is None else ()
-    fleet = replace(fleet, latency=ServingLatency(engine_latency, serving.step_overhead, serving.token_overhead,
-                                                  serving.engine_scale),
+    fleet = replace(fleet, latency=ServingLatency(engine_latency, serving.step_overhead, serving.token_overhead),
                     arrival_delay=serving.arrival_delay, delivery_delay=serving.delivery_delay, way_in=ways,
                     client_gaps=serving.client_gaps, way_in_cpu=serving.way_in_cpu, request_cpu=serving.request_cpu,
                     router_cpu=serving.router_cpu, stream_cpu=serving.stream_cpu)  # fmt: skip
@@ -166,7 +165,6 @@ def _run(model_dir, config, profile, measured_profile, sweep, serving, replicas,
         "replicas": replicas, "router_policy": router_policy if replicas > 1 else None,
         "arrival_delay_s": serving.arrival_delay, "delivery_delay_s": serving.delivery_delay,
         "step_overhead_s": serving.step_overhead, "token_overhead_s": serving.token_overhead,
-        "engine_scale": serving.engine_scale,
         "way_in_s": list(ways), "client_gaps_s": list(serving.client_gaps), "way_in_cpu_s": serving.way_in_cpu,
         "request_cpu_s": serving.request_cpu, "router_cpu_s": serving.router_cpu, "stream_cpu_s": serving.stream_cpu,
         "calibration": {"source": serving.source, "points": list(serving.points), "created": serving.created},
