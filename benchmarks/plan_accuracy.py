@@ -43,8 +43,8 @@ and of the shape. With every sweep: the CPU (in cores) that processes outside th
 while it ran ("other"), and the load average: the figures are only as quiet as the host.
 
 --quick: 16 requests a point (32 at c=32), concurrency 1,4,16,32, for a smoke run.
---requests-per-point N: N requests a point (bench sweep sends at least 2x the concurrency);
-default 32, the goals' runs. 256 on tiny (session 22) took 8 minutes and did not
+--requests-per-point N: N requests a point, with --quick too (bench sweep sends at least 2x the
+concurrency); default 32, the goals' runs. 256 on tiny (session 22) took 8 minutes and did not
 bring the noise row down (the host's speed drifts between sweeps minutes apart by more than the
 sampling error of 32 requests), but it shows a closed loop's steady state at c = 16-32, which 32
 requests a point (one or two waves) do not reach.
@@ -97,7 +97,7 @@ SYNTHETIC = ["--workload", "synthetic", "--input-tokens", "128", "--output-token
 SHARED = ["--workload", "shared-prefix", "--num-prefixes", "4", "--questions-per-prefix", "16", "--prefix-tokens",
           "512", "--input-tokens", "64", "--output-tokens", "32"]  # fmt: skip
 RATE_FRACTIONS = (0.25, 0.5, 0.75)
-REQUESTS_PER_POINT = 32  # the goals' runs: the noise rows did not shrink with 256 (session 22)
+REQUESTS_PER_POINT = 32  # the goals' runs (--requests-per-point in the docstring: why not more)
 
 
 def log(message: str) -> None:
@@ -242,7 +242,7 @@ def run_shape(shape: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         pinned_run(tokenworks("plan", "profile", str(model), "--threads", "1", "--out", str(profile)), [0],
                    work / "profile.log")  # fmt: skip
     concurrency = "1,4,16,32" if args.quick else "1,2,4,8,16,32"
-    per_point = 16 if args.quick else args.requests_per_point
+    per_point = args.requests_per_point or (16 if args.quick else REQUESTS_PER_POINT)
     sweeps = []
     for workers, workload, name in ((1, SYNTHETIC, "synthetic"), (2, SHARED, "shared-prefix")):
         if workers not in args.workers:
@@ -365,8 +365,8 @@ def main() -> None:
     parser.add_argument("--shapes", default="tiny,small")
     parser.add_argument("--workers", default="1,2", help="Deployments: 1 (one worker), 2 (two behind kv), or both.")
     parser.add_argument("--quick", action="store_true", help="Fewer levels and requests: a smoke run.")
-    parser.add_argument("--requests-per-point", type=int, default=REQUESTS_PER_POINT,
-                        help="Requests at each point; bench sweep sends at least 2x the concurrency.")  # fmt: skip
+    parser.add_argument("--requests-per-point", type=int, help=f"Requests at each point (default {REQUESTS_PER_POINT}, "
+                        "16 with --quick); bench sweep sends at least 2x the concurrency.")  # fmt: skip
     parser.add_argument(
         "--reuse-profile",
         action="store_true",
