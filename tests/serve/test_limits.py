@@ -15,7 +15,10 @@ KEY = "sk-test-key"
 
 @pytest.fixture(scope="module")
 def guarded(serve_model_dir):
-    running = start_server(serve_model_dir, api_key=KEY, max_queued_requests=1, engine_options={"max_num_seqs": 1})
+    # Room for answers long enough to still be running while a test sends its next request, on
+    # a host that makes the nano model's tokens in a fraction of a millisecond.
+    engine_options = {"max_num_seqs": 1, "max_model_len": 2048}
+    running = start_server(serve_model_dir, api_key=KEY, max_queued_requests=1, engine_options=engine_options)
     yield running
     running.stop()
 
@@ -39,7 +42,7 @@ def test_wrong_or_missing_api_key_is_refused(guarded) -> None:
 
 def test_full_queue_is_429_with_retry_after(guarded) -> None:
     headers = {"Authorization": f"Bearer {KEY}"}
-    long = {"prompt": "hi", "max_tokens": 200, "ignore_eos": True, "stream": True}
+    long = {"prompt": "hi", "max_tokens": 2000, "ignore_eos": True, "stream": True}
     clients = [httpx.Client(base_url=guarded.url, timeout=60, headers=headers) for _ in range(3)]
     try:
         with (
