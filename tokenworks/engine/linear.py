@@ -16,10 +16,11 @@ time to read the weights. There the compiled kernel of kernels/products.cpp, whi
 the weight rows across the threads, reads the plain weights faster than oneDNN's plain path
 (2 threads of an AVX-512 EPYC, matrices from memory, one row: a 3072x576 MLP 166 against
 189 us, a 16384x576 language-model head 865 against 1,085 us; at 4 rows 193 against 240 and
-1,095 against 1,163 us; at 8 rows oneDNN is ahead). On a 2-core Xeon (one thread) the kernel
-wins at one row (a decode step of the small model 29-32 against 33-34 ms, of the tiny one 1.1
-against 1.8-2.0) and is within 10% of oneDNN at 2 to 4 rows once it prefetches the weights
-(products.cpp: without that it was 1.4x slower at 3 and 4 rows).
+1,095 against 1,163 us; at 8 rows oneDNN is ahead). On a 2-core Intel Xeon (one thread) the
+kernel wins at one row (a decode step of the small model 29-32 against 33-34 ms, of the tiny one
+1.1 against 1.8-2.0) and on tiny up to 4 rows (1.1-1.5 against 1.7-2.2 ms); on small at 2 to 4
+rows, prefetching the weights (products.cpp), it is level with oneDNN or up to 16% slower (35-46
+against 34-42 ms; 1.4x slower without the prefetch), so SMALL_BATCH_ROWS stays at 4.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 LinearFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
-SMALL_BATCH_ROWS = 4  # up to here the compiled kernel beats oneDNN (measured above)
+SMALL_BATCH_ROWS = 4  # up to here the compiled kernel beats oneDNN or nearly (measured above)
 PACKING_ROWS_HINT = 256  # oneDNN picks its blocked layout for this many rows (any from 32 gave the same speed)
 
 
