@@ -15,14 +15,16 @@ hit rate within 5 points. Per shape:
 2. One worker: `tokenworks serve --threads 1` pinned to core 0 (its API server and engine core
    process both: the engine's core is shared with the streaming, as it is served), the load
    generator pinned to core 1. A closed-loop sweep (concurrency 1..32), then a Poisson sweep at
-   25%, 50% and 75% of the closed loop's best request rate (another seed, so other prompts than
-   the closed loop's, which the live caches still hold); synthetic prompts.
+   25%, 50% and 75% of the closed loop's best request rate (another seed: other prompts than
+   the closed loop's); synthetic prompts.
 3. Two workers (core 0 and core 1) behind `tokenworks router --policy kv` (unpinned, with the
    client: there is no third core), a shared-prefix workload, the same two sweeps.
 4. For each deployment, the closed-loop sweep once more at the end (seed 2: other prompts of the
    same lengths), simulated with the first sweep's calibration (out of sample), and compared
    with the first sweep as measured: the "noise" row, how far two measurements of one sweep
    minutes apart differ on this host, a floor under any simulation's error.
+   Every sweep meets a deployment started for it, as every simulated sweep starts from a fresh
+   fleet (empty prefix caches, a router that has learnt nothing yet).
 5. Then what serving costs the workers' cores outside their engines, measured by process CPU time
    (tokenworks/plan/serving_cpu.py, which the factory's plan stage runs too): the API servers'
    and the router's CPU per request (the way in, which the simulation puts on the worker's core
@@ -34,10 +36,10 @@ hit rate within 5 points. Per shape:
 
 Each sweep is `tokenworks bench sweep --tokenizer MODEL --no-stop` (so the simulation sends the
 prompts the server saw), then `tokenworks plan validate --measured`. A deployment's closed-loop
-sweep calibrates the server's time outside the engine on its concurrency-1 and highest points
-(`--recalibrate`, written into a copy of the profile: the per-step and per-token overheads, and
-each c=1 request's way in and client gap, which the simulation draws again per request), and
-its rate sweep and repeat are simulated with that calibration, not refitted. The table gives each
+sweep calibrates the server's time outside the engine on its points (`--recalibrate`, written
+into a copy of the profile: the per-step and per-token overheads, a line through every point's
+TPOT gap, and each c=1 request's way in and client gap, which the simulation draws again per
+request), and its rate sweep and repeat are simulated with that calibration, not refitted. The table gives each
 sweep's median absolute errors against the goals, then over all the points of each deployment
 and of the shape. With every sweep: the CPU (in cores) that processes outside this benchmark used
 while it ran ("other"), and the load average: the figures are only as quiet as the host.
@@ -138,10 +140,11 @@ def process_ticks(pid: int) -> int:
 
 
 class Deployment:
-    """One or two `tokenworks serve` workers (worker i pinned to core i) and, with two, the kv router."""
+    """One or two `tokenworks serve` workers (worker i pinned to core i) and, with two, the kv router,
+    started for one sweep (their logs named after it)."""
 
-    def __init__(self, model: Path, workers: int, logs: Path) -> None:
-        self.model, self.count, self.logs = model, workers, logs
+    def __init__(self, model: Path, workers: int, logs: Path, sweep: str) -> None:
+        self.model, self.count, self.logs, self.sweep = model, workers, logs, sweep
         self.processes: list[subprocess.Popen] = []
         self.url = ""
 
@@ -154,7 +157,7 @@ class Deployment:
                                      "--threads", "1", "--kv-cache-memory-gib", str(KV_GIB), "--max-model-len", "2048")  # fmt: skip
                 if self.count > 1:
                     command += ["--kv-events-config", KV_EVENTS]
-                self.processes.append(spawn(command, [index], self.logs / f"worker{index}.log"))
+                self.processes.append(spawn(command, [index], self._log(f"worker{index}")))
                 urls.append(f"http://127.0.0.1:{port}")
             for url, process in zip(urls, self.processes, strict=True):
                 wait_healthy(url, process, "a worker")
@@ -164,7 +167,7 @@ class Deployment:
                 command = tokenworks("router", "--policy", "kv", "--port", str(port), "--tokenizer", str(self.model))
                 for url in urls:
                     command += ["--worker", url]
-                self.processes.append(spawn(command, None, self.logs / "router.log"))
+                self.processes.append(spawn(command, None, self._log("router")))
                 self.url = f"http://127.0.0.1:{port}"
                 wait_healthy(self.url, self.processes[-1], "the router", 120)
                 deadline = time.monotonic() + 30
@@ -178,6 +181,9 @@ class Deployment:
             self.__exit__()
             raise
         return self
+
+    def _log(self, process: str) -> Path:
+        return self.logs / f"{self.count}w-{self.sweep}-{process}.log"
 
     def serving_processes(self) -> ServingProcesses:
         router = self.processes[-1].pid if self.count > 1 else None
@@ -248,26 +254,32 @@ def run_shape(shape: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         if workers not in args.workers:
             continue
         tag = f"{workers}w"
-        with Deployment(model, workers, work) as deployment:
-            client = [1] if workers == 1 else None
-            closed = work / f"{tag}-closed"
+        client = [1] if workers == 1 else None
+        # Each sweep on a deployment started for it, as the simulation starts each from a fresh
+        # fleet: empty prefix caches, and a router that has learnt nothing of its workers. (Kept
+        # from the sweep before, the live router had fitted its workers' speeds on the closed
+        # loop and kept each prefix of the rate sweep on one worker where the simulated one, new
+        # to its replicas, computed some twice: 81% hits against 73% at the first rate, and the
+        # simulated TPOT p50 42% short at the last; docs/benchmarks.md, Plan, session 24.)
+        hosts = {}
+        with Deployment(model, workers, work, "closed") as deployment:
             log(f"{shape}, {workers} worker(s), {name}: closed loop at {concurrency}")
-            host = measure(deployment, model, workload, ["--concurrency", concurrency], per_point, closed, client)
-            rates = [round(f * best_request_rate(closed), 2) for f in RATE_FRACTIONS]
-            opened = work / f"{tag}-poisson"
+            levels = ["--concurrency", concurrency]
+            hosts["closed"] = measure(deployment, model, workload, levels, per_point, work / f"{tag}-closed", client)
+        rates = [round(f * best_request_rate(work / f"{tag}-closed"), 2) for f in RATE_FRACTIONS]
+        with Deployment(model, workers, work, "poisson") as deployment:
             log(f"{shape}, {workers} worker(s), {name}: Poisson at {rates} requests/s")
-            # Another seed: other prompts than the closed loop's, which the live caches still hold.
+            # Another seed: other prompts than the closed loop's.
             levels = ["--request-rate", ",".join(map(str, rates)), "--seed", "1"]
-            rate_host = measure(deployment, model, workload, levels, per_point, opened, client)
-            again = work / f"{tag}-again"
+            hosts["poisson"] = measure(deployment, model, workload, levels, per_point, work / f"{tag}-poisson", client)
+        with Deployment(model, workers, work, "again") as deployment:
             log(f"{shape}, {workers} worker(s), {name}: the closed loop again (seed 2), for the noise floor")
             levels = ["--concurrency", concurrency, "--seed", "2"]
-            again_host = measure(deployment, model, workload, levels, per_point, again, client)
+            hosts["again"] = measure(deployment, model, workload, levels, per_point, work / f"{tag}-again", client)
             log(f"{shape}, {workers} worker(s): serving's CPU per request and per token (concurrency 1)")
             processes = deployment.serving_processes()
             probe = probe_serving_cpu(deployment.url, model, workload, processes, work / f"{tag}-way-in", client)
             (work / f"{tag}-way-in-cpu.json").write_text(json.dumps(probe, indent=1) + "\n")
-        hosts = {"closed": host, "poisson": rate_host, "again": again_host}
         sweeps += validate_deployment(shape, workers, name, hosts, work)
     return sweeps
 
@@ -341,7 +353,7 @@ def table(sweeps: list[dict[str, Any]]) -> None:
         f"{shape} {workers}w a request: API server {_ms(figures.get('way_in_cpu_s'))}, engine outside its steps "
         f"{_ms(figures.get('request_cpu_s'))}, router {_ms(figures.get('router_cpu_s'))}; a token: router and "
         f"client {_ms(figures.get('stream_cpu_s'))}" for (shape, workers), figures in cpu.items()))  # fmt: skip
-    print("closed: calibrated on its own c=1 and c=32 points; poisson and again (the closed loop measured again,")
+    print("closed: calibrated on its own points (c=1..32); poisson and again (the closed loop measured again,")
     print("another seed): simulated with that calibration; noise: the closed loop against its repeat, both measured")
 
 
