@@ -132,8 +132,8 @@ def test_stream_cpu_is_shared_by_the_busy_replicas(sim_prompts) -> None:
 def test_no_overhead_from_a_negative_gap() -> None:
     """A profile slower than the live server at c=1 (a negative TPOT gap) adds nothing to a step:
     calibrate() simulates c=1 with these before the way-ins are known."""
-    assert overheads(-0.5) == (0.0, 0.0)
-    assert overheads(0.25) == (0.25, 0.0)
+    assert overheads([(1.0, -0.5)]) == (0.0, 0.0)
+    assert overheads([(1.0, 0.25)]) == (0.25, 0.0)
 
 
 def test_the_engines_own_work_on_a_request_by_hand(sim_prompts) -> None:

@@ -121,9 +121,10 @@ def test_calibration_is_written_into_the_profile_and_closes_the_gap_at_concurren
     serving = json.loads(profile.read_text())["serving"]
     report = json.loads((work / "out" / "validation.json").read_text())
     assert serving["points"] == ["in=8,out=6 c=1", "in=8,out=6 c=3"]
-    gap_one, gap_three = serving["tpot_gaps"]
-    assert 1 <= serving["batch"] <= 3  # (1: the measured way-ins spread c=3's requests over steps)
-    assert (serving["step_overhead"], serving["token_overhead"]) == overheads(gap_one, gap_three, serving["batch"])
+    assert serving["batches"][0] == 1.0
+    assert 1 <= serving["batches"][1] <= 3  # (1: the measured way-ins spread c=3's requests over steps)
+    gaps = list(zip(serving["batches"], serving["tpot_gaps"], strict=True))
+    assert (serving["step_overhead"], serving["token_overhead"]) == overheads(gaps)
     assert serving["arrival_delay"] == max(0.0, serving["ttft_gap"])
     assert len(serving["way_in"]) == 6 and min(serving["way_in"]) >= 0
     assert len(serving["client_gaps"]) == 7 and min(serving["client_gaps"]) >= 0
@@ -224,14 +225,21 @@ def test_validate_imports_no_torch() -> None:
 @pytest.mark.parametrize(
     ("gaps", "expected"),
     [
-        ((0.002, 0.010, 5.0), (0.0, 0.002)),  # token (0.010 - 0.002) / 4 = 0.002, step 0.002 - 0.002 = 0
-        ((0.003, 0.011, 5.0), (0.001, 0.002)),
-        ((0.004, 0.001, 5.0), (0.004, 0.0)),  # the gap shrinks with the batch: all a step's
-        ((-0.003, 0.0168, 32.0), (0.0, (-0.003 + 32 * 0.0168) / (1 + 32**2))),  # the profile slower at c=1
-        ((-0.001, -0.002, 8.0), (0.0, 0.0)),
-        ((0.0025, None, None), (0.0025, 0.0)),  # one level: a step's
+        ([(1.0, 0.002), (5.0, 0.010)], (0.0, 0.002)),  # token (0.010 - 0.002) / 4 = 0.002, step 0.002 - 0.002 = 0
+        ([(1.0, 0.003), (5.0, 0.011)], (0.001, 0.002)),
+        ([(1.0, 0.004), (5.0, 0.001)], (0.0025, 0.0)),  # the gap shrinks with the batch: the median gap a step's
+        # the profile slower at c=1: the line through the origin over the batched point, 0.0168 / 32
+        ([(1.0, -0.003), (32.0, 0.0168)], (0.0, 0.0168 / 32)),
+        ([(1.0, -0.001), (8.0, -0.002)], (0.0, 0.0)),
+        ([(1.0, 0.0025)], (0.0025, 0.0)),  # one level: a step's
+        # gap = 0.001 + 0.002 k, but the last point measured in a busy minute (0.090, not 0.033): 6 of
+        # the 10 slopes are 0.002, so their median is, and the median of gap - 0.002 k is 0.001
+        ([(1.0, 0.003), (2.0, 0.005), (4.0, 0.009), (8.0, 0.017), (16.0, 0.090)], (0.001, 0.002)),
+        # the same points lowered to step -0.001: through the origin, the median of 0.0015, 0.00175,
+        # 0.001875 and 0.005625 (gap / k where k > 1)
+        ([(1.0, 0.001), (2.0, 0.003), (4.0, 0.007), (8.0, 0.015), (16.0, 0.090)], (0.0, (0.00175 + 0.001875) / 2)),
     ],
 )
-def test_overheads_split_the_tpot_gaps_by_hand(gaps, expected) -> None:
-    step, token = overheads(*gaps)
+def test_overheads_fit_a_line_through_the_tpot_gaps_by_hand(gaps, expected) -> None:
+    step, token = overheads(gaps)
     assert step == pytest.approx(expected[0], abs=1e-15) and token == pytest.approx(expected[1], abs=1e-15)

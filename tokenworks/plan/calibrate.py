@@ -5,29 +5,41 @@ the chat template and tokenization, the engine client) and its tokens on their w
 serving loop spends time around every step: the core process takes its inputs and sends the
 step's outputs, and the API server detokenizes and streams every sampled token, on the same core
 when the server is pinned to one (and a busy host takes its share of that core too). Three
-figures stand for that, read from two points of a closed-loop sweep where the steps are all
-alike: concurrency 1 (one request: every step decodes it, nothing queues) and the sweep's
-highest concurrency C (C requests decoding together in most steps):
+figures stand for that, read from the points of a closed-loop sweep, where the steps are all
+alike: at concurrency 1 one request (every step decodes it, nothing queues), at concurrency c
+about c requests decoding together in most steps:
 
-    gap(c)          = measured TPOT p50 - simulated TPOT p50 (no overheads), at c = 1 and C
-    token overhead  = (gap(C) - gap(1)) / (k - 1): the part of a step's extra time that grows
-                      with its outputs; k is the batch a sampled token shares its step with at C
-                      in the simulation, averaged over tokens (sum s^2 / sum s over steps of s)
-    step overhead   = gap(1) - token overhead: the part that does not
-    arrival delay   = measured TTFT p50 - simulated TTFT p50 at c = 1 (with both overheads)
+    gap(c)          = measured TPOT p50 - simulated TPOT p50 (no overheads), at every closed-loop
+                      point, in one simulation of the sweep (with the way-ins below)
+    k(c)            = the batch a sampled token shares its step with there in that simulation,
+                      averaged over tokens (sum s^2 / sum s over steps of s): 1 at c = 1
+    token overhead  = the slope of the line gap = step + token x k through the points, by
+                      Theil-Sen: the median of the slopes between every two points: the part of
+                      a step's extra time that grows with its outputs
+    step overhead   = the median of gap - token x k: the part that does not
+    arrival delay   = measured TTFT p50 - simulated TTFT p50 at c = 1 (with the step overhead
+                      gap(1) alone gives)
     way in          = per request at c = 1, measured TTFT - simulated TTFT: the arrival delay's
                       spread, drawn again per simulated request (draws.py) as work on the
-                      replica's core (shared_core.py); the TPOT gap at C is taken with it there,
+                      replica's core (shared_core.py); the sweep's gaps are taken with it there,
                       so the token overhead is what the way-ins' share of the core leaves
     client gaps     = per request at c = 1, the next send - the last token: the client's time
 
+Why medians, not the two ends of the sweep: on a shared host one point measured in a busy minute
+is off the line by more than the overheads are (a two-worker c = 32 point 50-70 ms a token slow
+against 5-9 ms at its neighbours, docs/benchmarks.md, Plan, session 24), and a line through c = 1
+and the highest point alone carried that into every simulated point. The median of the slopes
+ignores up to 29% of the points.
+
 Only the sum of the way in and the way out shows in a client's timestamps (both add to TTFT and
 E2E alike), so all of it is put on the way in (the delivery delay stays 0). Each is clamped at 0:
-a negative token overhead gives the whole gap at 1 to the step; a negative step overhead (the
-profile slower than the live server at c = 1) leaves the token overhead that fits both gaps
-best, (gap(1) + k gap(C)) / (1 + k^2). When the median way in comes out negative (the profile
+a falling line (a negative slope) gives each point's gap to its steps (the step overhead the
+median gap); a negative step overhead (the profile slower than the live server at c = 1) leaves
+Theil-Sen's line through the origin, the median of gap / k, over the points with k > 1 (at c = 1
+the gap is then the profile's own error, which no overhead takes back). When the median way in comes out negative (the profile
 slower than the live server on the first prefill), every way in moves up by as much: the
-spread is kept, the profile's error is not. Without a second level the whole gap is a step's. They are written into profile.json (its "serving" section) so later
+spread is kept, the profile's error is not. Without a second level the whole gap is a step's.
+They are written into profile.json (its "serving" section) so later
 simulations of this machine start from them; `plan validate` marks the points they came from.
 """
 
@@ -36,6 +48,7 @@ from __future__ import annotations
 import datetime
 import json
 import statistics
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -54,7 +67,7 @@ class Serving:
     source: str = ""  # where it was measured: the results directory
     points: tuple[str, ...] = ()  # the points it was measured on
     tpot_gaps: tuple[float, ...] = ()  # measured - simulated TPOT p50 at those points (seconds)
-    batch: float | None = None  # k: sampled tokens a step at the second point, token-weighted
+    batches: tuple[float, ...] = ()  # k at those points: sampled tokens a step, token-weighted
     ttft_gap: float | None = None  # measured - simulated TTFT p50 at c=1, with the overheads
     created: str = ""
     # Per request at c=1 (seconds): each one's way in (measured - simulated TTFT), drawn again
@@ -85,15 +98,15 @@ class ServingLatency:
         return seconds + self.step_overhead + self.token_overhead * step.num_samples if seconds else seconds
 
 
-def overheads(gap_one: float, gap_many: float | None = None, samples_many: float | None = None) -> tuple[float, float]:
-    """(step, token) overheads from the TPOT gaps at concurrency 1 and at a higher level whose
-    steps sample `samples_many` tokens on average (the module's docstring)."""
-    if gap_many is None or samples_many is None or samples_many <= 1:
-        return max(0.0, gap_one), 0.0
-    token = max(0.0, (gap_many - gap_one) / (samples_many - 1))
-    step = gap_one - token
-    if step < 0:  # no time a step: the token overhead alone, least squares over both points
-        return 0.0, max(0.0, (gap_one + samples_many * gap_many) / (1 + samples_many**2))
+def overheads(gaps: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """(step, token) overheads from the TPOT gaps of a sweep's closed-loop points, each (k, gap):
+    Theil-Sen's line gap = step + token x k, clamped (the module's docstring)."""
+    slopes = [(g2 - g1) / (k2 - k1) for i, (k1, g1) in enumerate(gaps) for k2, g2 in gaps[i + 1 :] if k2 != k1]
+    token = max(0.0, statistics.median(slopes)) if slopes else 0.0
+    step = statistics.median(gap - token * k for k, gap in gaps)
+    if step < 0:  # no time a step: the line through the origin, over the batched points
+        batched = [(k, gap) for k, gap in gaps if k > 1] or gaps
+        return 0.0, max(0.0, statistics.median(gap / k for k, gap in batched))
     return step, token
 
 
@@ -117,6 +130,9 @@ def now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
+_TUPLES = ("points", "tpot_gaps", "batches", "way_in", "client_gaps")  # lists in the JSON
+
+
 def read_serving(profile: str | Path) -> Serving | None:
     """The profile's calibration, or None when it has none."""
     data = json.loads(Path(profile).read_text(encoding="utf-8"))
@@ -124,7 +140,8 @@ def read_serving(profile: str | Path) -> Serving | None:
     if not section:
         return None
     try:
-        tuples = {key: tuple(section.get(key, ())) for key in ("points", "tpot_gaps", "way_in", "client_gaps")}
+        tuples = {key: tuple(section.get(key, ())) for key in _TUPLES}
+        section = {key: value for key, value in section.items() if key != "batch"}  # (one k, before session 24)
         return Serving(**section | tuples)
     except TypeError as error:
         raise PlanError(f"the profile {profile} has a serving section this tokenworks cannot read ({error})") from None

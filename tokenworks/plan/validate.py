@@ -63,7 +63,7 @@ def _difference(now: SimulationStats, before: SimulationStats) -> SimulationStat
 
 
 def calibration_points(measured: ResultsDir) -> list[SweepPoint]:
-    """The closed-loop points calibrate.py reads: concurrency 1 and the sweep's highest (if above 1)."""
+    """The closed-loop points calibrate.py reads: the first at concurrency 1, then every other one."""
     closed = [p for p in measured.points if p.request_rate is None and p.concurrency]
     one = [p for p in closed if p.concurrency == 1]
     if not one:
@@ -71,17 +71,16 @@ def calibration_points(measured: ResultsDir) -> list[SweepPoint]:
             f"{measured.directory} has no closed-loop point at concurrency 1 to calibrate the server's time outside "
             "the engine from: measure one (--concurrency 1,...), or give --arrival-delay-ms and --token-overhead-ms"
         )
-    top = max(closed, key=lambda p: p.concurrency)
-    return one[:1] + ([top] if top.concurrency > 1 else [])
+    return one[:1] + [p for p in closed if p.concurrency > 1]
 
 
 def calibrate(fleet: Fleet, prompts: SimPrompts, measured: ResultsDir) -> Serving:
-    """calibrate.py's figures from the sweep's calibration points, each simulated as it ran (after
+    """calibrate.py's figures from the sweep's closed-loop points, each simulated as it ran (after
     the points before it, on one fleet): the TPOT gap at c=1, then each request's way in at c=1
-    (with that gap on every step), then the gap at the highest level with those way-ins, which
-    splits the gap into step and token overheads. The fleet's serving CPU (`way_in_cpu`,
-    `request_cpu`, `router_cpu`, `stream_cpu`: measured apart, by process CPU time) is simulated
-    throughout, the way-ins' share on the cores once they are known."""
+    (with that gap on every step), then every closed-loop point's gap with those way-ins, through
+    which one line splits the gaps into step and token overheads. The fleet's serving CPU
+    (`way_in_cpu`, `request_cpu`, `router_cpu`, `stream_cpu`: measured apart, by process CPU time)
+    is simulated throughout, the way-ins' share on the cores once they are known."""
     chosen = calibration_points(measured)
     one = chosen[0]
     upto_one = measured.points[: measured.points.index(one) + 1]
@@ -89,7 +88,7 @@ def calibrate(fleet: Fleet, prompts: SimPrompts, measured: ResultsDir) -> Servin
     gap_one = _tpot_gap(one, simulate_points(bare, prompts, measured, upto_one)[-1], measured)
     # At c=1 every step samples one token, so how the gap splits does not move a TTFT there (a
     # negative gap, the profile slower than the server, adds nothing: a step is never shortened).
-    loaded = replace(bare, latency=ServingLatency(fleet.latency, *overheads(gap_one)))
+    loaded = replace(bare, latency=ServingLatency(fleet.latency, *overheads([(1.0, gap_one)])))
     simulated_one = simulate_points(loaded, prompts, measured, upto_one)[-1].point
     ttft = simulated_one.metrics.ttft.p50
     measured_ttft = one.figures.get("ttft_p50_s")
@@ -102,23 +101,23 @@ def calibrate(fleet: Fleet, prompts: SimPrompts, measured: ResultsDir) -> Servin
                    [by_index[r.index].first_token - by_index[r.index].sent for r in answered])  # fmt: skip
     finished = [r for r in live if r.last_token is not None]
     gaps_out = client_gaps([r.sent for r in finished], [r.last_token for r in finished])
-    gaps, samples = [gap_one], None
-    step, token = gap_one, 0.0
+    gaps, batches = (gap_one,), (1.0,)
     if len(chosen) > 1:
         recorder = _SampleRecorder(fleet.latency)
         upto = measured.points[: measured.points.index(chosen[-1]) + 1]
         on_core = replace(bare, latency=recorder, way_in=ways, client_gaps=gaps_out, way_in_cpu=fleet.way_in_cpu)
-        top = simulate_points(on_core, prompts, measured, upto, recorder.point_ends)[-1]
-        gaps.append(_tpot_gap(chosen[-1], top, measured))
+        simulated = {entry.point.label: entry for entry in simulate_points(on_core, prompts, measured, upto,
+                                                                            recorder.point_ends)}  # fmt: skip
+        gaps = tuple(_tpot_gap(point, simulated[point.label], measured) for point in chosen)
         # The batch a sampled token shares its step with, on average over tokens (sum s^2 / sum s):
         # what TPOT sees, where a mean over steps would count the ramp's and the tail's small steps.
-        per_step = recorder.points[chosen[-1].label]
-        samples = sum(s * s for s in per_step) / max(sum(per_step), 1)
-        step, token = overheads(gaps[0], gaps[1], samples)
+        batches = tuple(sum(s * s for s in steps) / max(sum(steps), 1)
+                        for steps in (recorder.points[point.label] for point in chosen))  # fmt: skip
+    step, token = overheads(list(zip(batches, gaps, strict=True)))
     return Serving(
         arrival_delay=max(0.0, measured_ttft - ttft), step_overhead=step, token_overhead=token,
         source=str(measured.directory), points=tuple(p.label for p in chosen), created=now(),
-        tpot_gaps=tuple(gaps), batch=samples, ttft_gap=measured_ttft - ttft, way_in=ways, client_gaps=gaps_out,
+        tpot_gaps=gaps, batches=batches, ttft_gap=measured_ttft - ttft, way_in=ways, client_gaps=gaps_out,
         way_in_cpu=fleet.way_in_cpu, request_cpu=fleet.request_cpu, router_cpu=fleet.router_cpu,
         stream_cpu=fleet.stream_cpu,
     )  # fmt: skip

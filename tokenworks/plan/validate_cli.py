@@ -62,8 +62,8 @@ def validate(
     stream_cpu_ms: float = typer.Option(None, "--stream-cpu-ms", help="CPU a streamed token costs processes "
                                         "without a core of their own that run on the workers' (a router, a load "
                                         "generator), measured apart (default: the profile's, else 0)."),
-    recalibrate: bool = typer.Option(False, "--recalibrate", help="Calibrate on this sweep (its c=1 and highest "
-                                     "closed-loop points) even if the profile has a calibration; write it there."),
+    recalibrate: bool = typer.Option(False, "--recalibrate", help="Calibrate on this sweep (its closed-loop "
+                                     "points, c=1 among them) even if the profile has a calibration; write it there."),
     out: Path = typer.Option(Path("plan-validation"), "--out", "-o", help="Where the results go."),
 ) -> None:  # fmt: skip
     """Measured against simulated, per metric and point: TTFT and TPOT p50/p99, output tokens/s, prefix hits."""
