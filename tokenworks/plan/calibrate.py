@@ -26,9 +26,10 @@ about c requests decoding together in most steps:
     client gaps     = per request at c = 1, the next send - the last token: the client's time
 
 Why medians, not the two ends of the sweep: on a shared host one point measured in a busy minute
-is off the line by more than the overheads are (a two-worker c = 32 point 50-70 ms a token slow
-against 5-9 ms at its neighbours, docs/benchmarks.md, Plan, session 24), and a line through c = 1
-and the highest point alone carried that into every simulated point. The median of the slopes
+is off the line by more than the overheads are (small behind two workers: a c = 32 point 73.6 ms
+a token slower than simulated against 8.3 ms at c = 16, its repeat 1.7x faster; docs/benchmarks.md,
+Plan, session 24), and a line through c = 1 and the highest point alone carried that into every
+simulated point. The median of the slopes
 ignores up to 29% of the points.
 
 Only the sum of the way in and the way out shows in a client's timestamps (both add to TTFT and
