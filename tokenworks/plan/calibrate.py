@@ -29,18 +29,17 @@ Why medians, not the two ends of the sweep: on a shared host one point measured 
 is off the line by more than the overheads are (small behind two workers: a c = 32 point 73.6 ms
 a token slower than simulated against 8.3 ms at c = 16, its repeat 1.7x faster; docs/benchmarks.md,
 Plan, session 24), and a line through c = 1 and the highest point alone carried that into every
-simulated point. The median of the slopes
-ignores up to 29% of the points.
+simulated point. The median of the slopes ignores up to 29% of the points.
 
 Only the sum of the way in and the way out shows in a client's timestamps (both add to TTFT and
 E2E alike), so all of it is put on the way in (the delivery delay stays 0). Each is clamped at 0:
 a falling line (a negative slope) gives each point's gap to its steps (the step overhead the
 median gap); a negative step overhead (the profile slower than the live server at c = 1) leaves
 Theil-Sen's line through the origin, the median of gap / k, over the points with k > 1 (at c = 1
-the gap is then the profile's own error, which no overhead takes back). When the median way in comes out negative (the profile
-slower than the live server on the first prefill), every way in moves up by as much: the
-spread is kept, the profile's error is not. Without a second level the whole gap is a step's.
-They are written into profile.json (its "serving" section) so later
+the gap is then the profile's own error, which no overhead takes back). When the median way in
+comes out negative (the profile slower than the live server on the first prefill), every way in
+moves up by as much: the spread is kept, the profile's error is not. Without a second level the
+whole gap is a step's. They are written into profile.json (its "serving" section) so later
 simulations of this machine start from them; `plan validate` marks the points they came from.
 """
 

@@ -104,7 +104,7 @@ def calibrate(fleet: Fleet, prompts: SimPrompts, measured: ResultsDir) -> Servin
     gaps, batches = (gap_one,), (1.0,)
     if len(chosen) > 1:
         recorder = _SampleRecorder(fleet.latency)
-        upto = measured.points[: measured.points.index(chosen[-1]) + 1]
+        upto = measured.points[: max(measured.points.index(point) for point in chosen) + 1]
         on_core = replace(bare, latency=recorder, way_in=ways, client_gaps=gaps_out, way_in_cpu=fleet.way_in_cpu)
         simulated = {entry.point.label: entry for entry in simulate_points(on_core, prompts, measured, upto,
                                                                             recorder.point_ends)}  # fmt: skip
