@@ -39,9 +39,9 @@ prompts the server saw), then `tokenworks plan validate --measured`. A deploymen
 sweep calibrates the server's time outside the engine on its points (`--recalibrate`, written
 into a copy of the profile: the per-step and per-token overheads, a line through every point's
 TPOT gap, and each c=1 request's way in and client gap, which the simulation draws again per
-request), and its rate sweep and repeat are simulated with that calibration, not refitted. The table gives each
-sweep's median absolute errors against the goals, then over all the points of each deployment
-and of the shape. With every sweep: the CPU (in cores) that processes outside this benchmark used
+request), and its rate sweep and repeat are simulated with that calibration, not refitted. The
+table gives each sweep's median absolute errors against the goals, then over all the points of
+each deployment and of the shape. With every sweep: the CPU (in cores) that processes outside this benchmark used
 while it ran ("other"), and the load average: the figures are only as quiet as the host.
 
 --quick: 16 requests a point (32 at c=32), concurrency 1,4,16,32, for a smoke run.
