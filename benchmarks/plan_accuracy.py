@@ -1,6 +1,6 @@
 """How close the simulator comes to measurement: `tokenworks plan validate` over live sweeps on this machine.
 
-    .venv/bin/python benchmarks/plan_accuracy.py [--shapes tiny,small] [--quick] [--json PATH]
+    .venv/bin/python benchmarks/plan_accuracy.py [--shapes tiny,small] [--repeats 3] [--quick] [--json PATH]
 
 Not a test and not run in CI. Issue 23's goals, on this machine, for the tiny and small shapes
 (.peers/bench-engine/models/{tiny,small}, built by benchmarks/engine_vs_peers.py): median absolute
@@ -19,12 +19,18 @@ hit rate within 5 points. Per shape:
    the closed loop's); synthetic prompts.
 3. Two workers (core 0 and core 1) behind `tokenworks router --policy kv` (unpinned, with the
    client: there is no third core), a shared-prefix workload, the same two sweeps.
-4. For each deployment, the closed-loop sweep once more at the end (seed 2: other prompts of the
-   same lengths), simulated with the first sweep's calibration (out of sample), and compared
+4. For each deployment, the closed-loop sweep once more (seed 2: other prompts of the same
+   lengths: "again"), simulated with the first sweep's calibration (out of sample), and compared
    with the first sweep as measured: the "noise" row, how far two measurements of one sweep
    minutes apart differ on this host, a floor under any simulation's error.
    Every sweep meets a deployment started for it, as every simulated sweep starts from a fresh
    fleet (empty prefix caches, a router that has learnt nothing yet).
+   Each of the three sweeps is measured --repeats times (default 3), interleaved (closed,
+   poisson, again, closed, ...; <N>w-<sweep>, then <N>w-<sweep>-r2, -r3), and compared by its
+   median: `plan validate --measured` once a repeat, each figure the median of its point's
+   repeats (tokenworks/plan/validation.py), the calibration on every repeat's requests. Why: a
+   two-worker closed loop measured twice minutes apart differed by 14-24% on TTFT p50 (session
+   24's noise rows), more than the goals, and one point measured in a busy minute carried it.
 5. Then what serving costs the workers' cores outside their engines, measured by process CPU time
    (tokenworks/plan/serving_cpu.py, which the factory's plan stage runs too): the API servers'
    and the router's CPU per request (the way in, which the simulation puts on the worker's core
@@ -44,7 +50,7 @@ table gives each sweep's median absolute errors against the goals, then over all
 each deployment and of the shape. With every sweep: the CPU (in cores) that processes outside this benchmark used
 while it ran ("other"), and the load average: the figures are only as quiet as the host.
 
---quick: 16 requests a point (32 at c=32), concurrency 1,4,16,32, for a smoke run.
+--quick: 16 requests a point (32 at c=32), concurrency 1,4,16,32, for a smoke run (with --repeats 1).
 --requests-per-point N: N requests a point, with --quick too (bench sweep sends at least 2x the
 concurrency); default 32, the goals' runs. 256 on tiny (session 22) took 8 minutes and did not
 bring the noise row down (the host's speed drifts between sweeps minutes apart by more than the
@@ -86,7 +92,7 @@ from tokenworks.plan.serving_cpu import (
     request_cpu,
     validate_options,
 )
-from tokenworks.plan.validation import compare, read_results
+from tokenworks.plan.validation import compare, median_of, read_results
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / ".peers" / "bench-engine" / "models"
@@ -99,6 +105,8 @@ SYNTHETIC = ["--workload", "synthetic", "--input-tokens", "128", "--output-token
 SHARED = ["--workload", "shared-prefix", "--num-prefixes", "4", "--questions-per-prefix", "16", "--prefix-tokens",
           "512", "--input-tokens", "64", "--output-tokens", "32"]  # fmt: skip
 RATE_FRACTIONS = (0.25, 0.5, 0.75)
+SWEEPS = ("closed", "poisson", "again")  # a deployment's sweeps, in the order each repeat measures them
+REPEATS = 3  # each sweep measured 3 times, compared by its median (--repeats in the docstring: why)
 REQUESTS_PER_POINT = 32  # the goals' runs (--requests-per-point in the docstring: why not more)
 
 
@@ -219,11 +227,12 @@ def _children_ticks() -> int:
     return round((usage.ru_utime + usage.ru_stime) * os.sysconf("SC_CLK_TCK"))
 
 
-def validate(model: Path, profile: Path, measured: Path, out: Path, workers: int, recalibrate: bool,
+def validate(model: Path, profile: Path, repeats: list[Path], out: Path, workers: int, recalibrate: bool,
              cpu: dict[str, float]) -> dict:  # fmt: skip
-    command = tokenworks("plan", "validate", str(model), "--profile", str(profile), "--measured", str(measured),
-                         "--kv-cache-memory-gib", str(KV_GIB), "--replicas", str(workers), "--router-policy", "kv",
-                         "--out", str(out))  # fmt: skip
+    command = tokenworks("plan", "validate", str(model), "--profile", str(profile), "--kv-cache-memory-gib",
+                         str(KV_GIB), "--replicas", str(workers), "--router-policy", "kv", "--out", str(out))  # fmt: skip
+    for measured in repeats:
+        command += ["--measured", str(measured)]
     command += validate_options(cpu)
     if recalibrate:
         command.append("--recalibrate")
@@ -261,34 +270,54 @@ def run_shape(shape: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         # loop and kept each prefix of the rate sweep on one worker where the simulated one, new
         # to its replicas, computed some twice: 81% hits against 73% at the first rate, and the
         # simulated TPOT p50 42% short at the last; docs/benchmarks.md, Plan, session 24.)
-        hosts = {}
-        with Deployment(model, workers, work, "closed") as deployment:
-            log(f"{shape}, {workers} worker(s), {name}: closed loop at {concurrency}")
-            levels = ["--concurrency", concurrency]
-            hosts["closed"] = measure(deployment, model, workload, levels, per_point, work / f"{tag}-closed", client)
-        rates = [round(f * best_request_rate(work / f"{tag}-closed"), 2) for f in RATE_FRACTIONS]
-        with Deployment(model, workers, work, "poisson") as deployment:
-            log(f"{shape}, {workers} worker(s), {name}: Poisson at {rates} requests/s")
-            # Another seed: other prompts than the closed loop's.
-            levels = ["--request-rate", ",".join(map(str, rates)), "--seed", "1"]
-            hosts["poisson"] = measure(deployment, model, workload, levels, per_point, work / f"{tag}-poisson", client)
-        with Deployment(model, workers, work, "again") as deployment:
-            log(f"{shape}, {workers} worker(s), {name}: the closed loop again (seed 2), for the noise floor")
-            levels = ["--concurrency", concurrency, "--seed", "2"]
-            hosts["again"] = measure(deployment, model, workload, levels, per_point, work / f"{tag}-again", client)
-            log(f"{shape}, {workers} worker(s): serving's CPU per request and per token (concurrency 1)")
-            processes = deployment.serving_processes()
-            probe = probe_serving_cpu(deployment.url, model, workload, processes, work / f"{tag}-way-in", client)
-            (work / f"{tag}-way-in-cpu.json").write_text(json.dumps(probe, indent=1) + "\n")
-        sweeps += validate_deployment(shape, workers, name, hosts, work)
+        hosts: dict[str, list[dict[str, Any]]] = {kind: [] for kind in SWEEPS}
+        rates: list[float] = []
+        # Repeats interleaved (closed, poisson, again, closed, ...): a busy minute meets one repeat
+        # of each sweep, not every repeat of one, and the median of a point's repeats sets it aside.
+        for repeat in range(1, args.repeats + 1):
+            for kind in SWEEPS:
+                if kind == "poisson" and not rates:  # the first closed loop's best rate sets them
+                    rates = [round(f * best_request_rate(work / f"{tag}-closed"), 2) for f in RATE_FRACTIONS]
+                levels = {
+                    "closed": ["--concurrency", concurrency],
+                    "poisson": ["--request-rate", ",".join(map(str, rates)), "--seed", "1"],  # other prompts
+                    "again": ["--concurrency", concurrency, "--seed", "2"],
+                }[kind]  # fmt: skip
+                directory = repeat_name(tag, kind, repeat)
+                with Deployment(model, workers, work, directory.removeprefix(f"{tag}-")) as deployment:
+                    log(f"{shape}, {workers} worker(s), {name}: {kind} {' '.join(levels)}, repeat {repeat} of "
+                        f"{args.repeats}")  # fmt: skip
+                    hosts[kind].append(measure(deployment, model, workload, levels, per_point, work / directory,
+                                               client))  # fmt: skip
+                    if kind == SWEEPS[-1] and repeat == args.repeats:
+                        log(f"{shape}, {workers} worker(s): serving's CPU per request and per token (concurrency 1)")
+                        processes = deployment.serving_processes()
+                        probe = probe_serving_cpu(deployment.url, model, workload, processes, work / f"{tag}-way-in",
+                                                  client)  # fmt: skip
+                        (work / f"{tag}-way-in-cpu.json").write_text(json.dumps(probe, indent=1) + "\n")
+        host = {kind: host_of(each) for kind, each in hosts.items()}
+        sweeps += validate_deployment(shape, workers, name, host, work, args.repeats)
     return sweeps
 
 
+def repeat_name(tag: str, kind: str, repeat: int) -> str:
+    """A sweep's results directory: <N>w-<kind> for the first repeat (as before repeats), -r2, -r3 on."""
+    return f"{tag}-{kind}" + (f"-r{repeat}" if repeat > 1 else "")
+
+
+def host_of(repeats: list[dict[str, Any]]) -> dict[str, Any]:
+    """The host while a sweep's repeats ran: their wall time in all, the busiest repeat's other
+    processes and load average (the figures are only as quiet as that), and each repeat's."""
+    return {"wall_s": sum(r["wall_s"] for r in repeats), "other_cores": max(r["other_cores"] for r in repeats),
+            "load_average": max(r["load_average"] for r in repeats), "repeats": repeats}  # fmt: skip
+
+
 def validate_deployment(
-    shape: str, workers: int, name: str, hosts: dict[str, dict], work: Path
+    shape: str, workers: int, name: str, hosts: dict[str, dict], work: Path, repeats: int
 ) -> list[dict[str, Any]]:
-    """`plan validate` on a deployment's three sweeps in `work` (the closed loop calibrating, on a
-    copy of the profile of its own), and the closed loop against its repeat, both measured."""
+    """`plan validate` on a deployment's three sweeps in `work`, each the median of its repeats
+    (the closed loop calibrating, on a copy of the profile of its own), and the closed loop against
+    the closed loop with other prompts (again), both measured."""
     model, tag = MODELS / shape, f"{workers}w"
     calibrated = work / f"profile-{tag}.json"  # each deployment's own calibration
     shutil.copy(work / "profile.json", calibrated)
@@ -297,16 +326,19 @@ def validate_deployment(
     if "engine_cpu_s" in cpu:
         cpu["request_cpu_s"] = request_cpu(cpu, work / "profile.json")
     sweeps = []
-    for kind in ("closed", "poisson", "again"):
+    measured = {kind: [work / repeat_name(tag, kind, r) for r in range(1, repeats + 1)] for kind in SWEEPS}
+    for kind in SWEEPS:
         out = work / f"{tag}-{kind}-validation"
-        result = validate(model, calibrated, work / f"{tag}-{kind}", out, workers, kind == "closed", cpu)
+        result = validate(model, calibrated, measured[kind], out, workers, kind == "closed", cpu)
         sweeps.append({"shape": shape, "workers": workers, "workload": name, "sweep": kind, "host": hosts[kind],
-                       "directory": str(work.relative_to(ROOT)), "validation": result,
+                       "directory": str(work.relative_to(ROOT)), "repeats": repeats, "validation": result,
                        "serving_cpu": {k: cpu.get(k) for k in CPU_FIGURES}})  # fmt: skip
-    # The same sweep measured twice, minutes apart: how far measurement moves on its own here.
-    noise = compare(read_results(work / f"{tag}-closed").points, read_results(work / f"{tag}-again").points)
+    # The same sweep measured twice, minutes apart (other prompts of the same lengths), each the
+    # median of its repeats: how far measurement moves on its own here.
+    closed, again = (median_of([read_results(d) for d in measured[kind]]) for kind in ("closed", "again"))
+    noise = compare(closed.points, again.points)
     sweeps.append({"shape": shape, "workers": workers, "workload": name, "sweep": "noise", "host": hosts["again"],
-                   "directory": str(work.relative_to(ROOT)), "validation": noise.to_json()})  # fmt: skip
+                   "directory": str(work.relative_to(ROOT)), "repeats": repeats, "validation": noise.to_json()})  # fmt: skip
     return sweeps
 
 
@@ -321,7 +353,8 @@ def revalidate(path: Path) -> list[dict[str, Any]]:
                  if (s["shape"], s["workers"]) == (entry["shape"], entry["workers"])}  # fmt: skip
         work = ROOT / entry["directory"] if "directory" in entry else WORK / entry["shape"]
         log(f"{entry['shape']}, {entry['workers']} worker(s): validating the sweeps measured in {work}")
-        sweeps += validate_deployment(entry["shape"], entry["workers"], entry["workload"], hosts, work)
+        repeats = entry.get("repeats", 1)  # (results from before repeats measured each sweep once)
+        sweeps += validate_deployment(entry["shape"], entry["workers"], entry["workload"], hosts, work, repeats)
     return sweeps
 
 
@@ -354,7 +387,8 @@ def table(sweeps: list[dict[str, Any]]) -> None:
         f"{_ms(figures.get('request_cpu_s'))}, router {_ms(figures.get('router_cpu_s'))}; a token: router and "
         f"client {_ms(figures.get('stream_cpu_s'))}" for (shape, workers), figures in cpu.items()))  # fmt: skip
     print("closed: calibrated on its own points (c=1..32); poisson and again (the closed loop measured again,")
-    print("another seed): simulated with that calibration; noise: the closed loop against its repeat, both measured")
+    print("another seed): simulated with that calibration; noise: the closed loop against again, both measured;")
+    print(f"each sweep the median of its repeats ({sweeps[0].get('repeats', 1)}); other, load: the busiest repeat's")
 
 
 def _ms(seconds: float | None) -> str:
@@ -379,6 +413,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="Fewer levels and requests: a smoke run.")
     parser.add_argument("--requests-per-point", type=int, help=f"Requests at each point (default {REQUESTS_PER_POINT}, "
                         "16 with --quick); bench sweep sends at least 2x the concurrency.")  # fmt: skip
+    parser.add_argument("--repeats", type=int, default=REPEATS, help=f"Measurements of each sweep, interleaved, "
+                        f"compared by their median (default {REPEATS}).")  # fmt: skip
     parser.add_argument(
         "--reuse-profile",
         action="store_true",
@@ -397,6 +433,8 @@ def main() -> None:
         log(f"every cell in {out}")
         return
     args.workers = {int(w) for w in args.workers.split(",")}
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
     log(f"{cpu_model()}, {os.cpu_count()} cores; tokenworks at {head.strip()}; load average "
         f"{os.getloadavg()[0]:.2f}; workers pinned one a core, --threads 1, KV cache {KV_GIB} GiB each")  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import sys
 
@@ -178,6 +179,65 @@ def test_the_serving_cpu_measured_apart_goes_into_the_calibration(validated, nan
     code, _, err = run_cli(monkeypatch, capsys, str(nano_model_dir), "--profile", str(copy), "--measured",
                            str(work / "out" / "measured"), "--stream-cpu-ms", "-1", "--out", str(tmp_path / "bad"))  # fmt: skip
     assert code != 0 and "cannot be negative" in err
+
+
+def repeat_of(measured, directory, scales: dict[str, float], **load) -> None:
+    """A copy of a measured sweep whose point rows' figures are scaled (label -> factor): a repeat
+    measured faster or slower, the same requests; `load` changes its settings."""
+    shutil.copytree(measured, directory)
+    run = json.loads((directory / "run.json").read_text())
+    for row in run["points"]:
+        for key in KEYS[:-1]:
+            row[key] = row[key] * scales[row["label"]] if row[key] is not None else None
+    run["load"] |= load
+    (directory / "run.json").write_text(json.dumps(run))
+
+
+def test_repeats_are_compared_by_their_median_and_calibrated_on_every_request(validated, nano_model_dir,
+                                                                             monkeypatch, capsys, tmp_path) -> None:  # fmt: skip
+    """--measured once a repeat: each measured figure the median of the three at its point (the
+    first repeat's at c=1, the third's at c=3 here), the prefix hit rates (the same requests
+    answered alike) as they were, and the calibration's way-ins and client gaps every repeat's
+    (3 x 6 and 3 x 7)."""
+    work, profile = validated
+    first = work / "out" / "measured"
+    c1, c3 = "in=8,out=6 c=1", "in=8,out=6 c=3"
+    repeat_of(first, tmp_path / "r2", {c1: 1.5, c3: 0.7})
+    repeat_of(first, tmp_path / "r3", {c1: 0.8, c3: 0.9})
+    copy = tmp_path / "profile.json"
+    copy.write_text(profile.read_text())
+    repeats = [first, tmp_path / "r2", tmp_path / "r3"]
+    code, out, err = run_cli(monkeypatch, capsys, str(nano_model_dir), "--profile", str(copy), "--measured",
+                             str(repeats[0]), "--measured", str(repeats[1]), "--measured", str(repeats[2]),
+                             "--kv-cache-memory-gib", "0.05", "--recalibrate", "--out", str(tmp_path / "out"))  # fmt: skip
+    assert code == 0, err
+    assert "the median of 3 repeats" in out
+    report = json.loads((tmp_path / "out" / "validation.json").read_text())
+    assert report["repeats"] == [str(directory) for directory in repeats]
+    each = [figures(directory) for directory in repeats]
+    for point in report["points"]:
+        for key in KEYS:
+            values = [repeat[point["label"]][key] for repeat in each]
+            expected = statistics.median(values) if None not in values else values[0]
+            assert point["cells"][key]["measured"] == expected
+    assert report["points"][0]["cells"]["ttft_p50_s"]["measured"] == each[0][c1]["ttft_p50_s"]
+    assert report["points"][1]["cells"]["ttft_p50_s"]["measured"] == each[2][c3]["ttft_p50_s"]
+    serving = json.loads(copy.read_text())["serving"]
+    assert serving["source"] == str(first)
+    assert len(serving["way_in"]) == 18 and len(serving["client_gaps"]) == 21
+    assert report["calibration_points"] == [c1, c3]
+
+
+def test_a_repeat_of_another_sweep_is_one_clear_line(validated, nano_model_dir, monkeypatch, capsys,
+                                                      tmp_path) -> None:  # fmt: skip
+    work, profile = validated
+    first = work / "out" / "measured"
+    repeat_of(first, tmp_path / "other-seed", {"in=8,out=6 c=1": 1.0, "in=8,out=6 c=3": 1.0}, seed=7)
+    code, _, err = run_cli(monkeypatch, capsys, str(nano_model_dir), "--profile", str(profile), "--measured",
+                           str(first), "--measured", str(tmp_path / "other-seed"), "--out", str(tmp_path / "o"))  # fmt: skip
+    assert code == 1
+    assert f"{tmp_path / 'other-seed'} is not a repeat of {first}: its load (arrivals, warmup, seed) differ" in err
+    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize(

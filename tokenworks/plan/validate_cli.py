@@ -1,6 +1,7 @@
 """`tokenworks plan validate`: a measured sweep and its simulation side by side, the error per metric and point.
 
-The measured side is a `tokenworks bench` results directory (--measured), or a sweep this
+The measured side is a `tokenworks bench` results directory (--measured), repeats of one sweep
+(--measured given once a repeat: each figure the repeats' median, validation.py), or a sweep this
 command runs now with the bench's own code (--url). The simulated side sends the same workload,
 seed, warmup and request counts at the same levels, through replicas configured as given, with
 the server's time outside the engine calibrated (calibrate.py). It writes the simulated results
@@ -26,7 +27,8 @@ def add_validate(app: typer.Typer) -> None:
 def validate(
     model_dir: Path = typer.Argument(..., help="The served model's checkpoint directory (its config and tokenizer)."),
     profile: Path = typer.Option(..., "--profile", help="profile.json from `tokenworks plan profile MODEL_DIR`."),
-    measured: Path = typer.Option(None, "--measured", help="A `tokenworks bench sweep`/`run` results directory."),
+    measured: list[Path] = typer.Option(None, "--measured", help="A `tokenworks bench sweep`/`run` results "
+                                        "directory; again for each repeat of the sweep (compared: their medians)."),
     url: str = typer.Option(None, "--url", help="Measure a sweep of this endpoint now (instead of --measured)."),
     api: str = bench.API, workload: str = bench.WORKLOAD, input_tokens: str = bench.INPUT_TOKENS,
     output_tokens: str = bench.OUTPUT_TOKENS, num_prefixes: int = bench.NUM_PREFIXES,
@@ -72,9 +74,9 @@ def validate(
     from tokenworks.plan.calibrate import read_serving
     from tokenworks.plan.profiles import Profile
     from tokenworks.plan.simulate import check_fleet
-    from tokenworks.plan.validation import read_results
+    from tokenworks.plan.validation import median_of, read_results
 
-    if (measured is None) == (url is None):
+    if bool(measured) == (url is not None):
         raise PlanError("give one of --measured DIR (a bench results directory) or --url URL (measure one now)")
     given = {"arrival_delay": arrival_delay_ms, "step_overhead": step_overhead_ms, "token_overhead": token_overhead_ms}
     cpu = {"way_in_cpu": way_in_cpu_ms, "request_cpu": request_cpu_ms, "router_cpu": router_cpu_ms,
@@ -83,12 +85,12 @@ def validate(
     config = ModelConfig.load(model_dir)
     measured_profile = Profile.load(profile)
     measured_profile.check_model(config, f"the profile {profile}")  # before minutes of measuring
-    if measured is None:
+    if not measured:
         options = bench._workload(api, workload, input_tokens, output_tokens, num_prefixes, questions_per_prefix,
                                   prefix_tokens, sessions, turns, input_file, temperature)  # fmt: skip
-        measured = _measure(url, model_dir, options, concurrency, request_rate, requests_per_point, arrival,
-                            burstiness, warmup_requests, seed, out / "measured")  # fmt: skip
-    sweep = read_results(measured)
+        measured = [_measure(url, model_dir, options, concurrency, request_rate, requests_per_point, arrival,
+                             burstiness, warmup_requests, seed, out / "measured")]  # fmt: skip
+    sweep = median_of([read_results(directory) for directory in measured])
     if sweep.simulated:
         raise PlanError(f"{measured} holds simulated results (plan simulate's); give a measured sweep")
     serving = None if recalibrate else read_serving(profile)
@@ -174,10 +176,13 @@ def _run(model_dir, config, profile, measured_profile, sweep, serving, replicas,
     validation = compare(sweep.points, read_results(out / "simulated").points)
     # The points the errors are not independent of: those calibrated on, when this sweep is the source.
     calibration = list(serving.points) if serving.source and Path(serving.source) == sweep.directory else []
-    report = validation.to_json() | {"measured": str(sweep.directory), "simulated": str(out / "simulated"),
-                                     "simulation": simulation, "calibration_points": calibration}  # fmt: skip
+    report = validation.to_json() | {"measured": str(sweep.directory), "repeats": [str(d) for d in sweep.repeats],
+                                     "simulated": str(out / "simulated"), "simulation": simulation,
+                                     "calibration_points": calibration}  # fmt: skip
     (out / "validation.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     plot_validation(validation, out / "validation.png", f"{sweep.model}: measured vs simulated")
+    if len(sweep.repeats) > 1:
+        console.print(f"[dim]measured: each figure the median of {len(sweep.repeats)} repeats of the sweep[/]")
     console.print(validation_table(validation, calibration))
     console.print(f"Errors in [bold]{out / 'validation.json'}[/], chart {out / 'validation.png'}")
 

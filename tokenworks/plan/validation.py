@@ -6,6 +6,12 @@ compared is read from the two directories the same way (run.json's point rows, w
 metrics wrote, and the prefix hit rate from the records), so an error is exact arithmetic on
 what the two result files say. Errors are relative, (simulated - measured) / measured, except the
 prefix hit rate's, which is the difference in percentage points.
+
+Repeats of one sweep (the same workload, seed, levels and request counts, measured again) are
+compared as one (`median_of`): each figure the median of the repeats' figures at its point. On a
+shared host two measurements of one sweep minutes apart differ by more than the goals (a busy
+minute slows one point of one repeat; docs/benchmarks.md, Plan, session 25), and a median of three
+puts a point measured in a busy minute aside, as the bench's own figures put a slow request aside.
 """
 
 from __future__ import annotations
@@ -62,8 +68,10 @@ class ResultsDir:
     workload: WorkloadOptions
     load: LoadOptions  # the sweep's base: arrivals, warmup, timeout, seed
     points: list[SweepPoint]
-    records: dict[str, list[RequestRecord]]  # point label -> its records, warmup included
+    # Each measurement's records, point label -> its records, warmup included: one, or a repeat's each.
+    runs: list[dict[str, list[RequestRecord]]]
     simulated: bool
+    repeats: tuple[Path, ...] = ()  # the directories of the repeats its figures are the medians of
 
     def point_load(self, point: SweepPoint) -> LoadOptions:
         """The load the point ran under, its request count fixed to what it measured (a sweep
@@ -110,7 +118,33 @@ def read_results(directory: str | Path) -> ResultsDir:
     for point in points:
         point.figures["prefix_hit_rate"] = prefix_hit_rate(records.get(point.label, []))
     model = (run.get("endpoint") or {}).get("model") or directory.name
-    return ResultsDir(directory, model, workload, load, points, records, bool(run.get("simulated")))
+    return ResultsDir(directory, model, workload, load, points, [records], bool(run.get("simulated")), (directory,))
+
+
+def median_of(repeats: list[ResultsDir]) -> ResultsDir:
+    """Repeats of one sweep as one: each point's figures the median of the repeats' (of those
+    that have the figure), every repeat's records kept. PlanError when they are not one sweep."""
+    first = repeats[0]
+    for other in repeats[1:]:
+        differs = [name for name, same in (
+            ("model", other.model == first.model), ("workload", other.workload == first.workload),
+            ("load (arrivals, warmup, seed)", other.load == first.load),
+            ("points", [(p.label, p.requests) for p in other.points] == [(p.label, p.requests) for p in first.points]),
+            ("kind", other.simulated == first.simulated),
+        ) if not same]  # fmt: skip
+        if differs:
+            raise PlanError(f"{other.directory} is not a repeat of {first.directory}: its {', '.join(differs)} "
+                            "differ; repeats send the same requests (workload, seed, levels and counts)")  # fmt: skip
+    points = []
+    for index, point in enumerate(first.points):
+        figures = {}
+        for key in point.figures:
+            values = [value for repeat in repeats if (value := repeat.points[index].figures.get(key)) is not None]
+            figures[key] = statistics.median(values) if values else None
+        points.append(replace(point, figures=figures))
+    runs = [run for repeat in repeats for run in repeat.runs]
+    directories = tuple(directory for repeat in repeats for directory in repeat.repeats)
+    return replace(first, points=points, runs=runs, repeats=directories)
 
 
 def _point(row: dict[str, Any]) -> SweepPoint:
