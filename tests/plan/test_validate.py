@@ -15,7 +15,7 @@ from tokenworks.cli import main
 from tokenworks.model import CausalLM, preset_config, save_model
 from tokenworks.model.config import ModelConfig
 from tokenworks.plan.calibrate import overheads
-from tokenworks.plan.validation import METRICS
+from tokenworks.plan.validation import METRICS, SweepPoint, median_repeat
 
 KEYS = [metric.key for metric in METRICS]
 
@@ -197,8 +197,8 @@ def test_repeats_are_compared_by_their_median_and_calibrated_on_every_request(va
                                                                              monkeypatch, capsys, tmp_path) -> None:  # fmt: skip
     """--measured once a repeat: each measured figure the median of the three at its point (the
     first repeat's at c=1, the third's at c=3 here), the prefix hit rates (the same requests
-    answered alike) as they were, and the calibration's way-ins and client gaps every repeat's
-    (3 x 6 and 3 x 7)."""
+    answered alike) as they were, and the calibration's way-ins and client gaps one repeat's, the
+    one with the median TTFT p50 at c=1 (its 6 requests, 7 gaps)."""
     work, profile = validated
     first = work / "out" / "measured"
     c1, c3 = "in=8,out=6 c=1", "in=8,out=6 c=3"
@@ -224,8 +224,23 @@ def test_repeats_are_compared_by_their_median_and_calibrated_on_every_request(va
     assert report["points"][1]["cells"]["ttft_p50_s"]["measured"] == each[2][c3]["ttft_p50_s"]
     serving = json.loads(copy.read_text())["serving"]
     assert serving["source"] == str(first)
-    assert len(serving["way_in"]) == 18 and len(serving["client_gaps"]) == 21
+    assert len(serving["way_in"]) == 6 and len(serving["client_gaps"]) == 7
     assert report["calibration_points"] == [c1, c3]
+
+
+@pytest.mark.parametrize(
+    ("ttfts", "expected"),
+    [
+        ([], 0),  # measured once
+        ([0.30, 0.20, 0.25], 2),
+        ([0.20, 0.25, 0.30], 1),
+        ([0.40, 0.10, 0.30, 0.20], 3),  # even: the lower of the middle two (0.20)
+        ([None, 0.30, 0.10], 1),  # a repeat without the figure ranks last
+    ],
+)
+def test_the_median_repeat_is_the_one_whose_figure_is_the_median(ttfts, expected) -> None:
+    point = SweepPoint("c=1", 1, None, "8", "6", 6, {}, tuple({"ttft_p50_s": t} for t in ttfts))
+    assert median_repeat(point, "ttft_p50_s") == expected
 
 
 def test_a_repeat_of_another_sweep_is_one_clear_line(validated, nano_model_dir, monkeypatch, capsys,

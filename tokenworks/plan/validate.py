@@ -24,7 +24,7 @@ from tokenworks.plan.results import SimulatedPoint, simulated_point
 from tokenworks.plan.simulate import Fleet
 from tokenworks.plan.simulator import SimulationStats
 from tokenworks.plan.step import StepLatency, StepShape
-from tokenworks.plan.validation import ResultsDir, SweepPoint
+from tokenworks.plan.validation import ResultsDir, SweepPoint, median_repeat
 
 
 def simulate_points(
@@ -77,7 +77,7 @@ def calibration_points(measured: ResultsDir) -> list[SweepPoint]:
 def calibrate(fleet: Fleet, prompts: SimPrompts, measured: ResultsDir) -> Serving:
     """calibrate.py's figures from the sweep's closed-loop points, each simulated as it ran (after
     the points before it, on one fleet): the TPOT gap at c=1, then each request's way in at c=1
-    (with that gap on every step; every repeat's, of repeats), then every closed-loop point's gap with those way-ins, through
+    (with that gap on every step; of repeats, the median one's there), then every closed-loop point's gap with those way-ins, through
     which one line splits the gaps into step and token overheads. The fleet's serving CPU
     (`way_in_cpu`, `request_cpu`, `router_cpu`, `stream_cpu`: measured apart, by process CPU time)
     is simulated throughout, the way-ins' share on the cores once they are known."""
@@ -94,16 +94,16 @@ def calibrate(fleet: Fleet, prompts: SimPrompts, measured: ResultsDir) -> Servin
     measured_ttft = one.figures.get("ttft_p50_s")
     if measured_ttft is None or ttft is None:
         raise PlanError(f"the point {one.label} of {measured.directory} has no TTFT to calibrate from")
+    # Of repeats, the requests of the one whose TTFT p50 at c=1 is the median compared: pooled,
+    # one slow repeat's way-ins would move the draws' median off it (by 30 ms on small behind
+    # two workers, a repeat with 75 ms way-ins against 8 and 20; docs/benchmarks.md, session 25).
+    live = sorted(measured.runs[median_repeat(one, "ttft_p50_s")].get(one.label, []), key=lambda r: r.sent)
     by_index = {record.index: record for record in simulated_one.records}
-    measured_ttfts, simulated_ttfts, gaps_out = [], [], ()
-    for run in measured.runs:  # each repeat's requests of c=1 (the same requests, sent again)
-        live = sorted(run.get(one.label, []), key=lambda record: record.sent)
-        answered = [r for r in live if not r.warmup and r.ok and r.first_token is not None and r.index in by_index]
-        measured_ttfts += [r.first_token - r.sent for r in answered]
-        simulated_ttfts += [by_index[r.index].first_token - by_index[r.index].sent for r in answered]
-        finished = [r for r in live if r.last_token is not None]
-        gaps_out += client_gaps([r.sent for r in finished], [r.last_token for r in finished])
-    ways = way_ins(measured_ttfts, simulated_ttfts)
+    answered = [r for r in live if not r.warmup and r.ok and r.first_token is not None and r.index in by_index]
+    ways = way_ins([r.first_token - r.sent for r in answered],
+                   [by_index[r.index].first_token - by_index[r.index].sent for r in answered])  # fmt: skip
+    finished = [r for r in live if r.last_token is not None]
+    gaps_out = client_gaps([r.sent for r in finished], [r.last_token for r in finished])
     gaps, batches = (gap_one,), (1.0,)
     if len(chosen) > 1:
         recorder = _SampleRecorder(fleet.latency)

@@ -8,7 +8,8 @@ what the two result files say. Errors are relative, (simulated - measured) / mea
 prefix hit rate's, which is the difference in percentage points.
 
 Repeats of one sweep (the same workload, seed, levels and request counts, measured again) are
-compared as one (`median_of`): each figure the median of the repeats' figures at its point. On a
+compared as one (`median_of`): each figure the median of the repeats' figures at its point (and
+the calibration's per-request draws the median repeat's at c = 1: `median_repeat`). On a
 shared host two measurements of one sweep minutes apart differ by more than the goals (a busy
 minute slows one point of one repeat; docs/benchmarks.md, Plan, session 25), and a median of three
 puts a point measured in a busy minute aside, as the bench's own figures put a slow request aside.
@@ -59,6 +60,7 @@ class SweepPoint:
     output_tokens: str
     requests: int  # measured (warmup left out), as sent: the simulation sends as many
     figures: dict[str, float | None]
+    repeats: tuple[dict[str, float | None], ...] = ()  # each repeat's figures, `figures` their medians
 
 
 @dataclass(slots=True)
@@ -141,10 +143,24 @@ def median_of(repeats: list[ResultsDir]) -> ResultsDir:
         for key in point.figures:
             values = [value for repeat in repeats if (value := repeat.points[index].figures.get(key)) is not None]
             figures[key] = statistics.median(values) if values else None
-        points.append(replace(point, figures=figures))
+        points.append(replace(point, figures=figures, repeats=tuple(r.points[index].figures for r in repeats)))
     runs = [run for repeat in repeats for run in repeat.runs]
     directories = tuple(directory for repeat in repeats for directory in repeat.repeats)
     return replace(first, points=points, runs=runs, repeats=directories)
+
+
+def median_repeat(point: SweepPoint, key: str) -> int:
+    """Which repeat (its index in the runs) measured the median of `key` at `point`: of an even
+    count the lower of the middle two; 0 when the point was measured once."""
+    if not point.repeats:
+        return 0
+
+    def rank(index: int) -> tuple[bool, float]:  # repeats without the figure last
+        value = point.repeats[index].get(key)
+        return value is None, value or 0.0
+
+    order = sorted(range(len(point.repeats)), key=rank)
+    return order[(len(order) - 1) // 2]
 
 
 def _point(row: dict[str, Any]) -> SweepPoint:
