@@ -28,9 +28,10 @@ hit rate within 5 points. Per shape:
    Each of the three sweeps is measured --repeats times (default 3), interleaved (closed,
    poisson, again, closed, ...; <N>w-<sweep>, then <N>w-<sweep>-r2, -r3), and compared by its
    median: `plan validate --measured` once a repeat, each figure the median of its point's
-   repeats (tokenworks/plan/validation.py), the calibration on every repeat's requests. Why: a
-   two-worker closed loop measured twice minutes apart differed by 14-24% on TTFT p50 (session
-   24's noise rows), more than the goals, and one point measured in a busy minute carried it.
+   repeats (tokenworks/plan/validation.py), the calibration's per-request draws at c = 1 the
+   median repeat's there. Why: a two-worker closed loop measured twice minutes apart differed by
+   14-24% on TTFT p50 (session 24's noise rows), more than the goals, and one point measured in
+   a busy minute carried it; with medians of 3, small's 4% (docs/benchmarks.md, Plan, session 25).
 5. Then what serving costs the workers' cores outside their engines, measured by process CPU time
    (tokenworks/plan/serving_cpu.py, which the factory's plan stage runs too): the API servers'
    and the router's CPU per request (the way in, which the simulation puts on the worker's core

@@ -193,7 +193,7 @@ def repeat_of(measured, directory, scales: dict[str, float], **load) -> None:
     (directory / "run.json").write_text(json.dumps(run))
 
 
-def test_repeats_are_compared_by_their_median_and_calibrated_on_every_request(validated, nano_model_dir,
+def test_repeats_are_compared_by_their_median_and_calibrated_on_the_median_one(validated, nano_model_dir,
                                                                              monkeypatch, capsys, tmp_path) -> None:  # fmt: skip
     """--measured once a repeat: each measured figure the median of the three at its point (the
     first repeat's at c=1, the third's at c=3 here), the prefix hit rates (the same requests

@@ -92,7 +92,7 @@ def validate(
                              burstiness, warmup_requests, seed, out / "measured")]  # fmt: skip
     sweep = median_of([read_results(directory) for directory in measured])
     if sweep.simulated:
-        raise PlanError(f"{measured} holds simulated results (plan simulate's); give a measured sweep")
+        raise PlanError(f"{sweep.directory} holds simulated results (plan simulate's); give a measured sweep")
     serving = None if recalibrate else read_serving(profile)
     engine = (block_size, num_kv_blocks, kv_cache_memory_gib, max_num_seqs)
     _run(model_dir, config, profile, measured_profile, sweep, serving, replicas, router_policy, engine, given, cpu,
