@@ -79,9 +79,9 @@ def calibrate(fleet: Fleet, prompts: SimPrompts, measured: ResultsDir) -> Servin
     the points before it, on one fleet): the TPOT gap at c=1, then each request's way in at c=1
     (with that gap on every step; of repeats, the median one's there), then every closed-loop
     point's gap with those way-ins, through which one line splits the gaps into step and token
-    overheads. The fleet's serving CPU
-    (`way_in_cpu`, `request_cpu`, `router_cpu`, `stream_cpu`: measured apart, by process CPU time)
-    is simulated throughout, the way-ins' share on the cores once they are known."""
+    overheads. The fleet's serving CPU (`way_in_cpu`, `request_cpu`, `router_cpu`, `stream_cpu`:
+    measured apart, by process CPU time) is simulated throughout, the way-ins' share on the cores
+    once they are known."""
     chosen = calibration_points(measured)
     one = chosen[0]
     upto_one = measured.points[: measured.points.index(one) + 1]
