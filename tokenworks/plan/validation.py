@@ -60,7 +60,7 @@ class SweepPoint:
     output_tokens: str
     requests: int  # measured (warmup left out), as sent: the simulation sends as many
     figures: dict[str, float | None]
-    repeats: tuple[dict[str, float | None], ...] = ()  # each repeat's figures, `figures` their medians
+    repeat_figures: tuple[dict[str, float | None], ...] = ()  # each repeat's, of which `figures` are the medians
 
 
 @dataclass(slots=True)
@@ -143,7 +143,7 @@ def median_of(repeats: list[ResultsDir]) -> ResultsDir:
         for key in point.figures:
             values = [value for repeat in repeats if (value := repeat.points[index].figures.get(key)) is not None]
             figures[key] = statistics.median(values) if values else None
-        points.append(replace(point, figures=figures, repeats=tuple(r.points[index].figures for r in repeats)))
+        points.append(replace(point, figures=figures, repeat_figures=tuple(r.points[index].figures for r in repeats)))
     runs = [run for repeat in repeats for run in repeat.runs]
     directories = tuple(directory for repeat in repeats for directory in repeat.repeats)
     return replace(first, points=points, runs=runs, repeats=directories)
@@ -152,14 +152,14 @@ def median_of(repeats: list[ResultsDir]) -> ResultsDir:
 def median_repeat(point: SweepPoint, key: str) -> int:
     """Which repeat (its index in the runs) measured the median of `key` at `point`: of an even
     count the lower of the middle two; 0 when the point was measured once."""
-    if not point.repeats:
+    if not point.repeat_figures:
         return 0
 
     def rank(index: int) -> tuple[bool, float]:  # repeats without the figure last
-        value = point.repeats[index].get(key)
+        value = point.repeat_figures[index].get(key)
         return value is None, value or 0.0
 
-    order = sorted(range(len(point.repeats)), key=rank)
+    order = sorted(range(len(point.repeat_figures)), key=rank)
     return order[(len(order) - 1) // 2]
 
 
