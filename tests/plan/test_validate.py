@@ -6,6 +6,7 @@ import json
 import shutil
 import statistics
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -85,12 +86,27 @@ def validated(nano_model_dir, tmp_path_factory):
     return work, profile
 
 
+def median_figures(directories: list[Path]) -> dict[str, dict[str, float | None]]:
+    """Each point's figures the median of the directories' (of those that have the figure)."""
+    each = [figures(directory) for directory in directories]
+    medians = {}
+    for label in each[0]:
+        values = {key: [f[label][key] for f in each if f[label][key] is not None] for key in KEYS}
+        medians[label] = {key: statistics.median(v) if v else None for key, v in values.items()}
+    return medians
+
+
 def test_the_table_and_json_hold_every_metric_and_point_computed_exactly(validated) -> None:
+    """The simulated side: the median of three simulations (the calibration's way-ins, client
+    gaps and host speeds drawn with another seed in each)."""
     work, _ = validated
     out = work / "out"
-    measured, simulated = figures(out / "measured"), figures(out / "simulated")
-    assert list(measured) == list(simulated) == ["in=8,out=6 c=1", "in=8,out=6 c=3"]
     report = json.loads((out / "validation.json").read_text())
+    assert report["simulations"] == [str(out / name) for name in ("simulated", "simulated-2", "simulated-3")]
+    runs = [json.loads((Path(d) / "run.json").read_text())["simulation"] for d in report["simulations"]]
+    assert [run["seed"] for run in runs] == [0, 1, 2]
+    measured, simulated = figures(out / "measured"), median_figures([Path(d) for d in report["simulations"]])
+    assert list(measured) == list(simulated) == ["in=8,out=6 c=1", "in=8,out=6 c=3"]
     assert [point["label"] for point in report["points"]] == list(measured)
     errors = {key: [] for key in KEYS}
     for point in report["points"]:
@@ -113,11 +129,10 @@ def test_the_table_and_json_hold_every_metric_and_point_computed_exactly(validat
     assert (work / "out" / "validation.png").stat().st_size > 0
 
 
-def test_calibration_is_written_into_the_profile_and_closes_the_gap_at_concurrency_1(validated) -> None:
-    """The overheads are calibrate.py's arithmetic on the gaps it records; where the step overhead
-    keeps the gap at c=1 whole, the calibration point's TPOT p50 then comes out as measured. The
-    way-ins are one a measured request of c=1 (its 6), the client gaps one between two of its
-    sends (2 warmup + 6 requests: 7)."""
+def test_calibration_is_written_into_the_profile(validated) -> None:
+    """The overheads are calibrate.py's arithmetic on the gaps it records. The way-ins are one a
+    measured request of c=1 (its 6), the client gaps one between two of its sends (2 warmup + 6
+    requests: 7), the host's speed one a request of c=1 that streamed more than one chunk."""
     work, profile = validated
     serving = json.loads(profile.read_text())["serving"]
     report = json.loads((work / "out" / "validation.json").read_text())
@@ -133,9 +148,33 @@ def test_calibration_is_written_into_the_profile_and_closes_the_gap_at_concurren
     for key in ("arrival_delay", "step_overhead", "token_overhead", "way_in_cpu"):
         assert report["simulation"][f"{key}_s"] == serving[key]
     assert report["simulation"]["way_in_s"] == serving["way_in"]
-    first = report["points"][0]["cells"]
-    if serving["step_overhead"] > 0:  # (a live nano step can stream faster than the stand-in profile's)
-        assert first["tpot_p50_s"]["error"] == pytest.approx(0, abs=1e-9)
+    # The host's speed: each c=1 request's TPOT over the median one's, for as long as one decodes.
+    lines = [json.loads(line) for line in (work / "out" / "measured" / "requests.jsonl").read_text().splitlines()]
+    one = sorted((r for r in lines if r["point"] == "in=8,out=6 c=1" and not r["warmup"]), key=lambda r: r["sent"])
+    decodes = [r["last_token"] - r["first_token"] for r in one if r["last_token"] > r["first_token"]]
+    tpots = [decode / 5 for decode in decodes]
+    assert serving["host_speed"] == [tpot / (sum(tpots) / len(tpots)) for tpot in tpots]  # ([]: all in one chunk)
+    assert serving["speed_window"] == statistics.median(decodes)
+    assert report["simulation"]["host_speed"] == serving["host_speed"]
+    assert report["simulation"]["speed_window_s"] == serving["speed_window"]
+
+
+def test_no_host_speed_simulates_at_one_speed(validated, nano_model_dir, monkeypatch, capsys, tmp_path) -> None:
+    """--no-host-speed: no speed in the simulation, so at c=1 (one request, its steps alone) the
+    three simulations, whose way-ins and client gaps are drawn differently, stream alike."""
+    work, profile = validated
+    code, _, err = run_cli(monkeypatch, capsys, str(nano_model_dir), "--profile", str(profile), "--measured",
+                           str(work / "out" / "measured"), "--kv-cache-memory-gib", "0.05", "--no-host-speed",
+                           "--out", str(tmp_path / "out"))  # fmt: skip
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "validation.json").read_text())
+    assert report["simulation"]["host_speed"] == [] and report["simulation"]["speed_window_s"] == 0.0
+    assert len(report["simulations"]) == 3  # (the way-ins and client gaps are still drawn)
+    c1 = "in=8,out=6 c=1"
+    tpots = [figures(Path(directory))[c1]["tpot_p50_s"] for directory in report["simulations"]]
+    # (alike to the last bits: the clock's times differ, so their differences round differently)
+    assert tpots[0] > 0 and tpots == pytest.approx([tpots[0]] * 3, rel=1e-12)
+    assert report["points"][0]["cells"]["tpot_p50_s"]["simulated"] == statistics.median(tpots)
 
 
 def test_measured_dir_gives_the_same_errors(validated, nano_model_dir, monkeypatch, capsys) -> None:
@@ -263,6 +302,7 @@ def test_a_repeat_of_another_sweep_is_one_clear_line(validated, nano_model_dir, 
         ("other-model", "measured another model"),
         ("neither", "give one of --measured DIR"),
         ("simulated", "holds simulated results"),
+        ("no-simulations", "--simulations must be at least 1, got 0"),
     ],
 )
 def test_bad_input_is_one_clear_line(validated, nano_model_dir, tmp_path, monkeypatch, capsys, case, message) -> None:
@@ -282,6 +322,8 @@ def test_bad_input_is_one_clear_line(validated, nano_model_dir, tmp_path, monkey
         args = args[:3] + args[5:]
     elif case == "simulated":
         args[4] = str(work / "out" / "simulated")
+    elif case == "no-simulations":
+        args += ["--simulations", "0"]
     code, _, err = run_cli(monkeypatch, capsys, *args)
     assert code == 1
     assert err.startswith("error: ") and message in err.replace("\n", " ") and "Traceback" not in err

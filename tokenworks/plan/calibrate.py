@@ -24,6 +24,9 @@ about c requests decoding together in most steps:
                       replica's core (shared_core.py); the sweep's gaps are taken with it there,
                       so the token overhead is what the way-ins' share of the core leaves
     client gaps     = per request at c = 1, the next send - the last token: the client's time
+    host speed      = per request at c = 1, its TPOT over their mean, each drawn again for a window
+                      as long as a decode there (host_speed.py); the sweep's gaps are taken with it,
+                      the gap at c = 1 and the way-ins at the mean speed
 
 Why medians, not the two ends of the sweep: on a shared host one point measured in a busy minute
 is off the line by more than the overheads are (small behind two workers: a c = 32 point 73.6 ms
@@ -79,6 +82,10 @@ class Serving:
     request_cpu: float = 0.0  # the engine core's CPU a request outside its steps (measured apart)
     router_cpu: float = 0.0  # a request's CPU in processes sharing the replicas' cores (measured apart)
     stream_cpu: float = 0.0  # a token's CPU in processes sharing the replicas' cores (measured apart)
+    # The host's speed at c=1 (host_speed.py): each request's TPOT over their mean, and the
+    # window each holds for (a request's decode there, seconds).
+    host_speed: tuple[float, ...] = ()
+    speed_window: float = 0.0
 
     def describe(self) -> str:
         return (
@@ -130,7 +137,7 @@ def now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
-_TUPLES = ("points", "tpot_gaps", "batches", "way_in", "client_gaps")  # lists in the JSON
+_TUPLES = ("points", "tpot_gaps", "batches", "way_in", "client_gaps", "host_speed")  # lists in the JSON
 
 
 def read_serving(profile: str | Path) -> Serving | None:

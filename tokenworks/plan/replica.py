@@ -12,7 +12,7 @@ makes), so block hashes are of real token ids and prefix caching sees what it wo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tokenworks.engine.kv_cache_manager import KVCacheManager
@@ -41,10 +41,11 @@ class ReplicaConfig:
 class Replica:
     def __init__(
         self, config: ReplicaConfig, latency: StepLatency, clock: SimClock, kv_events: bool = False,
-        trace: bool = False,
+        trace: bool = False, speed: Callable[[float], float] | None = None,
     ) -> None:  # fmt: skip
         self.config = config
         self.latency = latency
+        self.speed = speed  # the host's: a step begun now takes this many times the model's time (host_speed.py)
         self.clock = clock
         self.kv_cache = KVCacheManager(config.num_kv_blocks, config.block_size, config.enable_prefix_caching)
         if kv_events and config.enable_prefix_caching:
@@ -96,6 +97,8 @@ class Replica:
         if self.trace is not None:
             self.trace.append([(chunk.request.request_id, chunk.start, chunk.num_tokens) for chunk in chunks])
         seconds = self.latency.step_seconds(StepShape(tuple(shape), len(sampling)))
+        if self.speed is not None:
+            seconds *= self.speed(self.clock.now)
         self._step, self._sampling = output, sampling
         self.steps += 1
         self.busy_seconds += seconds

@@ -22,6 +22,7 @@ from tokenworks.errors import PlanError
 from tokenworks.model.config import ModelConfig
 from tokenworks.plan.clock import SimClock
 from tokenworks.plan.draws import Draws
+from tokenworks.plan.host_speed import HostSpeed
 from tokenworks.plan.load import Prepared, ReplayLoad, WorkloadLoad
 from tokenworks.plan.prompts import SimPrompts
 from tokenworks.plan.replica import Replica, ReplicaConfig
@@ -89,6 +90,15 @@ class Fleet:
     request_cpu: float = 0.0  # the engine core's CPU seconds a request outside its steps (simulator.py)
     router_cpu: float = 0.0  # CPU seconds a request costs the replicas' cores outside them (simulator.py)
     stream_cpu: float = 0.0  # CPU seconds a sampled token costs the replicas' cores outside them (simulator.py)
+    # The host's speed (host_speed.py): factors measured at c=1, each for a window of that many seconds.
+    host_speed: tuple[float, ...] = ()
+    speed_window: float = 0.0
+    seed: int = 0  # of the decks those are drawn from: another seed, other draws of the same times
+
+    @property
+    def draws(self) -> bool:
+        """Whether anything is drawn (two seeds can simulate differently)."""
+        return bool(self.way_in or self.client_gaps or self.host_speed)
 
     def validate(self) -> None:
         check_fleet(self.replicas, self.router_policy, self.arrival_delay, self.delivery_delay, self.way_in_cpu,
@@ -102,10 +112,14 @@ class Fleet:
             sizes = [self.replica.block_size] * self.replicas
             router = SimRouter(policy, sizes, clock, self.replica.enable_prefix_caching)
         events = router is not None and router.records_kv_events
-        replicas = [Replica(self.replica, self.latency, clock, kv_events=events) for _ in range(self.replicas)]
-        # Two generators of their own, seeded alike each build: drawing one never moves the other.
-        way_in = Draws(self.way_in, seed=1) if self.way_in else None
-        client_gaps = Draws(self.client_gaps, seed=2) if self.client_gaps else None
+        # A generator of its own for each deck, seeded alike each build (drawing one never moves
+        # another), the seeds of one fleet seed apart from every other's.
+        first = self.seed * (self.replicas + 3)
+        speeds = [HostSpeed(self.host_speed, self.speed_window, seed=first + 3 + i).factor if self.host_speed
+                  else None for i in range(self.replicas)]  # fmt: skip
+        replicas = [Replica(self.replica, self.latency, clock, kv_events=events, speed=speed) for speed in speeds]
+        way_in = Draws(self.way_in, seed=first + 1) if self.way_in else None
+        client_gaps = Draws(self.client_gaps, seed=first + 2) if self.client_gaps else None
         return Simulation(replicas, clock, router, self.arrival_delay, self.delivery_delay, way_in, client_gaps,
                           self.way_in_cpu, self.request_cpu, self.router_cpu, self.stream_cpu)  # fmt: skip
 

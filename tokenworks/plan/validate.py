@@ -11,6 +11,7 @@ directories written by the same code.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -18,6 +19,7 @@ from tokenworks.bench.runner import Accounting
 from tokenworks.bench.workloads import build_workload
 from tokenworks.errors import PlanError
 from tokenworks.plan.calibrate import Serving, ServingLatency, client_gaps, now, overheads, way_ins
+from tokenworks.plan.host_speed import speed_factors
 from tokenworks.plan.load import WorkloadLoad
 from tokenworks.plan.prompts import SimPrompts
 from tokenworks.plan.results import SimulatedPoint, simulated_point
@@ -78,14 +80,24 @@ def calibrate(fleet: Fleet, prompts: SimPrompts, measured: ResultsDir) -> Servin
     """calibrate.py's figures from the sweep's closed-loop points, each simulated as it ran (after
     the points before it, on one fleet): the TPOT gap at c=1, then each request's way in at c=1
     (with that gap on every step; of repeats, the median one's there), then every closed-loop
-    point's gap with those way-ins, through which one line splits the gaps into step and token
-    overheads. The fleet's serving CPU (`way_in_cpu`, `request_cpu`, `router_cpu`, `stream_cpu`:
-    measured apart, by process CPU time) is simulated throughout, the way-ins' share on the cores
-    once they are known."""
+    point's gap with those way-ins and the host's speed at c=1 drawn a window at a time
+    (host_speed.py), through which one line splits the gaps into step and token overheads. The
+    fleet's serving CPU (`way_in_cpu`, `request_cpu`, `router_cpu`, `stream_cpu`: measured apart,
+    by process CPU time) is simulated throughout, the way-ins' share on the cores once they are
+    known."""
     chosen = calibration_points(measured)
     one = chosen[0]
     upto_one = measured.points[: measured.points.index(one) + 1]
-    bare = replace(fleet, arrival_delay=0.0, delivery_delay=0.0, way_in=(), client_gaps=(), way_in_cpu=0.0)
+    # Of repeats, the requests of the one whose TTFT p50 at c=1 is the median compared: pooled,
+    # one slow repeat's way-ins would move the draws' median off it (by 30 ms on small behind
+    # two workers, a repeat with 75 ms way-ins against 8 and 20; docs/benchmarks.md, session 25).
+    live = sorted(measured.runs[median_repeat(one, "ttft_p50_s")].get(one.label, []), key=lambda r: r.sent)
+    speed, window = host_speed(live)
+    # The gap at c=1 and the way-ins are read with the host at its mean speed throughout (a
+    # simulated request's drawn speed is not the measured one's: their difference would go into
+    # the way-ins, each clamped at 0, and lift the simulated TTFTs); the sweep's gaps with it drawn.
+    bare = replace(fleet, arrival_delay=0.0, delivery_delay=0.0, way_in=(), client_gaps=(), way_in_cpu=0.0,
+                   host_speed=(), speed_window=0.0)  # fmt: skip
     gap_one = _tpot_gap(one, simulate_points(bare, prompts, measured, upto_one)[-1], measured)
     # At c=1 every step samples one token, so how the gap splits does not move a TTFT there (a
     # negative gap, the profile slower than the server, adds nothing: a step is never shortened).
@@ -95,10 +107,6 @@ def calibrate(fleet: Fleet, prompts: SimPrompts, measured: ResultsDir) -> Servin
     measured_ttft = one.figures.get("ttft_p50_s")
     if measured_ttft is None or ttft is None:
         raise PlanError(f"the point {one.label} of {measured.directory} has no TTFT to calibrate from")
-    # Of repeats, the requests of the one whose TTFT p50 at c=1 is the median compared: pooled,
-    # one slow repeat's way-ins would move the draws' median off it (by 30 ms on small behind
-    # two workers, a repeat with 75 ms way-ins against 8 and 20; docs/benchmarks.md, session 25).
-    live = sorted(measured.runs[median_repeat(one, "ttft_p50_s")].get(one.label, []), key=lambda r: r.sent)
     by_index = {record.index: record for record in simulated_one.records}
     answered = [r for r in live if not r.warmup and r.ok and r.first_token is not None and r.index in by_index]
     ways = way_ins([r.first_token - r.sent for r in answered],
@@ -109,7 +117,8 @@ def calibrate(fleet: Fleet, prompts: SimPrompts, measured: ResultsDir) -> Servin
     if len(chosen) > 1:
         recorder = _SampleRecorder(fleet.latency)
         upto = measured.points[: max(measured.points.index(point) for point in chosen) + 1]
-        on_core = replace(bare, latency=recorder, way_in=ways, client_gaps=gaps_out, way_in_cpu=fleet.way_in_cpu)
+        on_core = replace(bare, latency=recorder, way_in=ways, client_gaps=gaps_out, way_in_cpu=fleet.way_in_cpu,
+                          host_speed=speed, speed_window=window)  # fmt: skip
         simulated = {entry.point.label: entry for entry in simulate_points(on_core, prompts, measured, upto,
                                                                             recorder.point_ends)}  # fmt: skip
         gaps = tuple(_tpot_gap(point, simulated[point.label], measured) for point in chosen)
@@ -123,8 +132,20 @@ def calibrate(fleet: Fleet, prompts: SimPrompts, measured: ResultsDir) -> Servin
         source=str(measured.directory), points=tuple(p.label for p in chosen), created=now(),
         tpot_gaps=gaps, batches=batches, ttft_gap=measured_ttft - ttft, way_in=ways, client_gaps=gaps_out,
         way_in_cpu=fleet.way_in_cpu, request_cpu=fleet.request_cpu, router_cpu=fleet.router_cpu,
-        stream_cpu=fleet.stream_cpu,
+        stream_cpu=fleet.stream_cpu, host_speed=speed, speed_window=window,
     )  # fmt: skip
+
+
+def host_speed(live: list) -> tuple[tuple[float, ...], float]:
+    """host_speed.py's factors and window from the requests of a point at concurrency 1."""
+    # (A request whose tokens all came in one chunk shows no decode to read a speed from.)
+    decoding = [r for r in live if not r.warmup and r.ok and r.first_token is not None and r.last_token is not None
+                and r.last_token > r.first_token and (r.output_tokens or 0) > 1]  # fmt: skip
+    if not decoding:
+        return (), 0.0
+    durations = [r.last_token - r.first_token for r in decoding]
+    factors = speed_factors([d / (r.output_tokens - 1) for d, r in zip(durations, decoding, strict=True)])
+    return factors, statistics.median(durations)
 
 
 def _tpot_gap(point: SweepPoint, simulated: SimulatedPoint, measured: ResultsDir) -> float:

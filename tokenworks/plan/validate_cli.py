@@ -4,8 +4,10 @@ The measured side is a `tokenworks bench` results directory (--measured), repeat
 (--measured given once a repeat: each figure the repeats' median, validation.py), or a sweep this
 command runs now with the bench's own code (--url). The simulated side sends the same workload,
 seed, warmup and request counts at the same levels, through replicas configured as given, with
-the server's time outside the engine calibrated (calibrate.py). It writes the simulated results
-directory, validation.json (every cell and the median absolute errors) and validation.png.
+the server's time outside the engine calibrated (calibrate.py), --simulations times with other
+draws of the measured per-request times and host speeds, each figure their median. It writes the
+simulated results directories, validation.json (every cell and the median absolute errors) and
+validation.png.
 """
 
 from __future__ import annotations
@@ -64,6 +66,12 @@ def validate(
     stream_cpu_ms: float = typer.Option(None, "--stream-cpu-ms", help="CPU a streamed token costs processes "
                                         "without a core of their own that run on the workers' (a router, a load "
                                         "generator), measured apart (default: the profile's, else 0)."),
+    simulations: int = typer.Option(3, "--simulations", help="Simulate the sweep this many times, each with other "
+                                    "draws of the measured per-request times and host speeds, and compare each "
+                                    "point's median (once when nothing is drawn)."),
+    host_speed: bool = typer.Option(True, "--host-speed/--no-host-speed", help="Draw the host's speed measured "
+                                    "at concurrency 1 a window at a time (host_speed.py), or simulate at one "
+                                    "speed, the calibration's mean."),
     recalibrate: bool = typer.Option(False, "--recalibrate", help="Calibrate on this sweep (its closed-loop "
                                      "points, c=1 among them) even if the profile has a calibration; write it there."),
     out: Path = typer.Option(Path("plan-validation"), "--out", "-o", help="Where the results go."),
@@ -78,6 +86,8 @@ def validate(
 
     if bool(measured) == (url is not None):
         raise PlanError("give one of --measured DIR (a bench results directory) or --url URL (measure one now)")
+    if simulations < 1:
+        raise PlanError(f"--simulations must be at least 1, got {simulations}")
     given = {"arrival_delay": arrival_delay_ms, "step_overhead": step_overhead_ms, "token_overhead": token_overhead_ms}
     cpu = {"way_in_cpu": way_in_cpu_ms, "request_cpu": request_cpu_ms, "router_cpu": router_cpu_ms,
            "stream_cpu": stream_cpu_ms}  # fmt: skip
@@ -96,7 +106,7 @@ def validate(
     serving = None if recalibrate else read_serving(profile)
     engine = (block_size, num_kv_blocks, kv_cache_memory_gib, max_num_seqs)
     _run(model_dir, config, profile, measured_profile, sweep, serving, replicas, router_policy, engine, given, cpu,
-         out)  # fmt: skip
+         simulations, host_speed, out)  # fmt: skip
 
 
 def _measure(url, model_dir, options, concurrency, request_rate, per_point, arrival, burstiness, warmup, seed, out):
@@ -122,7 +132,7 @@ def _measure(url, model_dir, options, concurrency, request_rate, per_point, arri
 
 
 def _run(model_dir, config, profile, measured_profile, sweep, serving, replicas, router_policy, served, given,
-         cpu, out) -> None:  # fmt: skip
+         cpu, simulations, host_speed, out) -> None:  # fmt: skip
     from dataclasses import replace
 
     from tokenworks.bench.runner import Accounting
@@ -132,7 +142,7 @@ def _run(model_dir, config, profile, measured_profile, sweep, serving, replicas,
     from tokenworks.plan.results import write_simulated
     from tokenworks.plan.simulate import Fleet, replica_config
     from tokenworks.plan.validate import calibrate, simulate_points
-    from tokenworks.plan.validation import compare, read_results
+    from tokenworks.plan.validation import compare, median_of, read_results
     from tokenworks.plan.validation_plot import plot_validation
 
     console = Console()
@@ -155,13 +165,15 @@ def _run(model_dir, config, profile, measured_profile, sweep, serving, replicas,
             console.print(f"[dim]the profile's calibration ({serving.source}): {serving.describe()}[/]")
     serving = replace(serving or Serving(), **{k: v / 1e3 for k, v in given.items() if v is not None})
     serving = replace(serving, **{k: v / 1e3 for k, v in cpu.items() if v is not None})
+    if not host_speed:
+        serving = replace(serving, host_speed=(), speed_window=0.0)
     # The measured way-ins, drawn per request, unless a delay was given by hand.
     ways = serving.way_in if given["arrival_delay"] is None else ()
     fleet = replace(fleet, latency=ServingLatency(engine_latency, serving.step_overhead, serving.token_overhead),
                     arrival_delay=serving.arrival_delay, delivery_delay=serving.delivery_delay, way_in=ways,
                     client_gaps=serving.client_gaps, way_in_cpu=serving.way_in_cpu, request_cpu=serving.request_cpu,
-                    router_cpu=serving.router_cpu, stream_cpu=serving.stream_cpu)  # fmt: skip
-    simulated = simulate_points(fleet, prompts, sweep)
+                    router_cpu=serving.router_cpu, stream_cpu=serving.stream_cpu, host_speed=serving.host_speed,
+                    speed_window=serving.speed_window)  # fmt: skip
     simulation = {
         "model_dir": str(model_dir), "profile": str(profile), "measured": str(sweep.directory),
         "replicas": replicas, "router_policy": router_policy if replicas > 1 else None,
@@ -169,20 +181,31 @@ def _run(model_dir, config, profile, measured_profile, sweep, serving, replicas,
         "step_overhead_s": serving.step_overhead, "token_overhead_s": serving.token_overhead,
         "way_in_s": list(ways), "client_gaps_s": list(serving.client_gaps), "way_in_cpu_s": serving.way_in_cpu,
         "request_cpu_s": serving.request_cpu, "router_cpu_s": serving.router_cpu, "stream_cpu_s": serving.stream_cpu,
+        "host_speed": list(serving.host_speed), "speed_window_s": serving.speed_window,
         "calibration": {"source": serving.source, "points": list(serving.points), "created": serving.created},
     }  # fmt: skip
-    write_simulated(out / "simulated", simulated, sweep.model, sweep.workload, sweep.load, None, Accounting(),
-                    "tokenworks plan validate", simulation, engine.max_model_len)  # fmt: skip
-    validation = compare(sweep.points, read_results(out / "simulated").points)
+    # One simulation with drawn times is one sample of what the model predicts, as one measured
+    # sweep is of the host: each point's figures the median of several, each with other draws.
+    runs = simulations if fleet.draws else 1
+    directories = [out / ("simulated" if k == 0 else f"simulated-{k + 1}") for k in range(runs)]
+    for seed, directory in enumerate(directories):
+        simulated = simulate_points(replace(fleet, seed=seed), prompts, sweep)
+        write_simulated(directory, simulated, sweep.model, sweep.workload, sweep.load, None, Accounting(),
+                        "tokenworks plan validate", simulation | {"seed": seed}, engine.max_model_len)  # fmt: skip
+    validation = compare(sweep.points, median_of([read_results(directory) for directory in directories]).points)
     # The points the errors are not independent of: those calibrated on, when this sweep is the source.
     calibration = list(serving.points) if serving.source and Path(serving.source) == sweep.directory else []
     report = validation.to_json() | {"measured": str(sweep.directory), "repeats": [str(d) for d in sweep.repeats],
-                                     "simulated": str(out / "simulated"), "simulation": simulation,
+                                     "simulated": str(out / "simulated"),
+                                     "simulations": [str(directory) for directory in directories],
+                                     "simulation": simulation,
                                      "calibration_points": calibration}  # fmt: skip
     (out / "validation.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     plot_validation(validation, out / "validation.png", f"{sweep.model}: measured vs simulated")
     if len(sweep.repeats) > 1:
         console.print(f"[dim]measured: each figure the median of {len(sweep.repeats)} repeats of the sweep[/]")
+    if len(directories) > 1:
+        console.print(f"[dim]simulated: each figure the median of {len(directories)} simulations, other draws each[/]")
     console.print(validation_table(validation, calibration))
     console.print(f"Errors in [bold]{out / 'validation.json'}[/], chart {out / 'validation.png'}")
 
