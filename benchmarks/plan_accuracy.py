@@ -45,8 +45,10 @@ Each sweep is `tokenworks bench sweep --tokenizer MODEL --no-stop` (so the simul
 prompts the server saw), then `tokenworks plan validate --measured`. A deployment's closed-loop
 sweep calibrates the server's time outside the engine on its points (`--recalibrate`, written
 into a copy of the profile: the per-step and per-token overheads, a line through every point's
-TPOT gap, and each c=1 request's way in and client gap, which the simulation draws again per
-request), and its rate sweep and repeat are simulated with that calibration, not refitted. The
+TPOT gap, each c=1 request's way in and client gap, which the simulation draws again per
+request, and the host's speed there, drawn again a window at a time), and its rate sweep and
+repeat are simulated with that calibration, not refitted; each simulated figure is the median
+of `plan validate`'s three simulations, other draws each (session 26). The
 table gives each sweep's median absolute errors against the goals, then over all the points of
 each deployment and of the shape. With every sweep: the CPU (in cores) that processes outside this benchmark used
 while it ran ("other"), and the load average: the figures are only as quiet as the host.
