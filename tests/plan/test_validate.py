@@ -148,7 +148,7 @@ def test_calibration_is_written_into_the_profile(validated) -> None:
     for key in ("arrival_delay", "step_overhead", "token_overhead", "way_in_cpu"):
         assert report["simulation"][f"{key}_s"] == serving[key]
     assert report["simulation"]["way_in_s"] == serving["way_in"]
-    # The host's speed: each c=1 request's TPOT over the median one's, for as long as one decodes.
+    # The host's speed: each c=1 request's TPOT over their mean, for as long as one decodes.
     lines = [json.loads(line) for line in (work / "out" / "measured" / "requests.jsonl").read_text().splitlines()]
     one = sorted((r for r in lines if r["point"] == "in=8,out=6 c=1" and not r["warmup"]), key=lambda r: r["sent"])
     decodes = [r["last_token"] - r["first_token"] for r in one if r["last_token"] > r["first_token"]]
