@@ -9,10 +9,11 @@ import pytest
 
 from tests.plan.conftest import replicas
 from tokenworks.bench.loadgen import LoadOptions
+from tokenworks.bench.records import RequestRecord
 from tokenworks.bench.workloads import WorkloadOptions, build_workload
 from tokenworks.plan.clock import SimClock
 from tokenworks.plan.draws import Draws
-from tokenworks.plan.host_speed import HostSpeed, speed_factors
+from tokenworks.plan.host_speed import HostSpeed, measured_speed, speed_factors
 from tokenworks.plan.latency import ConstantLatency
 from tokenworks.plan.load import WorkloadLoad
 from tokenworks.plan.simulate import Fleet
@@ -75,3 +76,17 @@ def test_each_replica_has_a_deck_of_its_own_and_each_fleet_seed_other_decks() ->
 )
 def test_speed_factors_are_each_requests_tpot_over_their_mean(tpots, expected) -> None:
     assert speed_factors(tpots) == expected
+
+
+def test_measured_speed_reads_the_decodes_of_c1() -> None:
+    """5 tokens each: decodes of 1, 0.5 and 1.5 s (TPOT .25, .125, .375; mean .25); a warmup, a
+    failed request and one whose tokens came in one chunk are left out. Window: the median decode."""
+
+    def record(index, first, last, warmup=False, status="ok"):
+        return RequestRecord(index=index, warmup=warmup, intended_send=None, sent=0.0, first_token=first,
+                             last_token=last, output_tokens=5, status=status)  # fmt: skip
+
+    records = [record(0, 1.0, 9.0, warmup=True), record(1, 1.0, 2.0), record(2, 3.0, 3.5),
+               record(3, 4.0, 4.0), record(4, 5.0, 9.0, status="error"), record(5, 6.0, 7.5)]  # fmt: skip
+    assert measured_speed(records) == ((1.0, 0.5, 1.5), 1.0)
+    assert measured_speed([record(0, 1.0, 1.0)]) == ((), 0.0)

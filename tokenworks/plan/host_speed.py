@@ -14,8 +14,10 @@ each worker's core is slow at its own times.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 
+from tokenworks.bench.records import RequestRecord
 from tokenworks.plan.draws import Draws
 
 
@@ -42,3 +44,16 @@ def speed_factors(tpots: Sequence[float]) -> tuple[float, ...]:
         return ()
     mean = sum(tpots) / len(tpots)
     return tuple(t / mean for t in tpots)
+
+
+def measured_speed(records: Sequence[RequestRecord]) -> tuple[tuple[float, ...], float]:
+    """The factors and the window (seconds) from the records of a point at concurrency 1, in
+    their order; ((), 0.0) when none decoded."""
+    # (A request whose tokens all came in one chunk shows no decode to read a speed from.)
+    decoding = [r for r in records if not r.warmup and r.ok and r.first_token is not None and r.last_token is not None
+                and r.last_token > r.first_token and (r.output_tokens or 0) > 1]  # fmt: skip
+    if not decoding:
+        return (), 0.0
+    durations = [r.last_token - r.first_token for r in decoding]
+    factors = speed_factors([d / (r.output_tokens - 1) for d, r in zip(durations, decoding, strict=True)])
+    return factors, statistics.median(durations)

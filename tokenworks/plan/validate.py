@@ -11,7 +11,6 @@ directories written by the same code.
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -19,7 +18,7 @@ from tokenworks.bench.runner import Accounting
 from tokenworks.bench.workloads import build_workload
 from tokenworks.errors import PlanError
 from tokenworks.plan.calibrate import Serving, ServingLatency, client_gaps, now, overheads, way_ins
-from tokenworks.plan.host_speed import speed_factors
+from tokenworks.plan.host_speed import measured_speed
 from tokenworks.plan.load import WorkloadLoad
 from tokenworks.plan.prompts import SimPrompts
 from tokenworks.plan.results import SimulatedPoint, simulated_point
@@ -92,7 +91,7 @@ def calibrate(fleet: Fleet, prompts: SimPrompts, measured: ResultsDir) -> Servin
     # one slow repeat's way-ins would move the draws' median off it (by 30 ms on small behind
     # two workers, a repeat with 75 ms way-ins against 8 and 20; docs/benchmarks.md, session 25).
     live = sorted(measured.runs[median_repeat(one, "ttft_p50_s")].get(one.label, []), key=lambda r: r.sent)
-    speed, window = host_speed(live)
+    speed, window = measured_speed(live)
     # The gap at c=1 and the way-ins are read with the host at its mean speed throughout (a
     # simulated request's drawn speed is not the measured one's: their difference would go into
     # the way-ins, each clamped at 0, and lift the simulated TTFTs); the sweep's gaps with it drawn.
@@ -134,18 +133,6 @@ def calibrate(fleet: Fleet, prompts: SimPrompts, measured: ResultsDir) -> Servin
         way_in_cpu=fleet.way_in_cpu, request_cpu=fleet.request_cpu, router_cpu=fleet.router_cpu,
         stream_cpu=fleet.stream_cpu, host_speed=speed, speed_window=window,
     )  # fmt: skip
-
-
-def host_speed(live: list) -> tuple[tuple[float, ...], float]:
-    """host_speed.py's factors and window from the requests of a point at concurrency 1."""
-    # (A request whose tokens all came in one chunk shows no decode to read a speed from.)
-    decoding = [r for r in live if not r.warmup and r.ok and r.first_token is not None and r.last_token is not None
-                and r.last_token > r.first_token and (r.output_tokens or 0) > 1]  # fmt: skip
-    if not decoding:
-        return (), 0.0
-    durations = [r.last_token - r.first_token for r in decoding]
-    factors = speed_factors([d / (r.output_tokens - 1) for d, r in zip(durations, decoding, strict=True)])
-    return factors, statistics.median(durations)
 
 
 def _tpot_gap(point: SweepPoint, simulated: SimulatedPoint, measured: ResultsDir) -> float:
