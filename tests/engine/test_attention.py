@@ -103,7 +103,8 @@ def test_a_prefill_chunk_after_a_cached_prefix_equals_dense_causal_attention() -
 @pytest.mark.parametrize("window", [None, 37])
 def test_compiled_prefill_chunks_over_the_paged_cache_equal_dense_causal_attention(window: int | None) -> None:
     """Fresh prompts and chunks after a cached prefix, in one call; lengths across the kernel's
-    tiles (32 query tokens of 2 heads, 32 keys) and the cache's 16-token blocks."""
+    tiles (32 query tokens of 2 heads with AVX-512, 16 with AVX2; 32 keys) and the cache's
+    16-token blocks."""
     kernels = compiled_kernels()
     generator = torch.Generator().manual_seed(3)
     spans = [(0, 150), (0, 2), (32, 13), (100, 70), (5, 1), (0, 33)]  # (tokens before the chunk, chunk tokens)
@@ -126,6 +127,32 @@ def test_compiled_prefill_chunks_over_the_paged_cache_equal_dense_causal_attenti
     for count, row, sequence_keys, sequence_values in zip(counts, first_rows.tolist(), keys, values, strict=True):
         expected = _dense(q[row : row + count], sequence_keys, sequence_values, causal=True, window=window)
         torch.testing.assert_close(out[row : row + count], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_compiled_prefill_takes_as_many_query_heads_a_key_head_as_its_tile_has_rows() -> None:
+    """Its tile is four vectors of query rows (64 with AVX-512, 32 with AVX2, 16 elsewhere): a
+    group that fills it equals dense attention, one twice as large is refused, naming the limit."""
+    kernels = compiled_kernels()
+    limit = kernels.prefill_attention_max_group()
+    assert limit in (16, 32, 64)
+    generator = torch.Generator().manual_seed(5)
+    dim, tokens = 16, 5
+    k_cache = torch.randn(2, BLOCK, 1, dim, generator=generator)
+    v_cache = torch.randn(2, BLOCK, 1, dim, generator=generator)
+    table, rows = torch.tensor([[1]]), torch.tensor([0])
+    counts = contexts = torch.tensor([tokens])  # one fresh prompt of 5 tokens
+    q = torch.randn(tokens, limit, dim, generator=generator)
+    out = torch.empty_like(q)
+    kernels.paged_prefill_attention(out, q, k_cache, v_cache, table, rows, counts, contexts, dim**-0.5, 0)
+    keys = k_cache[1, :tokens].expand(tokens, limit, dim).transpose(0, 1)  # (H, L, D): one key head for all
+    values = v_cache[1, :tokens].expand(tokens, limit, dim).transpose(0, 1)
+    mask = torch.ones(tokens, tokens, dtype=torch.bool).tril()
+    expected = F.scaled_dot_product_attention(q.transpose(0, 1), keys, values, attn_mask=mask).transpose(0, 1)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    wide = torch.randn(tokens, 2 * limit, dim, generator=generator)
+    with pytest.raises(RuntimeError, match=f"at most {limit} query heads per key head"):
+        kernels.paged_prefill_attention(torch.empty_like(wide), wide, k_cache, v_cache, table, rows, counts, contexts,
+                                        dim**-0.5, 0)  # fmt: skip
 
 
 def test_gather_buffers_are_reused_until_a_step_needs_more() -> None:

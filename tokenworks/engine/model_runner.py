@@ -160,12 +160,17 @@ class ModelRunner:
         logger.info("matrix products: %s", self.linear.reason)
         self.k_cache, self.v_cache, self.layers, self.lm_head = self._place_cache_and_weights(num_blocks)
         self.gather_buffers = GatherBuffers()
-        # The compiled prefill attention takes head sizes in whole 16-float vectors and up to 64
-        # query heads per key/value head (its tile of query rows); other models attend their
-        # prefill chunks with SDPA, and only their decode-only steps take the compiled layers.
+        # The compiled prefill attention takes head sizes in whole 16-float vectors and up to its
+        # tile of query rows per key/value head (64 with AVX-512, 32 with AVX2); other models
+        # attend their prefill chunks with SDPA, and only their decode-only steps take the
+        # compiled layers.
         config = self.config
         group = config.num_attention_heads // config.num_key_value_heads
-        self.prefill_kernel = self.kernels is not None and config.head_dim % 16 == 0 and group <= 64
+        self.prefill_kernel = (
+            self.kernels is not None
+            and config.head_dim % 16 == 0
+            and group <= self.kernels.prefill_attention_max_group()
+        )
         # Steps run every layer in one compiled call (kernels/step_layers.cpp): any size where
         # oneDNN does the large products, as the PyTorch path would; else up to the small
         # kernel's rows.

@@ -14,7 +14,7 @@
 // apply_token_bitmask_ (token_bitmask.cpp): structured outputs' grammar masks on the logits.
 //
 // cpu_kernels.h declares what one file calls in another; vectors.h holds the inline arithmetic
-// of the inner loops (the dot product, 16-float vectors, exp), so it inlines in every file.
+// of the inner loops (the dot product, vectors of one register, exp), so it inlines in every file.
 // set_threads (thread_pool.h, .cpp): whether the kernels' parallel loops run on their own
 //   threads (as many as torch.set_num_threads says) or OpenMP's, and how long their own spin
 //   when idle; the engine sets it each step. Built with -O3 -march=native for the CPU it runs on: the loops
@@ -33,6 +33,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear_small_batch", &linear_small_batch, "x W^T + b for a few rows of x (float32, CPU)");
   m.def("paged_decode_attention", &paged_decode_attention, "one-token attention over the paged KV cache (float32, CPU)");
   m.def("paged_prefill_attention", &paged_prefill_attention, "causal attention of prefill chunks over the paged KV cache (float32, CPU)");
+  m.def("prefill_attention_max_group", &prefill_attention_max_group,
+        "the most query heads per key/value head paged_prefill_attention takes (its tile of query rows)");
   m.def("rms_norm", &rms_norm, "rms_norm of each row of x times weight (float32, CPU)");
   m.def("greedy_tokens", &greedy_tokens, "argmax of each row of float32 logits (the first of equal ones)");
   m.def("apply_token_bitmask_", &apply_token_bitmask_,

@@ -29,6 +29,8 @@ void paged_decode_attention(at::Tensor& out, const at::Tensor& q, const at::Tens
 void paged_prefill_attention(at::Tensor& out, const at::Tensor& q, const at::Tensor& k_cache,
                              const at::Tensor& v_cache, const at::Tensor& block_tables, const at::Tensor& first_rows,
                              const at::Tensor& lengths, const at::Tensor& context_lens, double scale, int64_t window);
+// The most query heads per key/value head it takes: its tile of query rows (4 vectors of them).
+int64_t prefill_attention_max_group();
 
 // norm_and_argmax.cpp
 void rms_norm_rows(float* y, const float* x, const float* weight, int64_t rows, int64_t width, float eps);

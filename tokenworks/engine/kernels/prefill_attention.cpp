@@ -1,5 +1,6 @@
 // Prefill attention: the causal attention of prompts (or chunks of them) over the paged cache,
-// flash-attention style, in tiles of 64 query rows and 32 keys.
+// flash-attention style, in tiles of four vectors of query rows (64 with AVX-512, 32 with AVX2)
+// and 32 keys.
 
 #include "cpu_kernels.h"
 #include "vectors.h"
@@ -17,6 +18,11 @@ namespace {
 // vectors, so one column of the transposed queries sits in four registers.
 constexpr int64_t kRowBlock = 4 * kLanes;
 constexpr int64_t kKeyTile = 32;  // keys scored, softmaxed and summed at a time
+// Tiles whose accumulators and operands fit the registers (vectors.h): keys scored at once
+// against the four query vectors (kKeys x 4 accumulators, 4 queries), and value vectors summed
+// at once for four rows (4 x kVecs accumulators, kVecs values).
+constexpr int kScoreKeys = kVecRegisters >= 32 ? 4 : 2;
+constexpr int kValueVecs = kVecRegisters >= 32 ? 4 : 2;
 
 // scores[k][r] = scale * (queries[r] . key_k) for kKeys keys and the kRowBlock rows, from the
 // transposed queries qt: (dim, kRowBlock). A key's element is broadcast against the four query
@@ -75,6 +81,8 @@ struct PrefillTask {
 
 }  // namespace
 
+int64_t prefill_attention_max_group() { return kRowBlock; }
+
 // Attention of prefill chunks (prompts or their pieces) over the paged cache, written into out;
 // the chunks' own keys and values are already in the cache, so a chunk after a cached prefix or
 // an earlier chunk reads both the same way.
@@ -96,7 +104,8 @@ void paged_prefill_attention(at::Tensor& out, const at::Tensor& q, const at::Ten
   const int64_t heads = q.size(1), dim = q.size(2), chunks = first_rows.numel();
   const int64_t block_size = k_cache.size(1), kv_heads = k_cache.size(2), width = block_tables.size(1);
   TORCH_CHECK(heads % kv_heads == 0 && k_cache.size(3) == dim && dim % kLanes == 0 && heads / kv_heads <= kRowBlock,
-              "paged_prefill_attention: head shapes (head size a multiple of 16, at most 64 query heads per key head)");
+              "paged_prefill_attention: head shapes (head size a multiple of ", kLanes, ", at most ", kRowBlock,
+              " query heads per key head)");
   const int64_t group = heads / kv_heads;
   const float* qs = q.data_ptr<float>();
   float* os = out.data_ptr<float>();
@@ -164,7 +173,9 @@ void paged_prefill_attention(at::Tensor& out, const at::Tensor& q, const at::Ten
           value_at[j] = vs + offset;
         }
         int64_t j = 0;
-        for (; j + 4 <= count; j += 4) score_keys<4>(scores.data() + j * kRowBlock, qt.data(), key_at + j, dim, scale);
+        for (; j + kScoreKeys <= count; j += kScoreKeys) {
+          score_keys<kScoreKeys>(scores.data() + j * kRowBlock, qt.data(), key_at + j, dim, scale);
+        }
         for (; j < count; ++j) score_keys<1>(scores.data() + j * kRowBlock, qt.data(), key_at + j, dim, scale);
         // Keys after a row's token (or before its window) score -inf, which the exponential
         // turns into 0; only tiles that reach past the first query or behind the last one's
@@ -206,10 +217,10 @@ void paged_prefill_attention(at::Tensor& out, const at::Tensor& q, const at::Ten
           for (int64_t d = 0; d < dim; ++d) out_row[d] *= rescale[r];
         }
         for (int64_t r = 0; r < rows; r += 4) {
-          for (int64_t offset = 0; offset < dim; offset += 4 * kLanes) {
+          for (int64_t offset = 0; offset < dim; offset += kValueVecs * kLanes) {
             float* out_rows = acc.data() + r * dim;
             const float* weights = scores.data() + r;
-            switch (std::min<int64_t>(4, (dim - offset) / kLanes)) {
+            switch (std::min<int64_t>(kValueVecs, (dim - offset) / kLanes)) {
               case 4: accumulate_values<4>(out_rows, dim, weights, value_at, count, offset); break;
               case 3: accumulate_values<3>(out_rows, dim, weights, value_at, count, offset); break;
               case 2: accumulate_values<2>(out_rows, dim, weights, value_at, count, offset); break;

@@ -75,10 +75,11 @@ at::Tensor silu_and_mul(const at::Tensor& gate_up) {
 }
 
 // One piece of a LoRA adapter for M rows of one adapter at once (a tile of the step): t = x A^T
-// for each row, then y += t B_t. A comes transposed (in x rank), so 16 ranks of t build up in
-// one register per row from a row of A^T and the row's inputs, with no sums across lanes; then
-// each 16-column block of the M rows of y stays in registers through the rank's rows of B_t.
-// Each row of A^T and of B_t is read once for the M rows. rank: a multiple of 16 (zero-padded).
+// for each row, then y += t B_t. A comes transposed (in x rank), so a vector's worth of ranks of
+// t builds up in one register per row from a row of A^T and the row's inputs, with no sums across
+// lanes; then each vector-wide block of the M rows of y stays in registers through the rank's
+// rows of B_t. Each row of A^T and of B_t is read once for the M rows. rank: a multiple of
+// kLanes (zero-padded).
 template <int M>
 void lora_tile(float* y, int64_t y_stride, const float* x, int64_t in, const int64_t* rows, const float* a_t,
                const float* b_t, int64_t rank, int64_t width) {
@@ -211,8 +212,8 @@ void StepLayers::add_adapter_piece(int64_t key, int64_t layer, int64_t product, 
   TORCH_CHECK(a.dim() == 2 && b_t.dim() == 2 && b_t.size(0) == rank && rank <= kMaxLoraRank &&
                   a.size(1) == weight.size(1) && offset >= 0 && offset + b_t.size(1) <= weight.size(0),
               "StepLayers: adapter piece shapes (rank at most ", kMaxLoraRank, ")");
-  // The tile kernel's layout: A transposed, the rank zero-padded to whole 16-float vectors (the
-  // padding adds nothing: its rows of B_t are zero).
+  // The tile kernel's layout: A transposed, the rank zero-padded to whole vectors (vectors.h's;
+  // the padding adds nothing: its rows of B_t are zero).
   const int64_t padded = (rank + kLanes - 1) / kLanes * kLanes;
   at::Tensor a_t = at::zeros({a.size(1), padded}, a.options());
   a_t.narrow(1, 0, rank).copy_(a.t());

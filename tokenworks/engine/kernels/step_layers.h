@@ -67,7 +67,7 @@ class StepLayers {
   };
 
   struct LoraPiece {
-    at::Tensor a_t, b_t;  // (in, rank) and (rank, width), the rank zero-padded to a multiple of 16
+    at::Tensor a_t, b_t;  // (in, rank) and (rank, width), the rank zero-padded to whole vectors (kLanes)
     int64_t offset;
   };
   using Adapter = std::vector<std::vector<LoraPiece>>;  // [layer * 4 + product]
