@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +19,7 @@ from tokenworks.bench.workloads import WorkloadOptions
 from tokenworks.cli import main
 from tokenworks.model import CausalLM, preset_config, save_model
 from tokenworks.model.config import ModelConfig
+from tokenworks.plan.calibrate import Serving, write_serving
 from tokenworks.plan.simulate import Fleet, replica_config, simulate_levels, simulate_replay
 
 
@@ -168,3 +171,69 @@ def test_a_sweep_gives_each_point_what_it_would_get_alone(sim_prompts) -> None:
     (alone,) = simulate_levels(fleet(replicas=2), sim_prompts, workload, load, [(4, None)])
     assert [r.to_json() for r in together[1].records] == [r.to_json() for r in alone.records]
     assert together[0].records[0].input_tokens == together[1].records[0].input_tokens
+
+
+def _served(args: list[str], monkeypatch, capsys) -> tuple[str, dict, list[dict]]:
+    """`tokenworks plan simulate ARGS` in this process: (its output in one line, run.json, the records)."""
+    out = args[args.index("--out") + 1]
+    monkeypatch.setattr(sys, "argv", ["tokenworks", "plan", "simulate", *args])
+    try:
+        main()
+    except SystemExit as exited:
+        assert exited.code in (0, None), capsys.readouterr().err
+    output = " ".join(capsys.readouterr().out.split())  # (rich wraps its lines at the console's width)
+    lines = (Path(out) / "requests.jsonl").read_text().splitlines()
+    return output, json.loads((Path(out) / "run.json").read_text()), [json.loads(line) for line in lines]
+
+
+def test_a_calibrated_profile_adds_the_serving_time_it_measured(nano_model_dir, tmp_path, monkeypatch, capsys) -> None:
+    """A profile with a calibration (as `plan validate` writes it; by hand here: every way in 4 ms,
+    0.5 ms of serving loop a step) is simulated with it: each request's TTFT is the engine-only
+    one plus its way in and the first step's overhead, and each token's gap 0.5 ms longer.
+    `--arrival-delay-ms` replaces the drawn way-ins; `--engine-only` leaves the calibration out."""
+    profile = tmp_path / "profile.json"
+    write_profile(nano_model_dir, profile)
+    write_serving(profile, Serving(step_overhead=0.0005, source="measured-sweep", points=("c=1",),
+                                   way_in=(0.004,) * 5, client_gaps=(0.0,)))  # fmt: skip
+    common = [str(nano_model_dir), "--profile", str(profile), "--input-tokens", "24", "--output-tokens", "6",
+              "--concurrency", "1", "--num-requests", "6"]  # fmt: skip
+    runs = {}
+    for name, extra in (("calibrated", []), ("engine", ["--engine-only"]), ("given", ["--arrival-delay-ms", "1.5"])):
+        runs[name] = _served([*common, *extra, "--out", str(tmp_path / name)], monkeypatch, capsys)
+    output, run, calibrated = runs["calibrated"]
+    assert "the profile's calibration (measured-sweep)" in output
+    assert run["simulation"]["way_in_s"] == [0.004] * 5 and run["simulation"]["step_overhead_s"] == 0.0005
+    assert run["simulation"]["calibration"] == {"source": "measured-sweep", "points": ["c=1"], "created": ""}
+    _, engine_run, engine = runs["engine"]
+    assert engine_run["simulation"]["calibration"] is None and engine_run["simulation"]["way_in_s"] == []
+    _, given_run, given = runs["given"]
+    assert given_run["simulation"]["arrival_delay_s"] == 0.0015 and given_run["simulation"]["way_in_s"] == []
+
+    def ttft(record: dict) -> float:
+        return record["first_token"] - record["sent"]
+
+    def gaps(record: dict) -> list[float]:
+        times = record["chunk_times"]
+        return [later - earlier for earlier, later in itertools.pairwise(times)]
+
+    assert len(calibrated) == len(engine) == len(given) == 8  # 6 measured and 2 warmup
+    for with_it, alone, by_hand in zip(calibrated, engine, given, strict=True):
+        assert ttft(with_it) - ttft(alone) == pytest.approx(0.004 + 0.0005, abs=1e-9)
+        assert ttft(by_hand) - ttft(alone) == pytest.approx(0.0015 + 0.0005, abs=1e-9)
+        assert [a - b for a, b in zip(gaps(with_it), gaps(alone), strict=True)] == pytest.approx([0.0005] * 5)
+
+
+def test_the_fast_mode_says_it_leaves_the_calibration_out(nano_model_dir, tmp_path, monkeypatch, capsys) -> None:
+    profile = tmp_path / "profile.json"
+    write_profile(nano_model_dir, profile)
+    write_serving(profile, Serving(step_overhead=0.0005, source="measured-sweep"))
+    args = [str(nano_model_dir), "--profile", str(profile), "--mode", "fast", "--concurrency", "2",
+            "--num-requests", "8", "--out", str(tmp_path / "fast")]  # fmt: skip
+    output, run, _ = _served(args, monkeypatch, capsys)
+    assert "--mode fast simulates the engine's steps alone: the profile's calibration is left out" in output
+    assert run["simulation"]["calibration"] is None and run["simulation"]["step_overhead_s"] == 0.0
+    monkeypatch.setattr(sys, "argv", ["tokenworks", "plan", "simulate", *args, "--arrival-delay-ms", "2"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 1
+    assert "--arrival-delay-ms and --delivery-delay-ms need --mode exact" in capsys.readouterr().err

@@ -52,11 +52,15 @@ import datetime
 import json
 import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tokenworks.errors import PlanError
 from tokenworks.plan.step import StepLatency, StepShape
+
+if TYPE_CHECKING:
+    from tokenworks.plan.simulate import Fleet
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +96,33 @@ class Serving:
             f"arrival delay {self.arrival_delay * 1e3:.2f} ms, delivery delay {self.delivery_delay * 1e3:.2f} ms, "
             f"+{self.step_overhead * 1e3:.3f} ms a step, +{self.token_overhead * 1e3:.3f} ms a sampled token"
         )
+
+    def serve(self, fleet: Fleet, draw_way_ins: bool = True) -> Fleet:
+        """`fleet` (its latency the engine's steps alone) served as measured: the serving loop's
+        time on every step, each request's way in (drawn from the measured ones, or the arrival
+        delay when `draw_way_ins` is False: a delay given by hand), the client's gaps, the CPU
+        shares and the host's speed."""
+        overheads = self.step_overhead or self.token_overhead  # (the fast mode prices the engine's model alone)
+        return replace(
+            fleet, latency=ServingLatency(fleet.latency, self.step_overhead, self.token_overhead) if overheads
+            else fleet.latency,
+            arrival_delay=self.arrival_delay, delivery_delay=self.delivery_delay,
+            way_in=self.way_in if draw_way_ins else (), client_gaps=self.client_gaps, way_in_cpu=self.way_in_cpu,
+            request_cpu=self.request_cpu, router_cpu=self.router_cpu, stream_cpu=self.stream_cpu,
+            host_speed=self.host_speed, speed_window=self.speed_window,
+        )  # fmt: skip
+
+    def as_simulated(self, draw_way_ins: bool = True) -> dict:
+        """What a simulated run.json records of it (seconds)."""
+        return {
+            "arrival_delay_s": self.arrival_delay, "delivery_delay_s": self.delivery_delay,
+            "step_overhead_s": self.step_overhead, "token_overhead_s": self.token_overhead,
+            "way_in_s": list(self.way_in if draw_way_ins else ()), "client_gaps_s": list(self.client_gaps),
+            "way_in_cpu_s": self.way_in_cpu, "request_cpu_s": self.request_cpu, "router_cpu_s": self.router_cpu,
+            "stream_cpu_s": self.stream_cpu, "host_speed": list(self.host_speed), "speed_window_s": self.speed_window,
+            "calibration": {"source": self.source, "points": list(self.points), "created": self.created}
+            if self.source else None,
+        }  # fmt: skip
 
 
 class ServingLatency:

@@ -10,7 +10,7 @@ has served only the points before it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tokenworks.bench.loadgen import LoadOptions
@@ -27,6 +27,7 @@ from tokenworks.plan.load import Prepared, ReplayLoad, WorkloadLoad
 from tokenworks.plan.prompts import SimPrompts
 from tokenworks.plan.replica import Replica, ReplicaConfig
 from tokenworks.plan.routing import SimRouter, policy_on_clock
+from tokenworks.plan.served_log import ServedLogLoad, is_served_log
 from tokenworks.plan.simulator import Simulation, SimulationStats
 from tokenworks.plan.step import StepLatency
 from tokenworks.router.kv_policy import MAX_LOAD_RATIO
@@ -130,6 +131,7 @@ class SimulatedRun:
     load: LoadOptions
     records: list
     stats: SimulationStats
+    left_out: dict[str, int] = field(default_factory=dict)  # a replayed request log's, by reason
 
 
 def levels(concurrencies: list[int], rates: list[float] | None) -> list[tuple[int | None, float | None]]:
@@ -167,9 +169,15 @@ def simulate_levels(
 
 
 def simulate_replay(fleet: Fleet, prompts: SimPrompts, log: Path, point: str | None, base: LoadOptions) -> SimulatedRun:
-    """A recorded run's requests, sent again at their recorded times."""
+    """A recorded run's requests (a bench requests.jsonl's point, or a server's request log), sent
+    again at their recorded times."""
     fleet.validate()
-    simulation = fleet.build()
+    if is_served_log(log):
+        if point is not None:
+            raise PlanError("--replay-point names a point of a bench requests.jsonl; a server's request log has none")
+        served = ServedLogLoad(log, prompts)
+        stats = fleet.build().run(served)
+        return SimulatedRun(f"replay of {log.name}", base, served.records, stats, dict(served.skipped))
     driver = ReplayLoad(log, prompts, point)
-    stats = simulation.run(driver)
+    stats = fleet.build().run(driver)
     return SimulatedRun(f"replay of {point or log.name}", base, driver.records, stats)

@@ -2,11 +2,15 @@
 
 It takes every workload and load option of `tokenworks bench run` (the same Typer options), the
 serving side (replicas, router policy, the engine's scheduling settings) and a machine profile,
-and writes the same results directory and report as `tokenworks bench`, labelled simulated.
+and writes the same results directory and report as `tokenworks bench`, labelled simulated. When
+the profile holds a calibration (`plan validate` writes one: calibrate.py), the exact mode adds
+what it measured outside the engine's steps, so a simulation of this host predicts what its
+clients see; `--engine-only` leaves it out.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import typer
@@ -48,12 +52,19 @@ def simulate(
     max_num_seqs: int = typer.Option(256, "--max-num-seqs", help="Requests running at once per replica."),
     max_model_len: int = typer.Option(None, "--max-model-len", help="Context length (default: the model's)."),
     no_prefix_caching: bool = typer.Option(False, "--no-prefix-caching", help="Replicas without prefix caching."),
-    arrival_delay_ms: float = typer.Option(0.0, "--arrival-delay-ms", help="From a send to the engine having the "
-                                           "request (HTTP, tokenization, the engine client); not in step times."),
-    delivery_delay_ms: float = typer.Option(0.0, "--delivery-delay-ms", help="From a step's end to the client "
-                                            "reading its tokens (detokenization, the stream)."),
-    replay: Path = typer.Option(None, "--replay", help="A `tokenworks bench` requests.jsonl to send again at its "
-                                "recorded times and token counts, instead of the workload."),
+    calibration: bool = typer.Option(True, "--calibration/--engine-only", help="Add the serving time the profile's "
+                                     "calibration measured outside the engine's steps on this host (`plan validate` "
+                                     "writes it: each request's way in, the serving loop's time a step and a token, "
+                                     "the host's speed), when it has one; or simulate the engine's steps alone."),
+    arrival_delay_ms: float = typer.Option(None, "--arrival-delay-ms", help="From a send to the engine having the "
+                                           "request (HTTP, tokenization, the engine client); not in step times "
+                                           "(default: the calibration's, drawn per request, else 0)."),
+    delivery_delay_ms: float = typer.Option(None, "--delivery-delay-ms", help="From a step's end to the client "
+                                            "reading its tokens (detokenization, the stream; default: the "
+                                            "calibration's, else 0)."),
+    replay: Path = typer.Option(None, "--replay", help="Send a recorded run again at its recorded times and token "
+                                "counts, instead of the workload: a `tokenworks bench` requests.jsonl, or a "
+                                "server's request log (`tokenworks serve --log-db`: its prompts too)."),
     replay_point: str = typer.Option(None, "--replay-point", help="Which point of that log (when it has several)."),
     out: Path = typer.Option(Path("plan-results"), "--out", "-o", help="The results directory."),
     mode: str = typer.Option("exact", "--mode", help="exact: the engine's own scheduler, request by request; fast: "
@@ -66,6 +77,7 @@ def simulate(
     from tokenworks.bench.workloads import WorkloadOptions
     from tokenworks.errors import PlanError
     from tokenworks.model.config import ModelConfig
+    from tokenworks.plan.calibrate import Serving, read_serving
     from tokenworks.plan.fast_cli import check_fast, simulate_fast
     from tokenworks.plan.latency import FittedLatency
     from tokenworks.plan.profiles import Profile
@@ -79,7 +91,7 @@ def simulate(
         input_file=input_file, temperature=temperature,
     )  # fmt: skip
     options.validate()
-    check_fleet(replicas, router_policy, arrival_delay_ms, delivery_delay_ms)
+    check_fleet(replicas, router_policy, arrival_delay_ms or 0.0, delivery_delay_ms or 0.0)
     concurrencies = bench._numbers(concurrency, int, "--concurrency") if concurrency else []
     rates = bench._numbers(request_rate, float, "--request-rate") if request_rate else None
     if not concurrencies and not rates:
@@ -106,17 +118,32 @@ def simulate(
         config, block_size or int(measured.engine.get("block_size", 128)), num_kv_blocks, kv_cache_memory_gib,
         max_num_batched_tokens, max_num_seqs, max_model_len, not no_prefix_caching,
     )  # fmt: skip
-    fleet = Fleet(engine, latency, replicas, router_policy, arrival_delay=arrival_delay_ms / 1e3,
-                  delivery_delay=delivery_delay_ms / 1e3)  # fmt: skip
-    prompts = SimPrompts.load(model_dir, seed)
-    console = Console()
     if mode not in ("exact", "fast"):
         raise PlanError(f"--mode is exact or fast, got {mode!r}")
+    if mode == "fast" and (arrival_delay_ms is not None or delivery_delay_ms is not None):
+        raise PlanError("--mode fast simulates the engine's steps alone; --arrival-delay-ms and --delivery-delay-ms "
+                        "need --mode exact")  # fmt: skip
+    console = Console()
+    serving = read_serving(profile) if calibration else None
+    if serving is not None and mode == "fast":
+        console.print("[dim]--mode fast simulates the engine's steps alone: the profile's calibration is left out "
+                      "(--mode exact adds it)[/]")  # fmt: skip
+        serving = None
+    if serving is not None:
+        console.print(f"[dim]the profile's calibration ({serving.source}): {serving.describe()}[/]")
+    delays = {"arrival_delay": arrival_delay_ms, "delivery_delay": delivery_delay_ms}
+    serving = replace(serving or Serving(), **{key: ms / 1e3 for key, ms in delays.items() if ms is not None})
+    drawn = arrival_delay_ms is None  # the measured way-ins, unless a delay was given by hand
+    fleet = serving.serve(Fleet(engine, latency, replicas, router_policy, seed=seed), draw_way_ins=drawn)
+    prompts = SimPrompts.load(model_dir, seed)
     if mode == "fast":
         check_fast(replicas, replay, base)
         runs = simulate_fast(fleet, prompts, options, base, points, seed)
     elif replay is not None:
         runs = [simulate_replay(fleet, prompts, replay, replay_point, base)]
+        if runs[0].left_out:
+            left_out = ", ".join(f"{count} {reason}" for reason, count in runs[0].left_out.items())
+            console.print(f"[yellow]left out of the replay[/]: {left_out}", highlight=False)
     else:
         runs = simulate_levels(
             fleet, prompts, options, base, points, seed,
@@ -131,9 +158,9 @@ def simulate(
     simulation = {
         "model_dir": str(model_dir), "profile": str(profile), "latency": type(latency).__name__,
         "replicas": replicas, "router_policy": router_policy if replicas > 1 else None,
-        "arrival_delay_s": fleet.arrival_delay, "delivery_delay_s": fleet.delivery_delay,
         "engine": _fields(engine), "replay": str(replay) if replay is not None else None, "mode": mode,
-    }  # fmt: skip
+        "replay_left_out": runs[0].left_out if replay is not None else None,
+    } | serving.as_simulated(draw_way_ins=drawn)  # fmt: skip
     command = "tokenworks plan simulate"
     files = write_simulated(out, simulated, model_dir.name, options, base, objective, accounting, command, simulation,
                             engine.max_model_len)  # fmt: skip
@@ -150,6 +177,4 @@ def simulate(
 
 
 def _fields(instance: object) -> dict:
-    from dataclasses import asdict
-
     return asdict(instance)

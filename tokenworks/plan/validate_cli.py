@@ -136,7 +136,7 @@ def _run(model_dir, config, profile, measured_profile, sweep, serving, replicas,
     from dataclasses import replace
 
     from tokenworks.bench.runner import Accounting
-    from tokenworks.plan.calibrate import Serving, ServingLatency, write_serving
+    from tokenworks.plan.calibrate import Serving, write_serving
     from tokenworks.plan.latency import FittedLatency
     from tokenworks.plan.prompts import SimPrompts
     from tokenworks.plan.results import write_simulated
@@ -168,22 +168,12 @@ def _run(model_dir, config, profile, measured_profile, sweep, serving, replicas,
     if not host_speed:
         serving = replace(serving, host_speed=(), speed_window=0.0)
     # The measured way-ins, drawn per request, unless a delay was given by hand.
-    ways = serving.way_in if given["arrival_delay"] is None else ()
-    fleet = replace(fleet, latency=ServingLatency(engine_latency, serving.step_overhead, serving.token_overhead),
-                    arrival_delay=serving.arrival_delay, delivery_delay=serving.delivery_delay, way_in=ways,
-                    client_gaps=serving.client_gaps, way_in_cpu=serving.way_in_cpu, request_cpu=serving.request_cpu,
-                    router_cpu=serving.router_cpu, stream_cpu=serving.stream_cpu, host_speed=serving.host_speed,
-                    speed_window=serving.speed_window)  # fmt: skip
+    drawn = given["arrival_delay"] is None
+    fleet = serving.serve(fleet, draw_way_ins=drawn)
     simulation = {
         "model_dir": str(model_dir), "profile": str(profile), "measured": str(sweep.directory),
         "replicas": replicas, "router_policy": router_policy if replicas > 1 else None,
-        "arrival_delay_s": serving.arrival_delay, "delivery_delay_s": serving.delivery_delay,
-        "step_overhead_s": serving.step_overhead, "token_overhead_s": serving.token_overhead,
-        "way_in_s": list(ways), "client_gaps_s": list(serving.client_gaps), "way_in_cpu_s": serving.way_in_cpu,
-        "request_cpu_s": serving.request_cpu, "router_cpu_s": serving.router_cpu, "stream_cpu_s": serving.stream_cpu,
-        "host_speed": list(serving.host_speed), "speed_window_s": serving.speed_window,
-        "calibration": {"source": serving.source, "points": list(serving.points), "created": serving.created},
-    }  # fmt: skip
+    } | serving.as_simulated(draw_way_ins=drawn)  # fmt: skip
     # One simulation with drawn times is one sample of what the model predicts, as one measured
     # sweep is of the host: each point's figures the median of several, each with other draws.
     runs = simulations if fleet.draws else 1
