@@ -7,6 +7,7 @@ statements), as `tokenworks serve --log-db` writes it.
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from tests.plan.conftest import LinearLatency, write_profile
 from tokenworks.bench.loadgen import LoadOptions
 from tokenworks.cli import main
+from tokenworks.errors import PlanError
 from tokenworks.flywheel.entries import LoggedRequest, to_row
 from tokenworks.flywheel.store import connect, insert_requests
 from tokenworks.model.config import ModelConfig
@@ -136,3 +138,19 @@ def test_a_log_with_nothing_to_replay_is_one_clear_line(nano_model_dir, tmp_path
     assert exited.value.code == 1
     error = capsys.readouterr().err
     assert error.startswith("error: nothing in the request log") and "(1 failed)" in error
+
+
+def test_an_sqlite_file_that_is_no_request_log_is_refused_and_left_as_it_was(nano_model_dir, sim_prompts,
+                                                                              tmp_path) -> None:  # fmt: skip
+    other = tmp_path / "notes.db"
+    connection = sqlite3.connect(other)
+    with connection:
+        connection.execute("CREATE TABLE notes (text TEXT)")
+    connection.close()
+    before = other.read_bytes()
+    config = ModelConfig.load(nano_model_dir)
+    fleet = Fleet(replica_config(config, block_size=16, num_kv_blocks=64), LinearLatency(0.002, 1e-4))
+    refused = r"notes.db is not a request log of `tokenworks serve --log-db` \(no such table"
+    with pytest.raises(PlanError, match=refused):
+        simulate_replay(fleet, sim_prompts, other, None, LoadOptions())
+    assert other.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["notes.db"]

@@ -7,8 +7,9 @@ as given, for completions), so the prefixes that the traffic shared are shared i
 prefix caches too. It makes as many tokens as the server made for it then (completion_tokens).
 
 A request the log cannot give again is left out, its reason counted: a failure (nothing was
-served), a body that was not kept, or one prompt of several or one choice of several (`n`, a
-list of prompts: the log keeps the request's total tokens, not each sequence's).
+served), one that made no tokens (prompt scoring), a body that was not kept, or one of several
+choices or prompts (`n`, a list of prompts: the log keeps the request's total tokens, not each
+sequence's). The file is only read, never written.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from typing import Any
 
 from tokenworks.bench.records import RequestRecord
 from tokenworks.errors import PlanError
-from tokenworks.flywheel.store import RequestLogError, connect_existing
 from tokenworks.model.tokenizer import TokenizerError
 from tokenworks.plan.load import Send, Sender
 from tokenworks.plan.prompts import SimPrompts
@@ -48,18 +48,7 @@ class LoggedSend:
 
 def read_served_log(path: Path, prompts: SimPrompts) -> tuple[list[LoggedSend], Counter[str]]:
     """The log's replayable requests in arrival order, and how many were left out, by reason."""
-    try:
-        connection = connect_existing(path)
-    except RequestLogError as error:
-        raise PlanError(str(error)) from None
-    try:
-        rows = connection.execute(
-            "SELECT created, endpoint, status, completion_tokens, request_json FROM requests ORDER BY created"
-        ).fetchall()
-    except sqlite3.Error as error:
-        raise PlanError(f"cannot read the request log {path}: {error}") from None
-    finally:
-        connection.close()
+    rows = _logged_requests(Path(path))
     sends: list[LoggedSend] = []
     skipped: Counter[str] = Counter()
     first = rows[0]["created"] if rows else 0.0
@@ -75,10 +64,30 @@ def read_served_log(path: Path, prompts: SimPrompts) -> tuple[list[LoggedSend], 
     return sends, skipped
 
 
+def _logged_requests(path: Path) -> list[sqlite3.Row]:
+    """The log's requests in arrival order, read without writing to the file (a server may be
+    writing it; and a file that is no request log stays as it was)."""
+    if not path.is_file():
+        raise PlanError(f"no request log at {path}: give the file `tokenworks serve --log-db` writes")
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        connection.row_factory = sqlite3.Row
+        try:
+            return connection.execute(
+                "SELECT created, endpoint, status, completion_tokens, request_json FROM requests ORDER BY created"
+            ).fetchall()
+        finally:
+            connection.close()
+    except sqlite3.Error as error:
+        raise PlanError(f"{path} is not a request log of `tokenworks serve --log-db` ({error})") from None
+
+
 def _prompt_ids(row: sqlite3.Row, prompts: SimPrompts) -> tuple[list[int] | None, str]:
     """The ids the server computed for a logged request, or None and why it is left out."""
-    if row["status"] != "ok" or not row["completion_tokens"]:
+    if row["status"] != "ok":
         return None, "failed"
+    if not row["completion_tokens"]:
+        return None, "that made no tokens (prompt scoring)"
     try:
         body: dict[str, Any] = json.loads(row["request_json"] or "")
     except json.JSONDecodeError:
