@@ -5,9 +5,10 @@ All three price a step from its shape alone, and none imports torch:
 - `FittedLatency`: this machine, from a profile. A roofline core, the larger of compute time and
   memory time, plus what a step costs besides its FLOPs and bytes:
       seconds = max(FLOPs / (e_flops x peak FLOP/s), bytes / (e_bw x bandwidth))
-                + step overhead + chunk overhead x chunks
-  with the peaks measured by the profile and e_flops, e_bw and the two overheads fitted to its
-  samples (least squares on relative error).
+                + step overhead + chunk overhead x chunks + row overhead(rows)
+  with the peaks measured by the profile and e_flops, e_bw and the overheads fitted to its
+  samples (least squares on relative error). The row overhead is what a step of few rows (its
+  tokens) costs beyond that line (`RowOverheads`).
 - `DatasheetLatency`: a GPU without a profile, from the catalog's datasheet figures and stated
   efficiency assumptions, plus tensor parallelism's all-reduces.
 - `ConstantLatency`: every step the same time, for queueing tests with known answers.
@@ -15,6 +16,7 @@ All three price a step from its shape alone, and none imports torch:
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,11 @@ from tokenworks.plan.hardware import GPU, Assumptions, Catalog, tensor_parallel_
 from tokenworks.plan.profiles import Profile, Sample
 from tokenworks.plan.roofline import StepCost, dtype_bytes, linear_parameters, step_cost
 from tokenworks.plan.step import StepShape
+
+# Steps of fewer rows than this (their tokens) get a fixed cost of their own (RowOverheads); from
+# here on the products run at the efficiency the fit finds (a 128-token prefill of the tiny model
+# within 4% of the line through the larger ones, on a 2-core AVX2 EPYC).
+ROW_OVERHEAD_LIMIT = 128
 
 # The efficiencies searched, relative to the measured peaks: a CPU engine's small products and
 # attention loops reach a few percent of the big-matmul peak; a fused kernel can beat a plain
@@ -40,6 +47,55 @@ class FitError:
     median: float
     max: float
     samples: int
+
+
+@dataclass(frozen=True, slots=True)
+class RowOverheads:
+    """What a step of `rows` rows (its tokens) costs beyond the roofline's line and the per-step
+    overhead: a fixed time at each knot, a power of two of rows from 2 to ROW_OVERHEAD_LIMIT / 2,
+    linear between them, 0 at one row (the step overhead is that step's) and from
+    ROW_OVERHEAD_LIMIT rows on. Never negative: a step of few rows runs below the roofline's
+    efficiency, not above it.
+
+    Why: the products of a few rows run neither at a fixed fraction of the peak nor at a fixed
+    cost more. On a 2-core AVX2 EPYC (one thread) the tiny model's steps of 1 to 4 rows take the
+    compiled small-batch kernel, longer ones oneDNN's products (30-40 us a call however few its
+    rows, for the tiny model's matrices); a fit without this term, one line through the one-row decodes
+    and the 32- to 512-token prefills, priced a 10-token chunk after a 128-token cached prefix at
+    3.7 ms where it took 5.0, and that is the step every request whose prompt the prefix cache
+    holds makes (its last, uncached tokens)."""
+
+    rows: tuple[int, ...] = ()  # the knots, ascending
+    seconds: tuple[float, ...] = ()  # at each
+
+    @classmethod
+    def knots_for(cls, rows: np.ndarray) -> tuple[int, ...]:
+        """The knots a profile's row counts can fit: those with a sample between their neighbours."""
+        powers = [2**k for k in range(1, ROW_OVERHEAD_LIMIT.bit_length() - 1)]  # 2 .. limit / 2
+        return tuple(p for p in powers if any(p // 2 < r < 2 * p for r in rows))
+
+    def at(self, rows: int) -> float:
+        """The row overhead of a step of `rows` rows (plain Python: the simulators ask every step)."""
+        if not self.rows or rows <= 1 or rows >= ROW_OVERHEAD_LIMIT:
+            return 0.0
+        knots, values = self.rows, self.seconds
+        right = bisect.bisect_left(knots, rows)
+        if right < len(knots) and knots[right] == rows:
+            return values[right]
+        low, low_value = (knots[right - 1], values[right - 1]) if right else (1, 0.0)
+        high, high_value = (knots[right], values[right]) if right < len(knots) else (ROW_OVERHEAD_LIMIT, 0.0)
+        return low_value + (high_value - low_value) * (rows - low) / (high - low)
+
+    def describe(self) -> str:
+        return ", ".join(f"{rows}: +{seconds * 1e3:.2f}" for rows, seconds in zip(self.rows, self.seconds, strict=True))
+
+
+def row_basis(knots: tuple[int, ...], rows: np.ndarray) -> np.ndarray:
+    """(samples, knots): the weight of each knot's time in each sample's row overhead (linear
+    interpolation: the two knots around a row count share it)."""
+    points = (1, *knots, ROW_OVERHEAD_LIMIT)
+    inside = np.minimum(rows, ROW_OVERHEAD_LIMIT)
+    return np.stack([np.interp(inside, points, np.eye(len(points))[k + 1]) for k in range(len(knots))], axis=1)
 
 
 class ConstantLatency:
@@ -57,12 +113,14 @@ class ConstantLatency:
 class FittedLatency:
     def __init__(
         self, config: ModelConfig, peak_flops: float, peak_bandwidth: float, flops_efficiency: float,
-        bandwidth_efficiency: float, step_overhead: float, chunk_overhead: float, error: FitError | None = None,
+        bandwidth_efficiency: float, step_overhead: float, chunk_overhead: float,
+        row_overheads: RowOverheads | None = None, error: FitError | None = None,
     ) -> None:  # fmt: skip
         self.config = config
         self.peak_flops, self.peak_bandwidth = peak_flops, peak_bandwidth
         self.flops_efficiency, self.bandwidth_efficiency = flops_efficiency, bandwidth_efficiency
         self.step_overhead, self.chunk_overhead = step_overhead, chunk_overhead
+        self.row_overheads = row_overheads or RowOverheads()
         self.error = error  # on the samples it was fitted to
 
     @classmethod
@@ -86,16 +144,23 @@ class FittedLatency:
         flops = np.array([cost.flops for cost in costs]) / profile.peak_flops  # seconds at full efficiency
         moved = np.array([cost.bytes for cost in costs]) / profile.peak_bandwidth
         chunks = np.array([len(sample.step.chunks) for sample in profile.samples], dtype=float)
+        rows = np.array([sample.step.num_tokens for sample in profile.samples], dtype=float)
         measured = np.array([sample.seconds for sample in profile.samples])
-        e_flops, e_bw = _search(flops, moved, chunks, measured, _EFFICIENCIES, _EFFICIENCIES)
-        # A finer search within one step of the coarse grid either way.
+        knots = RowOverheads.knots_for(rows)
+        basis = row_basis(knots, rows)
+        # The coarse search solves the knots all together or not at all (8 supports, not up to 256).
+        coarse = _Overheads(chunks, basis, measured, every_support=False)
+        e_flops, e_bw = _search(flops, moved, coarse, _EFFICIENCIES, _EFFICIENCIES)
+        # A finer search within one step of the coarse grid either way, on every support.
+        overheads = _Overheads(chunks, basis, measured)
         ratio = _EFFICIENCIES[1] / _EFFICIENCIES[0]
         fine = np.geomspace(1 / ratio, ratio, 21)
-        e_flops, e_bw = _search(flops, moved, chunks, measured, e_flops * fine, e_bw * fine)
-        step_overhead, chunk_overhead = _overheads(np.maximum(flops / e_flops, moved / e_bw), chunks, measured)[:2]
+        e_flops, e_bw = _search(flops, moved, overheads, e_flops * fine, e_bw * fine)
+        solution = overheads.solve(np.maximum(flops / e_flops, moved / e_bw)[None, :])[0][0]
         model = cls(
-            profile.model, profile.peak_flops, profile.peak_bandwidth, e_flops, e_bw, step_overhead, chunk_overhead
-        )
+            profile.model, profile.peak_flops, profile.peak_bandwidth, e_flops, e_bw, float(solution[0]),
+            float(solution[1]), RowOverheads(knots, tuple(float(value) for value in solution[2:])),
+        )  # fmt: skip
         model.error = model.errors(profile.samples)
         return model
 
@@ -106,6 +171,7 @@ class FittedLatency:
             self.core_seconds(step_cost(self.config, step))
             + self.step_overhead
             + self.chunk_overhead * len(step.chunks)
+            + self.row_overheads.at(step.num_tokens)
         )
 
     def core_seconds(self, cost: StepCost) -> float:
@@ -120,49 +186,62 @@ class FittedLatency:
         return FitError(float(np.median(relative)), float(np.max(relative)), len(relative))
 
     def describe(self) -> str:
+        rows = f"; by rows (ms): {self.row_overheads.describe()}" if self.row_overheads.rows else ""
         return (
             f"{self.flops_efficiency:.3f} of {self.peak_flops / 1e9:,.1f} GFLOP/s, "
             f"{self.bandwidth_efficiency:.3f} of {self.peak_bandwidth / 1e9:,.1f} GB/s, "
-            f"+{self.step_overhead * 1e3:.3f} ms a step, +{self.chunk_overhead * 1e6:.1f} us a request"
+            f"+{self.step_overhead * 1e3:.3f} ms a step, +{self.chunk_overhead * 1e6:.1f} us a request{rows}"
         )
 
 
 def _search(
-    flops: np.ndarray, moved: np.ndarray, chunks: np.ndarray, measured: np.ndarray,
-    flops_grid: np.ndarray, bw_grid: np.ndarray,
-) -> tuple[float, float]:  # fmt: skip
+    flops: np.ndarray, moved: np.ndarray, overheads: _Overheads, flops_grid: np.ndarray, bw_grid: np.ndarray
+) -> tuple[float, float]:
     """The (e_flops, e_bw) pair whose roofline, with its best overheads, has the least squared
     relative error."""
     best, pair = np.inf, (float(flops_grid[0]), float(bw_grid[0]))
     for e_flops in flops_grid:
         core = np.maximum(flops[None, :] / e_flops, moved[None, :] / bw_grid[:, None])  # (bw, samples)
-        for index, row in enumerate(core):
-            loss = _overheads(row, chunks, measured)[2]
-            if loss < best:
-                best, pair = loss, (float(e_flops), float(bw_grid[index]))
+        losses = overheads.solve(core)[1]
+        index = int(np.argmin(losses))
+        if losses[index] < best:
+            best, pair = float(losses[index]), (float(e_flops), float(bw_grid[index]))
     return pair
 
 
-def _overheads(core: np.ndarray, chunks: np.ndarray, measured: np.ndarray) -> tuple[float, float, float]:
-    """Non-negative (per step, per chunk) overheads minimising sum(((core + a + b k - t) / t)^2),
-    and that sum: the unconstrained least squares, else the best with one or both at zero."""
-    weight = 1 / measured
-    residual = (measured - core) * weight  # what the overheads must explain, relative
-    columns = np.stack([weight, chunks * weight], axis=1)
-    candidates = []
-    solution = np.linalg.lstsq(columns, residual, rcond=None)[0]
-    if (solution >= 0).all():
-        candidates.append((float(solution[0]), float(solution[1])))
-    for column in (0, 1):
-        x = columns[:, column]
-        value = max(0.0, float(x @ residual / (x @ x)))
-        candidates.append((value, 0.0) if column == 0 else (0.0, value))
-    best = None
-    for a, b in candidates:
-        loss = float(np.sum((residual - a * weight - b * chunks * weight) ** 2))
-        if best is None or loss < best[2]:
-            best = (a, b, loss)
-    return best
+class _Overheads:
+    """The overheads that best explain what a roofline leaves of each sample's time, per step,
+    per chunk and per row knot (RowOverheads), none negative, by least squares on the relative
+    error. Non-negative least squares by its supports: the unconstrained solution on each subset
+    of the columns, the best one without a negative value (the optimum is one of them); a
+    profile has at most 2 + 6 columns, 256 subsets, and every roofline the search tries is
+    solved on each at once. Without `every_support`, only the subsets that take the knots all
+    together or none of them (8): a cheaper approximation, for the coarse search."""
+
+    def __init__(self, chunks: np.ndarray, basis: np.ndarray, measured: np.ndarray, every_support: bool = True) -> None:
+        self.weight = 1 / measured
+        self.measured = measured
+        self.columns = np.column_stack([np.ones_like(measured), chunks, basis]) * self.weight[:, None]
+        count = self.columns.shape[1]
+        knot_bits = (2**count - 1) ^ 0b11  # the columns after the step's and the chunk's
+        subsets = [s for s in range(2**count) if every_support or (s & knot_bits) in (0, knot_bits)]
+        # Each support's least-squares solver, zero in the rows of the columns it leaves out:
+        # (supports, columns, samples); the first, the empty support, all zero.
+        self.solvers = np.zeros((len(subsets), count, len(measured)))
+        for index, subset in enumerate(subsets):
+            kept = [c for c in range(count) if subset >> c & 1]
+            if kept:
+                self.solvers[index, kept] = np.linalg.pinv(self.columns[:, kept])
+
+    def solve(self, core: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """core: (rooflines, samples) seconds; each roofline's overheads (rooflines, columns) and loss."""
+        residual = (self.measured[None, :] - core) * self.weight[None, :]  # (rooflines, samples)
+        values = np.tensordot(residual, self.solvers, axes=([1], [2]))  # (rooflines, supports, columns)
+        misfit = residual[:, None, :] - values @ self.columns.T
+        loss = np.where(np.all(values >= 0, axis=2), np.sum(misfit**2, axis=2), np.inf)
+        best = np.argmin(loss, axis=1)  # the empty support (0) is always allowed
+        rows = np.arange(core.shape[0])
+        return values[rows, best], loss[rows, best]
 
 
 class DatasheetLatency:

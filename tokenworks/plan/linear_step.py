@@ -5,6 +5,7 @@ that sample, keys attended, cached tokens read, chunks) and advances hundreds of
 once. That works because every model of latency.py is linear in those totals inside a roofline:
 
     seconds = max(flops / F, bytes / B) + fixed + per_chunk x chunks + per_token x tokens
+              + row overhead(tokens)
     flops   = flops_per_token x tokens + flops_per_key x keys + flops_per_sample x samples
     bytes   = weights (+ the LM head's, when a row samples) + bytes_per_token x tokens
               + bytes_per_read x reads
@@ -16,12 +17,12 @@ the arithmetic lives in one place), and tests check it answers as `latency.step_
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from tokenworks.errors import PlanError
 from tokenworks.model.config import ModelConfig
 from tokenworks.plan.hardware import tensor_parallel_seconds
-from tokenworks.plan.latency import ConstantLatency, DatasheetLatency, FittedLatency
+from tokenworks.plan.latency import ConstantLatency, DatasheetLatency, FittedLatency, RowOverheads
 from tokenworks.plan.roofline import attended_keys, dtype_bytes, step_cost
 from tokenworks.plan.step import StepLatency, StepShape
 
@@ -58,17 +59,19 @@ class LinearStep:
     chunk_seconds: float  # per scheduled request
     token_seconds: float  # per token: tensor parallelism's all-reduce volume
     window: int | None = None  # the model's sliding window (keys and reads are clamped to it)
+    row_overheads: RowOverheads = field(default_factory=RowOverheads)  # a fitted model's, by the step's tokens
 
     @classmethod
     def of(cls, latency: StepLatency) -> LinearStep:
         if isinstance(latency, ConstantLatency):
             return cls(math.inf, math.inf, 0, 0, 0, 0, 0, 0, 0, latency.seconds, 0, 0)
         if isinstance(latency, FittedLatency):
-            return cls._roofline(
+            linear = cls._roofline(
                 latency.config, latency.flops_efficiency * latency.peak_flops,
                 latency.bandwidth_efficiency * latency.peak_bandwidth, latency.step_overhead,
                 latency.chunk_overhead, {},
             )  # fmt: skip
+            return replace(linear, row_overheads=latency.row_overheads)
         if isinstance(latency, DatasheetLatency):
             a, config = latency.assumptions, latency.config
             sizes = {"weight_bytes": latency.weight_bytes, "kv_bytes": latency.kv_bytes, "tp": latency.tp}
@@ -84,7 +87,7 @@ class LinearStep:
                 a.bandwidth_efficiency * latency.gpu.hbm_bytes_per_second,
                 a.step_overhead_seconds + communication(0), a.chunk_overhead_seconds, sizes,
             )  # fmt: skip
-            return _replace_token_seconds(linear, communication(1) - communication(0))
+            return replace(linear, token_seconds=communication(1) - communication(0))
         raise PlanError(f"the fast mode prices steps with the fitted, datasheet or constant model, not {latency!r}")
 
     @classmethod
@@ -116,7 +119,10 @@ class LinearStep:
         return max(flops / self.flops_per_second, moved / self.bytes_per_second) + self.overhead(tokens, chunks)
 
     def overhead(self, tokens: int, chunks: int) -> float:
-        return self.fixed_seconds + self.chunk_seconds * chunks + self.token_seconds * tokens
+        return (
+            self.fixed_seconds + self.chunk_seconds * chunks + self.token_seconds * tokens
+            + self.row_overheads.at(tokens)
+        )  # fmt: skip
 
     def of_totals(self, totals: StepTotals) -> float:
         return self.seconds(totals.tokens, totals.samples, totals.keys, totals.reads, totals.chunks)
@@ -131,9 +137,3 @@ class LinearStep:
             moved / self.bytes_per_second, self.bytes_per_read * batch / self.bytes_per_second,
             self.overhead(batch, batch),
         )  # fmt: skip
-
-
-def _replace_token_seconds(linear: LinearStep, value: float) -> LinearStep:
-    from dataclasses import replace
-
-    return replace(linear, token_seconds=value)
