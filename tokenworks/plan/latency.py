@@ -92,10 +92,9 @@ class RowOverheads:
 
 def row_basis(knots: tuple[int, ...], rows: np.ndarray) -> np.ndarray:
     """(samples, knots): the weight of each knot's time in each sample's row overhead (linear
-    interpolation: the two knots around a row count share it)."""
-    points = (1, *knots, ROW_OVERHEAD_LIMIT)
-    inside = np.minimum(rows, ROW_OVERHEAD_LIMIT)
-    return np.stack([np.interp(inside, points, np.eye(len(points))[k + 1]) for k in range(len(knots))], axis=1)
+    interpolation: the two knots around a row count share it), by RowOverheads.at itself."""
+    units = [RowOverheads(knots, tuple(float(k == j) for j in range(len(knots)))) for k in range(len(knots))]
+    return np.array([[unit.at(int(count)) for unit in units] for count in rows]).reshape(len(rows), len(knots))
 
 
 class ConstantLatency:
