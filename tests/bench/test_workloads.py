@@ -108,12 +108,48 @@ def test_exact_counts_when_word_pieces_do_not_add_up():
     backend.train_from_iterator(corpus, trainer)
     counter = ModelTokenizer(Tokenizer(backend, chat_template=None))
     text = PromptText(counter)
+    assert not text.counts_add_up  # no split at the spaces: every text is counted
     assert text.fillers == []  # no one-token words: the pieces alone cannot hit a count
     pieces = [text.pieces[i] for i in range(0, 60, 3)]
     assert counter.count("".join(pieces)) != sum(counter.count(p) for p in pieces)
     for length in (1, 5, 17, 64, 128, 300):
         made, count = text.make(length, rng)
         assert (count, counter.count(made)) == (length, length)
+
+
+def test_words_a_tokenizer_provably_encodes_apart_are_not_counted_again(prompt_tokenizer):
+    """Byte-level BPE with GPT-2's split encodes a text of spaced words word by word: the prompts
+    skip the encode that checks their count, and are the same prompts with the same counts."""
+    proven, checked = PromptText(prompt_tokenizer), PromptText(prompt_tokenizer)
+    assert proven.counts_add_up and proven.fillers
+    checked.counts_add_up = False
+    for seed in range(3):
+        lengths = random.Random(seed).choices(range(1, 400), k=60)
+        proven_rng, checked_rng = random.Random(seed), random.Random(seed)
+        made = [proven.make(length, proven_rng) for length in lengths]
+        assert made == [checked.make(length, checked_rng) for length in lengths]
+        assert [count for _, count in made] == [prompt_tokenizer.count(text) for text, _ in made] == lengths
+
+
+def test_what_could_join_words_turns_the_proof_off(prompt_tokenizer):
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import normalizers
+
+    from tokenworks.model.tokenizer import Tokenizer
+
+    def variant(change) -> ModelTokenizer:
+        backend = Backend.from_str(prompt_tokenizer.tokenizer.backend.to_str())
+        change(backend)
+        return ModelTokenizer(Tokenizer(backend, chat_template=None))
+
+    pieces = PromptText(prompt_tokenizer).pieces
+    assert prompt_tokenizer.encodes_apart(pieces)
+    assert not prompt_tokenizer.encodes_apart([" The", " end"])  # not lowercase ASCII words
+    assert not variant(lambda b: setattr(b, "normalizer", normalizers.Lowercase())).encodes_apart(pieces)
+    assert not variant(lambda b: b.add_tokens(["the of"])).encodes_apart(pieces)  # an added token could match
+    assert variant(lambda b: b.add_tokens(["<tool>"])).encodes_apart(pieces)  # this one never can
+    assert not variant(lambda b: b.enable_truncation(64)).encodes_apart(pieces)
+    assert WordCounter().encodes_apart(pieces) and not WordCounter().encodes_apart(["one", "word"])
 
 
 def test_synthetic_range_counts_match_their_hint(prompt_tokenizer):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tokenworks.model.config import ModelConfig
-from tokenworks.plan.roofline import attended_keys, linear_parameters, step_cost
+from tokenworks.plan.roofline import attended_keys, chunk_totals, linear_parameters, step_cost
 from tokenworks.plan.step import StepShape
 
 # hidden 8, 2 layers, 2 heads and 1 KV head of 4 dims, MLP 16, vocabulary 32, float32 (4 bytes)
@@ -21,6 +21,8 @@ def test_one_step_by_hand() -> None:
     assert linear_parameters(CONFIG) == 2 * 576 == 1152
     # keys seen: chunk (3, 2): 3 + 4 + 5 = 12; decode (1, 5): 6; chunk (4, 0): 1 + 2 + 3 + 4 = 10
     assert [attended_keys(n, c) for n, c in STEP.chunks] == [12, 6, 10]
+    # (tokens, keys, K and V rows read): what the cost depends on, summed in one pass
+    assert chunk_totals(STEP.chunks) == (8, 28, 15)
     cost = step_cost(CONFIG, STEP)
     assert cost.linear_flops == 2 * 1152 * 8 == 18432
     assert cost.attention_flops == 4 * 4 * 2 * 2 * (12 + 6 + 10) == 1792  # 4 head_dim x heads x layers x keys
@@ -54,6 +56,7 @@ def test_sliding_window_caps_the_keys_and_the_reads() -> None:
     assert attended_keys(3, 2, 4) == 11
     assert attended_keys(2, 10, 4) == 8
     assert attended_keys(3, 0, 4) == 6  # within the window: as without one
+    assert chunk_totals(((3, 2), (1, 9)), 4) == (4, 15, 10)
     cost = step_cost(windowed, StepShape(((3, 2), (1, 9)), samples=2))
     assert cost.attention_flops == 4 * 4 * 2 * 2 * (11 + 4)
     assert cost.kv_read_bytes == 64 * ((2 + 3) + (4 + 1))

@@ -8,6 +8,7 @@ tokenizer.json); with no tokenizer at hand a token is a word (`WordCounter`, app
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,6 +32,8 @@ country nation center corner stone metal glass wood cotton silver golden bright 
 careful gentle measure balance pattern method process result effect change growth energy motion
 """
 WORDS = tuple(_WORD_TEXT.split())
+_SPACED_WORD = re.compile(" [a-z]+")
+_WORD_CHARACTERS = frozenset(" abcdefghijklmnopqrstuvwxyz")
 
 
 class PromptTokenizer(Protocol):
@@ -43,6 +46,10 @@ class PromptTokenizer(Protocol):
     def count_chat(self, messages: Sequence[dict[str, Any]]) -> int: ...
 
     def truncate(self, text: str, tokens: int) -> str: ...
+
+    def encodes_apart(self, pieces: Sequence[str]) -> bool:
+        """Whether any text made of these pieces provably counts as the sum of the pieces' counts."""
+        ...
 
 
 class WordCounter:
@@ -58,6 +65,9 @@ class WordCounter:
 
     def truncate(self, text: str, tokens: int) -> str:
         return "".join(" " + word for word in text.split()[:tokens])
+
+    def encodes_apart(self, pieces: Sequence[str]) -> bool:
+        return all(piece[:1].isspace() for piece in pieces)  # then no two pieces make one word
 
 
 class ModelTokenizer:
@@ -89,6 +99,27 @@ class ModelTokenizer:
     def truncate(self, text: str, tokens: int) -> str:
         return self.tokenizer.decode(self._encode(text, add_special_tokens=False).ids[:tokens])
 
+    def encodes_apart(self, pieces: Sequence[str]) -> bool:
+        """True for a byte-level tokenizer with GPT-2's split (ours, GPT-2's) and pieces that are a
+        space and lowercase ASCII letters: that split makes each such piece a word of its own in any
+        text of them, and the model encodes each word alone. Nothing may act on the whole text
+        first: no normalizer, no truncation, no added token that could occur in it (one made of
+        those characters only), no BPE dropout (it is random)."""
+        from tokenizers import pre_tokenizers  # the backend's own package
+
+        backend = self.tokenizer.backend
+        pre = backend.pre_tokenizer
+        if not (isinstance(pre, pre_tokenizers.ByteLevel) and pre.use_regex):
+            return False
+        if backend.normalizer is not None or backend.truncation is not None:
+            return False
+        if getattr(backend.model, "dropout", None):
+            return False
+        if not all(_SPACED_WORD.fullmatch(piece) for piece in pieces):
+            return False
+        added = (token.content for token in backend.get_added_tokens_decoder().values())
+        return not any(set(content) <= _WORD_CHARACTERS for content in added)
+
 
 def message_text(message: dict[str, Any]) -> str:
     """A message's text: content is a string or a list of {"type": "text", "text": ...} parts."""
@@ -103,8 +134,9 @@ class PromptText:
 
     Every piece is a word with its leading space, which byte-level and SentencePiece tokenizers
     encode on its own, so a text's count is the sum of its pieces' counts; the remainder is
-    filled with one-token words. The result is checked with one encode and repaired if a
-    tokenizer breaks that rule, so the count returned is always the tokenizer's own.
+    filled with one-token words. Unless the tokenizer's make-up proves that rule
+    (`encodes_apart`), the result is checked with one encode and repaired if the tokenizer breaks
+    it, so the count returned is always the tokenizer's own.
     """
 
     def __init__(self, tokenizer: PromptTokenizer) -> None:
@@ -113,6 +145,9 @@ class PromptText:
         self.costs = [tokenizer.count(piece) for piece in self.pieces]
         self.fillers = [piece for piece, cost in zip(self.pieces, self.costs, strict=True) if cost == 1]
         self.indices = range(len(self.pieces))
+        # The check is most of the making's time (an encode of the whole text): skip it where
+        # it cannot fail. The texts, and the seeded draws that make them, are the same either way.
+        self.counts_add_up = tokenizer.encodes_apart(self.pieces)
 
     def make(self, tokens: int, rng: random.Random) -> tuple[str, int]:
         """(text, its token count); the count equals `tokens` unless the tokenizer cannot make it so."""
@@ -126,9 +161,12 @@ class PromptText:
             total += cost
         if self.fillers:
             parts.extend(rng.choices(self.fillers, k=tokens - total))
+            total = tokens
         text = "".join(parts)
         if not self.tokenizer.exact:
             return text, tokens
+        if self.counts_add_up and total == tokens:
+            return text, total
         count = self.tokenizer.count(text)
         if count != tokens:  # the pieces did not add up: cut an over-long text at the token boundary
             text = self.tokenizer.truncate(text + "".join(rng.choices(self.pieces, k=tokens)), tokens)

@@ -70,11 +70,14 @@ class KVCacheManager:
 
         All or nothing: False, with nothing taken, when the free blocks do not suffice.
         """
-        held = self._blocks.setdefault(request.request_id, [])
-        if not cached:  # a running request: most decode steps find room in its last block
+        held = self._blocks.get(request.request_id)
+        if held is None:
+            held = self._blocks[request.request_id] = []
+        elif not cached:  # a running request: most decode steps find room in its last block
             total = request.num_computed_tokens + num_new_tokens
             if -(-total // self.block_size) <= len(held):
-                self._cache_full_blocks(request, held, total)
+                if total // self.block_size > self._registered.get(request.request_id, 0):
+                    self._cache_full_blocks(request, held, total)  # a block fills up this step
                 return True
         cached = cached or []
         computed = request.num_computed_tokens + len(cached) * self.block_size

@@ -26,7 +26,7 @@ from tokenworks.errors import PlanError
 from tokenworks.model.config import ModelConfig
 from tokenworks.plan.hardware import GPU, Assumptions, Catalog, tensor_parallel_seconds
 from tokenworks.plan.profiles import Profile, Sample
-from tokenworks.plan.roofline import StepCost, dtype_bytes, linear_parameters, step_cost
+from tokenworks.plan.roofline import StepCost, chunk_totals, dtype_bytes, linear_parameters, step_cost, totals_cost
 from tokenworks.plan.step import StepShape
 
 # Steps of fewer rows than this (their tokens) get a fixed cost of their own (RowOverheads); from
@@ -164,13 +164,15 @@ class FittedLatency:
         return model
 
     def step_seconds(self, step: StepShape) -> float:
-        if not step.chunks:
+        chunks = step.chunks
+        if not chunks:
             return 0.0
+        tokens, keys, reads = chunk_totals(chunks, self.config.sliding_window)
         return (
-            self.core_seconds(step_cost(self.config, step))
+            self.core_seconds(totals_cost(self.config, tokens, step.num_samples, keys, reads))
             + self.step_overhead
-            + self.chunk_overhead * len(step.chunks)
-            + self.row_overheads.at(step.num_tokens)
+            + self.chunk_overhead * len(chunks)
+            + self.row_overheads.at(tokens)
         )
 
     def core_seconds(self, cost: StepCost) -> float:

@@ -23,7 +23,7 @@ from tokenworks.errors import PlanError
 from tokenworks.model.config import ModelConfig
 from tokenworks.plan.hardware import tensor_parallel_seconds
 from tokenworks.plan.latency import ConstantLatency, DatasheetLatency, FittedLatency, RowOverheads
-from tokenworks.plan.roofline import attended_keys, dtype_bytes, step_cost
+from tokenworks.plan.roofline import chunk_totals, dtype_bytes, step_cost
 from tokenworks.plan.step import StepLatency, StepShape
 
 
@@ -39,9 +39,8 @@ class StepTotals:
 
     @classmethod
     def of(cls, step: StepShape, window: int | None = None) -> StepTotals:
-        keys = sum(attended_keys(n, c, window) for n, c in step.chunks)
-        reads = sum(n + (c if window is None else min(c, window)) for n, c in step.chunks)
-        return cls(step.num_tokens, step.num_samples, keys, reads, len(step.chunks))
+        tokens, keys, reads = chunk_totals(step.chunks, window)
+        return cls(tokens, step.num_samples, keys, reads, len(step.chunks))
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,6 +75,17 @@ def attended_keys(tokens: int, context: int, window: int | None = None) -> int:
     return (first + first + below - 1) * below // 2 + (tokens - below) * window
 
 
+def chunk_totals(chunks: tuple[tuple[int, int], ...], window: int | None = None) -> tuple[int, int, int]:
+    """(tokens, keys attended, K and V rows read) summed over a step's (new, context) chunks, in
+    one pass: a step's cost depends on its chunks only through these (and the rows that sample)."""
+    tokens = keys = reads = 0
+    for n, c in chunks:
+        tokens += n
+        keys += attended_keys(n, c, window)
+        reads += n + (c if window is None or c < window else window)
+    return tokens, keys, reads
+
+
 def step_cost(
     config: ModelConfig,
     step: StepShape,
@@ -83,20 +94,32 @@ def step_cost(
     tp: int = 1,
 ) -> StepCost:
     """FLOPs and bytes of one step on each of `tp` GPUs; element sizes default to the config's dtype."""
+    tokens, keys, reads = chunk_totals(step.chunks, config.sliding_window)
+    return totals_cost(config, tokens, step.num_samples, keys, reads, weight_bytes, kv_bytes, tp)
+
+
+def totals_cost(
+    config: ModelConfig,
+    tokens: int,
+    samples: int,
+    keys: int,
+    reads: int,
+    weight_bytes: float | None = None,
+    kv_bytes: float | None = None,
+    tp: int = 1,
+) -> StepCost:
+    """`step_cost` from a step's `chunk_totals` and its sampling rows."""
     w = dtype_bytes(config.dtype) if weight_bytes is None else weight_bytes
     b = w if kv_bytes is None else kv_bytes
-    h, layers, window = config.hidden_size, config.num_hidden_layers, config.sliding_window
+    h, layers = config.hidden_size, config.num_hidden_layers
     kv = config.num_key_value_heads * config.head_dim
     params = linear_parameters(config)
-    tokens, samples = step.num_tokens, step.num_samples
-    keys = sum(attended_keys(n, c, window) for n, c in step.chunks)
-    read = sum(n + (c if window is None else min(c, window)) for n, c in step.chunks)
     head = config.vocab_size * h
     return StepCost(
         linear_flops=2 * params * tokens / tp,
         attention_flops=4 * config.head_dim * config.num_attention_heads * layers * keys / tp,
         lm_head_flops=2 * head * samples / tp,
         weight_bytes=(params * w + (head * w if samples else 0)) / tp + tokens * h * w,
-        kv_read_bytes=2 * layers * kv * b * read / tp,
+        kv_read_bytes=2 * layers * kv * b * reads / tp,
         kv_write_bytes=2 * layers * kv * b * tokens / tp,
     )
