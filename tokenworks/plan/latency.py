@@ -169,7 +169,7 @@ class FittedLatency:
             return 0.0
         tokens, keys, reads = chunk_totals(chunks, self.config.sliding_window)
         return (
-            self.core_seconds(totals_cost(self.config, tokens, step.num_samples, keys, reads))
+            self.core_seconds(totals_cost(self.config, tokens=tokens, samples=step.num_samples, keys=keys, reads=reads))
             + self.step_overhead
             + self.chunk_overhead * len(chunks)
             + self.row_overheads.at(tokens)

@@ -95,20 +95,18 @@ def step_cost(
 ) -> StepCost:
     """FLOPs and bytes of one step on each of `tp` GPUs; element sizes default to the config's dtype."""
     tokens, keys, reads = chunk_totals(step.chunks, config.sliding_window)
-    return totals_cost(config, tokens, step.num_samples, keys, reads, weight_bytes, kv_bytes, tp)
+    return totals_cost(
+        config, tokens=tokens, samples=step.num_samples, keys=keys, reads=reads,
+        weight_bytes=weight_bytes, kv_bytes=kv_bytes, tp=tp,
+    )  # fmt: skip
 
 
 def totals_cost(
-    config: ModelConfig,
-    tokens: int,
-    samples: int,
-    keys: int,
-    reads: int,
-    weight_bytes: float | None = None,
-    kv_bytes: float | None = None,
-    tp: int = 1,
-) -> StepCost:
-    """`step_cost` from a step's `chunk_totals` and its sampling rows."""
+    config: ModelConfig, *, tokens: int, samples: int, keys: int, reads: int,
+    weight_bytes: float | None = None, kv_bytes: float | None = None, tp: int = 1,
+) -> StepCost:  # fmt: skip
+    """`step_cost` from a step's `chunk_totals` and its sampling rows (by name: four counts in a
+    row are easy to swap)."""
     w = dtype_bytes(config.dtype) if weight_bytes is None else weight_bytes
     b = w if kv_bytes is None else kv_bytes
     h, layers = config.hidden_size, config.num_hidden_layers
